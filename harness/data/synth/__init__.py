@@ -1,0 +1,1 @@
+"""Synthetic person re-identification benchmark (pure numpy + Pillow)."""

@@ -1,0 +1,1 @@
+"""reidbench.models: backbones (timm), heads (plain, BNNeck), losses (triplet, center)."""

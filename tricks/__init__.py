@@ -1,0 +1,1 @@
+"""reidbench.tricks: the trick registry."""
