@@ -197,9 +197,9 @@ def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
 
 @_user_errors
 def _data_synth(out_dir: Path, domain: str, num_ids: int | None, seed: int, size: str) -> None:
+    image_size = parse_size(size)
     from reidbench.harness.data.synth import generate_domain
 
-    image_size = parse_size(size)
     root = generate_domain(out_dir, domain=domain, num_ids=num_ids, seed=seed, image_size=image_size,
                            progress=sys.stderr.isatty())
     click.echo(f"wrote {root}")
