@@ -240,5 +240,241 @@ def _data_preview(name: str, out_png: Path, num_ids: int, data_items: tuple[str,
     click.echo(f"wrote {out_png}")
 
 
+# --------------------------------------------------------------------------- tricks / ablate
+
+
+def _db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--db", "db_url", default=None, metavar="URL",
+                        help="Results database (any SQLAlchemy URL) [default: $REIDBENCH_DB or "
+                             "sqlite:///results.db].")(fn)
+
+
+def _open_store(db_url: str | None):
+    from reidbench.harness.store import Store
+
+    return Store(db_url or Store.default_url())
+
+
+def resolve_base(base: str) -> Path:
+    """A base is a YAML path or the name of one in the package's experiments/ folder."""
+    path = Path(base)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"--base {base}: no such file")
+        return path
+    folder = Path(__file__).resolve().parent.parent / "experiments"
+    candidate = folder / f"{base}.yaml"
+    if not candidate.is_file():
+        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise UserError(f"--base {base!r} is not known; valid: {', '.join(names)} (or a path to a YAML file)")
+    return candidate
+
+
+def default_profile() -> str:
+    import torch
+
+    return "paper" if torch.cuda.is_available() else "cpu"
+
+
+@main.command("tricks")
+def tricks_cmd() -> None:
+    """List the registered tricks (paper order) with their summaries."""
+    from reidbench.tricks import REGISTRY
+
+    for t in REGISTRY:
+        aliases = f" (also: {', '.join(sorted(t.aliases))})" if t.aliases else ""
+        click.echo(f"{t.name:<8} v{t.version}  {t.summary}{aliases}")
+
+
+@main.command()
+@click.option("--base", default="bot", show_default=True, help="Base name in experiments/ or a YAML path.")
+@click.option("--add", "add", default="warmup,rea,ls,stride,bnneck,center", show_default=True,
+              help="Comma-separated tricks, applied in this order (see `reidbench tricks`).")
+@click.option("--mode", type=click.Choice(["cumulative", "single", "leave-one-out"]), default="cumulative",
+              show_default=True, help="cumulative: Table 1 rows; single: base+each; leave-one-out: all and all−each.")
+@click.option("--seeds", type=int, default=None, help="Run seeds 0..N-1 (mean±std in the table).")
+@click.option("--seed", type=int, default=None, help="Run this one seed.")
+@click.option("--train-on", "train_on", default=None, help="Training dataset name [default: first --data, else synth-a].")
+@click.option("--test-on", "test_on", default=None,
+              help="Comma-separated test datasets [default: every --data, else synth-a,synth-b].")
+@click.option("--data", "data_items", multiple=True, metavar="NAME=PATH",
+              help="Real dataset folders, e.g. --data market=/data/Market-1501 --data duke=/data/DukeMTMC-reID.")
+@click.option("--epochs", type=int, default=None, help="Shorten every run to N epochs (milestones scale).")
+@click.option("--profile", type=click.Choice(["paper", "cpu"]), default=None,
+              help="paper: ResNet50 256x128 120 epochs; cpu: minutes on a laptop [default: cpu without a GPU].")
+@click.option("--executor", type=click.Choice(["local", "submitit", "slurm"]), default="local", show_default=True)
+@click.option("--gpus", default=None, metavar="LIST", help="GPU ids for the slot pool, e.g. 0,1,2,3.")
+@click.option("--timeout-min", type=int, default=24 * 60, show_default=True, help="Per-job time limit (submitit/slurm).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--workers", type=int, default=None, help="Data loader worker processes [default: auto].")
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Where run folders (checkpoints, logs, features) go.")
+@_db_option
+@click.option("--dry-run", is_flag=True, help="Print each run's label, hash, changes and cache status; train nothing.")
+def ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None, train_on: str | None,
+           test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None, executor: str,
+           gpus: str | None, timeout_min: int, device: str, workers: int | None, runs_dir: Path,
+           db_url: str | None, dry_run: bool) -> None:
+    """Train the base and the base patched step by step with tricks; print the ablation table.
+
+    Every run is cached in the results database by its spec hash: re-running trains only what is
+    missing (failed runs are retried, killed runs resume from their checkpoint).
+    """
+    _ablate(base, add, mode, seeds, seed, train_on, test_on, data_items, epochs, profile, executor, gpus,
+            timeout_min, device, workers, runs_dir, db_url, dry_run)
+
+
+@_user_errors
+def _ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None, train_on: str | None,
+            test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None,
+            executor_kind: str, gpus: str | None, timeout_min: int, device: str, workers: int | None,
+            runs_dir: Path, db_url: str | None, dry_run: bool) -> None:
+    from reidbench.harness.ablate import ablation_table, dry_run_lines, plan_ablation, run_plan
+    from reidbench.harness.spec import load_spec_file, replace_section, with_epochs
+    from reidbench.tricks import parse_trick_list
+
+    if seeds is not None and seed is not None:
+        raise UserError("--seeds and --seed are exclusive: give one")
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds {seeds} is not valid: an integer >= 1")
+    tricks = parse_trick_list(add)
+    data_paths = parse_data_options(data_items)
+    base_file = resolve_base(base)
+    spec = load_spec_file(base_file, profile or default_profile())
+    if epochs is not None:
+        spec = with_epochs(spec, epochs)
+    train_name = train_on or (next(iter(data_paths)) if data_paths else spec.data.train)
+    tests = tuple(t for t in (test_on.split(",") if test_on else (list(data_paths) or spec.data.test)) if t)
+    # Same-domain test set first, as the paper's tables do.
+    tests = tuple(sorted(dict.fromkeys(tests), key=lambda t: t != train_name))
+    spec = replace_section(spec, "data", train=train_name, test=tests)
+    seed_list = list(range(seeds)) if seeds is not None else [seed if seed is not None else spec.train.seed]
+    plan = plan_ablation(spec, base_file.stem, tricks, mode, seed_list)
+    store = _open_store(db_url)
+    if dry_run:
+        for line in dry_run_lines(plan, store.statuses(plan.unique_hashes())):
+            click.echo(line)
+        return
+    from reidbench.harness.executors import build_executor
+
+    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    gpu_list = [g for g in (gpus or "").split(",") if g.strip()]
+    runner = build_executor(executor_kind, runs_dir / "_submitit", gpus=gpu_list, timeout_min=timeout_min, log=log)
+    meta = {"profile": spec.profile, "epochs": spec.schedule.max_epochs, "full_epochs": spec.full_epochs,
+            "tricks": [t.name for t in tricks], "train": train_name, "test": list(tests), "seeds": seed_list,
+            "command": " ".join(sys.argv[1:])}
+    run_plan(plan, store, runner, runs_dir, device=device, num_workers=workers, data_paths=data_paths, meta=meta,
+             progress=None, log=log)
+    click.echo(ablation_table(plan, store))
+    failed = [h for h, s in store.statuses(plan.unique_hashes()).items() if s != "done"]
+    if failed:
+        click.echo(f"{len(failed)} run(s) not done (see `reidbench runs list`); re-run the same command to retry",
+                   err=True)
+        sys.exit(EXIT_PROBLEMS)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@main.group()
+def runs() -> None:
+    """Inspect recorded runs."""
+
+
+@runs.command("list")
+@click.option("--status", type=click.Choice(["pending", "running", "done", "failed"]), default=None)
+@click.option("--limit", type=int, default=50, show_default=True)
+@_db_option
+def runs_list(status: str | None, limit: int, db_url: str | None) -> None:
+    """One line per run: hash, status, label, profile, data, main metrics."""
+    _runs_list(status, limit, db_url)
+
+
+@_user_errors
+def _runs_list(status: str | None, limit: int, db_url: str | None) -> None:
+    store = _open_store(db_url)
+    recs = store.list_runs(status=status, limit=limit)
+    metrics: dict[tuple[str, str], dict[str, float]] = {}
+    for m in store.metrics([r.run_hash for r in recs]):
+        if m.step is None:
+            metrics.setdefault((m.run_hash, m.test_set), {})[m.metric] = m.value
+    click.echo(f"{'hash':<12} {'status':<8} {'label':<24} {'profile':<7} {'train':<10} results")
+    for r in recs:
+        spec = r.spec
+        cells = [f"{t}: R1 {100 * v.get('R1', float('nan')):.1f} mAP {100 * v.get('mAP', float('nan')):.1f}"
+                 for (h, t), v in metrics.items() if h == r.run_hash]
+        flags = []
+        if r.status == "done" and r.synthetic:
+            flags.append("synthetic")
+        extra = ("; ".join(cells) or (r.error or "").splitlines()[0][:60] if r.error else "; ".join(cells))
+        click.echo(f"{r.short_hash:<12} {r.status:<8} {r.label[:24]:<24} {spec.get('profile', '?'):<7} "
+                   f"{spec.get('data', {}).get('train', '?'):<10} {extra}" + (f"  [{', '.join(flags)}]" if flags else ""))
+
+
+@runs.command("show")
+@click.argument("run_hash")
+@_db_option
+def runs_show(run_hash: str, db_url: str | None) -> None:
+    """Everything recorded about one run (a hash prefix is enough)."""
+    _runs_show(run_hash, db_url)
+
+
+@_user_errors
+def _runs_show(run_hash: str, db_url: str | None) -> None:
+    import dataclasses
+
+    store = _open_store(db_url)
+    rec = store.get_run(run_hash)
+    info = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dataclasses.asdict(rec).items()}
+    info["metrics"] = {}
+    for m in store.metrics([rec.run_hash]):
+        if m.step is None:
+            info["metrics"].setdefault(m.test_set, {})[m.metric] = m.value
+    info["epochs"] = [e.values | {"epoch": e.epoch} for e in store.epochs(rec.run_hash)]
+    click.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
+
+
+@runs.command("export")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file [default: stdout].")
+@_db_option
+def runs_export(fmt: str, out_file: Path | None, db_url: str | None) -> None:
+    """Every final metric as one row per (run, test set, metric)."""
+    _runs_export(fmt, out_file, db_url)
+
+
+@_user_errors
+def _runs_export(fmt: str, out_file: Path | None, db_url: str | None) -> None:
+    store = _open_store(db_url)
+    frame = store.to_frame()
+    text = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=1, date_format="iso")
+    if out_file:
+        out_file.write_text(text)
+        click.echo(f"wrote {len(frame)} rows to {out_file}", err=True)
+    else:
+        click.echo(text)
+
+
+@runs.command("delete")
+@click.argument("run_hash")
+@click.option("--yes", is_flag=True, help="Really delete (without it, only say what would go).")
+@_db_option
+def runs_delete(run_hash: str, yes: bool, db_url: str | None) -> None:
+    """Delete one run and its metrics from the database (needs --yes)."""
+    _runs_delete(run_hash, yes, db_url)
+
+
+@_user_errors
+def _runs_delete(run_hash: str, yes: bool, db_url: str | None) -> None:
+    store = _open_store(db_url)
+    rec = store.get_run(run_hash)
+    if not yes:
+        click.echo(f"would delete run {rec.short_hash} ({rec.label}, {rec.status}); add --yes to do it")
+        return
+    store.delete_run(rec.run_hash)
+    click.echo(f"deleted run {rec.short_hash}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -329,7 +329,8 @@ def with_epochs(spec: RunSpec, epochs: int) -> RunSpec:
         return spec
     scale = epochs / sched.max_epochs
     milestones = tuple(sorted({max(1, round(m * scale)) for m in sched.milestones}))
-    warmup = max(1, round(sched.warmup_epochs * scale)) if sched.warmup_epochs else 0
+    # A warmup of one epoch would be no warmup at all (epoch 1 already at full rate): keep >= 2.
+    warmup = max(2, round(sched.warmup_epochs * scale)) if sched.warmup_epochs >= 2 else sched.warmup_epochs
     new = dataclasses.replace(
         spec,
         schedule=dataclasses.replace(sched, max_epochs=epochs, milestones=milestones, warmup_epochs=warmup),

@@ -102,6 +102,6 @@ def test_with_epochs_scales_milestones_and_records_the_full_length():
     assert short.schedule.max_epochs == 12 and short.schedule.milestones == (4, 7)
     assert short.full_epochs == 120 and short.shortened
     warm = with_epochs(replace_section(spec, "schedule", warmup_epochs=10), 12)
-    assert warm.schedule.warmup_epochs == 1
+    assert warm.schedule.warmup_epochs == 2  # one epoch of warmup would be none
     assert run_hash(short) != run_hash(spec)
     assert not with_epochs(spec, 120).shortened

@@ -100,7 +100,7 @@ class PKSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches_for_epoch(self.epoch))
+        return (list(batch) for batch in self.batches_for_epoch(self.epoch))  # copies: cache stays intact
 
     def __len__(self) -> int:
         return len(self.batches_for_epoch(self.epoch))

@@ -1,0 +1,1 @@
+"""Reports: tables, LaTeX, plots and ranked lists, rendered from the store alone."""

@@ -1,0 +1,79 @@
+"""Heads: global average pooling of the backbone map, then the identity classifier.
+
+Both heads return named outputs: ``f_t`` (the pooled feature the metric losses see), ``f_i`` (the
+feature used at inference) and, in training mode, ``logits`` for the ID loss. In eval mode the
+classifier is skipped, since retrieval only needs features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["BNNeckHead", "HEADS", "PlainHead", "build_head", "global_average_pool", "head_class"]
+
+
+def global_average_pool(feature_map: torch.Tensor) -> torch.Tensor:
+    """B×C×h×w → B×C."""
+    return nn.functional.adaptive_avg_pool2d(feature_map, 1).flatten(1)
+
+
+class PlainHead(nn.Module):
+    """Baseline head: pooled f → Linear with bias; f is both f_t and f_i.
+
+    The classifier keeps PyTorch's default init, as the BoT reference does without BNNeck.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(in_dim, num_classes)
+
+    def forward(self, feature_map: torch.Tensor) -> dict[str, torch.Tensor]:
+        feature = global_average_pool(feature_map)
+        out = {"f_t": feature, "f_i": feature}
+        if self.training:
+            out["logits"] = self.classifier(feature)
+        return out
+
+
+class BNNeckHead(nn.Module):
+    """BNNeck (bot.md "bnneck"): f_t → BatchNorm1d (bias frozen at 0) → f_i → Linear, no bias.
+
+    The frozen BN bias keeps f_i centred so that the ID loss's hyperplanes pass through the
+    origin, which suits the cosine ranking used at inference. Classifier init N(0, 0.001²).
+    """
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.bottleneck = nn.BatchNorm1d(in_dim)
+        nn.init.ones_(self.bottleneck.weight)
+        nn.init.zeros_(self.bottleneck.bias)
+        self.bottleneck.bias.requires_grad_(False)
+        self.classifier = nn.Linear(in_dim, num_classes, bias=False)
+        nn.init.normal_(self.classifier.weight, mean=0.0, std=0.001)
+
+    def forward(self, feature_map: torch.Tensor) -> dict[str, torch.Tensor]:
+        f_t = global_average_pool(feature_map)
+        f_i = self.bottleneck(f_t)
+        out = {"f_t": f_t, "f_i": f_i}
+        if self.training:
+            out["logits"] = self.classifier(f_i)
+        return out
+
+
+HEADS: dict[str, type[nn.Module]] = {"plain": PlainHead, "bnneck": BNNeckHead}
+
+
+def head_class(neck: str) -> type[nn.Module]:
+    """The head class registered as ``neck``; ``ValueError`` listing the valid names otherwise."""
+    if neck not in HEADS:
+        raise ValueError(f"model.neck={neck!r} is unknown; valid: {', '.join(sorted(HEADS))}")
+    return HEADS[neck]
+
+
+def build_head(neck: str, in_dim: int, num_classes: int) -> nn.Module:
+    """Head for ``model.neck`` (``"plain"`` or ``"bnneck"``)."""
+    cls = head_class(neck)
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes} must be ≥ 1 (the number of training identities)")
+    return cls(in_dim, num_classes)

@@ -1,0 +1,99 @@
+"""Losses with the BoT reference semantics (bot.md "Other semantics" and "center").
+
+- ``id_loss``: cross-entropy with optional label smoothing (the "ls" trick).
+- ``TripletLoss``: batch-hard triplet on un-normalised features, Euclidean (not squared) distance.
+- ``CenterLoss``: squared distance to learnable class centres, with the reference's separate
+  centre optimiser (``build_center_optimizer`` + ``center_sgd_step``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "CenterLoss",
+    "TripletLoss",
+    "build_center_optimizer",
+    "center_sgd_step",
+    "euclidean_distances",
+    "id_loss",
+]
+
+
+def id_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against (1−ε)·onehot + ε/N targets; ε=0 is plain cross-entropy."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
+def euclidean_distances(features: torch.Tensor) -> torch.Tensor:
+    """B×B matrix sqrt(clamp(‖a‖² + ‖b‖² − 2a·b, min=1e-12)), as the reference computes it.
+
+    The clamp keeps sqrt's gradient finite; it also makes an item's distance to itself ≈ 1e-6.
+    """
+    squared_norms = features.pow(2).sum(dim=1)
+    squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * features @ features.t()
+    return squared.clamp(min=1e-12).sqrt()
+
+
+class TripletLoss(nn.Module):
+    """Batch-hard triplet loss.
+
+    For each anchor: hardest positive = max distance over items with its label, the anchor itself
+    included (so an identity seen once gets d_ap ≈ 1e-6); hardest negative = min distance over
+    other labels. With a margin m: mean(relu(d_ap − d_an + m)); with ``margin=None``: the soft
+    margin mean(softplus(d_ap − d_an)). An anchor without any negative contributes 0.
+    Selection uses masks (masked_fill + max/min), so gradients flow to the chosen pairs.
+    """
+
+    def __init__(self, margin: float | None = 0.3) -> None:
+        super().__init__()
+        if margin is not None and margin < 0:
+            raise ValueError(f"triplet margin={margin} must be ≥ 0 or None (soft margin)")
+        self.margin = margin
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        distances = euclidean_distances(features)
+        same_label = labels[:, None] == labels[None, :]
+        hardest_positive = distances.masked_fill(~same_label, float("-inf")).max(dim=1).values
+        hardest_negative = distances.masked_fill(same_label, float("inf")).min(dim=1).values
+        gap = hardest_positive - hardest_negative
+        if self.margin is None:
+            return F.softplus(gap).mean()
+        return F.relu(gap + self.margin).mean()
+
+
+class CenterLoss(nn.Module):
+    """mean over the batch of ‖f_b − c_{y_b}‖² (no ½), centres c ~ N(0, 1) of shape N×D."""
+
+    def __init__(self, num_classes: int, feat_dim: int) -> None:
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(num_classes, feat_dim))
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return (features - self.centers[labels]).pow(2).sum(dim=1).mean()
+
+
+def build_center_optimizer(center_loss: CenterLoss, lr: float = 0.5) -> torch.optim.SGD:
+    """The centres' own optimiser: plain SGD (no momentum, no decay) that no LR schedule touches."""
+    return torch.optim.SGD(center_loss.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
+
+
+def center_sgd_step(center_loss: CenterLoss, optimizer: torch.optim.Optimizer, center_weight: float) -> None:
+    """Step the centres as the reference does: undo the loss weight β on their gradient first.
+
+    The total loss contains β·CenterLoss, so after ``backward()`` the centres' gradient is
+    β·(−2/B)·Σ_{y_b=k}(f_b − c_k). Multiplying it by 1/β and stepping plain SGD with lr 0.5 gives
+    c_k ← c_k + (1/B)·Σ_{y_b=k}(f_b − c_k), independent of β. Call after ``backward()``; the
+    caller zeroes the gradients as for any optimiser. The centres must not also be in the model's
+    optimiser, or they would be stepped twice.
+    """
+    if center_weight <= 0:
+        raise ValueError(f"center_weight={center_weight} must be > 0")
+    for parameter in center_loss.parameters():
+        if parameter.grad is not None:
+            parameter.grad.mul_(1.0 / center_weight)
+    optimizer.step()

@@ -1,0 +1,42 @@
+"""A trick is a named, versioned, pure patch of a RunSpec (see DESIGN.md).
+
+The behaviour lives in the builders behind a spec field that is off by default; a trick only
+flips that field. Bump ``version`` when what a trick does changes: cached runs stop matching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+from reidbench.harness.spec import RunSpec
+
+
+@dataclass(frozen=True)
+class Trick:
+    name: str  # CLI token
+    version: int
+    summary: str  # one line, used in listings and report captions
+    label: str  # row label in tables, as the paper writes it ("+REA")
+    patch: Callable[[RunSpec], RunSpec]
+    aliases: frozenset[str] = frozenset()
+    requires: frozenset[str] = frozenset()
+    conflicts: frozenset[str] = frozenset()
+
+    def apply(self, spec: RunSpec) -> RunSpec:
+        """Patch ``spec`` and record the trick; an error if it is already applied or changes nothing."""
+        if self.name in spec.tricks:
+            raise ValueError(f"trick {self.name!r} is already applied by the base; remove it from --add")
+        missing = self.requires - set(spec.tricks)
+        if missing:
+            raise ValueError(f"trick {self.name!r} requires {', '.join(sorted(missing))}; add it first")
+        clash = self.conflicts & set(spec.tricks)
+        if clash:
+            raise ValueError(f"trick {self.name!r} conflicts with {', '.join(sorted(clash))}")
+        patched = self.patch(spec)
+        if patched == spec:
+            raise ValueError(
+                f"trick {self.name!r} changes nothing: the base already has it ({self.summary}); remove it from --add"
+            )
+        return dataclasses.replace(patched, tricks=tuple(sorted((*spec.tricks, self.name)))).validate()
