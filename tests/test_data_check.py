@@ -70,6 +70,7 @@ def test_corrupt_and_non_image_files(tmp_path):
     line = report.problems[0]
     assert line.startswith("2 unreadable or corrupt image(s)")
     assert "0007_c1s1_000999_01.jpg" in line and "0007_c2s1_000998_01.jpg" in line
+    assert str(root) not in line  # paths shown relative to the dataset root
     assert check_dataset(root, "market", verify_images=False).ok  # names are fine
 
 
@@ -78,7 +79,7 @@ def test_query_identities_absent_from_gallery(tmp_path):
     _image(root / "query" / "0042_c1s1_000001_00.jpg")
     report = check_dataset(root, "market", verify_images=False)
     assert len(report.problems) == 1
-    assert "1 identity never appear in the gallery" in report.problems[0] and "42" in report.problems[0]
+    assert "1 query identity never appears in the gallery" in report.problems[0] and "42" in report.problems[0]
 
 
 def test_empty_split(tmp_path):

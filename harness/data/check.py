@@ -50,8 +50,9 @@ def _verify_image(path: str) -> str | None:
         with Image.open(path) as image:  # verify() leaves the image unusable: reopen to decode
             image.load()  # catches truncated data that verify() lets through
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return reason[:80]
+        message = str(error).splitlines()[0] if str(error) else ""
+        reason = message.replace(repr(path), "").replace(path, "").strip(" :")  # path is printed anyway
+        return (reason or type(error).__name__)[:80]
     return None
 
 
@@ -83,8 +84,9 @@ def _query_problems(dataset: ReidDataset) -> list[str]:
     if not absent:
         return []
     shown = ", ".join(str(pid) for pid in absent[:MAX_EXAMPLES]) + (", ..." if len(absent) > MAX_EXAMPLES else "")
-    return [f"query: {len(absent)} identit{'y' if len(absent) == 1 else 'ies'} never appear in the "
-            f"gallery, so those queries cannot be evaluated (e.g. pid {shown})"]
+    what = "identity never appears" if len(absent) == 1 else "identities never appear"
+    return [f"query: {len(absent)} query {what} in the gallery, so those queries cannot be "
+            f"evaluated (e.g. pid {shown})"]
 
 
 def check_dataset(

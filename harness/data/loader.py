@@ -144,11 +144,13 @@ class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
     def __init__(self, batch_sampler: PKSampler, seed: int) -> None:
         self.batch_sampler = batch_sampler
         self.seed = seed
-        self.epoch = batch_sampler.epoch
+
+    @property
+    def epoch(self) -> int:
+        return self.batch_sampler.epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.batch_sampler.set_epoch(epoch)
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.batch_sampler)

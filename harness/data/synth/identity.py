@@ -58,10 +58,10 @@ def _pick(rng: np.random.Generator, options: tuple, weights: tuple[float, ...] |
     return options[int(rng.choice(len(options), p=p / p.sum()))]
 
 
-def _colour_weights(n: int) -> tuple[float, ...]:
+def _colour_weights(n: int, skew: float) -> tuple[float, ...]:
     # A skewed palette: the first colours are common (black, white, jeans...), which produces
     # many identities with the same dominant colours.
-    return tuple(1.0 / (1.0 + 0.25 * i) for i in range(n))
+    return tuple(1.0 / (1.0 + skew * i) for i in range(n))
 
 
 def _texture(rng: np.random.Generator, base: RGB, seconds: tuple[RGB, ...], pattern_weights: tuple[float, ...]) -> Texture:
@@ -76,10 +76,10 @@ def _texture(rng: np.random.Generator, base: RGB, seconds: tuple[RGB, ...], patt
 
 def sample_identity(domain: DomainSpec, rng: np.random.Generator) -> Identity:
     """Draw one person's persistent attributes from ``rng`` and the domain's palettes."""
-    upper_base = _pick(rng, domain.upper_colours, _colour_weights(len(domain.upper_colours)))
-    lower_base = _pick(rng, domain.lower_colours, _colour_weights(len(domain.lower_colours)))
+    upper_base = _pick(rng, domain.upper_colours, _colour_weights(len(domain.upper_colours), domain.palette_skew))
+    lower_base = _pick(rng, domain.lower_colours, _colour_weights(len(domain.lower_colours), domain.palette_skew))
     seconds = domain.accent_colours + domain.upper_colours
-    upper = _texture(rng, upper_base, seconds, (0.4, 0.2, 0.2, 0.2))
+    upper = _texture(rng, upper_base, seconds, domain.upper_pattern_weights)
     lower = _texture(rng, lower_base, seconds, (0.85, 0.05, 0.07, 0.03))
     u = rng.random()
     lower_style = "skirt" if u < domain.skirt_prob else ("shorts" if u < domain.skirt_prob + domain.shorts_prob else "trousers")

@@ -109,13 +109,16 @@ def draw_person(img: Image.Image, ident: Identity, pose: Pose) -> None:
     bw = ident.width
     shoulder_y, hip_y, crotch_y, knee_y, ankle_y = y(0.185), y(0.5), y(0.565), y(0.75), y(0.955)
     hem_y = y(0.69) if ident.coat else y(0.53)
-    half_sh = (0.125 if not side else 0.07) * u * bw  # shoulder half-width (or half body depth)
-    half_hip = (0.1 if not side else 0.068) * u * bw
-    leg_w = 0.07 * u * min(1.15, bw)
-    arm_w = 0.052 * u * min(1.15, bw)
-    head_cy, head_rx, head_ry = y(0.078), 0.06 * u, 0.071 * u
-    upper = _Garment(img, draw, ident.upper, int(round(ident.upper.period * u)))
-    lower = _Garment(img, draw, ident.lower, int(round(ident.lower.period * u)))
+    half_sh = (0.155 if not side else 0.085) * u * bw  # shoulder half-width (or half body depth)
+    half_hip = (0.125 if not side else 0.08) * u * bw
+    leg_w = 0.085 * u * min(1.15, bw)
+    arm_w = 0.062 * u * min(1.15, bw)
+    head_cy, head_rx, head_ry = y(0.078), 0.066 * u, 0.074 * u
+    # Pattern periods follow the canvas, not this image's body size, so one cached texture serves
+    # every image of an identity (the body size varies by a few percent only).
+    nominal_u = 0.9 * img.height
+    upper = _Garment(img, draw, ident.upper, int(round(ident.upper.period * nominal_u)))
+    lower = _Garment(img, draw, ident.lower, int(round(ident.lower.period * nominal_u)))
     # The person's right side is on the picture's left when seen from the front.
     carry_x = -ident.carry_side if pose.view == "front" else ident.carry_side
     carry_visible = (not side) or (ident.carry_side == (-1 if f > 0 else 1))
@@ -128,7 +131,7 @@ def draw_person(img: Image.Image, ident: Identity, pose: Pose) -> None:
         hips = [(cx - f * 0.01 * u, hip_y), (cx + f * 0.01 * u, hip_y)]
     else:
         lift = 0.025 * u
-        spread = 0.055 * u * bw
+        spread = 0.066 * u * bw
         feet = [(cx - spread - 0.01 * u * s, ankle_y - lift * max(0.0, s)),
                 (cx + spread + 0.01 * u * s, ankle_y - lift * max(0.0, -s))]
         knees = [(cx - spread * 0.95, knee_y), (cx + spread * 0.95, knee_y)]

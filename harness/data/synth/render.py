@@ -18,7 +18,7 @@ from .identity import Identity, sample_identity
 from .layout import ImageJob
 from .person import Pose, draw_person
 from .scene import SCENES_PER_CAMERA, camera_scene, draw_occluder
-from .seeding import rng_for
+from .seeding import pick, pick_index, random_sign, rng_for
 
 PASSERBY_POOL = 256  # people who are not in the dataset: occluders and distractors
 VIEW_CHANGE_PROB = 0.12  # a tracklet's viewpoint is mostly fixed (one walk past the camera)
@@ -50,6 +50,7 @@ class Renderer:
         self.ss = int(supersample)
         self.canvas_size = (int(width) * self.ss, int(height) * self.ss)  # PIL order: (w, h)
         self._identities: dict[tuple[str, int], Identity] = {}
+        self._tracklets: dict[tuple[int, int], Tracklet] = {}
 
     # ---- cached, seed-keyed draws --------------------------------------------------------
     def identity(self, pid: int, purpose: str = "identity") -> Identity:
@@ -61,6 +62,14 @@ class Renderer:
         return self._identities[key]
 
     def tracklet(self, pid: int, cam: int) -> Tracklet:
+        key = (pid, cam)
+        if key not in self._tracklets:
+            if len(self._tracklets) > 4096:
+                self._tracklets.clear()
+            self._tracklets[key] = self._new_tracklet(pid, cam)
+        return self._tracklets[key]
+
+    def _new_tracklet(self, pid: int, cam: int) -> Tracklet:
         spec = self.domain.cameras[cam - 1]
         rng = rng_for(self.seed, self.domain.name, "tracklet", pid, cam)
         return Tracklet(
@@ -78,8 +87,7 @@ class Renderer:
 
     @staticmethod
     def _view(weights: tuple[float, float, float], rng: np.random.Generator) -> str:
-        p = np.asarray(weights, dtype=float)
-        return VIEWS[int(rng.choice(3, p=p / p.sum()))]
+        return VIEWS[pick_index(rng, weights)]
 
     def _background(self, cam: int, scene: int, pan: float) -> Image.Image:
         img = camera_scene(self.domain.name, self.seed, cam, scene, self.canvas_size)
@@ -135,17 +143,17 @@ class Renderer:
             elif r < 0.7:  # box too low: head cut
                 foot_y, height = h * float(rng.uniform(0.8, 0.9)), height * float(rng.uniform(1.0, 1.1))
             else:  # box shifted sideways
-                cx += w * float(rng.choice([-1.0, 1.0])) * float(rng.uniform(0.18, 0.3))
+                cx += w * random_sign(rng) * float(rng.uniform(0.18, 0.3))
         occluded = rng.random() < spec.occlusion_prob
-        occluder = str(rng.choice(["pole", "low", "bush", "sign", "person", "person"])) if occluded else ""
+        occluder = pick(rng, ("pole", "low", "bush", "sign", "person", "person")) if occluded else ""
         if occluder == "person" and rng.random() < 0.5:  # someone walking behind
-            self._draw_passerby(canvas, rng, job.cam, cx + w * float(rng.choice([-1.0, 1.0])) * float(rng.uniform(0.4, 0.6)))
+            self._draw_passerby(canvas, rng, job.cam, cx + w * random_sign(rng) * float(rng.uniform(0.4, 0.6)))
             occluder = ""
         pose = Pose(view=view, facing=facing, cx=cx, foot_y=foot_y, height_px=height,
                     phase=tr.phase0 + job.index * tr.phase_step)
         draw_person(canvas, ident, pose)
         if occluder == "person":  # someone walking in front, partly covering
-            self._draw_passerby(canvas, rng, job.cam, cx + w * float(rng.choice([-1.0, 1.0])) * float(rng.uniform(0.5, 0.75)),
+            self._draw_passerby(canvas, rng, job.cam, cx + w * random_sign(rng) * float(rng.uniform(0.5, 0.75)),
                                 height_scale=1.05)
         elif occluder:
             draw_occluder(canvas, occluder, rng, self.domain.object_colours)
@@ -160,9 +168,9 @@ class Renderer:
         canvas = self._background(job.cam, int(rng.integers(SCENES_PER_CAMERA)), float(rng.uniform(0, 1)))
         r = rng.random()
         if r < 0.4:
-            draw_occluder(canvas, str(rng.choice(["pole", "low", "bush", "sign"])), rng, self.domain.object_colours)
+            draw_occluder(canvas, pick(rng, ("pole", "low", "bush", "sign")), rng, self.domain.object_colours)
         elif r < 0.8:
-            side = float(rng.choice([-1.0, 1.0]))
+            side = random_sign(rng)
             self._draw_passerby(canvas, rng, job.cam, w * (0.5 + side * float(rng.uniform(0.45, 0.7))),
                                 height_scale=float(rng.uniform(1.0, 1.6)))
         else:

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .domains import RGB, get_domain
-from .seeding import rng_for
+from .seeding import pick, rng_for
 
 SCENES_PER_CAMERA = 3
 SCENE_WIDTH_FACTOR = 1.8  # scenes are wider than a crop so a tracklet can pan across them
@@ -84,9 +84,9 @@ def draw_occluder(img: Image.Image, kind: str, rng: np.random.Generator, colours
         draw.rectangle((x0, top, x0 + rng.uniform(0.6, 1.4) * w, h), fill=colour)
     elif kind == "bush":
         r = float(rng.uniform(0.25, 0.5)) * w
-        x = float(rng.choice([0.0, 1.0])) * w + float(rng.uniform(-0.1, 0.1)) * w
+        x = pick(rng, (0.0, 1.0)) * w + float(rng.uniform(-0.1, 0.1)) * w
         draw.ellipse((x - r, h - r * 1.6, x + r, h + r), fill=_jitter(rng, (50, 110, 50), 25))
     else:  # sign or board at the side
-        x = float(rng.choice([-0.15, 0.75])) * w
+        x = pick(rng, (-0.15, 0.75)) * w
         y0 = float(rng.uniform(0.0, 0.6)) * h
         draw.rectangle((x, y0, x + rng.uniform(0.3, 0.45) * w, y0 + rng.uniform(0.12, 0.3) * h), fill=colour)

@@ -21,3 +21,22 @@ def rng_for(seed: int, domain: str, purpose: str, *numbers: int) -> np.random.Ge
     entropy = [int(seed) % 2**32, stable_code(domain), stable_code(purpose)]
     entropy += [int(n) % 2**32 for n in numbers]
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
+
+
+def pick_index(rng: np.random.Generator, weights: tuple[float, ...]) -> int:
+    """Index drawn with probability proportional to ``weights`` (faster than ``rng.choice`` for a few)."""
+    r = rng.random() * sum(weights)
+    for i, w in enumerate(weights):
+        r -= w
+        if r < 0:
+            return i
+    return len(weights) - 1
+
+
+def pick(rng: np.random.Generator, options: tuple):
+    """One of ``options``, uniformly."""
+    return options[int(rng.integers(len(options)))]
+
+
+def random_sign(rng: np.random.Generator) -> float:
+    return 1.0 if rng.random() < 0.5 else -1.0

@@ -1,0 +1,328 @@
+"""``reidbench report`` and ``reidbench plot ...``: paper-ready tables and figures from the results database.
+
+Registered into the main group by ``harness/cli.py`` (``main.add_command(report)``,
+``main.add_command(plot)``). Only click is imported here at module level; pandas, matplotlib and
+numpy are imported inside the commands so every ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+TABLE_FORMATS = ("latex", "markdown", "csv", "html")
+_EXTENSION_FORMATS = {".tex": "latex", ".md": "markdown", ".markdown": "markdown", ".csv": "csv",
+                      ".html": "html", ".htm": "html"}
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Library user errors → the CLI's one-line error (exit code 2), as every other command."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from reidbench.harness.cli import UserError  # at call time: cli.py imports this module
+
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, KeyError, PermissionError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise UserError(str(msg).splitlines()[0] if str(msg) else type(exc).__name__) from None
+
+    return wrapper
+
+
+def _db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--db", "db_url", default=None, metavar="URL",
+                        help="Results database (any SQLAlchemy URL) [default: $REIDBENCH_DB or "
+                             "sqlite:///results.db].")(fn)
+
+
+def _open_store(db_url: str | None):
+    from reidbench.harness.store import Store
+
+    return Store(db_url or Store.default_url())
+
+
+def _ablation_ref(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def table_format(fmt: str | None, out: Path | None) -> str:
+    """--format, else the --out extension (.tex .md .csv .html), else markdown."""
+    if fmt:
+        return fmt
+    if out is not None and out.suffix.lower() in _EXTENSION_FORMATS:
+        return _EXTENSION_FORMATS[out.suffix.lower()]
+    return "markdown"
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Write ``text`` to ``out`` (saying so on stderr) or to stdout. The reuse point for other reports."""
+    if out is None:
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {out}", err=True)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@click.command("report")
+@click.option("--ablation", "ablation", default="latest", show_default=True, metavar="ID|NAME|latest",
+              help="Which recorded ablation (`reidbench ablate` prints its id).")
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default=None,
+              help="Output format [default: from the --out extension (.tex .md .csv .html), else markdown].")
+@click.option("--metrics", default=None, metavar="LIST",
+              help="Comma-separated: r1,r5,r10,map,minp, rerank_<name> [default: r1,map (+ re-ranked if recorded)].")
+@click.option("--paper", is_flag=True,
+              help="Add the paper's numbers (Luo et al. 2019, Tables 1 and 3) beside matching rows on Market/Duke.")
+@click.option("--label", default="tab:ablation", show_default=True, help="LaTeX \\label of the table.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file [default: stdout].")
+@_db_option
+def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, label: str, out: Path | None,
+           db_url: str | None) -> None:
+    """A paper-style table of one ablation: rows = steps, column groups = test sets.
+
+    R1/mAP in percent with one decimal, mean±std over seeds, the best value per column in bold;
+    the caption says what the numbers are (data, profile, epochs, seeds, weights, re-ranking).
+    """
+    _report(ablation, fmt, metrics, paper, label, out, db_url)
+
+
+@_user_errors
+def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, label: str, out: Path | None,
+            db_url: str | None) -> None:
+    from reidbench.harness.report.naming import parse_metrics
+    from reidbench.harness.report.tables import (
+        ablation_caption,
+        ablation_table,
+        default_metrics,
+        has_paper_numbers,
+        load_ablation,
+    )
+    from reidbench.harness.report.writers import render
+
+    use_fmt = table_format(fmt, out)
+    chosen = parse_metrics(metrics) if metrics else None
+    store = _open_store(db_url)
+    frame, context = load_ablation(store, _ablation_ref(ablation))
+    use_metrics = chosen or default_metrics(frame)
+    table = ablation_table(frame, use_metrics, paper=paper)
+    with_paper = paper and has_paper_numbers(table)
+    if paper and not with_paper:
+        click.echo("note: --paper: no row matches the paper (it reports Market-1501/DukeMTMC-reID R1/mAP only, "
+                   "never synthetic data)", err=True)
+    caption = ablation_caption(context, use_metrics, paper=with_paper)
+    emit(render(table, use_fmt, caption=caption, label=label, title=f"reidbench ablation {context.name}"), out)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _figure_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option("--dpi", type=int, default=150, show_default=True, help="Resolution of PNG output.")(fn)
+        fn = click.option("--figsize", default=None, metavar="WxH",
+                          help="Figure size in inches, e.g. 10x6 [default: from the number of panels].")(fn)
+        fn = click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+                          default=Path(default_out), show_default=True,
+                          help="Output image; .png, .pdf or .svg picks the format.")(fn)
+        return _db_option(fn)
+
+    return decorate
+
+
+@click.group("plot")
+def plot() -> None:
+    """Figures from the results database (PNG, PDF or SVG by the --out extension)."""
+
+
+def _sweep_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--metrics", default="r1,map", show_default=True, metavar="LIST",
+                      help="Comma-separated metrics (rows of panels).")(fn)
+    fn = click.option("--where", "where", multiple=True, metavar="FIELD=VALUE",
+                      help="Keep runs whose spec has FIELD=VALUE, e.g. data.train=synth-a (repeatable).")(fn)
+    fn = click.option("--runs", "runs", default=None, metavar="HASH,...", help="Comma-separated run hashes (prefixes).")(fn)
+    return click.option("--ablation", default=None, metavar="ID|NAME", help="Use the runs of this ablation.")(fn)
+
+
+@_user_errors
+def _sweep(kind: str, ablation: str | None, runs: str | None, where: tuple[str, ...], metrics: str, out: Path,
+           figsize: str | None, dpi: int, db_url: str | None) -> None:
+    from reidbench.harness.report.figures import figure_format, parse_figsize
+    from reidbench.harness.report.naming import parse_metrics
+    from reidbench.harness.report.points import (
+        BATCH_FIELDS,
+        IMAGE_FIELDS,
+        check_sweep,
+        describe_runs,
+        parse_filters,
+        points_from_runs,
+        select_runs,
+    )
+    from reidbench.harness.report.plots import plot_batch_size, plot_image_size
+
+    figure_format(out)
+    size = parse_figsize(figsize)
+    chosen = parse_metrics(metrics)
+    store = _open_store(db_url)
+    refs = [r.strip() for r in (runs or "").split(",") if r.strip()]
+    selected = select_runs(store, ablation=None if ablation is None else _ablation_ref(ablation), run_refs=refs,
+                           filters=parse_filters(where))
+    fields = BATCH_FIELDS if kind == "batch" else IMAGE_FIELDS
+    what = "batch size (data.ids_per_batch, data.imgs_per_id)" if kind == "batch" else "image size (data.image_size)"
+    check_sweep([r.spec for r in selected], fields, what)
+    points = points_from_runs(store, [r.run_hash for r in selected], chosen)
+    where_text = describe_runs(selected)
+    if kind == "batch":
+        path = plot_batch_size(points, out, metrics=chosen, figsize=size, dpi=dpi,
+                               title=f"Batch size P×K — {where_text}")
+    else:
+        path = plot_image_size(points, out, metrics=chosen, figsize=size, dpi=dpi,
+                               title=f"Input image size — {where_text}")
+    click.echo(f"wrote {path} ({len(selected)} runs)")
+
+
+@plot.command("batch-size")
+@_sweep_options
+@_figure_options("batch-size.png")
+def plot_batch_size_cmd(ablation: str | None, runs: str | None, where: tuple[str, ...], metrics: str, out: Path,
+                        figsize: str | None, dpi: int, db_url: str | None) -> None:
+    """R1/mAP against batch size P×K: K on x, one line per P, one panel per test set and metric.
+
+    Runs: an ablation's, --runs, or every done run matching --where; their specs may differ only in
+    data.ids_per_batch, data.imgs_per_id and the seed (error bars = std over seeds).
+    """
+    _sweep("batch", ablation, runs, where, metrics, out, figsize, dpi, db_url)
+
+
+@plot.command("image-size")
+@_sweep_options
+@_figure_options("image-size.png")
+def plot_image_size_cmd(ablation: str | None, runs: str | None, where: tuple[str, ...], metrics: str, out: Path,
+                        figsize: str | None, dpi: int, db_url: str | None) -> None:
+    """R1/mAP against input image size, one panel per test set (error bars = std over seeds).
+
+    Runs are selected as for batch-size; their specs may differ only in data.image_size and the seed.
+    """
+    _sweep("image", ablation, runs, where, metrics, out, figsize, dpi, db_url)
+
+
+@plot.command("curves")
+@click.option("--run", "run_ref", required=True, metavar="HASH", help="Run hash (a unique prefix is enough).")
+@_figure_options("curves.png")
+def plot_curves_cmd(run_ref: str, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
+    """Loss terms, learning rate and periodic evaluation of one run, per epoch."""
+    _curves(run_ref, out, figsize, dpi, db_url)
+
+
+@_user_errors
+def _curves(run_ref: str, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
+    from reidbench.harness.report.figures import figure_format, parse_figsize
+    from reidbench.harness.report.plots import curves_frame, plot_curves
+    from reidbench.harness.report.points import describe_runs
+
+    figure_format(out)
+    size = parse_figsize(figsize)
+    store = _open_store(db_url)
+    run = store.get_run(run_ref)
+    curves = curves_frame(store.epochs(run.run_hash))
+    # The periodic evaluation runs on the first test set: its final R1/mAP end those curves.
+    first = ((run.spec.get("data") or {}).get("test") or [None])[0]
+    final = {f"{m.test_set}/{m.metric}": m.value for m in store.metrics([run.run_hash])
+             if m.step is None and m.metric in ("mAP", "R1") and m.test_set == first}
+    title = f"Run {run.short_hash} ({run.label or 'no label'}) — {describe_runs([run])}"
+    path = plot_curves(curves, out, final=final, title=title, figsize=size, dpi=dpi)
+    click.echo(f"wrote {path}")
+
+
+@plot.command("ablation")
+@click.option("--ablation", default="latest", show_default=True, metavar="ID|NAME|latest")
+@click.option("--metric", default="map", show_default=True, help="Metric whose difference is plotted.")
+@_figure_options("ablation.png")
+def plot_ablation_cmd(ablation: str, metric: str, out: Path, figsize: str | None, dpi: int,
+                      db_url: str | None) -> None:
+    """Δ metric per trick: vs the previous step (cumulative), the base (single) or all tricks
+    (leave-one-out), one panel per test set."""
+    _ablation_plot(ablation, metric, out, figsize, dpi, db_url)
+
+
+@_user_errors
+def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
+    from reidbench.harness.report.figures import figure_format, parse_figsize
+    from reidbench.harness.report.naming import parse_metrics
+    from reidbench.harness.report.plots import REFERENCE, ablation_deltas, plot_ablation
+    from reidbench.harness.report.tables import load_ablation
+
+    figure_format(out)
+    size = parse_figsize(figsize)
+    (name,) = parse_metrics(metric)[:1]
+    store = _open_store(db_url)
+    frame, ctx = load_ablation(store, _ablation_ref(ablation))
+    deltas = ablation_deltas(frame, ctx.mode, name)
+    data = {"synthetic": "synthetic", "real": "real"}.get(ctx.data_kind, ctx.data_kind)
+    epochs = f"{ctx.epochs} epochs" + (f" of {ctx.full_epochs}" if ctx.full_epochs else "") if ctx.epochs else ""
+    title = (f"Δ {name} vs {REFERENCE.get(ctx.mode, 'reference')} — ablation {ctx.name} ({ctx.mode}), trained on "
+             f"{ctx.train} ({data}), {', '.join(p for p in (f'profile {ctx.profile}', epochs) if p)}, "
+             f"{len(ctx.seeds)} seed(s)")
+    path = plot_ablation(deltas, out, mode=ctx.mode, metric=name, title=title, figsize=size, dpi=dpi)
+    click.echo(f"wrote {path}")
+
+
+@plot.command("ranks")
+@click.option("--run", "run_ref", required=True, metavar="HASH", help="Run hash (a unique prefix is enough).")
+@click.option("--test", "test_set", default=None, help="Test set [default: the run's first].")
+@click.option("--queries", type=click.Choice(["best", "worst", "random"]), default="worst", show_default=True,
+              help="Which queries: highest AP, lowest AP, or a random sample.")
+@click.option("-n", "num_queries", type=click.IntRange(1, 64), default=8, show_default=True, help="Queries (rows).")
+@click.option("--top", type=click.IntRange(1, 50), default=10, show_default=True, help="Gallery images per query.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --queries random.")
+@click.option("--image-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Dataset folder, if its images moved since the run was evaluated.")
+@_figure_options("ranks.png")
+def plot_ranks_cmd(run_ref: str, test_set: str | None, queries: str, num_queries: int, top: int, seed: int,
+                   image_root: Path | None, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
+    """Query images and their top-k gallery images (green frame = same identity, red = another).
+
+    Ranked as the run was evaluated (its eval.normalize and eval.metric), dropping gallery images
+    of the query's identity from the query's camera, from the run's features-<test>.npz.
+    """
+    _ranks(run_ref, test_set, queries, num_queries, top, seed, image_root, out, figsize, dpi, db_url)
+
+
+@_user_errors
+def _ranks(run_ref: str, test_set: str | None, queries: str, num_queries: int, top: int, seed: int,
+           image_root: Path | None, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
+    from reidbench.harness.report.figures import figure_format, parse_figsize
+    from reidbench.harness.report.naming import group_label
+    from reidbench.harness.report.ranks import choose, load_features, plot_ranks, rank_queries
+
+    figure_format(out)
+    size = parse_figsize(figsize)
+    store = _open_store(db_url)
+    run = store.get_run(run_ref)
+    data = run.spec.get("data") or {}
+    tests = list(data.get("test") or [])
+    test = test_set or (tests[0] if tests else None)
+    if test is None or (tests and test not in tests):
+        raise ValueError(f"--test {test_set!r} is not a test set of run {run.short_hash}; valid: {', '.join(tests)}")
+    if not run.out_dir:
+        raise FileNotFoundError(f"run {run.short_hash} has no run folder recorded (status {run.status}); "
+                                "ranked lists need its features file")
+    arrays = load_features(Path(run.out_dir) / f"features-{test}.npz")
+    ev = run.spec.get("eval") or {}
+    ranked = rank_queries(arrays, metric=str(ev.get("metric", "sqeuclidean")), normalize=bool(ev.get("normalize", True)),
+                          top=top)
+    chosen = choose(ranked, queries, num_queries, seed)
+    root = ((run.provenance or {}).get(test) or {}).get("root")
+    title = (f"{queries.capitalize()} {len(chosen)} of {len(ranked)} queries — run {run.short_hash} "
+             f"({run.label or 'no label'}), test {group_label(str(data.get('train', '')), test)}")
+    path = plot_ranks(chosen, arrays["g_paths"], arrays["g_pids"], out, title=title, dataset_root=root,
+                      image_root=image_root, figsize=size, dpi=dpi)
+    click.echo(f"wrote {path}")

@@ -1,0 +1,76 @@
+"""The paper's numbers (Luo et al. 2019, Bag of Tricks), transcribed from the shared reference bot.md.
+
+Rows are keyed by the set of tricks applied on top of Baseline-S, so a measured row matches a paper
+row whatever the ablation mode that produced it (a cumulative ``+REA`` = {warmup, rea}; a
+leave-one-out ``−REA`` = every trick but rea). Values are percent, as printed in the paper.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from reidbench.harness.report.naming import RERANK_PREFIX, paper_dataset
+
+PAPER_TRICK_ORDER: tuple[str, ...] = ("warmup", "rea", "ls", "stride", "bnneck", "center")
+ALL_TRICKS = frozenset(PAPER_TRICK_ORDER)
+PAPER_CITATION = "Luo et al., Bag of Tricks and A Strong Baseline for Deep Person Re-identification, CVPRW 2019"
+
+
+def _cumulative(k: int) -> frozenset[str]:
+    return frozenset(PAPER_TRICK_ORDER[:k])
+
+
+# Table 1 — same domain, tricks added cumulatively. (R1, mAP) per dataset.
+TABLE1: dict[frozenset[str], dict[str, tuple[float, float]]] = {
+    _cumulative(0): {"market": (87.7, 74.0), "duke": (79.7, 63.7)},  # Baseline-S
+    _cumulative(1): {"market": (88.7, 75.2), "duke": (80.6, 65.1)},  # +warmup
+    _cumulative(2): {"market": (91.3, 79.3), "duke": (81.5, 68.3)},  # +REA
+    _cumulative(3): {"market": (91.4, 80.3), "duke": (82.4, 69.3)},  # +LS
+    _cumulative(4): {"market": (92.0, 81.7), "duke": (82.6, 70.6)},  # +stride=1
+    _cumulative(5): {"market": (94.1, 85.7), "duke": (86.2, 75.9)},  # +BNNeck
+    _cumulative(6): {"market": (94.5, 85.9), "duke": (86.4, 76.4)},  # +center loss
+}
+# Table 1's "+re-ranking" row: all tricks, re-ranked (our rerank_R1 / rerank_mAP columns).
+TABLE1_RERANK: dict[str, tuple[float, float]] = {"market": (95.4, 94.2), "duke": (90.3, 89.1)}
+
+# Table 3 — cross domain. Keys of the inner dict are (train, test): M→D = ("market", "duke").
+TABLE3: dict[frozenset[str], dict[tuple[str, str], tuple[float, float]]] = {
+    _cumulative(0): {("market", "duke"): (24.4, 12.9), ("duke", "market"): (34.2, 14.5)},  # Baseline
+    _cumulative(1): {("market", "duke"): (26.3, 14.1), ("duke", "market"): (39.7, 17.4)},  # +warmup
+    _cumulative(2): {("market", "duke"): (21.5, 10.2), ("duke", "market"): (32.5, 13.5)},  # +REA
+    _cumulative(3): {("market", "duke"): (23.2, 11.3), ("duke", "market"): (36.5, 14.9)},  # +LS
+    _cumulative(4): {("market", "duke"): (23.1, 11.8), ("duke", "market"): (37.1, 15.4)},  # +stride=1
+    _cumulative(5): {("market", "duke"): (26.7, 15.2), ("duke", "market"): (47.7, 21.6)},  # +BNNeck
+    _cumulative(6): {("market", "duke"): (27.5, 15.0), ("duke", "market"): (47.4, 21.4)},  # +center loss
+    ALL_TRICKS - {"rea"}: {("market", "duke"): (41.4, 25.7), ("duke", "market"): (54.3, 25.5)},  # −REA
+}
+
+_INDEX = {"R1": 0, "mAP": 1}
+
+
+def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synthetic: bool = False) -> float | None:
+    """The paper's number (percent) for a run trained on ``train``, tested on ``test``, with ``tricks``.
+
+    None where the paper has no such number: synthetic data, a dataset other than Market/Duke, a
+    trick set that is no row of Tables 1/3, or a metric other than R1/mAP (re-ranked: all tricks only).
+    """
+    if synthetic:
+        return None
+    src, dst = paper_dataset(train), paper_dataset(test)
+    if src is None or dst is None:
+        return None
+    key = frozenset(tricks)
+    rerank = metric.startswith(RERANK_PREFIX)
+    base_metric = metric[len(RERANK_PREFIX):] if rerank else metric
+    if base_metric not in _INDEX:
+        return None
+    i = _INDEX[base_metric]
+    if src == dst:
+        if rerank:
+            return TABLE1_RERANK[src][i] if key == ALL_TRICKS else None
+        row = TABLE1.get(key)
+        return row[src][i] if row else None
+    if rerank:
+        return None
+    row3 = TABLE3.get(key)
+    return row3[(src, dst)][i] if row3 else None

@@ -1,0 +1,218 @@
+"""Figures: batch-size and image-size sweeps, training curves, Δ per trick of an ablation.
+
+Each ``plot_*`` takes plain frames/records (no store) and an output path, and returns the path;
+the ``*_frame``/``ablation_deltas`` helpers turn store contents into those frames.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from reidbench.harness.report.figures import DEFAULT_DPI, new_figure, save_figure
+from reidbench.harness.report.naming import metric_label
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+METRIC_COLORS = {"R1": "tab:blue", "mAP": "tab:orange", "mINP": "tab:green"}
+
+
+def _agg(points: "pd.DataFrame", keys: list[str]) -> "pd.DataFrame":
+    """Mean, sample std (0 for one seed) and count of ``value`` per ``keys``."""
+    out = points.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def _panels(points: "pd.DataFrame", metrics: Sequence[str]) -> tuple[list[str], list[str]]:
+    groups = list(dict.fromkeys(points["group"]))
+    present = [m for m in metrics if m in set(points["metric"])]
+    if not groups or not present:
+        raise ValueError(f"no {'/'.join(metrics)} results among the selected runs")
+    return groups, present
+
+
+def plot_batch_size(points: "pd.DataFrame", out: str | Path, *, metrics: Sequence[str] = ("R1", "mAP"),
+                    title: str = "", figsize: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI) -> Path:
+    """R1/mAP against K (images per identity), one line per P (identities per batch); rows = metrics,
+    columns = test sets; error bars = std over seeds."""
+    import matplotlib.pyplot as plt
+
+    groups, present = _panels(points, metrics)
+    stats = _agg(points, ["group", "metric", "ids_per_batch", "imgs_per_id"])
+    ps = sorted(set(stats["ids_per_batch"]))
+    ks = sorted(set(stats["imgs_per_id"]))
+    colors = plt.get_cmap("viridis")([i / max(1, len(ps) - 1) * 0.85 for i in range(len(ps))])
+    fig, axes = new_figure(len(present), len(groups), figsize)
+    for r, metric in enumerate(present):
+        for c, group in enumerate(groups):
+            ax = axes[r][c]
+            for p, color in zip(ps, colors):
+                sub = stats[(stats["group"] == group) & (stats["metric"] == metric) & (stats["ids_per_batch"] == p)]
+                sub = sub.sort_values("imgs_per_id")
+                if sub.empty:
+                    continue
+                ax.errorbar(sub["imgs_per_id"], sub["mean"], yerr=sub["std"], marker="o", capsize=3,
+                            color=color, label=f"P = {p}")
+            ax.set_xticks(ks)
+            ax.set_xlabel("K (images per identity)")
+            ax.set_ylabel(f"{metric_label(metric)} (%)")
+            ax.set_title(f"{metric_label(metric)} on {group}")
+            if r == 0 and c == 0:
+                ax.legend(title="identities per batch")
+    fig.suptitle(title or "Batch size P×K")
+    return save_figure(fig, out, dpi)
+
+
+def plot_image_size(points: "pd.DataFrame", out: str | Path, *, metrics: Sequence[str] = ("R1", "mAP"),
+                    title: str = "", figsize: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI) -> Path:
+    """R1/mAP against input image size (ordered by pixel count), one panel per test set;
+    error bars = std over seeds."""
+    groups, present = _panels(points, metrics)
+    stats = _agg(points, ["group", "metric", "image_h", "image_w", "image_size"])
+    sizes = (stats[["image_h", "image_w", "image_size"]].drop_duplicates()
+             .assign(area=lambda d: d["image_h"] * d["image_w"]).sort_values(["area", "image_h"]))
+    order = list(sizes["image_size"])
+    x_of = {s: i for i, s in enumerate(order)}
+    fig, axes = new_figure(1, len(groups), figsize)
+    width = 0.8 / len(present)
+    for c, group in enumerate(groups):
+        ax = axes[0][c]
+        for i, metric in enumerate(present):
+            sub = stats[(stats["group"] == group) & (stats["metric"] == metric)]
+            xs = [x_of[s] - 0.4 + width * (i + 0.5) for s in sub["image_size"]]
+            ax.bar(xs, sub["mean"], width=width * 0.95, yerr=sub["std"], capsize=3,
+                   color=METRIC_COLORS.get(metric, f"C{i}"), label=metric_label(metric))
+            for x, v in zip(xs, sub["mean"]):
+                ax.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                            textcoords="offset points")
+        ax.set_xticks(range(len(order)), order)
+        ax.set_xlabel("image size H×W (pixels)")
+        ax.set_ylabel("%")
+        ax.set_title(f"Test on {group}")
+        if c == 0:
+            ax.legend()
+    fig.suptitle(title or "Input image size")
+    return save_figure(fig, out, dpi)
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def curves_frame(epochs: Sequence[Any]) -> "pd.DataFrame":
+    """Store epoch records → one row per epoch, one column per recorded value ("loss/id", "lr", ...)."""
+    import pandas as pd
+
+    rows = [{"epoch": e.epoch, **{k: v for k, v in e.values.items() if isinstance(v, (int, float))}} for e in epochs]
+    return pd.DataFrame(rows).sort_values("epoch").reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def plot_curves(curves: "pd.DataFrame", out: str | Path, *, final: dict[str, float] | None = None,
+                title: str = "", figsize: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI) -> Path:
+    """Three panels per epoch: every loss term, the learning rate (log scale), and the periodic
+    evaluation ("<test>/mAP", "<test>/R1", percent) with the final metrics marked at the last epoch."""
+    if curves.empty or "epoch" not in curves:
+        raise ValueError("the run has no per-epoch history in the store (was it recorded by an older version?)")
+    fig, axes = new_figure(1, 3, figsize, panel_size=(4.4, 3.4))
+    ax_loss, ax_lr, ax_eval = axes[0]
+    losses = [c for c in curves.columns if c.startswith("loss/")]
+    for name in losses:
+        ax_loss.plot(curves["epoch"], curves[name], marker=".", label=name.split("/", 1)[1])
+    ax_loss.set(title="Training losses", xlabel="epoch", ylabel="loss (batch mean)")
+    if losses:
+        ax_loss.legend()
+    if "lr" in curves:
+        ax_lr.plot(curves["epoch"], curves["lr"], marker=".", drawstyle="steps-mid", color="tab:purple")
+        ax_lr.set_yscale("log")
+    ax_lr.set(title="Learning rate", xlabel="epoch", ylabel="learning rate")
+    evals = [c for c in curves.columns if "/" in c and not c.startswith("loss/")]
+    last = float(curves["epoch"].max())
+    final = dict(final or {})
+    for i, name in enumerate(dict.fromkeys([*evals, *final])):
+        color = f"C{i}"  # a periodic curve and the final value of the same metric share a colour
+        if name in evals:
+            sub = curves[["epoch", name]].dropna()
+            ax_eval.plot(sub["epoch"], 100 * sub[name], marker="o", color=color, label=f"{name} (periodic)")
+        if name in final:
+            ax_eval.plot([last], [100 * final[name]], marker="*", markersize=12, linestyle="none", color=color,
+                         label=f"{name} (final)")
+    ax_eval.set(title="Evaluation" if evals else "Evaluation (final only: eval.every_epochs = 0)",
+                xlabel="epoch", ylabel="%")
+    ax_eval.margins(y=0.15)
+    ax_eval.set_xlim(float(curves["epoch"].min()) - 0.5, last + 0.5)
+    if evals or final:
+        ax_eval.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title or "Training curves")
+    return save_figure(fig, out, dpi)
+
+
+# --------------------------------------------------------------------------- ablation deltas
+
+
+REFERENCE = {"cumulative": "previous step", "single": "the base", "leave-one-out": "all tricks"}
+
+
+def ablation_deltas(frame: "pd.DataFrame", mode: str, metric: str = "mAP") -> "pd.DataFrame":
+    """Δ ``metric`` (points) of each step against its reference, per test-set group.
+
+    Reference: the previous row (cumulative), the first row = the base (single), the first row =
+    all tricks (leave-one-out: Δ < 0 means the removed trick helps). Columns: step, reference,
+    group, delta, std (of the difference of independent means: √(s_a² + s_b²), 0 for one seed).
+    """
+    import pandas as pd
+
+    if mode not in REFERENCE:
+        raise ValueError(f"ablation mode {mode!r} is not known; valid: {', '.join(REFERENCE)}")
+    use = frame[frame["metric"] == metric]
+    stats = use.groupby(["row", "step", "group"], sort=True)["value"].agg(["mean", "std"]).reset_index()
+    stats["std"] = stats["std"].fillna(0.0)
+    steps = list(dict.fromkeys(frame.sort_values("row")["step"]))
+    groups = list(dict.fromkeys(frame["group"]))
+    value = {(r.step, r.group): (100 * r.mean, 100 * r.std) for r in stats.itertuples()}
+    rows = []
+    for i, step in enumerate(steps[1:], start=1):
+        ref = steps[i - 1] if mode == "cumulative" else steps[0]
+        for group in groups:
+            a, b = value.get((step, group)), value.get((ref, group))
+            if a is None or b is None:
+                rows.append((step, ref, group, math.nan, math.nan))
+            else:
+                rows.append((step, ref, group, a[0] - b[0], math.hypot(a[1], b[1])))
+    return pd.DataFrame(rows, columns=["step", "reference", "group", "delta", "std"])
+
+
+def plot_ablation(deltas: "pd.DataFrame", out: str | Path, *, mode: str, metric: str = "mAP", title: str = "",
+                  figsize: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI) -> Path:
+    """One panel per test set: a bar per step, green up / red down, labelled with its Δ."""
+    groups = list(dict.fromkeys(deltas["group"]))
+    if not groups:
+        raise ValueError("the ablation has a single row: there is no difference to plot")
+    steps = list(dict.fromkeys(deltas["step"]))
+    fig, axes = new_figure(1, len(groups), figsize, panel_size=(max(4.2, 0.75 * len(steps) + 1.5), 3.6))
+    for c, group in enumerate(groups):
+        ax = axes[0][c]
+        sub = deltas[deltas["group"] == group].set_index("step").reindex(steps)
+        heights = sub["delta"].fillna(0.0)
+        colors = ["0.75" if math.isnan(d) else ("tab:green" if d >= 0 else "tab:red") for d in sub["delta"]]
+        ax.bar(range(len(steps)), heights, yerr=sub["std"].fillna(0.0), color=colors, capsize=3)
+        ax.axhline(0, color="0.2", linewidth=0.8)
+        for x, (d, e) in enumerate(zip(sub["delta"], sub["std"].fillna(0.0))):
+            if math.isnan(d):
+                ax.annotate("n/a", (x, 0), ha="center", va="bottom", fontsize=8, xytext=(0, 3),
+                            textcoords="offset points", color="0.4")
+                continue
+            up = d >= 0  # label beyond the error bar's end, so neither hides the other
+            ax.annotate(f"{d:+.1f}", (x, d + e if up else d - e), ha="center", va="bottom" if up else "top",
+                        fontsize=8, xytext=(0, 3 if up else -3), textcoords="offset points")
+        ax.set_xticks(range(len(steps)), steps, rotation=30, ha="right")
+        ax.set_ylabel(f"Δ {metric_label(metric)} (points)")
+        ax.set_title(f"Test on {group}")
+        ax.margins(y=0.15)
+    fig.suptitle(title or f"Δ {metric_label(metric)} vs {REFERENCE.get(mode, 'reference')}")
+    return save_figure(fig, out, dpi)

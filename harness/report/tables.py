@@ -1,0 +1,311 @@
+"""Ablation tables: store → tidy frame → numeric summary table → display cells. Pure except the loaders.
+
+Three layers, each a DataFrame a user (or another report, e.g. an Optuna study) can stop at:
+
+1. ``ablation_frame(store, ref)``: tidy, one row per (member run, test set, metric), values as
+   fractions 0..1 exactly as stored.
+2. ``summarize(tidy, metrics)`` / ``ablation_table(frame, metrics)``: index = table rows (the
+   paper's step labels), columns = MultiIndex (group, metric, stat) with stat in mean/std/n (and
+   paper), values in percent. Numeric, so CSV and plots use it directly.
+3. ``display_cells(table)``: plain-text cells ("85.0±7.1", "–") and a mask of the best value per
+   column; the writers (``writers``) escape and mark them up for LaTeX, Markdown or HTML.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from reidbench.harness.report.naming import RERANK_PREFIX, group_label, metric_label
+from reidbench.harness.report.paper import PAPER_CITATION, paper_value
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MISSING = "–"  # en dash: a cell whose run failed, is not done yet, or lacks the metric
+STATS = ("mean", "std", "n")
+PAPER_STAT = "paper"
+DEFAULT_METRICS = ("R1", "mAP")
+TIDY_COLUMNS = ["row", "step", "position", "seed", "run_hash", "status", "train", "test_set", "group", "tricks",
+                "synthetic", "metric", "value"]
+
+
+@dataclass(frozen=True)
+class AblationContext:
+    """What the numbers of one ablation are: the facts a caption must state."""
+
+    id: int
+    name: str
+    base: str
+    mode: str
+    train: str
+    tests: tuple[str, ...]
+    profile: str | None = None
+    epochs: int | None = None
+    full_epochs: int | None = None
+    seeds: tuple[int, ...] = ()
+    data_kind: str = "unknown"  # synthetic | real | mixed | unknown (no run finished yet)
+    weights: str = "unknown"  # pretrained | scratch | mixed | unknown
+    backbone: str | None = None
+    statuses: dict[str, int] = field(default_factory=dict)  # run status → count of distinct runs
+
+
+def _same_domain_first(train: str, tests: Iterable[str]) -> tuple[str, ...]:
+    ordered = list(dict.fromkeys(tests))
+    return tuple(sorted(ordered, key=lambda t: t != train))  # stable: keeps the rest in given order
+
+
+def _kind(flags: Sequence[bool], yes: str, no: str) -> str:
+    if not flags:
+        return "unknown"
+    if all(flags):
+        return yes
+    return no if not any(flags) else "mixed"
+
+
+def _load(store: Any, ref: int | str) -> tuple[Any, dict[str, Any], dict[tuple[str, str, str], float]]:
+    record = store.get_ablation(ref)
+    hashes = list(dict.fromkeys(m["run_hash"] for m in record.members))
+    runs = {h: store.find_run(h) for h in hashes}
+    values = {(m.run_hash, m.test_set, m.metric): m.value for m in store.metrics(hashes) if m.step is None}
+    return record, runs, values
+
+
+def _ablation_tests(record: Any, runs: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    first = next((r for r in runs.values() if r is not None), None)
+    data = (first.spec.get("data", {}) if first is not None else {}) or {}
+    train = str(record.meta.get("train") or data.get("train") or "")
+    tests = record.meta.get("test") or data.get("test") or []
+    return train, _same_domain_first(train, [str(t) for t in tests])
+
+
+def load_ablation(store: Any, ref: int | str = "latest") -> tuple["pd.DataFrame", AblationContext]:
+    """Ablation ``ref`` (id, name or "latest") read once: its tidy frame and its caption facts."""
+    record, runs, values = _load(store, ref)
+    return _frame(record, runs, values), _context(record, runs)
+
+
+def ablation_context(store: Any, ref: int | str = "latest") -> AblationContext:
+    """Facts about ablation ``ref`` (id, name or "latest") for captions."""
+    return load_ablation(store, ref)[1]
+
+
+def _context(record: Any, runs: dict[str, Any]) -> AblationContext:
+    train, tests = _ablation_tests(record, runs)
+    meta = record.meta
+    known = [r for r in runs.values() if r is not None]
+    done = [r for r in known if r.status == "done"]
+    statuses: dict[str, int] = {}
+    for h, r in runs.items():
+        status = r.status if r is not None else "missing"
+        statuses[status] = statuses.get(status, 0) + 1
+    seeds = meta.get("seeds")
+    if seeds is None:
+        seeds = sorted({m["seed"] for m in record.members if m.get("seed") is not None})
+    first_spec = known[0].spec if known else {}
+    profile = meta.get("profile", first_spec.get("profile"))
+    epochs = meta.get("epochs", (first_spec.get("schedule") or {}).get("max_epochs"))
+    full = meta.get("full_epochs", first_spec.get("full_epochs"))
+    return AblationContext(
+        id=int(record.id), name=str(record.name), base=str(record.base), mode=str(record.mode), train=train,
+        tests=tests, profile=profile, epochs=None if epochs is None else int(epochs),
+        full_epochs=None if full is None else int(full), seeds=tuple(int(s) for s in seeds),
+        data_kind=_kind([r.synthetic for r in done], "synthetic", "real"),
+        weights=_kind([r.pretrained for r in done], "pretrained", "scratch"),
+        backbone=(first_spec.get("model") or {}).get("backbone"), statuses=statuses,
+    )
+
+
+def ablation_frame(store: Any, ref: int | str = "latest") -> "pd.DataFrame":
+    """Tidy frame of ablation ``ref``: one row per (member, test set, metric) with its value (fraction).
+
+    Columns: row (table order of the step), step, position, seed, run_hash, status, train, test_set,
+    group (column-group title), tricks (sorted, comma-joined), synthetic, metric, value. A member
+    with no final metric for a test set (failed, pending) still has one row there, with metric and
+    value missing, so its step keeps its place in the table.
+    """
+    return load_ablation(store, ref)[0]
+
+
+def _frame(record: Any, runs: dict[str, Any], values: dict[tuple[str, str, str], float]) -> "pd.DataFrame":
+    import pandas as pd
+
+    _, tests = _ablation_tests(record, runs)
+    by_run: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    for (h, test, metric), value in values.items():
+        by_run.setdefault((h, test), []).append((metric, value))
+    row_of: dict[str, int] = {}
+    rows: list[tuple[Any, ...]] = []
+    for member in record.members:
+        step = str(member.get("step") or member.get("label") or f"#{member['position']}")
+        row_of.setdefault(step, len(row_of))
+        h = member["run_hash"]
+        run = runs.get(h)
+        spec = run.spec if run is not None else {}
+        train = str((spec.get("data") or {}).get("train") or record.meta.get("train") or "")
+        tricks = ",".join(sorted(spec.get("tricks") or ()))
+        common = (row_of[step], step, int(member["position"]), member.get("seed"), h,
+                  run.status if run is not None else "missing", train)
+        extra_tests = [t for (hh, t) in by_run if hh == h and t not in tests]
+        for test in (*tests, *extra_tests):
+            group = group_label(train, test)
+            synthetic = bool(run.synthetic) if run is not None else False
+            found = by_run.get((h, test), [])
+            if not found:
+                rows.append((*common, test, group, tricks, synthetic, None, math.nan))
+            for metric, value in found:
+                rows.append((*common, test, group, tricks, synthetic, metric, float(value)))
+    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
+
+
+def default_metrics(frame: "pd.DataFrame") -> tuple[str, ...]:
+    """R1 and mAP, plus their re-ranked versions when the runs were evaluated with re-ranking."""
+    present = set(frame["metric"].dropna())
+    rerank = tuple(RERANK_PREFIX + m for m in DEFAULT_METRICS if RERANK_PREFIX + m in present)
+    return DEFAULT_METRICS + rerank
+
+
+def summarize(tidy: "pd.DataFrame", metrics: Sequence[str], *, row: str = "step", group: str = "group",
+              value: str = "value", scale: float = 100.0) -> "pd.DataFrame":
+    """Tidy (row, group, metric, value) → numeric table: mean/std/n over repeats (seeds), × ``scale``.
+
+    The extension point for other reports: any tidy frame with a row-label column (``row``), a
+    column-group column (``group``), ``metric`` and ``value`` works (e.g. an Optuna study with row
+    "16×4" and group "Market-1501"). Rows and groups keep their order of first appearance; every
+    (group, metric) pair gets columns even when empty, so a missing result shows as missing.
+    std is the sample standard deviation (ddof=1), NaN for a single value.
+    """
+    import numpy as np
+    import pandas as pd
+
+    row_order = list(dict.fromkeys(tidy[row]))
+    group_order = list(dict.fromkeys(tidy[group]))
+    use = tidy[tidy["metric"].isin(list(metrics)) & tidy[value].notna()]
+    stats = use.groupby([row, group, "metric"], sort=False)[value].agg(["mean", "std", "count"])
+    columns = pd.MultiIndex.from_tuples([(g, m, s) for g in group_order for m in metrics for s in STATS],
+                                        names=["group", "metric", "stat"])
+    table = pd.DataFrame(np.nan, index=pd.Index(row_order, name=row), columns=columns, dtype=float)
+    for (r, g, m), (mean, std, count) in stats.iterrows():
+        table.loc[r, (g, m, "mean")] = scale * mean
+        table.loc[r, (g, m, "std")] = scale * std if count > 1 else np.nan
+        table.loc[r, (g, m, "n")] = count
+    table.loc[:, (slice(None), slice(None), "n")] = table.loc[:, (slice(None), slice(None), "n")].fillna(0)
+    return table
+
+
+def ablation_table(frame: "pd.DataFrame", metrics: Sequence[str] | None = None, paper: bool = False) -> "pd.DataFrame":
+    """Wide numeric table of an ablation frame: rows = steps, columns = (group, metric, stat), percent.
+
+    With ``paper``, a "paper" stat is added after each metric's mean/std/n holding the number of the
+    paper's Table 1/3 for that step, dataset pair and metric (NaN where the paper has none).
+    """
+    metrics = tuple(metrics) if metrics else default_metrics(frame)
+    table = summarize(frame, metrics)
+    if not paper:
+        return table
+    import numpy as np
+    import pandas as pd
+
+    # Per (step, group): the trick set, dataset pair and synthetic flag the paper lookup needs.
+    facts = (frame.groupby(["step", "group"], sort=False)
+             .agg(train=("train", "first"), test_set=("test_set", "first"), tricks=("tricks", "first"),
+                  synthetic=("synthetic", "any")))
+    cols = []
+    for g, m, s in table.columns:
+        cols.append((g, m, s))
+        if s == STATS[-1]:
+            cols.append((g, m, PAPER_STAT))
+    out = table.reindex(columns=pd.MultiIndex.from_tuples(cols, names=table.columns.names))
+    for (step, g), f in facts.iterrows():
+        if step not in out.index:
+            continue
+        tricks = [t for t in str(f["tricks"]).split(",") if t]
+        for m in metrics:
+            number = paper_value(f["train"], f["test_set"], tricks, m, synthetic=bool(f["synthetic"]))
+            out.loc[step, (g, m, PAPER_STAT)] = np.nan if number is None else number
+    return out
+
+
+def has_paper_numbers(table: "pd.DataFrame") -> bool:
+    paper = [c for c in table.columns if c[-1] == PAPER_STAT]
+    return bool(paper) and bool(table[paper].notna().to_numpy().any())
+
+
+def format_cell(mean: float, std: float = math.nan, n: float = 1) -> str:
+    """``85.0`` or ``85.0±7.1`` (one decimal, percent already); ``–`` when missing."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return MISSING
+    if n is not None and n > 1 and std is not None and not math.isnan(std):
+        return f"{mean:.1f}±{std:.1f}"
+    return f"{mean:.1f}"
+
+
+def display_cells(table: "pd.DataFrame", bold: bool = True) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+    """Numeric table → (text cells, best-value mask), columns (group, label).
+
+    Labels: the metric ("R1", "mAP (RR)") for measured columns, "<metric> paper" for the paper's.
+    Best = highest mean of a measured column at the printed precision (ties all marked); only
+    columns with two or more values get a best.
+    """
+    import pandas as pd
+
+    text_cols: dict[tuple[str, str], list[str]] = {}
+    best_cols: dict[tuple[str, str], list[bool]] = {}
+    pairs = list(dict.fromkeys((g, m) for g, m, _ in table.columns))
+    stats_of = {(g, m): {s for gg, mm, s in table.columns if (gg, mm) == (g, m)} for g, m in pairs}
+    for g, m in pairs:
+        label = metric_label(m)
+        means = table[(g, m, "mean")]
+        std = table[(g, m, "std")] if "std" in stats_of[(g, m)] else pd.Series(math.nan, index=table.index)
+        n = table[(g, m, "n")] if "n" in stats_of[(g, m)] else pd.Series(1, index=table.index)
+        text_cols[(g, label)] = [format_cell(a, b, c) for a, b, c in zip(means, std, n)]
+        rounded = means.round(1)
+        marked = bold and rounded.notna().sum() >= 2
+        top = rounded.max()
+        best_cols[(g, label)] = [bool(marked and v == top) for v in rounded]
+        if PAPER_STAT in stats_of[(g, m)]:
+            paper = table[(g, m, PAPER_STAT)]
+            if paper.notna().any():
+                text_cols[(g, f"{label} paper")] = [format_cell(v) for v in paper]
+                best_cols[(g, f"{label} paper")] = [False] * len(paper)
+    columns = pd.MultiIndex.from_tuples(list(text_cols), names=["group", "column"])
+    text = pd.DataFrame(list(zip(*text_cols.values())) or None, index=table.index, columns=columns)
+    best = pd.DataFrame(list(zip(*best_cols.values())) or None, index=table.index, columns=columns)
+    return text, best
+
+
+def ablation_caption(context: AblationContext, metrics: Sequence[str], paper: bool = False) -> str:
+    """One paragraph saying what the numbers are (plain text; writers escape it)."""
+    shown = ", ".join(dict.fromkeys(metric_label(m).replace(" (RR)", "") for m in metrics))
+    mode = {"cumulative": "tricks added cumulatively", "single": "each trick alone on the base",
+            "leave-one-out": "all tricks and all but one"}.get(context.mode, context.mode)
+    parts = [f"{shown} (%) of ablation {context.name} (id {context.id}; {mode}), base {context.base}, "
+             f"trained on {context.train}"]
+    data = {"synthetic": "synthetic data", "real": "real data", "mixed": "synthetic and real data"}.get(
+        context.data_kind, "data kind unknown (no run finished)")
+    parts.append(data)
+    if context.profile:
+        parts.append(f"profile {context.profile}")
+    if context.epochs is not None:
+        shortened = (f" (shortened from {context.full_epochs})"
+                     if context.full_epochs and context.full_epochs > context.epochs else "")
+        parts.append(f"{context.epochs} epochs{shortened}")
+    weights = {"pretrained": "ImageNet-pretrained", "scratch": "trained from scratch (no pretrained weights)",
+               "mixed": "pretrained for some runs only"}.get(context.weights, "pretraining unknown")
+    parts.append(f"{context.backbone} {weights}" if context.backbone else weights)
+    seeds = context.seeds
+    if len(seeds) > 1:
+        parts.append(f"mean±std over {len(seeds)} seeds ({', '.join(map(str, seeds))})")
+    elif seeds:
+        parts.append(f"1 seed ({seeds[0]})")
+    rerank = any(m.startswith(RERANK_PREFIX) for m in metrics)
+    parts.append("RR columns with k-reciprocal re-ranking (k1=20, k2=6, λ=0.3), others without"
+                 if rerank else "without re-ranking")
+    text = "; ".join(parts) + ". Best value per column in bold."
+    not_done = sum(v for k, v in context.statuses.items() if k != "done")
+    if not_done:
+        text += f" {MISSING}: run not done ({not_done} of {sum(context.statuses.values())})."
+    if paper:
+        text += f" Paper: {PAPER_CITATION}, Tables 1 and 3."
+    return text
