@@ -40,9 +40,9 @@ import torch
 # Candidates kept per row beyond the largest neighbour list needed, so that an exact float64
 # re-sort of near-tied rows still sees every true member of the top lists.
 _EXTRA_CANDIDATES = 11
-# Candidates kept per row at least: their distances are looked up for the weights of V (about nine
-# in ten expanded-set pairs are found in one of the two rows' lists at 64); the rest are measured.
-_MIN_CANDIDATES = 64
+# Candidates kept per row at least: their distances are looked up for the weights of V (most
+# expanded-set pairs are found in one of the two rows' lists); the rest are measured.
+_MIN_CANDIDATES = 32
 # A cut is "near-tied" when the float32 gap there is below this fraction of the scale of the
 # distances involved (|x_i|^2 + max_j |x_j|^2); float32 GEMM errors are ~1e-6 of that scale.
 _NEAR_TIE_RELATIVE = 1e-5
@@ -179,20 +179,23 @@ def _merge_below_threshold(below: torch.Tensor, start: int, stop: int, cand_dist
     last candidate into that row's sorted candidate list, in place."""
     list_len = cand_dist.shape[1]
     thr = cand_dist[stop:, list_len - 1]
-    block_pos, later = (below < thr[None, :]).nonzero(as_tuple=True)
+    # compare on the transposed view: the mask keeps ``below``'s memory layout, and nonzero then
+    # walks it in later-row order, so the candidates come out grouped by row without a sort
+    later, block_pos = torch.lt(below.T, thr[:, None]).nonzero(as_tuple=True)
     if later.numel() == 0:
         return
     vals = below[block_pos, later]
-    order = torch.sort(later, stable=True).indices
-    later, block_pos, vals = later[order], block_pos[order], vals[order]
-    rows, counts = torch.unique_consecutive(later, return_counts=True)
+    counts = torch.bincount(later, minlength=thr.numel())
+    first = counts.cumsum(0) - counts
+    slot = torch.arange(later.numel()) - first[later]
+    active = counts > 0
+    compact = active.cumsum(0) - 1
+    rows = active.nonzero().squeeze(1)
     width = int(counts.max())
-    slot = torch.arange(later.numel()) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    which = torch.repeat_interleave(torch.arange(rows.numel()), counts)
     pad_v = torch.full((rows.numel(), width), float("inf"))
     pad_i = torch.full((rows.numel(), width), -1, dtype=torch.long)
-    pad_v[which, slot] = vals
-    pad_i[which, slot] = block_pos + start
+    pad_v[compact[later], slot] = vals
+    pad_i[compact[later], slot] = block_pos + start
     rows = rows + stop
     cand_dist[rows], cand_idx[rows] = _merge_topk(cand_dist[rows], cand_idx[rows], pad_v, pad_i, list_len)
 

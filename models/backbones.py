@@ -139,7 +139,8 @@ def _probe(backbone: nn.Module, modules: dict[str, nn.Module]) -> tuple[dict[str
     backbone.eval()  # eval: the probe must not touch BatchNorm running statistics
     try:
         with torch.no_grad():
-            out = backbone(torch.zeros(1, 3, PROBE_SIZE_PX, PROBE_SIZE_PX))
+            parameter = next(backbone.parameters())  # probe on the backbone's device and dtype
+            out = backbone(parameter.new_zeros(1, 3, PROBE_SIZE_PX, PROBE_SIZE_PX))
     finally:
         for handle in handles:
             handle.remove()

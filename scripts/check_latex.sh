@@ -66,4 +66,4 @@ PY
     cat "$WORK/table.tex" >&2
     exit 1
 }
-echo "check_latex: OK ($(wc -c <"$WORK/table.pdf") byte PDF from $(grep -c '\\\\$' "$WORK/table.tex") table rows)"
+echo "check_latex: OK (pdflatex wrote a $(wc -c <"$WORK/table.pdf")-byte PDF)"

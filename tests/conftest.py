@@ -63,8 +63,8 @@ def tiny_market(tmp_path_factory) -> Path:
     return make_market_folder(tmp_path_factory.mktemp("data") / "tiny")
 
 
-@pytest.fixture()
-def tiny_spec_file(tmp_path) -> Path:
-    path = tmp_path / "tiny.yaml"
+@pytest.fixture(scope="session")
+def tiny_spec_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("spec") / "tiny.yaml"
     path.write_text(TINY_SPEC)
     return path

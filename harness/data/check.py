@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .datasets import MAX_EXAMPLES, SPLITS, ReidDataset, get_parser, guess_format
+from .datasets import MAX_EXAMPLES, SPLITS, ReidDataset, guess_format, parse
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,7 @@ def check_dataset(
     error and raises ``ValueError``; everything wrong with the data is a reported problem.
     """
     format = format or guess_format(root)
-    parser = get_parser(format)
-    dataset = parser(root, **parser_kw)
+    dataset = parse(root, format, **parser_kw)
     problems = list(dataset.problems) + _query_problems(dataset)
     verified: int | None = None
     if verify_images:

@@ -17,6 +17,7 @@ Conventions shared by every format:
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from dataclasses import dataclass, field
@@ -414,6 +415,17 @@ def get_parser(format: str) -> Parser:
         raise ValueError(f"unknown dataset format {format!r}; valid formats: {', '.join(FORMATS)}") from None
 
 
+def parse(root: str | os.PathLike, format: str, **kw) -> ReidDataset:
+    """Run the parser of ``format``; an option it does not take is a one-line ``ValueError``."""
+    parser = get_parser(format)
+    accepted = [p for p in inspect.signature(parser).parameters if p != "root"]
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        raise ValueError(f"dataset format {format!r} does not take option(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(accepted)}")
+    return parser(root, **kw)
+
+
 def load_dataset(
     root: str | os.PathLike,
     format: str | None = None,
@@ -429,10 +441,10 @@ def load_dataset(
     msmt17).
     """
     format = format or guess_format(root)
-    parser = get_parser(format)
+    get_parser(format)  # unknown format: error before looking at the disk
     if not Path(root).exists():
         raise FileNotFoundError(f"dataset root does not exist: {root}")
-    dataset = parser(root, name=name, **kw)
+    dataset = parse(root, format, name=name, **kw)
     if strict and dataset.problems:
         more = f" (+{len(dataset.problems) - 1} more)" if len(dataset.problems) > 1 else ""
         raise ValueError(f"{format} dataset at {root}: {dataset.problems[0]}{more}; "

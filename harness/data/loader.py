@@ -55,8 +55,10 @@ def decode_all(
     height, width = image_size
     images = torch.empty((len(paths), 3, height, width), dtype=torch.uint8)
 
+    pixels = images.numpy()  # same memory; NumPy copies keep torch's thread pool out of it
+
     def decode(index: int) -> None:
-        images[index] = load_resized(paths[index], image_size)
+        pixels[index] = load_resized(paths[index], image_size).numpy()
 
     threads = num_threads or min(8, torch.get_num_threads())
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -68,6 +70,25 @@ def decode_all(
         for _ in done:
             pass
     return images
+
+
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    """Run per-image torch ops on one intra-op thread (toggling costs well under a microsecond).
+
+    Ops on one 3×256×128 image are too small to gain from threads, and in a busy main process
+    (``num_workers=0``) each parallel region can cost milliseconds; DataLoader workers already
+    run single-threaded.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextmanager
@@ -124,13 +145,14 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int, int]:
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
         index = int(index)
-        image = self.load(index)
-        if self.transform is not None:
-            if sample_seed is None:
-                image = self.transform(image)
-            else:
-                with _cpu_rng_seeded(sample_seed):
+        with _single_threaded():
+            image = self.load(index)
+            if self.transform is not None:
+                if sample_seed is None:
                     image = self.transform(image)
+                else:
+                    with _cpu_rng_seeded(sample_seed):
+                        image = self.transform(image)
         record = self.records[index]
         return image, record.pid, record.camid, index
 

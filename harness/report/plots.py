@@ -155,7 +155,8 @@ def plot_curves(curves: "pd.DataFrame", out: str | Path, *, final: dict[str, flo
 # --------------------------------------------------------------------------- ablation deltas
 
 
-REFERENCE = {"cumulative": "previous step", "single": "the base", "leave-one-out": "all tricks"}
+REFERENCE = {"cumulative": "previous step", "single": "the base",
+             "leave-one-out": "all tricks (below 0: the removed trick helps)"}
 
 
 def ablation_deltas(frame: "pd.DataFrame", mode: str, metric: str = "mAP") -> "pd.DataFrame":

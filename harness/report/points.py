@@ -142,3 +142,24 @@ def describe_runs(runs: Sequence[Any]) -> str:
         parts.append(f"{epochs} epochs" + (f" of {full}" if full and full > epochs else ""))
     parts.append(f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
     return ", ".join(parts)
+
+
+def sweep_table(points: "pd.DataFrame", by: str = "batch", metrics: Sequence[str] = ("R1", "mAP")) -> "pd.DataFrame":
+    """Points (``points_from_runs``) → the numeric summary table the writers render.
+
+    Rows = ``by`` ("batch" → "16×4", ordered by P then K; "image_size" → "256×128", ordered by pixel
+    count), column groups = test sets, mean±std over seeds. Render with ``writers.render`` — the
+    same path as ablation tables (e.g. for ``reidbench report --study``).
+    """
+    from reidbench.harness.report.tables import summarize
+
+    if by == "batch":
+        order = points.sort_values(["ids_per_batch", "imgs_per_id"], kind="stable")
+    elif by == "image_size":
+        order = points.assign(_area=points["image_h"] * points["image_w"]).sort_values(["_area", "image_h"],
+                                                                                       kind="stable")
+    else:
+        raise ValueError(f"sweep rows {by!r} are not valid: batch or image_size")
+    table = summarize(order, metrics, row=by, scale=1.0)  # points are percent already
+    table.index.name = "P×K" if by == "batch" else "image size"
+    return table

@@ -82,17 +82,21 @@ def _is_complete(folder: Path, cfg: DefaultDataset) -> bool:
 
 
 @contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (released by the OS if the process dies)."""
+def _exclusive_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive advisory lock on ``path`` (released by the OS if the process dies).
+
+    Yields whether a lock is really held: without ``fcntl`` (Windows) it is not, and callers
+    rely on the atomic rename alone.
+    """
     try:
         import fcntl
-    except ImportError:  # no flock (Windows): the atomic rename below still keeps folders whole
-        yield
+    except ImportError:
+        yield False
         return
     with open(path, "a+") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
@@ -117,21 +121,25 @@ def ensure_default_dataset(name: str, cache_dir: str | Path | None = None, progr
     if _is_complete(final, cfg):
         return final
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(root / f".{folder}.lock"):
+    with _exclusive_lock(root / f".{folder}.lock") as locked:
         if _is_complete(final, cfg):  # another process finished it while we waited
             return final
-        for leftover in root.glob(f".{folder}.tmp-*"):  # from killed runs (we hold the lock)
-            shutil.rmtree(leftover, ignore_errors=True)
+        if locked:  # temporary folders of killed runs; only safe to remove while holding the lock
+            for leftover in root.glob(f".{folder}.tmp-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.tmp-", dir=root))
         try:
             _generate.generate_domain(tmp, domain=cfg.domain, num_ids=cfg.num_ids, seed=cfg.seed,
                                       image_size=cfg.image_size, progress=progress)
+            if _is_complete(final, cfg):  # lost a lock-free race: keep the winner's folder
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final
             if final.exists():  # incomplete or mismatching leftover under the final name
                 shutil.rmtree(final)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            if _is_complete(final, cfg):  # lost a lock-free race to another process: theirs is whole
+            if _is_complete(final, cfg):  # the rename raced with another process: theirs is whole
                 return final
             raise
     return final

@@ -85,22 +85,26 @@ def plan_domain(domain: DomainSpec, num_ids: int, seed: int) -> Plan:
 
     jobs: list[ImageJob] = []
     appearances: dict[int, list[tuple[int, int]]] = {}  # test pid -> [(cam, seq)]
+    max_track = max(domain.train_imgs_per_cam[1], domain.test_imgs_per_cam[1])
     for pid in range(1, num_ids + 1):
-        rng = rng_for(seed, domain.name, "tracks", pid)
+        rng = rng_for(seed, domain.name, "cameras", pid)
         k_options = tuple(range(2, 2 + len(domain.cams_per_id_weights)))
         k = min(num_cams, int(rng.choice(k_options, p=_weights(domain.cams_per_id_weights))))
         cams = sorted(int(c) + 1 for c in rng.choice(num_cams, size=k, replace=False, p=traffic))
         is_test = pid in test_set
-        lo, hi = domain.test_imgs_per_cam if is_test else domain.train_imgs_per_cam
         for cam in cams:
-            n = int(rng.integers(lo, hi + 1))
-            seq = int(rng.integers(1, domain.seqs_per_cam + 1))
-            frame = int(rng.integers(100, 150_000))
-            query_index = int(rng.integers(n)) if is_test else -1
-            for i in range(n):
-                frame += int(rng.integers(5, 40))  # consecutive detections of one walk past the camera
+            # One RNG per (identity, camera), drawing the same numbers whatever the split, so a
+            # track does not change when other identities are added or change split.
+            trng = rng_for(seed, domain.name, "track", pid, cam)
+            n_train = int(trng.integers(domain.train_imgs_per_cam[0], domain.train_imgs_per_cam[1] + 1))
+            n_test = int(trng.integers(domain.test_imgs_per_cam[0], domain.test_imgs_per_cam[1] + 1))
+            query_index = int(trng.random() * n_test)
+            seq = int(trng.integers(1, domain.seqs_per_cam + 1))
+            frames = int(trng.integers(100, 150_000)) + np.cumsum(trng.integers(5, 40, size=max_track))
+            boxes = trng.integers(1, 4, size=max_track)
+            for i in range(n_test if is_test else n_train):  # consecutive detections of one walk
                 split = "train" if not is_test else ("query" if i == query_index else "gallery")
-                jobs.append(ImageJob(split, "person", pid, cam, seq, frame, int(rng.integers(1, 4)), i))
+                jobs.append(ImageJob(split, "person", pid, cam, seq, int(frames[i]), int(boxes[i]), i))
             if is_test:
                 appearances.setdefault(pid, []).append((cam, seq))
 

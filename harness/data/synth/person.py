@@ -45,7 +45,7 @@ def texture_image(texture: Texture, period_px: int, size: tuple[int, int]) -> Im
     img = Image.new("RGB", (w, h), texture.colour)
     draw = ImageDraw.Draw(img)
     if texture.pattern == "stripes":
-        band = max(1, int(round(p * 0.45)))
+        band = max(1, int(p * 0.45 + 0.5))  # stripe thickness, rounded half up
         for y in range(0, h, p):
             draw.rectangle((0, y, w, y + band - 1), fill=texture.second)
     elif texture.pattern == "dots":

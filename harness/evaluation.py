@@ -1,0 +1,404 @@
+"""Evaluation: distances, the Market protocol (CMC, mAP, mINP), feature extraction, re-ranking.
+
+Protocol (see /work/shared/reference/bot.md "Evaluation"): for each query, gallery items with the
+same identity and the same camera are dropped ("junk"); a query with no remaining gallery item of
+its identity is skipped; CMC is the cumulative first-hit curve truncated at ``max_rank`` and
+averaged over the valid queries; AP is the mean of the precision at each hit; mINP is the mean of
+(number of matches) / (1-based rank of the hardest match). Identity 0 (distractors) needs no
+special case: it matches no query identity.
+
+Ties: a non-match at exactly the same distance as a match is counted *before* it (pessimistic), so
+scores never depend on the sort order of equal distances. Sort-based implementations (torchreid's)
+break such ties by index order instead; on continuous features ties do not occur.
+
+How it is computed without sorting each gallery row (the cost that dominates sort-based code):
+the matches and junk of a query are its identity's gallery items, found once by grouping the
+gallery by identity (a few dozen per query). Per query only the match distances are sorted; the
+rank of the j-th match is then ``j + 1 +`` the number of non-matches at a distance <= it. Only
+non-matches closer than the query's hardest match can count, so each distance row is compared
+once against that threshold and the few entries that pass are counted per match with a binary
+search (rows where many pass use the binary search on the whole row instead).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reidbench.harness.rerank import re_rank
+
+__all__ = ["compute_distance", "evaluate", "extract_features", "load_features_npz", "re_rank", "score"]
+
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+NPZ_KEYS = ("q_feats", "g_feats", "q_pids", "g_pids", "q_camids", "g_camids")
+
+# Distance entries handled per chunk of query rows (~16 MB of float32): large enough for an
+# efficient GEMM, small enough that the epilogue and the ranking passes run in cache.
+_CHUNK_ELEMENTS = 1 << 22
+# Above this fraction of a chunk passing the hardest-match threshold, binary-search whole rows.
+_DENSE_FRACTION = 0.125
+
+
+# --------------------------------------------------------------------------- distances
+
+
+def compute_distance(q_feats: Any, g_feats: Any, metric: str) -> torch.Tensor | np.ndarray:
+    """Query x gallery distance matrix.
+
+    ``metric``: "euclidean" (``|q - g|``), "sqeuclidean" (``|q - g|^2``) or "cosine"
+    (``1 - cos(q, g)``). Inputs are numpy arrays or torch tensors (q x D, g x D); the result is a
+    numpy array when both inputs are numpy, else a tensor on the inputs' device. float64 inputs
+    are computed in float64, everything else in float32.
+    """
+    as_numpy = not isinstance(q_feats, torch.Tensor) and not isinstance(g_feats, torch.Tensor)
+    q = _feature_tensor(q_feats, "q_feats")
+    g = _feature_tensor(g_feats, "g_feats")
+    _check_pair(q, g)
+    _check_metric(metric)
+    g = g.to(q.device)
+    if q.dtype != g.dtype:
+        q, g = q.double(), g.double()
+    q, g, g_sqnorm = _prepare_gallery(q, g, metric)
+    out = torch.empty(q.shape[0], g.shape[0], dtype=q.dtype, device=q.device)
+    rows = _chunk_rows(g.shape[0])
+    for start in range(0, q.shape[0], rows):
+        stop = min(start + rows, q.shape[0])
+        _distance_chunk(q[start:stop], g, g_sqnorm, metric, out=out[start:stop])
+    return out.cpu().numpy() if as_numpy else out
+
+
+def _prepare_gallery(q: torch.Tensor, g: torch.Tensor, metric: str
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    if metric == "cosine":
+        return (torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(g, dim=1), None)
+    return q, g, (g * g).sum(1)
+
+
+def _distance_chunk(q: torch.Tensor, g: torch.Tensor, g_sqnorm: torch.Tensor | None, metric: str,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """Distances of a few query rows (already normalised for cosine) to the whole gallery."""
+    if metric == "cosine":
+        out = torch.mm(q, g.T, out=out)
+        return out.neg_().add_(1.0)
+    # |q|^2 + |g|^2 - 2 q.g : the gallery norms ride in the GEMM's C operand
+    out = torch.addmm(g_sqnorm[None, :], q, g.T, alpha=-2.0, out=out)
+    out.add_((q * q).sum(1, keepdim=True)).clamp_(min=0.0)
+    return out.sqrt_() if metric == "euclidean" else out
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def evaluate(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
+             max_rank: int = 50) -> dict[str, Any]:
+    """Market-protocol scores of a query x gallery distance matrix (smaller = more similar).
+
+    Returns ``{"cmc": float array of length max_rank, "mAP": float, "mINP": float,
+    "num_valid_queries": int}``; ``cmc`` is padded with its last value beyond the gallery size.
+    Raises ValueError when shapes disagree or no query has a valid match.
+    """
+    dist = distmat if isinstance(distmat, torch.Tensor) else torch.from_numpy(np.asarray(distmat))
+    if dist.ndim != 2:
+        raise ValueError(f"distmat must be 2-D (queries x gallery), got shape {tuple(dist.shape)}")
+    if not dist.is_floating_point():
+        dist = dist.double()
+    elif dist.dtype not in (torch.float32, torch.float64):
+        dist = dist.float()
+    dist = dist.detach().cpu()
+    if dist.shape[1] == 0:
+        raise ValueError("the gallery is empty: distmat has 0 columns, so no query can have a valid match")
+    labels = _Labels.build(q_pids, g_pids, q_camids, g_camids, num_query=dist.shape[0], num_gallery=dist.shape[1])
+    _check_max_rank(max_rank)
+    acc = _Accumulator(max_rank)
+    rows = _chunk_rows(dist.shape[1])
+    for start in range(0, dist.shape[0], rows):
+        stop = min(start + rows, dist.shape[0])
+        acc.add(*_match_ranks(dist[start:stop].contiguous(), labels, start, stop))
+    return acc.result()
+
+
+class _Labels:
+    """Query labels as tensors and the gallery grouped by identity (for per-query match lists)."""
+
+    def __init__(self, q_pids: torch.Tensor, q_cams: torch.Tensor, g_pids: torch.Tensor, g_cams: torch.Tensor):
+        self.q_pids, self.q_cams, self.g_pids, self.g_cams = q_pids, q_cams, g_pids, g_cams
+        order = torch.sort(g_pids, stable=True).indices
+        self.by_pid = order
+        self.uniq_pids, counts = torch.unique_consecutive(g_pids[order], return_counts=True)
+        self.group_start = counts.cumsum(0) - counts
+        self.group_size = counts
+
+    @classmethod
+    def build(cls, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, num_query: int,
+              num_gallery: int) -> _Labels:
+        arrays = {}
+        for name, value, expected, side in (("q_pids", q_pids, num_query, "queries"),
+                                             ("q_camids", q_camids, num_query, "queries"),
+                                             ("g_pids", g_pids, num_gallery, "gallery items"),
+                                             ("g_camids", g_camids, num_gallery, "gallery items")):
+            arr = _label_tensor(value, name)
+            if arr.numel() != expected:
+                raise ValueError(f"{name} has {arr.numel()} entries but the distance matrix has {expected} {side}")
+            arrays[name] = arr
+        return cls(arrays["q_pids"], arrays["q_camids"], arrays["g_pids"], arrays["g_camids"])
+
+    def same_pid_items(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gallery indices of each query's identity (rows padded to the chunk's largest group)
+        and the mask of real entries."""
+        pids = self.q_pids[start:stop]
+        pos = torch.searchsorted(self.uniq_pids, pids).clamp(max=self.uniq_pids.numel() - 1)
+        size = torch.where(self.uniq_pids[pos] == pids, self.group_size[pos], 0)
+        width = max(int(size.max()) if size.numel() else 0, 1)
+        offset = torch.arange(width)
+        valid = offset[None, :] < size[:, None]
+        flat = (self.group_start[pos][:, None] + offset[None, :]).clamp(max=self.by_pid.numel() - 1)
+        return self.by_pid[flat], valid
+
+
+def _match_ranks(dist: torch.Tensor, labels: _Labels, start: int, stop: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-based ranks of each query's matches among its non-junk gallery items, padded per row
+    (``ranks[i, j]`` is meaningful for ``j < num_matches[i]``), and the number of matches."""
+    rows = dist.shape[0]
+    group, real = labels.same_pid_items(start, stop)
+    same_cam = labels.g_cams[group] == labels.q_cams[start:stop, None]
+    is_match = real & ~same_cam
+    num_matches = is_match.sum(1)
+    width = int(num_matches.max()) if rows else 0
+    if width == 0:
+        return torch.zeros(rows, 0, dtype=torch.long), num_matches
+    group_dist = dist.gather(1, group)
+    inf = torch.tensor(float("inf"), dtype=dist.dtype)
+    match_dist = torch.where(is_match, group_dist, inf).sort(1).values[:, :width].contiguous()
+    if torch.isnan(match_dist).any():
+        raise ValueError("distmat contains NaN at a query/gallery pair of the same identity")
+    # threshold = hardest match; rows without a match get -inf so nothing passes
+    hardest = match_dist.gather(1, (num_matches - 1).clamp(min=0)[:, None]).squeeze(1)
+    hardest = torch.where(num_matches > 0, hardest, -inf)
+    passing = dist <= hardest[:, None]
+    num_passing = int(passing.sum())
+    bins = width + 1
+    if num_passing <= _DENSE_FRACTION * passing.numel():
+        q_idx, g_idx = passing.nonzero(as_tuple=True)
+        values = dist[q_idx, g_idx]
+        # matches strictly closer than each entry (left bisection: ties count the entry first)
+        before = torch.searchsorted(match_dist[q_idx], values[:, None]).squeeze(1)
+        counts = torch.bincount(q_idx * bins + before, minlength=rows * bins)
+    else:
+        before = torch.searchsorted(match_dist, dist, out_int32=True)
+        row_base = (torch.arange(rows, dtype=torch.int32) * bins)[:, None]
+        counts = torch.bincount((before + row_base).view(-1), minlength=rows * bins)
+        passing = None  # every row item was counted; the identity's own items are removed below
+    # the identity's own items (matches themselves and junk) are not non-matches: take them out
+    own = real if passing is None else real & (group_dist <= hardest[:, None])
+    own_rows = torch.arange(rows)[:, None].expand_as(group)[own]
+    own_before = torch.searchsorted(match_dist[own_rows], group_dist[own][:, None]).squeeze(1)
+    counts -= torch.bincount(own_rows * bins + own_before, minlength=rows * bins)
+    # negatives at a distance <= the j-th match = those whose count of closer matches is <= j
+    neg_before = counts.view(rows, bins).cumsum(1)[:, :width]
+    ranks = neg_before + torch.arange(1, width + 1)
+    return ranks, num_matches
+
+
+class _Accumulator:
+    """Sums of AP and INP and the histogram of first-hit ranks over valid queries."""
+
+    def __init__(self, max_rank: int):
+        self.max_rank = max_rank
+        self.ap_sum = 0.0
+        self.inp_sum = 0.0
+        self.num_valid = 0
+        self.first_hits = torch.zeros(max_rank + 1, dtype=torch.long)
+
+    def add(self, ranks: torch.Tensor, num_matches: torch.Tensor) -> None:
+        valid = num_matches > 0
+        if not bool(valid.any()):
+            return
+        ranks, num_matches = ranks[valid], num_matches[valid]
+        width = ranks.shape[1]
+        position = torch.arange(1, width + 1, dtype=torch.float64)
+        in_row = position[None, :] <= num_matches[:, None]
+        precision = torch.where(in_row, position / ranks.double(), 0.0)
+        self.ap_sum += float((precision.sum(1) / num_matches).sum())
+        hardest = ranks.gather(1, (num_matches - 1)[:, None]).squeeze(1)
+        self.inp_sum += float((num_matches.double() / hardest.double()).sum())
+        self.first_hits += torch.bincount(ranks[:, 0].clamp(max=self.max_rank + 1) - 1,
+                                          minlength=self.max_rank + 1)[: self.max_rank + 1]
+        self.num_valid += int(valid.sum())
+
+    def result(self) -> dict[str, Any]:
+        if self.num_valid == 0:
+            raise ValueError("no query has a valid match: every gallery item of each query's identity "
+                             "is missing or shares the query's camera")
+        cmc = (self.first_hits[: self.max_rank].cumsum(0).double() / self.num_valid).numpy()
+        return {"cmc": cmc, "mAP": self.ap_sum / self.num_valid, "mINP": self.inp_sum / self.num_valid,
+                "num_valid_queries": self.num_valid}
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def score(q_feats: Any, g_feats: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
+          metric: str = "euclidean", normalize: bool = False, rerank: bool = False,
+          max_rank: int = 50) -> dict[str, Any]:
+    """R1, R5, R10, mAP, mINP (fractions in [0, 1]) and num_valid_queries of query/gallery features.
+
+    ``normalize`` L2-normalises the features first. Without ``rerank`` the distance is ``metric``,
+    computed and ranked chunk by chunk (the full distance matrix is never held). With ``rerank``
+    the k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) runs on squared Euclidean distances of
+    the features, L2-normalised when ``normalize`` is set or ``metric`` is "cosine" (the reference
+    ranks normalised features by squared distance; the metric choice then only decides that).
+    """
+    _check_metric(metric)
+    _check_max_rank(max_rank)
+    q = _feature_tensor(q_feats, "q_feats").cpu()
+    g = _feature_tensor(g_feats, "g_feats").cpu()
+    _check_pair(q, g)
+    if g.shape[0] == 0:
+        raise ValueError("g_feats is empty: no query can have a valid match")
+    if q.dtype != g.dtype:
+        q, g = q.double(), g.double()
+    if normalize or (rerank and metric == "cosine"):
+        q = torch.nn.functional.normalize(q, dim=1)
+        g = torch.nn.functional.normalize(g, dim=1)
+    curve_len = max(max_rank, 10)  # R10 needs ten ranks even when max_rank is smaller
+    if rerank:
+        result = evaluate(re_rank(q, g), q_pids, g_pids, q_camids, g_camids, max_rank=curve_len)
+    else:
+        labels = _Labels.build(q_pids, g_pids, q_camids, g_camids, num_query=q.shape[0], num_gallery=g.shape[0])
+        acc = _Accumulator(curve_len)
+        q, g, g_sqnorm = _prepare_gallery(q, g, metric)
+        rows = _chunk_rows(g.shape[0])
+        for start in range(0, q.shape[0], rows):
+            stop = min(start + rows, q.shape[0])
+            dist = _distance_chunk(q[start:stop], g, g_sqnorm, metric)
+            acc.add(*_match_ranks(dist, labels, start, stop))
+        result = acc.result()
+    cmc = result["cmc"]
+    return {"R1": float(cmc[0]), "R5": float(cmc[4]), "R10": float(cmc[9]), "mAP": float(result["mAP"]),
+            "mINP": float(result["mINP"]), "num_valid_queries": int(result["num_valid_queries"])}
+
+
+def load_features_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """The six arrays ``score`` needs from an npz file (extra arrays, e.g. paths, are ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such features file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # zipfile/pickle errors: say which file, not a traceback
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+    with data:
+        missing = [k for k in NPZ_KEYS if k not in data.files]
+        if missing:
+            raise ValueError(f"{path}: missing array {missing[0]!r}; an npz needs {', '.join(NPZ_KEYS)}")
+        arrays = {k: data[k] for k in NPZ_KEYS}
+    for side in ("q", "g"):
+        feats = arrays[f"{side}_feats"]
+        if feats.ndim != 2 or not np.issubdtype(feats.dtype, np.floating):
+            raise ValueError(f"{path}: {side}_feats must be a 2-D float array, got shape {feats.shape} {feats.dtype}")
+        for name in (f"{side}_pids", f"{side}_camids"):
+            if arrays[name].shape != (feats.shape[0],):
+                raise ValueError(f"{path}: {name} has shape {arrays[name].shape}, expected ({feats.shape[0]},) "
+                                 f"to match {side}_feats")
+    if arrays["q_feats"].shape[1] != arrays["g_feats"].shape[1]:
+        raise ValueError(f"{path}: q_feats has {arrays['q_feats'].shape[1]} dimensions but g_feats has "
+                         f"{arrays['g_feats'].shape[1]}")
+    return arrays
+
+
+# --------------------------------------------------------------------------- features
+
+
+def extract_features(model: torch.nn.Module, loader: Any, device: Any, flip: bool = False,
+                     feature_key: str = "f_i", normalize: bool = True, amp_dtype: torch.dtype | None = None
+                     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Features of every image of ``loader``: (float32 N x D on CPU, pids, camids).
+
+    ``loader`` yields ``(images, pids, camids, indices)``; rows come back in dataset-index order
+    (the order of ``indices``), so a shuffled loader gives the same result as a sequential one.
+    ``model(images)`` must return a dict holding ``feature_key`` ("f_i" after the BNNeck, "f_t"
+    before it). ``flip`` averages the features of each image and its horizontal mirror before the
+    optional L2 normalisation. ``amp_dtype`` enables CUDA autocast (ignored on other devices). The
+    model is put in eval mode and restored to its previous mode afterwards.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    use_amp = amp_dtype is not None and device.type == "cuda"
+    was_training = model.training
+    model.eval()
+    feats, pids, camids, order = [], [], [], []
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc="features", leave=False, disable=not sys.stderr.isatty()):
+                images, batch_pids, batch_camids, indices = batch
+                images = images.to(device, non_blocking=True)
+                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
+                    f = _feature(model, images, feature_key)
+                    if flip:
+                        f = (f + _feature(model, images.flip(-1), feature_key)) / 2
+                f = f.float()
+                if normalize:
+                    f = torch.nn.functional.normalize(f, dim=1)
+                feats.append(f.cpu())
+                pids.append(np.asarray(batch_pids).reshape(-1))
+                camids.append(np.asarray(batch_camids).reshape(-1))
+                order.append(np.asarray(indices).reshape(-1))
+    finally:
+        model.train(was_training)
+    if not feats:
+        raise ValueError("the loader yielded no batches; there are no images to extract features from")
+    sort = np.argsort(np.concatenate(order), kind="stable")
+    features = torch.cat(feats)[torch.from_numpy(sort)]
+    return features, np.concatenate(pids)[sort], np.concatenate(camids)[sort]
+
+
+def _feature(model: torch.nn.Module, images: torch.Tensor, key: str) -> torch.Tensor:
+    out = model(images)
+    if not isinstance(out, dict) or key not in out:
+        have = sorted(out) if isinstance(out, dict) else type(out).__name__
+        raise ValueError(f"feature_key {key!r} is not among the model outputs ({have})")
+    return out[key]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _feature_tensor(x: Any, name: str) -> torch.Tensor:
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (items x dims), got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a float array, got {t.dtype}")
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _label_tensor(x: Any, name: str) -> torch.Tensor:
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise ValueError(f"{name} must be a 1-D integer array, got shape {arr.shape} {arr.dtype}")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def _check_pair(q: torch.Tensor, g: torch.Tensor) -> None:
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"q_feats has {q.shape[1]} dimensions but g_feats has {g.shape[1]}; they must match")
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+
+
+def _check_max_rank(max_rank: int) -> None:
+    if not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
+
+
+def _chunk_rows(num_gallery: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(num_gallery, 1))
