@@ -33,7 +33,11 @@ def euclidean_distances(features: torch.Tensor) -> torch.Tensor:
     """B×B matrix sqrt(clamp(‖a‖² + ‖b‖² − 2a·b, min=1e-12)), as the reference computes it.
 
     The clamp keeps sqrt's gradient finite; it also makes an item's distance to itself ≈ 1e-6.
+    Half-precision features (autocast) are promoted to float32: ‖a‖²+‖b‖²−2a·b cancels badly
+    in float16 and would overflow for un-normalised 2048-d features.
     """
+    if features.dtype in (torch.float16, torch.bfloat16):
+        features = features.float()
     squared_norms = features.pow(2).sum(dim=1)
     squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * features @ features.t()
     return squared.clamp(min=1e-12).sqrt()

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One intra-op thread per process: tests start several processes (kill/resume, concurrent
+# ablations, submitit jobs) on a 2-core machine, and OpenMP threads spinning against each other
+# made tiny models 5-20x slower. Set before torch is imported so subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def make_market_folder(root: Path, num_train_ids: int = 6, num_test_ids: int = 4, cams: int = 3,
@@ -68,3 +75,11 @@ def tiny_spec_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("spec") / "tiny.yaml"
     path.write_text(TINY_SPEC)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
+    yield

@@ -98,3 +98,13 @@ def test_id_loss_with_label_smoothing_matches_the_smoothed_target() -> None:
     assert id_loss(logits, labels, label_smoothing=0.0).item() == pytest.approx(plain.item(), abs=1e-12)
     with pytest.raises(ValueError, match="label_smoothing"):
         id_loss(logits, labels, label_smoothing=1.0)
+
+
+def test_triplet_on_half_precision_features_is_computed_in_float32() -> None:
+    generator = torch.Generator().manual_seed(5)
+    features = torch.randn(6, 2048, generator=generator) * 4  # ‖f‖² ≈ 3e4: near float16's 65504 limit
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    half = features.half()
+    expected = TripletLoss(0.3)(half.float(), labels)
+    assert torch.isfinite(TripletLoss(0.3)(half, labels))
+    torch.testing.assert_close(TripletLoss(0.3)(half, labels), expected)

@@ -97,7 +97,7 @@ def _context(record: Any, runs: dict[str, Any]) -> AblationContext:
     known = [r for r in runs.values() if r is not None]
     done = [r for r in known if r.status == "done"]
     statuses: dict[str, int] = {}
-    for h, r in runs.items():
+    for r in runs.values():
         status = r.status if r is not None else "missing"
         statuses[status] = statuses.get(status, 0) + 1
     seeds = meta.get("seeds")
