@@ -38,6 +38,9 @@ def test_second_call_reuses_the_folder(tmp_path: Path, calls: list[Path]):
     # generated in a hidden temporary folder, then renamed into place; nothing left behind
     assert calls[0].parent == tmp_path and calls[0].name.startswith(".") and not calls[0].exists()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [first.name]
+    # as readable as any folder made here (mkdtemp would have made it private to this user)
+    (tmp_path / "plain").mkdir()
+    assert first.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
 
 
 def test_version_bump_regenerates(tmp_path: Path, calls: list[Path], monkeypatch):
@@ -108,7 +111,8 @@ def test_list_datasets_reports_status_path_and_counts(tmp_path: Path, monkeypatc
     assert not before["synth-a"]["generated"] and before["synth-a"]["counts"] is None
     assert Path(before["synth-a"]["path"]).parent == tmp_path
     # make the default recipe tiny so that generating "the default" is quick
-    monkeypatch.setitem(cache_mod.DEFAULT_DATASETS, "synth-a", cache_mod.DefaultDataset("A", num_ids=4, image_size=(32, 16)))
+    tiny_recipe = cache_mod.DefaultDataset("A", num_ids=4, image_size=(32, 16))
+    monkeypatch.setitem(cache_mod.DEFAULT_DATASETS, "synth-a", tiny_recipe)
     path = ensure_default_dataset("synth-a", cache_dir=tmp_path, progress=False)
     after = {d["name"]: d for d in list_datasets(tmp_path)}
     assert after["synth-a"]["generated"] and Path(after["synth-a"]["path"]) == path

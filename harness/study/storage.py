@@ -73,6 +73,11 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def is_local_storage(url: str) -> bool:
+    """SQLite files and journal files: every worker that can use them runs on this machine."""
+    return is_journal(url) or is_sqlite(url)
+
+
 def describe_storage(url: str) -> str:
     """The storage for messages (password hidden)."""
     if is_journal(url):

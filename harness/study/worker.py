@@ -42,7 +42,7 @@ from reidbench.harness.scheduler import Job, new_owner, owner_is_dead_here, run_
 from reidbench.harness.spec import spec_from_dict
 from reidbench.harness.study.plan import StudyPlan
 from reidbench.harness.study.space import StudySpace
-from reidbench.harness.study.storage import AskLock, open_storage, retry_callback
+from reidbench.harness.study.storage import AskLock, is_local_storage, open_storage, retry_callback
 from reidbench.tricks import trick_versions
 
 # A RUNNING trial without a worker attribute (its process died between ask and the first write)
@@ -149,12 +149,17 @@ def create_or_load(plan: StudyPlan, storage_url: str) -> Any:
     return study
 
 
-def reap_dead_trials(study: Any, log: Log | None = None) -> list[int]:
+def reap_dead_trials(study: Any, log: Log | None = None, local_storage: bool = False) -> list[int]:
     """Fail and re-queue RUNNING trials whose worker process is gone; returns their numbers.
 
     Heartbeat-stale trials of RDB storages (any machine) go through Optuna's ``fail_stale_trials``;
     trials of dead processes on this machine are failed at once by process id, which also covers
     JournalStorage (no heartbeats there).
+
+    Call it holding the ``AskLock``: a local worker writes its ``worker`` attribute before it lets
+    go of the lock, so with ``local_storage`` (SQLite or journal file: every worker is on this
+    machine) a RUNNING trial without one belongs to a worker that died between asking and writing.
+    Elsewhere such a trial is taken for dead after ``ORPHAN_AFTER_S``.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -166,6 +171,8 @@ def reap_dead_trials(study: Any, log: Log | None = None) -> list[int]:
         worker = t.user_attrs.get("worker")
         if worker:
             dead = owner_is_dead_here(worker)
+        elif local_storage:
+            dead = True
         else:
             started = t.datetime_start
             dead = started is not None and (now - started).total_seconds() > ORPHAN_AFTER_S
@@ -206,7 +213,7 @@ def prepare_study(plan: StudyPlan, storage_url: str, lock: AskLock | None = None
     study = create_or_load(plan, storage_url)
     lock = lock or AskLock(None)
     with lock:
-        reap_dead_trials(study, log)
+        reap_dead_trials(study, log, local_storage=is_local_storage(storage_url) and lock.path is not None)
         queue_grid(study, plan, log)
     return study
 
@@ -390,12 +397,13 @@ def run_worker(config: WorkerConfig, log: Log | None = None) -> int:
     store = Store(config.db_url)
     lock = AskLock(config.lock_path)
     runner = TrialRunner(plan, config, store, lock, say)
+    local = is_local_storage(config.storage_url) and config.lock_path is not None
     finished = 0
     while True:
         lock.acquire()
         runner.current = None
         try:
-            reap_dead_trials(study, say)
+            reap_dead_trials(study, say, local_storage=local)
             if not has_work(study, plan):
                 break
             # The objective releases the lock as its first step, once its trial exists.

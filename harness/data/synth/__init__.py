@@ -11,7 +11,14 @@ Modules: ``domains`` (cameras, palettes, sizes), ``identity`` (persistent attrib
 (embedded datasets), ``preview`` (picture grid), ``difficulty`` (colour-histogram baseline).
 """
 
-from .cache import DEFAULT_DATASETS, DefaultDataset, cache_root, default_dataset_path, ensure_default_dataset, list_datasets
+from .cache import (
+    DEFAULT_DATASETS,
+    DefaultDataset,
+    cache_root,
+    default_dataset_path,
+    ensure_default_dataset,
+    list_datasets,
+)
 from .domains import DOMAINS, CameraSpec, DomainSpec, get_domain
 from .generate import GENERATOR_VERSION, generate_domain, read_meta
 from .layout import NAME_PATTERN, SPLIT_DIRS

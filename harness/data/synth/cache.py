@@ -11,8 +11,8 @@ and two processes asking at once generate it once. Folders of older versions are
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +127,9 @@ def ensure_default_dataset(name: str, cache_dir: str | Path | None = None, progr
         if locked:  # temporary folders of killed runs; only safe to remove while holding the lock
             for leftover in root.glob(f".{folder}.tmp-*"):
                 shutil.rmtree(leftover, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.tmp-", dir=root))
+        # os.mkdir honours the umask (mkdtemp would make the dataset private to this user)
+        tmp = root / f".{folder}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        os.mkdir(tmp)
         try:
             _generate.generate_domain(tmp, domain=cfg.domain, num_ids=cfg.num_ids, seed=cfg.seed,
                                       image_size=cfg.image_size, progress=progress)

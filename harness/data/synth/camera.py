@@ -32,7 +32,8 @@ def lighting_for(cam: CameraSpec, rng: np.random.Generator, spread: float = 1.0)
 def combine(a: Lighting, b: Lighting, cam: CameraSpec) -> Lighting:
     """Compose two jittered lightings around the same camera (tracklet jitter x image jitter)."""
     gain = tuple(ga * gb / (cam.gain * c) for ga, gb, c in zip(a.gain, b.gain, cam.cast))
-    return Lighting(gain=gain, gamma=a.gamma * b.gamma / cam.gamma, haze=(a.haze + b.haze) / 2)  # type: ignore[arg-type]
+    gamma = a.gamma * b.gamma / cam.gamma
+    return Lighting(gain=gain, gamma=gamma, haze=(a.haze + b.haze) / 2)  # type: ignore[arg-type]
 
 
 _LEVELS = np.arange(256, dtype=np.float64) / 255.0

@@ -24,7 +24,8 @@ from .render import Renderer
 
 # Bump whenever any change alters generated pixels, names or splits: cached default datasets
 # carry this number in their folder name and are regenerated when it changes.
-GENERATOR_VERSION = 1
+# 1: development snapshots (caches made while the generator was written); 2: first release.
+GENERATOR_VERSION = 2
 GENERATOR_NAME = "reidbench-synth"
 META_FILE = "meta.json"
 JPEG_QUALITY = 90
@@ -35,7 +36,9 @@ def _check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in image_size)
     except (TypeError, ValueError):
-        raise ValueError(f"image_size={image_size!r} is not valid: give (height, width) in pixels, e.g. (128, 64)") from None
+        raise ValueError(
+            f"image_size={image_size!r} is not valid: give (height, width) in pixels, e.g. (128, 64)"
+        ) from None
     if height < 16 or width < 8:
         raise ValueError(f"image_size={image_size!r} is too small: use at least (16, 8) pixels (height, width)")
     return height, width

@@ -64,7 +64,8 @@ def _colour_weights(n: int, skew: float) -> tuple[float, ...]:
     return tuple(1.0 / (1.0 + skew * i) for i in range(n))
 
 
-def _texture(rng: np.random.Generator, base: RGB, seconds: tuple[RGB, ...], pattern_weights: tuple[float, ...]) -> Texture:
+def _texture(rng: np.random.Generator, base: RGB, seconds: tuple[RGB, ...],
+             pattern_weights: tuple[float, ...]) -> Texture:
     pattern = _pick(rng, PATTERNS, pattern_weights)
     second = base
     if pattern != "plain":
@@ -82,7 +83,12 @@ def sample_identity(domain: DomainSpec, rng: np.random.Generator) -> Identity:
     upper = _texture(rng, upper_base, seconds, domain.upper_pattern_weights)
     lower = _texture(rng, lower_base, seconds, (0.85, 0.05, 0.07, 0.03))
     u = rng.random()
-    lower_style = "skirt" if u < domain.skirt_prob else ("shorts" if u < domain.skirt_prob + domain.shorts_prob else "trousers")
+    if u < domain.skirt_prob:
+        lower_style = "skirt"
+    elif u < domain.skirt_prob + domain.shorts_prob:
+        lower_style = "shorts"
+    else:
+        lower_style = "trousers"
     hair_style = _pick(rng, HAIR_STYLES, (0.45, 0.3, 0.12, 0.13))
     carry = _pick(rng, CARRY_KINDS, (0.4, 0.25, 0.22, 0.13))
     shoes = _pick(rng, ((30, 30, 30), (60, 50, 45), (235, 235, 235)) + domain.accent_colours,

@@ -144,7 +144,8 @@ def draw_person(img: Image.Image, ident: Identity, pose: Pose) -> None:
         if trousers and not far:
             lower.line(pts, leg_w)
         else:
-            draw.line(pts, fill=legs_colour, width=max(1, int(round(leg_w * (1.0 if trousers else 0.8)))), joint="curve")
+            width = max(1, int(round(leg_w * (1.0 if trousers else 0.8))))  # bare legs are thinner
+            draw.line(pts, fill=legs_colour, width=width, joint="curve")
         if ident.lower_style == "shorts":
             mid = ((hips[i][0] + knees[i][0]) / 2, (hips[i][1] + knees[i][1]) / 2 + 0.04 * u)
             if far:

@@ -39,11 +39,12 @@ def _index(root: Path) -> dict[int, dict[int, list[Path]]]:
 
 
 def render_preview(root: str | Path, out_png: str | Path, num_ids: int = 8, num_cams: int | None = None,
-                   cell_height: int = 192) -> Path:
+                   cell_height: int = 192, colours: int | None = 256) -> Path:
     """Draw ``num_ids`` identities (rows) x cameras (columns) of dataset ``root`` into ``out_png``.
 
     Identities seen by the most cameras come first; an empty cell means the identity never
-    passed that camera. ``num_cams`` keeps the first cameras only.
+    passed that camera. ``num_cams`` keeps the first cameras only. ``colours`` quantises the
+    picture to a palette (a noisy RGB grid is ~4x larger as PNG); None keeps full RGB.
     """
     root, out_png = Path(root), Path(out_png)
     if not root.is_dir():
@@ -79,5 +80,7 @@ def render_preview(root: str | Path, out_png: str | Path, num_ids: int = 8, num_
             with Image.open(paths[0]) as img:
                 sheet.paste(img.convert("RGB").resize((cell_w, cell_h), Image.Resampling.BICUBIC), (x, y))
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out_png)
+    if colours is not None:
+        sheet = sheet.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    sheet.save(out_png, optimize=True)
     return out_png

@@ -15,7 +15,8 @@ SCENE_WIDTH_FACTOR = 1.8  # scenes are wider than a crop so a tracklet can pan a
 
 
 def _jitter(rng: np.random.Generator, colour: RGB, amount: int) -> RGB:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)  # type: ignore[return-value]
+    shifted = (int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+    return tuple(shifted)  # type: ignore[return-value]
 
 
 @lru_cache(maxsize=64)

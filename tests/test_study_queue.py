@@ -1,0 +1,146 @@
+"""How study trials are handed out, without training: the grid queue, surplus trials, dead workers,
+pruning, and where a study is stored."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from reidbench.harness.spec import RunSpec, replace_section
+from reidbench.harness.study.plan import plan_study
+from reidbench.harness.study.space import build_space
+from reidbench.harness.study.storage import (
+    choose_storage,
+    journal_path,
+    journal_url,
+    list_studies,
+    locate_study,
+    normalize_storage,
+)
+from reidbench.harness.study.worker import (
+    RunPruned,
+    _is_surplus,
+    _PruneHook,
+    create_or_load,
+    has_work,
+    prepare_study,
+    reap_dead_trials,
+)
+
+
+def _plan(sampler: str = "grid", trials: int | None = None, name: str = "q"):
+    base = replace_section(RunSpec(profile="cpu"), "data", train="tiny", test=("tiny",))
+    space, _ = build_space("both", sampler, "cpu", (3, 2), (32, 16), batches=[(3, 2), (2, 3)],
+                           image_sizes=[(32, 16), (48, 24)])
+    return plan_study(base, "tiny", (), space, "map", trials, name=name)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_grid_is_queued_once_and_failed_points_again(tmp_path: Path) -> None:
+    plan = _plan()
+    url = journal_url(tmp_path / "q.log")
+    study = prepare_study(plan, url)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.user_attrs["grid_point"] for t in waiting) == [0, 1, 2, 3]
+    prepare_study(plan, url)  # same command again: nothing new
+    assert len(study.get_trials()) == 4
+    trial = study.ask()  # pops the first queued point
+    assert trial.user_attrs["grid_point"] == 0
+    assert trial.suggest_categorical("batch", ["3x2", "2x3"]) == "3x2"
+    study.tell(trial, state=TrialState.FAIL)
+    prepare_study(plan, url)  # a failed point is queued again on the next run
+    again = [t for t in study.get_trials(states=(TrialState.WAITING,)) if t.user_attrs["grid_point"] == 0]
+    assert len(again) == 1
+    assert len(study.get_trials()) == 5
+
+
+def test_a_study_of_that_name_for_another_setup_is_refused(tmp_path: Path) -> None:
+    url = journal_url(tmp_path / "q.log")
+    prepare_study(_plan(), url)
+    other = plan_study(replace_section(RunSpec(profile="cpu"), "data", train="tiny", test=("tiny",)), "tiny", (),
+                       _plan().space, "r1", name="q")
+    with pytest.raises(ValueError, match="created for another setup .*metric"):
+        create_or_load(other, url)
+
+
+def test_surplus_trials_beyond_the_grid_or_budget(tmp_path: Path) -> None:
+    plan = _plan()
+    study = prepare_study(plan, journal_url(tmp_path / "q.log"))
+    popped = [study.ask() for _ in range(4)]
+    assert not any(_is_surplus(t, plan) for t in popped)
+    assert not has_work(study, plan)
+    extra = study.ask()  # the queue is empty: a race would create this one
+    assert "grid_point" not in extra.user_attrs and _is_surplus(extra, plan)
+    # A duplicate queued point (two machines queueing at once) yields to the earlier trial.
+    study.enqueue_trial({"batch": "3x2", "image_size": "32x16"}, user_attrs={"grid_point": 0})
+    dup = study.ask()
+    assert dup.user_attrs["grid_point"] == 0 and _is_surplus(dup, plan)
+
+    tpe = _plan("tpe", trials=2, name="t")
+    study = prepare_study(tpe, journal_url(tmp_path / "t.log"))
+    first, second = study.ask(), study.ask()
+    assert has_work(study, tpe) is False
+    assert not _is_surplus(first, tpe) and not _is_surplus(second, tpe)
+    third = study.ask()
+    assert _is_surplus(third, tpe)
+    study.tell(first, state=TrialState.FAIL)  # a failed trial leaves room for a new one
+    assert not _is_surplus(third, tpe)
+
+
+def test_dead_workers_trials_are_failed_and_requeued(tmp_path: Path) -> None:
+    plan = _plan()
+    study = prepare_study(plan, journal_url(tmp_path / "q.log"))
+    trial = study.ask()
+    trial.suggest_categorical("batch", ["3x2", "2x3"])
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{_dead_pid()}:deadbeef")
+    alive = study.ask()
+    alive.set_user_attr("worker", f"{socket.gethostname()}:{1}:init")  # pid 1 exists
+    assert reap_dead_trials(study) == [trial.number]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[trial.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
+    retry = [t for t in study.get_trials(states=(TrialState.WAITING,)) if t.user_attrs["grid_point"] == 0]
+    assert len(retry) == 1 and retry[0].params == {"batch": "3x2"}
+    assert reap_dead_trials(study) == []  # already handled
+
+
+def test_prune_hook_reports_and_stops_below_the_median() -> None:
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    done = study.ask()
+    done.report(0.8, 1)
+    study.tell(done, 0.8)
+    good = _PruneHook(study.ask(), "tiny/mAP")
+    good(1, {"extra": {"tiny/mAP": 0.9}})
+    assert good.reported == {1} and good.pruned_at is None
+    bad = _PruneHook(study.ask(), "tiny/mAP")
+    bad(2, {"extra": {}})  # epochs without a periodic evaluation are skipped
+    with pytest.raises(RunPruned, match="after epoch 1"):
+        bad(1, {"extra": {"tiny/mAP": 0.2}})
+    assert bad.pruned_at == 1
+
+
+def test_storage_choice(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'results.db'}"
+    runs = tmp_path / "runs"
+    assert choose_storage("s", db, runs) == db
+    assert choose_storage("s", db, runs, workers=2) == journal_url(journal_path(runs, "s"))
+    assert choose_storage("s", "postgresql://u@h/db", runs, workers=4) == "postgresql://u@h/db"
+    assert choose_storage("s", db, runs, storage="x.log") == journal_url(Path("x.log"))
+    assert normalize_storage("journal:a/b.log") == journal_url(Path("a/b.log"))
+    assert list_studies(db) == []  # does not create Optuna's tables to answer
+    prepare_study(_plan(name="s"), db)
+    assert list_studies(db) == ["s"]
+    assert choose_storage("s", db, runs, workers=2) == db  # started in the database: stays there
+    assert locate_study("s", db, runs) == db
+    with pytest.raises(ValueError, match="no study 'nope'.*studies there: s"):
+        locate_study("nope", db, runs)

@@ -1,0 +1,111 @@
+"""Studies under failure and concurrency: a SIGKILLed study resumes without repeating trials or
+retraining finished runs; two worker processes share one study without duplicate trials."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from click.testing import CliRunner
+
+from reidbench.harness.cli_study import study
+from reidbench.harness.store import Store
+from reidbench.harness.study.storage import journal_path, journal_url, open_storage
+
+STUDY_SPEC = """
+profile: cpu
+model: {backbone: "timm:test_resnet", pretrained: false, last_stride: 2, neck: plain}
+data: {train: tiny, test: [tiny], image_size: [32, 16], ids_per_batch: 3, imgs_per_id: 2, pad_px: 2}
+schedule: {max_epochs: 3, milestones: [2], warmup_epochs: 0}
+eval: {batch_size: 16}
+train: {seed: 0, checkpoint_every_epochs: 1}
+"""
+
+
+def _args(root: Path, data: Path, name: str, batches: str, *extra: str) -> list[str]:
+    spec = root / "tiny-study.yaml"
+    spec.write_text(STUDY_SPEC)
+    return ["--base", str(spec), "--tricks", "none", "--space", "batch-size", "--batches", batches,
+            "--data", f"tiny={data}", "--train-on", "tiny", "--test-on", "tiny", "--epochs", "1", "--profile", "cpu",
+            "--device", "cpu", "--loader-workers", "0", "--db", f"sqlite:///{root / 'results.db'}",
+            "--runs-dir", str(root / "runs"), "--name", name, *extra]
+
+
+def _by_point(trials) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for t in trials:
+        out.setdefault(t.user_attrs.get("batch") or t.params.get("batch"), []).append(t)
+    return out
+
+
+def test_killed_study_resumes_without_repeating_trials(tiny_market, tmp_path):
+    args = _args(tmp_path, tiny_market, "killed", "3x2,2x3,2x2")
+    code = "import sys; from reidbench.harness.cli_study import study; sys.exit(study())"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    try:
+        deadline = time.time() + 120
+        storage = None
+        while time.time() < deadline and proc.poll() is None:
+            if storage is None and (tmp_path / "results.db").exists():
+                try:
+                    storage = open_storage(url, heartbeat=False)
+                except ValueError:
+                    storage = None
+            if storage is not None:
+                try:
+                    trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
+                except KeyError:
+                    trials = []
+                if any(t.state.name == "COMPLETE" for t in trials):
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the study ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    killed = optuna.load_study(study_name="killed", storage=storage).get_trials()
+    done_before = [t for t in killed if t.state.name == "COMPLETE"]
+    print("AFTER KILL", [(t.number, t.state.name, t.user_attrs.get("batch")) for t in killed])
+    assert 1 <= len(done_before) < 3
+    store = Store(url)
+    runs_before = {r.run_hash: r for r in store.list_runs(status="done")}
+    assert {t.user_attrs["run_hash"] for t in done_before} <= set(runs_before)
+
+    result = CliRunner().invoke(study, args)
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
+    by_point = _by_point(trials)
+    assert sorted(by_point) == ["2x2", "2x3", "3x2"]
+    for point, group in by_point.items():
+        complete = [t for t in group if t.state.name == "COMPLETE"]
+        assert len(complete) == 1, (point, [(t.number, t.state.name) for t in group])
+        # a point's other trials are only the killed attempt (failed, then queued again)
+        assert all(t.state.name == "FAIL" for t in group if t not in complete)
+    for t in done_before:  # finished before the kill: neither asked again nor trained again
+        assert by_point[t.user_attrs["batch"]] == [x for x in trials if x.number == t.number]
+        run = store.get_run(t.user_attrs["run_hash"])
+        assert run.attempts == 1 and run.finished_at == runs_before[run.run_hash].finished_at
+    runs = store.list_runs()
+    assert len(runs) == 3 and all(r.status == "done" and r.attempts <= 2 for r in runs)
+
+
+def test_two_workers_share_a_study_without_duplicates(tiny_market, tmp_path):
+    result = CliRunner().invoke(study, _args(tmp_path, tiny_market, "shared", "3x2,2x3,2x2,3x1", "--workers", "2"))
+    assert result.exit_code == 0, result.output
+    journal = journal_path(tmp_path / "runs", "shared")
+    assert journal.exists()  # several workers on an SQLite database: Optuna's journal file
+    storage = open_storage(journal_url(journal))
+    trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
+    assert sorted(t.params["batch"] for t in trials) == ["2x2", "2x3", "3x1", "3x2"]
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes took trials
+    runs = Store(f"sqlite:///{tmp_path / 'results.db'}").list_runs()
+    assert len(runs) == 4 and all(r.status == "done" and r.attempts == 1 for r in runs)
+    assert sorted(r.run_hash for r in runs) == sorted(t.user_attrs["run_hash"] for t in trials)
