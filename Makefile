@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.reidbench-installed
 
-.PHONY: demo test venv bench clean-venv
+.PHONY: demo test venv bench clean-venv check-latex
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,7 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Installs pdflatex + booktabs via apt where missing and compiles a generated table.
+check-latex: $(STAMP)
+	scripts/check_latex.sh

@@ -476,5 +476,11 @@ def _runs_delete(run_hash: str, yes: bool, db_url: str | None) -> None:
     click.echo(f"deleted run {rec.short_hash}")
 
 
+# Commands defined in their own modules (each imports only click at module level).
+from reidbench.harness.cli_report import plot, report  # noqa: E402
+
+main.add_command(report)
+main.add_command(plot)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -101,6 +101,7 @@ def evaluate(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: An
     "num_valid_queries": int}``; ``cmc`` is padded with its last value beyond the gallery size.
     Raises ValueError when shapes disagree or no query has a valid match.
     """
+    _check_max_rank(max_rank)
     dist = distmat if isinstance(distmat, torch.Tensor) else torch.from_numpy(np.asarray(distmat))
     if dist.ndim != 2:
         raise ValueError(f"distmat must be 2-D (queries x gallery), got shape {tuple(dist.shape)}")
@@ -112,7 +113,6 @@ def evaluate(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: An
     if dist.shape[1] == 0:
         raise ValueError("the gallery is empty: distmat has 0 columns, so no query can have a valid match")
     labels = _Labels.build(q_pids, g_pids, q_camids, g_camids, num_query=dist.shape[0], num_gallery=dist.shape[1])
-    _check_max_rank(max_rank)
     acc = _Accumulator(max_rank)
     rows = _chunk_rows(dist.shape[1])
     for start in range(0, dist.shape[0], rows):

@@ -50,8 +50,10 @@ _NEAR_TIE_RELATIVE = 1e-5
 _BLOCK_ELEMENTS = 1 << 24
 # Rows per chunk in the vectorised neighbour-set stage (bounds rows x K x K int64 temporaries).
 _SET_ROWS = 4096
-# Query x gallery (row, column) contributions gathered at a time in the Jaccard stage.
+# Query x gallery (row, column) contributions gathered at a time in the Jaccard stage, and the
+# size of its dense similarity buffer (query rows x gallery).
 _JACCARD_PAIRS = 1 << 23
+_JACCARD_ELEMENTS = 1 << 22
 
 
 def re_rank(q_feats: Any, g_feats: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> np.ndarray:
@@ -360,25 +362,27 @@ def _blend_jaccard(dist_qg: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
     q_entries = row_ptr[num_query]
     per_entry = col_count[cols[:q_entries]]
     per_row = torch.zeros(num_query, dtype=torch.long).index_add_(0, rows[:q_entries], per_entry)
-    bounds = _chunk_bounds(per_row, _JACCARD_PAIRS)
-    for s, e in bounds:
+    max_rows = max(1, _JACCARD_ELEMENTS // max(num_gallery, 1))
+    sim_buf = torch.empty(min(max_rows, num_query) * num_gallery)
+    den_buf = torch.empty_like(sim_buf)
+    for s, e in _chunk_bounds(per_row, _JACCARD_PAIRS, max_rows):
         a, b = int(row_ptr[s]), int(row_ptr[e])
         ent_rows, ent_cols, ent_vals = rows[a:b] - s, cols[a:b], values[a:b]
         owner, pos = _expand_rows(col_ptr, ent_cols)
         contrib = torch.minimum(ent_vals[owner], g_vals[pos])
         flat = ent_rows[owner] * num_gallery + g_rows[pos]
-        sim = torch.zeros((e - s) * num_gallery, dtype=torch.float32).index_add_(0, flat, contrib)
-        sim = sim.view(e - s, num_gallery)
-        jaccard = 1.0 - sim / (2.0 - sim)
-        dist_qg[s:e].mul_(lambda_value).add_(jaccard, alpha=1.0 - lambda_value)
+        sim = sim_buf[: (e - s) * num_gallery].zero_().index_add_(0, flat, contrib).view(e - s, num_gallery)
+        den = torch.neg(sim, out=den_buf[: sim.numel()].view_as(sim)).add_(2.0)
+        # lambda * d + (1 - lambda) * (1 - S / (2 - S)), in place
+        dist_qg[s:e].mul_(lambda_value).add_(1.0 - lambda_value).addcdiv_(sim, den, value=-(1.0 - lambda_value))
 
 
-def _chunk_bounds(cost: torch.Tensor, budget: int) -> list[tuple[int, int]]:
-    """Split 0..len(cost) into consecutive ranges whose summed cost stays within ``budget``
-    (a single row over budget gets a range of its own)."""
+def _chunk_bounds(cost: torch.Tensor, budget: int, max_rows: int) -> list[tuple[int, int]]:
+    """Split 0..len(cost) into consecutive ranges of at most ``max_rows`` whose summed cost stays
+    within ``budget`` (a single row over budget gets a range of its own)."""
     bounds, start, acc = [], 0, 0
     for i, c in enumerate(cost.tolist()):
-        if acc + c > budget and i > start:
+        if i > start and (acc + c > budget or i - start >= max_rows):
             bounds.append((start, i))
             start, acc = i, 0
         acc += c

@@ -328,7 +328,8 @@ def with_epochs(spec: RunSpec, epochs: int) -> RunSpec:
     if epochs == sched.max_epochs:
         return spec
     scale = epochs / sched.max_epochs
-    milestones = tuple(sorted({max(1, round(m * scale)) for m in sched.milestones}))
+    # A milestone scaled down to epoch 1 would decay the LR before any training at the base rate.
+    milestones = tuple(sorted({max(2, round(m * scale)) if m >= 2 else m for m in sched.milestones}))
     # A warmup of one epoch would be no warmup at all (epoch 1 already at full rate): keep >= 2.
     warmup = max(2, round(sched.warmup_epochs * scale)) if sched.warmup_epochs >= 2 else sched.warmup_epochs
     new = dataclasses.replace(

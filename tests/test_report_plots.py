@@ -164,6 +164,10 @@ def test_ablation_deltas_per_mode():
     assert loo["delta"].tolist() == pytest.approx([15.0, 10.0])
     with_gap = ablation_deltas(tidy([(0, "A", "g", [0.5]), (1, "B", "g", [])]), "cumulative")
     assert math.isnan(with_gap["delta"].iloc[0])
+    from reidbench.harness.report.plots import plot_ablation
+
+    with pytest.raises(ValueError, match="no difference can be computed yet"):
+        plot_ablation(with_gap, "unused.png", mode="cumulative")
 
 
 def fill_ablation(store):

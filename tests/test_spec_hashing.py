@@ -105,3 +105,9 @@ def test_with_epochs_scales_milestones_and_records_the_full_length():
     assert warm.schedule.warmup_epochs == 2  # one epoch of warmup would be none
     assert run_hash(short) != run_hash(spec)
     assert not with_epochs(spec, 120).shortened
+
+
+def test_with_epochs_never_decays_before_the_first_epoch():
+    spec = load_spec_file(BOT, "cpu")  # milestones (4, 7) of 12
+    assert with_epochs(spec, 2).schedule.milestones == (2,)
+    assert with_epochs(spec, 1).schedule.milestones == (2,)  # past the end: never fires

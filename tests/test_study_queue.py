@@ -112,6 +112,11 @@ def test_dead_workers_trials_are_failed_and_requeued(tmp_path: Path) -> None:
     retry = [t for t in study.get_trials(states=(TrialState.WAITING,)) if t.user_attrs["grid_point"] == 0]
     assert len(retry) == 1 and retry[0].params == {"batch": "3x2"}
     assert reap_dead_trials(study) == []  # already handled
+    # Killed between asking and writing its worker attribute: with every worker on this machine
+    # (SQLite, journal file) and the ask lock held, nobody else can be in that window.
+    orphan = study.ask()
+    assert reap_dead_trials(study) == []  # on a shared server it gets ORPHAN_AFTER_S to show up
+    assert reap_dead_trials(study, local_storage=True) == [orphan.number]
 
 
 def test_prune_hook_reports_and_stops_below_the_median() -> None:

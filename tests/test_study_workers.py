@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from reidbench.harness.cli_study import study
 from reidbench.harness.store import Store
-from reidbench.harness.study.storage import journal_path, journal_url, open_storage
+from reidbench.harness.study.storage import journal_path, journal_url, list_studies, open_storage
 
 STUDY_SPEC = """
 profile: cpu
@@ -46,33 +46,27 @@ def _by_point(trials) -> dict[str, list]:
 def test_killed_study_resumes_without_repeating_trials(tiny_market, tmp_path):
     args = _args(tmp_path, tiny_market, "killed", "3x2,2x3,2x2")
     code = "import sys; from reidbench.harness.cli_study import study; sys.exit(study())"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    err = open(tmp_path / "study.err", "w")
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=err)
     url = f"sqlite:///{tmp_path / 'results.db'}"
     try:
         deadline = time.time() + 120
         storage = None
         while time.time() < deadline and proc.poll() is None:
-            if storage is None and (tmp_path / "results.db").exists():
-                try:
-                    storage = open_storage(url, heartbeat=False)
-                except ValueError:
-                    storage = None
+            if storage is None and "killed" in list_studies(url):  # without racing its table creation
+                storage = open_storage(url, heartbeat=False)
             if storage is not None:
-                try:
-                    trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
-                except KeyError:
-                    trials = []
+                trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
                 if any(t.state.name == "COMPLETE" for t in trials):
                     break
             time.sleep(0.2)
-        assert proc.poll() is None, "the study ended before it could be killed"
+        assert proc.poll() is None, "the study ended before it could be killed: " + (tmp_path / "study.err").read_text()
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
+        err.close()
     killed = optuna.load_study(study_name="killed", storage=storage).get_trials()
     done_before = [t for t in killed if t.state.name == "COMPLETE"]
-    print("AFTER KILL", [(t.number, t.state.name, t.user_attrs.get("batch")) for t in killed])
     assert 1 <= len(done_before) < 3
     store = Store(url)
     runs_before = {r.run_hash: r for r in store.list_runs(status="done")}

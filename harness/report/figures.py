@@ -46,6 +46,16 @@ def new_figure(nrows: int, ncols: int, figsize: tuple[float, float] | None = Non
     return fig, axes
 
 
+def set_title(fig: Any, title: str) -> None:
+    """Figure title wrapped to the figure's width (long "what — where" titles stay readable)."""
+    import textwrap
+
+    width = max(40, int(fig.get_figwidth() * 9))  # characters per line at the 12 pt title size
+    if len(title) > width:
+        title = title.replace(" — ", "\n", 1)  # "what" on the first line, "where" below
+    fig.suptitle("\n".join(textwrap.fill(part, width) for part in title.split("\n")))
+
+
 def save_figure(fig: Any, out: str | Path, dpi: int = DEFAULT_DPI) -> Path:
     """Write ``fig`` to ``out`` (format from the extension) and close it; creates the folder."""
     import matplotlib.pyplot as plt

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from reidbench.harness.report.figures import DEFAULT_DPI, new_figure, save_figure
+from reidbench.harness.report.figures import DEFAULT_DPI, new_figure, save_figure, set_title
 from reidbench.harness.report.naming import metric_label
 
 if TYPE_CHECKING:
@@ -60,9 +60,10 @@ def plot_batch_size(points: "pd.DataFrame", out: str | Path, *, metrics: Sequenc
             ax.set_xlabel("K (images per identity)")
             ax.set_ylabel(f"{metric_label(metric)} (%)")
             ax.set_title(f"{metric_label(metric)} on {group}")
-            if r == 0 and c == 0:
-                ax.legend(title="identities per batch")
-    fig.suptitle(title or "Batch size P×K")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:  # one legend for every panel, outside them: lines are never hidden
+        fig.legend(handles, labels, loc="outside right center", title="identities\nper batch")
+    set_title(fig, title or "Batch size P×K")
     return save_figure(fig, out, dpi)
 
 
@@ -94,7 +95,7 @@ def plot_image_size(points: "pd.DataFrame", out: str | Path, *, metrics: Sequenc
         ax.set_title(f"Test on {group}")
         if c == 0:
             ax.legend()
-    fig.suptitle(title or "Input image size")
+    set_title(fig, title or "Input image size")
     return save_figure(fig, out, dpi)
 
 
@@ -148,7 +149,7 @@ def plot_curves(curves: "pd.DataFrame", out: str | Path, *, final: dict[str, flo
 
     for ax in axes[0]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(title or "Training curves")
+    set_title(fig, title or "Training curves")
     return save_figure(fig, out, dpi)
 
 
@@ -194,6 +195,9 @@ def plot_ablation(deltas: "pd.DataFrame", out: str | Path, *, mode: str, metric:
     groups = list(dict.fromkeys(deltas["group"]))
     if not groups:
         raise ValueError("the ablation has a single row: there is no difference to plot")
+    if deltas["delta"].isna().all():
+        raise ValueError("no difference can be computed yet: no step and its reference both have results "
+                         "(`reidbench report` shows which runs are not done)")
     steps = list(dict.fromkeys(deltas["step"]))
     fig, axes = new_figure(1, len(groups), figsize, panel_size=(max(4.2, 0.75 * len(steps) + 1.5), 3.6))
     for c, group in enumerate(groups):
@@ -215,5 +219,5 @@ def plot_ablation(deltas: "pd.DataFrame", out: str | Path, *, mode: str, metric:
         ax.set_ylabel(f"Δ {metric_label(metric)} (points)")
         ax.set_title(f"Test on {group}")
         ax.margins(y=0.15)
-    fig.suptitle(title or f"Δ {metric_label(metric)} vs {REFERENCE.get(mode, 'reference')}")
+    set_title(fig, title or f"Δ {metric_label(metric)} vs {REFERENCE.get(mode, 'reference')}")
     return save_figure(fig, out, dpi)

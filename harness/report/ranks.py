@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from reidbench.harness.report.figures import DEFAULT_DPI, new_figure, save_figure
+from reidbench.harness.report.figures import DEFAULT_DPI, new_figure, save_figure, set_title
 
 QUERY_CHOICES = ("best", "worst", "random")
 _CHUNK = 256  # queries per distance block: bounds memory on Market-size galleries
@@ -132,7 +132,7 @@ def plot_ranks(chosen: Sequence[RankedQuery], g_paths: Sequence[str], g_pids: Se
                                 "give the dataset folder with --image-root DIR")
     fig, axes = new_figure(len(chosen), top + 1, figsize, panel_size=(1.25, 2.7))
     for r, q in enumerate(chosen):
-        cells = [(q.path, "tab:blue", f"query (AP {100 * q.ap:.0f}%)\nid {q.pid}")]
+        cells = [(q.path, "tab:blue", f"query (AP {100 * q.ap:.1f}%)\nid {q.pid}")]
         cells += [(str(g_paths[i]), "tab:green" if m else "tab:red", f"#{k + 1}  id {int(g_pids[i])}")
                   for k, (i, m) in enumerate(zip(q.gallery, q.matches))]
         for c in range(top + 1):
@@ -153,5 +153,5 @@ def plot_ranks(chosen: Sequence[RankedQuery], g_paths: Sequence[str], g_pids: Se
                 spine.set_linewidth(4)
             ax.set_title(head, fontsize=8, color=color if c else "black")
             ax.set_xlabel(Path(path).name, fontsize=6)
-    fig.suptitle(title or "Ranked lists")
+    set_title(fig, title or "Ranked lists")
     return save_figure(fig, out, dpi)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ HEARTBEAT_INTERVAL_S = 30  # as our run claims beat every 20 s and go stale afte
 GRACE_PERIOD_S = 120
 MAX_RETRY = 3  # a trial whose worker died is re-queued at most this many times
 SQLITE_BUSY_TIMEOUT_S = 60.0
+CREATE_ATTEMPTS = 4
+# What a process sees when another creates Optuna's tables at the same moment.
+RACE_ERRORS = ("already exists", "unique constraint", "duplicate key", "database is locked")
 
 
 def _safe_name(name: str) -> str:
@@ -152,13 +156,20 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
         kwargs[key] = _retry_callback()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            storage = optuna.storages.RDBStorage(url, **kwargs)
-        except ImportError as err:
-            raise ValueError(f"{describe_storage(url)}: database driver {err.name!r} is not installed") from None
-        except Exception as err:  # Optuna wraps driver errors in its own types
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{describe_storage(url)}: cannot open as an Optuna storage ({first})") from None
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                storage = optuna.storages.RDBStorage(url, **kwargs)
+                break
+            except ImportError as err:
+                raise ValueError(f"{describe_storage(url)}: database driver {err.name!r} is not installed") from None
+            except Exception as err:  # Optuna wraps driver errors in its own types
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                # Two processes creating Optuna's tables at once: the loser finds them on a retry.
+                racing = any(text in first.lower() for text in RACE_ERRORS)
+                if racing and attempt + 1 < CREATE_ATTEMPTS:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                raise ValueError(f"{describe_storage(url)}: cannot open as an Optuna storage ({first})") from None
     if is_sqlite(url):
         _sqlite_write_lock_first(storage.engine)
     return storage
