@@ -14,43 +14,19 @@ from typing import Any, Callable, Sequence
 
 import click
 
-EXIT_USAGE = 2
-EXIT_PROBLEMS = 1
+from reidbench.harness.cli_common import (  # noqa: E402  (re-exported for other CLI modules)
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    UserError,
+    db_option,
+    open_store,
+    parse_data_options,
+    user_errors,
+)
 
-
-class UserError(click.ClickException):
-    """A one-line error for the user (exit code 2)."""
-
-    exit_code = EXIT_USAGE
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"reidbench: error: {self.format_message()}", err=True, file=file)
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's user-facing exceptions into one-line CLI errors."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, KeyError, PermissionError) as exc:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            raise UserError(str(msg).splitlines()[0] if str(msg) else type(exc).__name__) from None
-
-    return wrapper
-
-
-def parse_data_options(items: Sequence[str]) -> dict[str, str]:
-    """``--data NAME=PATH`` pairs → {name: path}; a bad item fails naming it."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise UserError(f"--data {item!r} is not valid: use NAME=PATH, e.g. --data market=/data/Market-1501")
-        out[name.strip()] = path.strip()
-    return out
+_user_errors = user_errors
+_db_option = db_option
+_open_store = open_store
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -243,16 +219,6 @@ def _data_preview(name: str, out_png: Path, num_ids: int, data_items: tuple[str,
 # --------------------------------------------------------------------------- tricks / ablate
 
 
-def _db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--db", "db_url", default=None, metavar="URL",
-                        help="Results database (any SQLAlchemy URL) [default: $REIDBENCH_DB or "
-                             "sqlite:///results.db].")(fn)
-
-
-def _open_store(db_url: str | None):
-    from reidbench.harness.store import Store
-
-    return Store(db_url or Store.default_url())
 
 
 def resolve_base(base: str) -> Path:

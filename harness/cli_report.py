@@ -7,7 +7,6 @@ numpy are imported inside the commands so every ``--help`` stays instant.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,32 +17,9 @@ _EXTENSION_FORMATS = {".tex": "latex", ".md": "markdown", ".markdown": "markdown
                       ".html": "html", ".htm": "html"}
 
 
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Library user errors → the CLI's one-line error (exit code 2), as every other command."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from reidbench.harness.cli import UserError  # at call time: cli.py imports this module
-
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, KeyError, PermissionError) as exc:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            raise UserError(str(msg).splitlines()[0] if str(msg) else type(exc).__name__) from None
-
-    return wrapper
-
-
-def _db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--db", "db_url", default=None, metavar="URL",
-                        help="Results database (any SQLAlchemy URL) [default: $REIDBENCH_DB or "
-                             "sqlite:///results.db].")(fn)
-
-
-def _open_store(db_url: str | None):
-    from reidbench.harness.store import Store
-
-    return Store(db_url or Store.default_url())
+from reidbench.harness.cli_common import db_option as _db_option  # noqa: E402
+from reidbench.harness.cli_common import open_store as _open_store  # noqa: E402
+from reidbench.harness.cli_common import user_errors as _user_errors  # noqa: E402
 
 
 def _ablation_ref(text: str) -> int | str:

@@ -22,6 +22,7 @@ from reidbench.harness.study.storage import (
     list_studies,
     locate_study,
     normalize_storage,
+    open_storage,
 )
 from reidbench.harness.study.worker import (
     RunPruned,
@@ -149,3 +150,53 @@ def test_storage_choice(tmp_path: Path) -> None:
     assert locate_study("s", db, runs) == db
     with pytest.raises(ValueError, match="no study 'nope'.*studies there: s"):
         locate_study("nope", db, runs)
+
+
+def test_worker_loop_with_a_per_epoch_hook_prunes_live(tmp_path: Path, monkeypatch) -> None:
+    """The worker against the proposed runner hook (``run_job(..., on_epoch=...)``), with a fake
+    runner that replays per-epoch mAPs and records results like the real one, so no training."""
+    from reidbench.harness.scheduler import JobOutcome
+    from reidbench.harness.spec import with_epochs
+    from reidbench.harness.store import Store
+    from reidbench.harness.study import worker
+
+    curves = {"3x2": [0.8, 0.9], "2x3": [0.1, 0.2], "2x2": [0.85, 0.95]}  # mAP after epochs 1 and 2
+    trained: list[str] = []
+
+    def fake_run_job(job, log=None, store=None, on_epoch=None):
+        import json
+
+        batch = "{ids_per_batch}x{imgs_per_id}".format(**json.loads(job.spec_json)["data"])
+        trained.append(batch)
+        history = []
+        for epoch, value in enumerate(curves[batch], start=1):
+            history.append({"epoch": epoch, "extra": {"tiny/mAP": value}})
+            try:
+                on_epoch(epoch, history[-1])
+            except RunPruned as exc:
+                return JobOutcome(job.run_hash, "failed", f"RunPruned: {exc}")
+        store.record_result(job.run_hash, None, {"run_hash": job.run_hash, "history": history,
+                                                 "metrics": {"tiny": {"R1": 1.0, "mAP": curves[batch][-1]}}})
+        return JobOutcome(job.run_hash, "done")
+
+    monkeypatch.setattr(worker, "run_job", fake_run_job)
+    assert worker.runner_supports_epoch_hook()
+    base = with_epochs(replace_section(RunSpec(profile="cpu"), "data", train="tiny", test=("tiny",)), 3)
+    space, _ = build_space("batch-size", "grid", "cpu", (3, 2), (32, 16), batches=[(3, 2), (2, 3), (2, 2)])
+    plan = plan_study(base, "tiny", (), space, "map", name="p", prune=True)
+    url = journal_url(tmp_path / "p.log")
+    db = f"sqlite:///{tmp_path / 'results.db'}"
+    prepare_study(plan, url)
+    config = worker.WorkerConfig(name="p", storage_url=url, db_url=db, runs_dir=str(tmp_path / "runs"))
+    assert worker.run_worker(config, log=lambda line: None) == 3
+    trials = {t.params["batch"]: t for t in optuna.load_study(study_name="p", storage=open_storage(url)).get_trials()}
+    assert trials["3x2"].state == TrialState.COMPLETE and trials["3x2"].value == 0.9
+    assert trials["3x2"].intermediate_values == {1: 0.8, 2: 0.9}
+    # 0.1 after epoch 1 is below the median of the completed trial (0.8): stopped there
+    assert trials["2x3"].state == TrialState.PRUNED and trials["2x3"].intermediate_values == {1: 0.1}
+    assert trials["2x2"].state == TrialState.COMPLETE
+    store = Store(db)
+    assert store.statuses([trials["2x3"].user_attrs["run_hash"]]) == {trials["2x3"].user_attrs["run_hash"]: "pending"}
+    assert trained == ["3x2", "2x3", "2x2"]
+    assert worker.run_worker(config, log=lambda line: None) == 0  # nothing left: no trial, no run
+    assert trained == ["3x2", "2x3", "2x2"]

@@ -1,0 +1,60 @@
+"""Pieces shared by every CLI module: the one-line user error, --db and --data handling.
+
+Imports only click (and the store lazily), so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import click
+
+EXIT_USAGE = 2
+EXIT_PROBLEMS = 1
+
+
+class UserError(click.ClickException):
+    """A one-line error for the user (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"reidbench: error: {self.format_message()}", err=True, file=file)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's user-facing exceptions (ValueError & co.) into one-line CLI errors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, KeyError, PermissionError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise UserError(str(msg).splitlines()[0] if str(msg) else type(exc).__name__) from None
+
+    return wrapper
+
+
+def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--db", "db_url", default=None, metavar="URL",
+                        help="Results database (any SQLAlchemy URL) [default: $REIDBENCH_DB or "
+                             "sqlite:///results.db].")(fn)
+
+
+def open_store(db_url: str | None):
+    from reidbench.harness.store import Store
+
+    return Store(db_url or Store.default_url())
+
+
+def parse_data_options(items: Sequence[str]) -> dict[str, str]:
+    """``--data NAME=PATH`` pairs → {name: path}; a bad item fails naming it."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--data {item!r} is not valid: use NAME=PATH, e.g. --data market=/data/Market-1501")
+        out[name.strip()] = path.strip()
+    return out
