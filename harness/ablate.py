@@ -82,13 +82,17 @@ def run_plan(plan: AblationPlan, store, executor, runs_dir: Path, *, device: str
                    data_paths=dict(data_paths), progress=progress)
 
     if todo:
-        executor.run([job(h) for h in todo])
+        outcomes = executor.run([job(h) for h in todo])
+        finished = {o.run_hash for o in outcomes if o.status in ("done", "failed")}
         # Runs another process was training when we looked: wait for them, take over dead ones.
+        # Each run is attempted at most once per invocation, so a run that keeps failing cannot loop.
         while True:
-            takeover = wait_for_others(store, todo, log=log)
+            takeover = [h for h in wait_for_others(store, todo, log=log) if h not in finished]
             if not takeover:
                 break
-            executor.run([job(h) for h in takeover])
+            outcomes = executor.run([job(h) for h in takeover])
+            finished |= {o.run_hash for o in outcomes if o.status in ("done", "failed")}
+            finished |= set(takeover)
     return ablation_id
 
 

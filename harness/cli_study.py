@@ -38,7 +38,8 @@ DEFAULT_TRICKS = "warmup,rea,ls,stride,bnneck"  # the paper's Tables 5/6: all tr
 @click.option("--prune", is_flag=True,
               help="Stop runs whose periodic mAP on the first test set is below the median (MedianPruner).")
 @click.option("--seed", type=int, default=None, help="Override train.seed of every run.")
-@click.option("--train-on", "train_on", default=None, help="Training dataset name [default: first --data, else synth-a].")
+@click.option("--train-on", "train_on", default=None,
+              help="Training dataset name [default: first --data, else synth-a].")
 @click.option("--test-on", "test_on", default=None,
               help="Comma-separated test datasets [default: every --data, else synth-a,synth-b].")
 @click.option("--data", "data_items", multiple=True, metavar="NAME=PATH",
@@ -168,7 +169,8 @@ def _dry_run(plan, store, format_pair) -> None:
     statuses = store.statuses(hashes)
     for i, (point, h) in enumerate(zip(points, hashes)):
         status = statuses.get(h, "new")
-        click.echo(f"  {i:>3}  P×K {point.batch:<6} {point.size:<8} {h[:12]}  [{'cached' if status == 'done' else status}]")
+        shown = "cached" if status == "done" else status
+        click.echo(f"  {i:>3}  P×K {point.batch:<6} {point.size:<8} {h[:12]}  [{shown}]")
 
 
 def _finish(plan, storage_url: str, store) -> None:

@@ -127,12 +127,14 @@ def run_job(job: Job, log: Callable[[str], None] | None = None, store=None) -> J
 def wait_for_others(store, hashes: Sequence[str], poll_s: float = 5.0,
                     log: Callable[[str], None] | None = None) -> list[str]:
     """Block while other processes hold some of ``hashes``; return those that became claimable here
-    (their owner died or went stale) so the caller can run them itself."""
+    (their owner died or went stale, or released them unfinished) so the caller can run them itself.
+    Failed runs are not returned: they are retried by the next invocation, not in a loop."""
     announced = False
     while True:
-        pending = [h for h, s in store.statuses(hashes).items() if s == "running"]
+        statuses = store.statuses(hashes)
+        pending = [h for h, s in statuses.items() if s == "running"]
         if not pending:
-            return [h for h, s in store.statuses(hashes).items() if s in ("pending", "failed")]
+            return [h for h, s in statuses.items() if s == "pending"]
         takeover = []
         for h in pending:
             rec = store.find_run(h)

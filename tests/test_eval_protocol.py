@@ -81,7 +81,7 @@ def assert_same(result, reference):
 @pytest.mark.parametrize("path", ["sparse", "dense"])
 def test_evaluate_matches_both_references(seed, path, monkeypatch):
     # sparse: few entries pass the hardest-match threshold; dense: binary search on whole rows
-    monkeypatch.setattr(evaluation, "_DENSE_FRACTION", 1.0 if path == "sparse" else -1.0)
+    monkeypatch.setattr(evaluation, "_DENSE_FRACTION", 1e9 if path == "sparse" else -1.0)
     monkeypatch.setattr(evaluation, "_CHUNK_ELEMENTS", 7 * 150)  # several chunks of 7 query rows
     data = random_protocol_data(seed, num_query=40, num_gallery=150)
     result = evaluate(*data, max_rank=20)
@@ -177,6 +177,10 @@ def test_shape_mismatch_names_the_array(name, args):
 
 
 def test_bad_distmat_and_max_rank():
+    dist = np.zeros((2, 3))
+    dist[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN .*query row 1"):
+        evaluate(dist, [1, 2], [1, 2, 3], [0, 0], [1, 1, 1])
     with pytest.raises(ValueError, match="2-D"):
         evaluate(np.zeros(3), [1], [1, 2, 3], [0], [1, 1, 1])
     with pytest.raises(ValueError, match="max_rank"):

@@ -196,7 +196,51 @@ def test_worker_loop_with_a_per_epoch_hook_prunes_live(tmp_path: Path, monkeypat
     assert trials["2x3"].state == TrialState.PRUNED and trials["2x3"].intermediate_values == {1: 0.1}
     assert trials["2x2"].state == TrialState.COMPLETE
     store = Store(db)
-    assert store.statuses([trials["2x3"].user_attrs["run_hash"]]) == {trials["2x3"].user_attrs["run_hash"]: "pending"}
+    assert store.statuses([trials["2x3"].user_attrs["run_hash"]]).get(trials["2x3"].user_attrs["run_hash"]) != "done"
     assert trained == ["3x2", "2x3", "2x2"]
     assert worker.run_worker(config, log=lambda line: None) == 0  # nothing left: no trial, no run
     assert trained == ["3x2", "2x3", "2x2"]
+
+
+def test_failed_runs_fail_their_trial_and_are_retried_by_the_next_invocation(tmp_path: Path, monkeypatch) -> None:
+    from reidbench.harness.scheduler import JobOutcome
+    from reidbench.harness.store import Store
+    from reidbench.harness.study import worker
+
+    calls: list[str] = []
+
+    def fake_run_job(job, log=None, store=None):
+        import json
+
+        batch = "{ids_per_batch}x{imgs_per_id}".format(**json.loads(job.spec_json)["data"])
+        calls.append(batch)
+        if batch == "2x3" and calls.count(batch) == 1:
+            return JobOutcome(job.run_hash, "failed", "RuntimeError: out of memory")
+        if batch == "2x2" and calls.count(batch) == 1:
+            return JobOutcome(job.run_hash, "skipped")  # another process holds it and then gives it up
+        store.record_result(job.run_hash, None, {"run_hash": job.run_hash, "metrics": {"tiny": {"mAP": 0.5}}})
+        return JobOutcome(job.run_hash, "done")
+
+    monkeypatch.setattr(worker, "run_job", fake_run_job)
+    assert not worker.runner_supports_epoch_hook()
+    base = replace_section(RunSpec(profile="cpu"), "data", train="tiny", test=("tiny",))
+    space, _ = build_space("batch-size", "grid", "cpu", (3, 2), (32, 16), batches=[(3, 2), (2, 3), (2, 2)])
+    plan = plan_study(base, "tiny", (), space, "map", name="f")
+    url = journal_url(tmp_path / "f.log")
+    config = worker.WorkerConfig(name="f", storage_url=url, db_url=f"sqlite:///{tmp_path / 'r.db'}",
+                                 runs_dir=str(tmp_path / "runs"))
+    prepare_study(plan, url)
+    lines: list[str] = []
+    worker.run_worker(config, log=lines.append)
+    study = optuna.load_study(study_name="f", storage=open_storage(url))
+    states = {t.params["batch"]: t.state for t in study.get_trials()}
+    assert states == {"3x2": TrialState.COMPLETE, "2x3": TrialState.FAIL, "2x2": TrialState.COMPLETE}
+    assert any("FAILED" in line for line in lines)
+    assert calls == ["3x2", "2x3", "2x2", "2x2"]
+    prepare_study(plan, url)  # the same command again: only the failed point is queued and run
+    worker.run_worker(config, log=lines.append)
+    assert calls[4:] == ["2x3"]
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["batch"] for t in complete) == ["2x2", "2x3", "3x2"]
+    assert all(t.value == 0.5 for t in complete)
+    assert len(Store(config.db_url).list_runs(status="done")) == 3

@@ -112,3 +112,14 @@ def test_plan_budget_and_prune() -> None:
     assert pruned.eval.every_epochs == 10  # about 12 evaluations per run
     with pytest.raises(ValueError, match="--trials 0"):
         plan_study(_base(), "bot", (), space, "map", trials=0)
+
+
+def test_study_command_imports_stay_light() -> None:
+    """`reidbench --help` imports the study command: no torch, optuna or pandas at import time."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reidbench.harness.cli_study, reidbench.harness.study.space, reidbench.harness.study.plan; "
+            "print(sorted(m for m in ('torch', 'optuna', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

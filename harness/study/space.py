@@ -239,7 +239,8 @@ def build_space(space: str, sampler: str, profile: str, base_batch: tuple[int, i
     notes: list[str] = []
     if batches is not None:
         chosen_batches = tuple(batches)
-        notes.append(f"P×K grid given: {', '.join(format_pair(*b) for b in chosen_batches)}")
+        kind = "grid" if sampler == "grid" else "range from"
+        notes.append(f"P×K {kind} --batches: {', '.join(format_pair(*b) for b in chosen_batches)}")
         if num_train_ids is not None and space != "image-size":
             too_big = [format_pair(*b) for b in chosen_batches if b[0] > num_train_ids]
             if too_big:
@@ -255,7 +256,7 @@ def build_space(space: str, sampler: str, profile: str, base_batch: tuple[int, i
                 notes.append("cpu profile: P×K grid kept as in the paper")
     if image_sizes is not None:
         chosen_sizes = tuple(image_sizes)
-        notes.append(f"image sizes given: {', '.join(format_pair(*s) for s in chosen_sizes)}")
+        notes.append(f"image sizes from --image-sizes: {', '.join(format_pair(*s) for s in chosen_sizes)}")
     else:
         chosen_sizes = profile_image_sizes(profile)
         if profile == "cpu" and space != "batch-size":

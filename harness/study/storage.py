@@ -152,8 +152,8 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
         params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
         kwargs["heartbeat_interval"] = HEARTBEAT_INTERVAL_S
         kwargs["grace_period"] = GRACE_PERIOD_S
-        key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
-        kwargs[key] = _retry_callback()
+        new_name = "heartbeat_stale_trial_callback"  # Optuna >= 4.9; failed_trial_callback before
+        kwargs[new_name if new_name in params else "failed_trial_callback"] = _retry_callback()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for attempt in range(CREATE_ATTEMPTS):

@@ -122,10 +122,6 @@ def plan_from_attrs(name: str, attrs: Mapping[str, Any]) -> StudyPlan:
                      notes=tuple(attrs.get("notes", ())))
 
 
-def _grid_index(space: StudySpace) -> dict[tuple[tuple[str, str], ...], int]:
-    return {tuple(sorted(p.items())): i for i, p in enumerate(space.grid_points())}
-
-
 def create_or_load(plan: StudyPlan, storage_url: str) -> Any:
     """Create the study (or load it, checking it measures what ``plan`` measures) and store the plan."""
     _quiet_optuna()
