@@ -144,7 +144,7 @@ class _Labels:
                                              ("g_camids", g_camids, num_gallery, "gallery items")):
             arr = _label_tensor(value, name)
             if arr.numel() != expected:
-                raise ValueError(f"{name} has {arr.numel()} entries but the distance matrix has {expected} {side}")
+                raise ValueError(f"{name} has {arr.numel()} entries but there are {expected} {side}")
             arrays[name] = arr
         return cls(arrays["q_pids"], arrays["q_camids"], arrays["g_pids"], arrays["g_camids"])
 

@@ -78,8 +78,7 @@ def re_rank(q_feats: Any, g_feats: Any, k1: int = 20, k2: int = 6, lambda_value:
     k_full = min(k1 + 1, num_all)
     k_half = min(int(round(k1 / 2)) + 1, num_all)  # round half to even, like np.around
     k_qe = min(k2, num_all)
-    list_len = min(max(k_full + _EXTRA_CANDIDATES, k_half + _EXTRA_CANDIDATES, k_qe + _EXTRA_CANDIDATES,
-                       _MIN_CANDIDATES), num_all)
+    list_len = min(max(max(k_full, k_half, k_qe) + _EXTRA_CANDIDATES, _MIN_CANDIDATES), num_all)
 
     cand_dist, cand_idx, row_max, dist_qg = _nearest_candidates(feats, num_query, list_len)
     cuts = sorted({k_qe, k_half, k_full})

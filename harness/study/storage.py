@@ -185,7 +185,7 @@ def _rdb_has_studies_table(url: str) -> bool:
         database = make_url(url).database
         if not database or database == ":memory:" or not Path(database).exists():
             return False
-    engine = create_engine(url)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S} if is_sqlite(url) else {})
     try:
         return sa_inspect(engine).has_table("studies")
     finally:
