@@ -444,9 +444,11 @@ def _runs_delete(run_hash: str, yes: bool, db_url: str | None) -> None:
 
 # Commands defined in their own modules (each imports only click at module level).
 from reidbench.harness.cli_report import plot, report  # noqa: E402
+from reidbench.harness.cli_study import study  # noqa: E402
 
 main.add_command(report)
 main.add_command(plot)
+main.add_command(study)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -34,6 +34,10 @@ class RuntimeOptions:
     data_paths: Mapping[str, str] = field(default_factory=dict)
     progress: bool | None = None  # None = only when stderr is a terminal
     log: Callable[[str], None] | None = None  # defaults to stderr
+    # Called after every epoch, once it is checkpointed, with (epoch, EpochStats.to_dict()). It may
+    # raise to stop the run (a study's pruner does): the run is then recorded as failed with that
+    # error and, run again, resumes from the checkpoint.
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,8 @@ class _Run:
                      f"{spec.schedule.max_epochs} epochs, {workers} loader workers")
 
         hooks = [_HistoryHook(self, history, datasets), _CheckpointHook(self, history)]
+        if self.runtime.on_epoch is not None:
+            hooks.append(_CallbackHook(self.runtime.on_epoch))
         run_training(components, start_epoch, spec.schedule.max_epochs, spec.train.seed, hooks)
         seconds_train = sum(float(h.get("seconds", 0.0)) for h in history)  # across resumes
 
@@ -406,3 +412,13 @@ class _CheckpointHook:
         every = self.run.spec.train.checkpoint_every_epochs
         if stats.epoch % every == 0 or stats.epoch == self.run.spec.schedule.max_epochs:
             save_checkpoint(self.run.out_dir / CHECKPOINT_NAME, self.run.checkpoint_state(c, stats.epoch, self.history))
+
+
+class _CallbackHook:
+    """The caller's per-epoch callback (``RuntimeOptions.on_epoch``), after the epoch's checkpoint."""
+
+    def __init__(self, callback: Callable[[int, dict[str, Any]], None]) -> None:
+        self.callback = callback
+
+    def on_epoch_end(self, c, stats) -> None:
+        self.callback(stats.epoch, stats.to_dict())

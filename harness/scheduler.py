@@ -92,8 +92,13 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-def run_job(job: Job, log: Callable[[str], None] | None = None, store=None) -> JobOutcome:
-    """Claim, train/evaluate, record. Runs wherever the executor puts it; writes to the store itself."""
+def run_job(job: Job, log: Callable[[str], None] | None = None, store=None,
+            on_epoch: Callable[[int, dict], None] | None = None) -> JobOutcome:
+    """Claim, train/evaluate, record. Runs wherever the executor puts it; writes to the store itself.
+
+    ``on_epoch`` is handed to the runner (``RuntimeOptions.on_epoch``); it is not part of ``Job``
+    because a callable does not pickle into a submitit job.
+    """
     from reidbench.harness.runner import RuntimeOptions, execute
     from reidbench.harness.spec import spec_from_json
     from reidbench.harness.store import Store
@@ -109,7 +114,8 @@ def run_job(job: Job, log: Callable[[str], None] | None = None, store=None) -> J
         return JobOutcome(job.run_hash, "skipped")
     spec = spec_from_json(job.spec_json)
     runtime = RuntimeOptions(out_dir=Path(job.out_dir), device=job.device, num_workers=job.num_workers,
-                             data_paths=dict(job.data_paths), progress=job.progress, log=log)
+                             data_paths=dict(job.data_paths), progress=job.progress, log=log,
+                             on_epoch=on_epoch)
     try:
         with _Heartbeat(store, job.run_hash, owner, HEARTBEAT_EVERY_S):
             result = execute(spec, runtime, job.trick_versions)
