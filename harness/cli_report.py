@@ -48,6 +48,15 @@ def emit(text: str, out: Path | None) -> None:
 # --------------------------------------------------------------------------- report
 
 
+def _study_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+                      show_default=True, help="Where `reidbench study` kept its journal files.")(fn)
+    fn = click.option("--storage", default=None, metavar="URL",
+                      help="Optuna storage of the study [default: its journal file, else --db].")(fn)
+    return click.option("--study", default=None, metavar="NAME",
+                        help="Use the runs of this `reidbench study` (Tables 5/6 layout).")(fn)
+
+
 @click.command("report")
 @click.option("--ablation", "ablation", default="latest", show_default=True, metavar="ID|NAME|latest",
               help="Which recorded ablation (`reidbench ablate` prints its id).")
@@ -60,15 +69,60 @@ def emit(text: str, out: Path | None) -> None:
 @click.option("--label", default="tab:ablation", show_default=True, help="LaTeX \\label of the table.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: stdout].")
+@_study_options
 @_db_option
 def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, label: str, out: Path | None,
-           db_url: str | None) -> None:
+           study: str | None, storage: str | None, runs_dir: Path, db_url: str | None) -> None:
     """A paper-style table of one ablation: rows = steps, column groups = test sets.
 
     R1/mAP in percent with one decimal, mean±std over seeds, the best value per column in bold;
     the caption says what the numbers are (data, profile, epochs, seeds, weights, re-ranking).
     """
-    _report(ablation, fmt, metrics, paper, label, out, db_url)
+    if study:
+        _report_study(study, storage, runs_dir, fmt, metrics, label, out, db_url)
+    else:
+        _report(ablation, fmt, metrics, paper, label, out, db_url)
+
+
+def _study_points(store: Any, study: str, storage: str | None, runs_dir: Path, metrics: tuple[str, ...]):
+    """(points frame, study attributes) of a study's complete trials."""
+    from reidbench.harness.report.points import points_from_runs
+    from reidbench.harness.study import locate_study, study_attrs, study_run_hashes
+
+    url = locate_study(study, store.url, runs_dir, storage)
+    hashes = study_run_hashes(url, study)
+    if not hashes:
+        raise ValueError(f"study {study!r} has no complete trial yet")
+    return points_from_runs(store, hashes, metrics), study_attrs(url, study)
+
+
+@_user_errors
+def _report_study(study: str, storage: str | None, runs_dir: Path, fmt: str | None, metrics: str | None,
+                  label: str, out: Path | None, db_url: str | None) -> None:
+    from reidbench.harness.report.naming import parse_metrics
+    from reidbench.harness.report.points import describe_runs, sweep_table
+    from reidbench.harness.report.writers import render
+
+    use_metrics = parse_metrics(metrics) if metrics else ("R1", "mAP")
+    store = _open_store(db_url)
+    points, attrs = _study_points(store, study, storage, runs_dir, use_metrics)
+    by = "image_size" if attrs.get("space") == "image-size" else "batch"
+    tables = []
+    if attrs.get("space") == "both":  # one P×K table per image size
+        for size in sorted(points["image_size"].unique()):
+            tables.append((f" at {size}", sweep_table(points[points["image_size"] == size], "batch", use_metrics)))
+    else:
+        tables.append(("", sweep_table(points, by, use_metrics)))
+    runs = [store.get_run(h) for h in points["run_hash"].unique()]
+    what = "batch size P×K" if by == "batch" else "input image size"
+    notes = "; ".join(attrs.get("notes", []) or [])
+    parts = []
+    for suffix, table in tables:
+        caption = (f"{'/'.join(use_metrics)} (%) against {what}{suffix}, study {study}: {describe_runs(runs)}"
+                   + (f". {notes}" if notes else ""))
+        parts.append(render(table, table_format(fmt, out), caption=caption, label=label + suffix.replace(" ", "-"),
+                            title=f"reidbench study {study}"))
+    emit("\n".join(parts), out)
 
 
 @_user_errors
@@ -125,12 +179,14 @@ def _sweep_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--where", "where", multiple=True, metavar="FIELD=VALUE",
                       help="Keep runs whose spec has FIELD=VALUE, e.g. data.train=synth-a (repeatable).")(fn)
     fn = click.option("--runs", "runs", default=None, metavar="HASH,...", help="Comma-separated run hashes (prefixes).")(fn)
-    return click.option("--ablation", default=None, metavar="ID|NAME", help="Use the runs of this ablation.")(fn)
+    fn = click.option("--ablation", default=None, metavar="ID|NAME", help="Use the runs of this ablation.")(fn)
+    return _study_options(fn)
 
 
 @_user_errors
 def _sweep(kind: str, ablation: str | None, runs: str | None, where: tuple[str, ...], metrics: str, out: Path,
-           figsize: str | None, dpi: int, db_url: str | None) -> None:
+           figsize: str | None, dpi: int, db_url: str | None, study: str | None = None, storage: str | None = None,
+           runs_dir: Path = Path("runs")) -> None:
     from reidbench.harness.report.figures import figure_format, parse_figsize
     from reidbench.harness.report.naming import parse_metrics
     from reidbench.harness.report.points import (
@@ -149,6 +205,8 @@ def _sweep(kind: str, ablation: str | None, runs: str | None, where: tuple[str, 
     chosen = parse_metrics(metrics)
     store = _open_store(db_url)
     refs = [r.strip() for r in (runs or "").split(",") if r.strip()]
+    if study:
+        refs += list(_study_points(store, study, storage, runs_dir, chosen)[0]["run_hash"].unique())
     selected = select_runs(store, ablation=None if ablation is None else _ablation_ref(ablation), run_refs=refs,
                            filters=parse_filters(where))
     fields = BATCH_FIELDS if kind == "batch" else IMAGE_FIELDS
@@ -169,25 +227,27 @@ def _sweep(kind: str, ablation: str | None, runs: str | None, where: tuple[str, 
 @_sweep_options
 @_figure_options("batch-size.png")
 def plot_batch_size_cmd(ablation: str | None, runs: str | None, where: tuple[str, ...], metrics: str, out: Path,
-                        figsize: str | None, dpi: int, db_url: str | None) -> None:
+                        figsize: str | None, dpi: int, db_url: str | None,
+                        study: str | None, storage: str | None, runs_dir: Path) -> None:
     """R1/mAP against batch size P×K: K on x, one line per P, one panel per test set and metric.
 
     Runs: an ablation's, --runs, or every done run matching --where; their specs may differ only in
     data.ids_per_batch, data.imgs_per_id and the seed (error bars = std over seeds).
     """
-    _sweep("batch", ablation, runs, where, metrics, out, figsize, dpi, db_url)
+    _sweep("batch", ablation, runs, where, metrics, out, figsize, dpi, db_url, study, storage, runs_dir)
 
 
 @plot.command("image-size")
 @_sweep_options
 @_figure_options("image-size.png")
 def plot_image_size_cmd(ablation: str | None, runs: str | None, where: tuple[str, ...], metrics: str, out: Path,
-                        figsize: str | None, dpi: int, db_url: str | None) -> None:
+                        figsize: str | None, dpi: int, db_url: str | None,
+                        study: str | None, storage: str | None, runs_dir: Path) -> None:
     """R1/mAP against input image size, one panel per test set (error bars = std over seeds).
 
     Runs are selected as for batch-size; their specs may differ only in data.image_size and the seed.
     """
-    _sweep("image", ablation, runs, where, metrics, out, figsize, dpi, db_url)
+    _sweep("image", ablation, runs, where, metrics, out, figsize, dpi, db_url, study, storage, runs_dir)
 
 
 @plot.command("curves")

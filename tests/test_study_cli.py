@@ -127,3 +127,24 @@ def test_user_errors_are_one_line(grid_study, tiny_market):
     result = CliRunner().invoke(study, study_args(spec, tiny_market, db, runs, "--batches", "9x2"))
     assert result.exit_code == 2 and "--batches 9x2: P is larger than the 6 training identities" in result.output
     assert "Traceback" not in result.output
+
+
+def test_report_and_plots_render_a_study(grid_study, tmp_path):
+    from reidbench.harness.cli import main
+
+    spec, db, runs, _ = grid_study
+    store = Store(f"sqlite:///{db}")
+    result = CliRunner().invoke(main, ["report", "--study", NAME, "--db", f"sqlite:///{db}", "--runs-dir", str(runs),
+                                       "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    # space "both": one P×K table per image size, each with both batch rows and the stored mAP
+    assert result.output.count("2×3") == 2 and result.output.count("3×2") == 2
+    maps = sorted(round(100 * m.value, 1) for m in store.metrics() if m.metric == "mAP")
+    for value in maps:
+        assert f"{value:.1f}" in result.output
+    out = tmp_path / "bs.png"
+    plotted = CliRunner().invoke(main, ["plot", "batch-size", "--study", NAME, "--db", f"sqlite:///{db}",
+                                        "--runs-dir", str(runs), "--where", "data.image_size=32x16",
+                                        "--out", str(out)])
+    assert plotted.exit_code == 0, plotted.output
+    assert out.stat().st_size > 1000 and "(2 runs)" in plotted.output

@@ -45,7 +45,7 @@ def parse_filters(items: Iterable[str]) -> list[tuple[str, str]]:
 
 def _matches(flat: Mapping[str, Any], key: str, value: str) -> bool:
     have = flat[key]
-    if isinstance(have, tuple):
+    if isinstance(have, (tuple, list)):  # specs from the store hold JSON lists
         return ",".join(str(v) for v in have) == value.replace("x", ",").replace("×", ",")
     if isinstance(have, bool):
         return str(have).lower() == value.lower()
