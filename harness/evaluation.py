@@ -22,6 +22,7 @@ search (rows where many pass use the binary search on the whole row instead).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -342,7 +343,7 @@ def extract_features(model: torch.nn.Module, loader: Any, device: Any, flip: boo
             for batch in tqdm(loader, desc="features", leave=False, disable=not sys.stderr.isatty()):
                 images, batch_pids, batch_camids, indices = batch
                 images = images.to(device, non_blocking=True)
-                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
+                with torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext():
                     f = _feature(model, images, feature_key)
                     if flip:
                         f = (f + _feature(model, images.flip(-1), feature_key)) / 2
