@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/reidbench train experiments/bot.yaml --profile cpu --out runs/demo
+	$(VENV)/bin/reidbench ablate --profile cpu
 
 test: $(STAMP)
 	$(PY) -m pytest

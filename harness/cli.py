@@ -372,7 +372,7 @@ def _runs_list(status: str | None, limit: int, db_url: str | None) -> None:
         flags = []
         if r.status == "done" and r.synthetic:
             flags.append("synthetic")
-        extra = ("; ".join(cells) or (r.error or "").splitlines()[0][:60] if r.error else "; ".join(cells))
+        extra = "; ".join(cells) or (r.error.splitlines()[0][:60] if r.error else "")
         click.echo(f"{r.short_hash:<12} {r.status:<8} {r.label[:24]:<24} {spec.get('profile', '?'):<7} "
                    f"{spec.get('data', {}).get('train', '?'):<10} {extra}" + (f"  [{', '.join(flags)}]" if flags else ""))
 

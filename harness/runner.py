@@ -277,7 +277,8 @@ class _Run:
             label_smoothing=spec.loss.label_smoothing, triplet_weight=spec.loss.triplet_weight,
             triplet_margin=spec.loss.triplet_margin, center_weight=spec.loss.center_weight,
         )
-        channels_last = device.type == "cuda" and spec.train.channels_last
+        # channels_last helps on CPU too (oneDNN convolutions: ~20% for MobileNetV2 on 2 cores).
+        channels_last = spec.train.channels_last
         model.to(device)
         if channels_last:
             model.to(memory_format=torch.channels_last)

@@ -1,8 +1,8 @@
 """A no-learning difficulty check: whole-image colour-histogram nearest neighbour.
 
 If this baseline scored high the benchmark would be measuring colour matching, not re-ID. The
-evaluation here is a small self-contained Market-1501 protocol (junk ignored, same identity in
-the same camera ignored, distractors kept) so the check needs nothing but numpy and Pillow.
+evaluation is the project's Market-1501 protocol (junk ignored, same identity in the same camera
+ignored, distractors kept).
 """
 
 from __future__ import annotations
@@ -60,28 +60,19 @@ def colour_histograms(paths: list[Path], bins: int = 8, region: str = "whole") -
 
 def market_rank1_map(dist: np.ndarray, q_pids: np.ndarray, q_cams: np.ndarray, g_pids: np.ndarray,
                      g_cams: np.ndarray, cross_camera_only: bool = True) -> dict[str, float]:
-    """Rank-1, rank-5 and mAP under the Market-1501 rules; queries without a true match are skipped.
+    """Rank-1, rank-5 and mAP under the Market-1501 rules, via ``harness.evaluation.evaluate``.
 
-    Per query, gallery junk (identity -1) is dropped, and with ``cross_camera_only`` so are the
-    query identity's images from the query's own camera.
+    Gallery junk (identity -1) is dropped first. With ``cross_camera_only=False`` the query's own
+    camera counts too (a sanity check): every query is then given a camera no gallery image has,
+    so the protocol's same-identity-same-camera filter removes nothing.
     """
-    r1, r5, aps = [], [], []
-    for i in range(dist.shape[0]):
-        keep = g_pids != -1
-        if cross_camera_only:
-            keep &= ~((g_pids == q_pids[i]) & (g_cams == q_cams[i]))
-        order = np.argsort(dist[i][keep], kind="stable")
-        matches = (g_pids[keep] == q_pids[i])[order]
-        if not matches.any():
-            continue
-        hits = np.flatnonzero(matches)
-        r1.append(float(hits[0] == 0))
-        r5.append(float(hits[0] < 5))
-        aps.append(float(np.mean((np.arange(len(hits)) + 1) / (hits + 1))))
-    if not aps:
-        raise ValueError("no query has a true match in the gallery")
-    return {"rank1": float(np.mean(r1)), "rank5": float(np.mean(r5)), "mAP": float(np.mean(aps)),
-            "num_valid_queries": len(aps)}
+    from reidbench.harness.evaluation import evaluate
+
+    keep = g_pids != -1
+    q_cams_used = q_cams if cross_camera_only else np.full_like(q_cams, int(g_cams.max()) + 1)
+    out = evaluate(dist[:, keep], q_pids, g_pids[keep], q_cams_used, g_cams[keep], max_rank=5)
+    return {"rank1": float(out["cmc"][0]), "rank5": float(out["cmc"][4]), "mAP": float(out["mAP"]),
+            "num_valid_queries": int(out["num_valid_queries"])}
 
 
 def colour_histogram_baseline(root: str | Path, bins: int = 8, cross_camera_only: bool = True,

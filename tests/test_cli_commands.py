@@ -1,0 +1,113 @@
+"""The thin CLI commands on top of the library: data check/synth/list/preview, evaluate, runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from reidbench.harness.cli import main
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_data_check_clean_folder_exits_0(tiny_market):
+    result = _invoke("data", "check", str(tiny_market), "--format", "market")
+    assert result.exit_code == 0, result.output
+    assert "query" in result.output and "gallery" in result.output.lower()
+
+
+def test_data_check_reports_each_problem_on_one_line_and_exits_1(tiny_market, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_market, broken)
+    shutil.rmtree(broken / "query")
+    (broken / "bounding_box_train" / "garbage_name.jpg").write_bytes(b"not an image")
+    result = _invoke("data", "check", str(broken), "--format", "market")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    text = result.output.lower()
+    assert "query" in text and "missing" in text
+    assert "garbage_name.jpg" in result.output
+
+
+def test_data_check_missing_path_is_a_user_error(tmp_path):
+    result = _invoke("data", "check", str(tmp_path / "nope"))
+    assert result.exit_code == 2 and "no such folder" in result.output
+
+
+def test_data_synth_writes_a_market_folder_the_parser_reads(tmp_path):
+    from reidbench.harness.data.datasets import load_dataset
+
+    out = tmp_path / "synth"
+    result = _invoke("data", "synth", "--out", str(out), "--domain", "B", "--ids", "6", "--size", "64x32")
+    assert result.exit_code == 0, result.output
+    ds = load_dataset(out, "market")
+    assert len(ds.train) > 0 and len(ds.query) > 0 and len(ds.gallery) > 0
+    assert {r.camid for r in ds.gallery} <= set(range(8))
+    bad = _invoke("data", "synth", "--out", str(tmp_path / "x"), "--domain", "Z")
+    assert bad.exit_code == 2 and "A" in bad.output
+
+
+def test_data_preview_and_list(tmp_path, monkeypatch):
+    out = tmp_path / "synth"
+    assert _invoke("data", "synth", "--out", str(out), "--ids", "6", "--size", "64x32").exit_code == 0
+    png = tmp_path / "grid.png"
+    result = _invoke("data", "preview", "mine", "--data", f"mine={out}", "--out", str(png), "--ids", "3")
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    img = np.asarray(Image.open(png).convert("L"), dtype=float)
+    assert img.shape[0] > 50 and img.std() > 10
+    monkeypatch.setenv("REIDBENCH_DATA", str(tmp_path / "cache"))
+    listed = _invoke("data", "list", "--data", f"mine={out}")
+    assert listed.exit_code == 0
+    assert "synth-a" in listed.output and "synth-b" in listed.output and "mine" in listed.output
+
+
+def _features(path, rng):
+    q_pids = np.array([1, 2, 3, 4])
+    g_pids = np.array([1, 2, 3, 4, 1, 2, 3, 4, 0])
+    centres = rng.normal(size=(5, 8))
+    np.savez(path, q_feats=centres[q_pids] + 0.01 * rng.normal(size=(4, 8)),
+             g_feats=centres[g_pids] + 0.01 * rng.normal(size=(9, 8)), q_pids=q_pids, g_pids=g_pids,
+             q_camids=np.zeros(4, int), g_camids=np.ones(9, int))
+
+
+def test_evaluate_scores_an_npz_as_json(tmp_path):
+    path = tmp_path / "f.npz"
+    _features(path, np.random.default_rng(0))
+    result = _invoke("evaluate", "--features", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    # clustered features: every query's nearest gallery item is its identity → perfect scores
+    assert scores["R1"] == pytest.approx(1.0) and scores["mAP"] == pytest.approx(1.0)
+    assert set(scores) >= {"R1", "R5", "R10", "mAP", "mINP"}
+    text = _invoke("evaluate", "--features", str(path), "--metric", "cosine")
+    assert text.exit_code == 0 and "R1 100.0" in text.output
+
+
+def test_evaluate_bad_file_is_one_line(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, q_feats=np.zeros((2, 3)))
+    result = _invoke("evaluate", "--features", str(path))
+    assert result.exit_code == 2 and "missing array" in result.output and result.output.count("\n") == 1
+
+
+def test_runs_commands_on_an_empty_database(tmp_path):
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    assert _invoke("runs", "list", "--db", db).exit_code == 0
+    missing = _invoke("runs", "show", "abc", "--db", db)
+    assert missing.exit_code == 2 and "Traceback" not in missing.output
+
+
+def test_tricks_lists_all_six():
+    result = _invoke("tricks")
+    assert result.exit_code == 0
+    assert [line.split()[0] for line in result.output.strip().splitlines()] == [
+        "warmup", "rea", "ls", "stride", "bnneck", "center"]
