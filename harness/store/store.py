@@ -21,6 +21,7 @@ from reidbench.harness.store.engine import (
     build_engine,
     describe,
     driver_errors,
+    is_sqlite,
     parse_url,
     translate,
 )
@@ -53,6 +54,37 @@ CLAIMABLE = ("pending", "failed")
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@contextmanager
+def _sqlite_creation_lock(url: Any) -> Iterator[None]:
+    """Serialise the first connection + schema check of processes opening one SQLite file.
+
+    Two processes creating the same new file race to switch it to WAL; a connection that still
+    sees the old journal mode then waits for an exclusive lock that the other side's open WAL
+    connections never give up (seen as a 30 s "database is locked"). An flock on the file itself
+    (independent of SQLite's own fcntl locks on Linux) makes the second opener wait until the
+    file is in WAL mode with its tables. Elsewhere (no fcntl, not a file) it does nothing.
+    """
+    path = url.database if is_sqlite(url) else None
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None  # type: ignore[assignment]
+    if not path or path == ":memory:" or path.startswith("file:") or fcntl is None:
+        yield
+        return
+    try:
+        handle = open(os.path.expanduser(path), "ab")  # creates an empty file: SQLite takes it as new
+    except OSError:  # read-only file or folder: SQLite itself will say what is wrong
+        yield
+        return
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterator[list[str]]:
@@ -105,7 +137,8 @@ class Store:
         self._reads = sessionmaker(bind=self._engine, expire_on_commit=False)
         self._writes = sessionmaker(bind=self._write_engine, expire_on_commit=False)
         self._pid = os.getpid()
-        self._prepare_schema()
+        with _sqlite_creation_lock(self._url):
+            self._prepare_schema()
 
     @staticmethod
     def default_url() -> str:
