@@ -62,9 +62,10 @@ def _sqlite_creation_lock(url: Any) -> Iterator[None]:
 
     Two processes creating the same new file race to switch it to WAL; a connection that still
     sees the old journal mode then waits for an exclusive lock that the other side's open WAL
-    connections never give up (seen as a 30 s "database is locked"). An flock on the file itself
-    (independent of SQLite's own fcntl locks on Linux) makes the second opener wait until the
-    file is in WAL mode with its tables. Elsewhere (no fcntl, not a file) it does nothing.
+    connections never give up (seen as a 30 s "database is locked"). An flock on the file's
+    folder makes the second opener wait until the file is in WAL mode with its tables. The folder,
+    not the file: closing any descriptor of the database file would drop the POSIX locks SQLite
+    holds on it in this process. Elsewhere (no fcntl, not a file) it does nothing.
     """
     path = url.database if is_sqlite(url) else None
     try:
@@ -74,17 +75,17 @@ def _sqlite_creation_lock(url: Any) -> Iterator[None]:
     if not path or path == ":memory:" or path.startswith("file:") or fcntl is None:
         yield
         return
+    folder = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
     try:
-        handle = open(os.path.expanduser(path), "ab")  # creates an empty file: SQLite takes it as new
-    except OSError:  # read-only file or folder: SQLite itself will say what is wrong
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # SQLite itself will say what is wrong with the path
         yield
         return
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterator[list[str]]:
