@@ -65,6 +65,18 @@ train: {seed: 0, checkpoint_every_epochs: 1}
 """
 
 
+# TINY_SPEC with timm's 0.5M-parameter test ResNet instead of resnet18: a study trains several
+# runs, so each must take seconds on a shared 2-core machine.
+STUDY_SPEC = TINY_SPEC.replace("backbone: resnet18", 'backbone: "timm:test_resnet"')
+
+
+@pytest.fixture(scope="session")
+def study_spec_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("spec") / "tiny-study.yaml"
+    path.write_text(STUDY_SPEC)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_market(tmp_path_factory) -> Path:
     return make_market_folder(tmp_path_factory.mktemp("data") / "tiny")

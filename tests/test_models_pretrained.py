@@ -17,15 +17,6 @@ from reidbench.models.build import build_model
 IMAGES = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny CPU convs run ~5× faster on one thread when the 2 shared cores are oversubscribed."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(autouse=True)
 def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the torch hub and HF caches at empty folders so the machine's caches do not matter."""

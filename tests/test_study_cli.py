@@ -16,24 +16,6 @@ from reidbench.harness.study.results import study_frame, study_run_hashes, study
 NAME = "grid2x2"
 
 
-# conftest's TINY_SPEC with timm's 0.5M-parameter test ResNet instead of resnet18: a study trains
-# several runs, so each must take seconds on a shared 2-core machine.
-STUDY_SPEC = """
-profile: cpu
-model: {backbone: "timm:test_resnet", pretrained: false, last_stride: 2, neck: plain}
-data: {train: tiny, test: [tiny], image_size: [32, 16], ids_per_batch: 3, imgs_per_id: 2, pad_px: 2}
-schedule: {max_epochs: 3, milestones: [2], warmup_epochs: 0}
-eval: {batch_size: 16}
-train: {seed: 0, checkpoint_every_epochs: 1}
-"""
-
-
-def tiny_spec(folder: Path) -> Path:
-    path = folder / "tiny-study.yaml"
-    path.write_text(STUDY_SPEC)
-    return path
-
-
 def study_args(spec: Path, data: Path, db: Path, runs: Path, *extra: str) -> list[str]:
     return ["--base", str(spec), "--tricks", "ls,bnneck", "--space", "both", "--batches", "3x2,2x3",
             "--image-sizes", "32x16,48x24", "--data", f"tiny={data}", "--train-on", "tiny", "--test-on", "tiny",
@@ -42,9 +24,9 @@ def study_args(spec: Path, data: Path, db: Path, runs: Path, *extra: str) -> lis
 
 
 @pytest.fixture(scope="module")
-def grid_study(tiny_market, tmp_path_factory):
+def grid_study(tiny_market, study_spec_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    spec = tiny_spec(root)
+    spec = study_spec_file
     db, runs = root / "results.db", root / "runs"
     result = CliRunner().invoke(study, study_args(spec, tiny_market, db, runs))
     assert result.exit_code == 0, result.output

@@ -17,19 +17,7 @@ from reidbench.harness.cli_study import study
 from reidbench.harness.store import Store
 from reidbench.harness.study.storage import journal_path, journal_url, list_studies, open_storage
 
-STUDY_SPEC = """
-profile: cpu
-model: {backbone: "timm:test_resnet", pretrained: false, last_stride: 2, neck: plain}
-data: {train: tiny, test: [tiny], image_size: [32, 16], ids_per_batch: 3, imgs_per_id: 2, pad_px: 2}
-schedule: {max_epochs: 3, milestones: [2], warmup_epochs: 0}
-eval: {batch_size: 16}
-train: {seed: 0, checkpoint_every_epochs: 1}
-"""
-
-
-def _args(root: Path, data: Path, name: str, batches: str, *extra: str) -> list[str]:
-    spec = root / "tiny-study.yaml"
-    spec.write_text(STUDY_SPEC)
+def _args(root: Path, data: Path, spec: Path, name: str, batches: str, *extra: str) -> list[str]:
     return ["--base", str(spec), "--tricks", "none", "--space", "batch-size", "--batches", batches,
             "--data", f"tiny={data}", "--train-on", "tiny", "--test-on", "tiny", "--epochs", "1", "--profile", "cpu",
             "--device", "cpu", "--loader-workers", "0", "--db", f"sqlite:///{root / 'results.db'}",
@@ -43,8 +31,8 @@ def _by_point(trials) -> dict[str, list]:
     return out
 
 
-def test_killed_study_resumes_without_repeating_trials(tiny_market, tmp_path):
-    args = _args(tmp_path, tiny_market, "killed", "3x2,2x3,2x2,3x1")
+def test_killed_study_resumes_without_repeating_trials(tiny_market, study_spec_file, tmp_path):
+    args = _args(tmp_path, tiny_market, study_spec_file, "killed", "3x2,2x3,2x2,3x1")
     code = "import sys; from reidbench.harness.cli_study import study; sys.exit(study())"
     err = open(tmp_path / "study.err", "w")
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=err)
@@ -94,8 +82,8 @@ def test_killed_study_resumes_without_repeating_trials(tiny_market, tmp_path):
     assert len(runs) == 4 and all(r.status == "done" and r.attempts <= 2 for r in runs)
 
 
-def test_two_workers_share_a_study_without_duplicates(tiny_market, tmp_path):
-    result = CliRunner().invoke(study, _args(tmp_path, tiny_market, "shared", "3x2,2x3,2x2,3x1", "--workers", "2"))
+def test_two_workers_share_a_study_without_duplicates(tiny_market, study_spec_file, tmp_path):
+    result = CliRunner().invoke(study, _args(tmp_path, tiny_market, study_spec_file, "shared", "3x2,2x3,2x2,3x1", "--workers", "2"))
     assert result.exit_code == 0, result.output
     journal = journal_path(tmp_path / "runs", "shared")
     assert journal.exists()  # several workers on an SQLite database: Optuna's journal file
