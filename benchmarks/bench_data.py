@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from reidbench.harness.data.datasets import ImageRecord
+from reidbench.harness.data.formats import ImageRecord
 from reidbench.harness.data.loader import build_train_loader, decode_all
 from reidbench.harness.data.transforms import build_train_transform
 

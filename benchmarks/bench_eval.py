@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from reidbench.harness.evaluation import compute_distance, evaluate, score
+from reidbench.harness.evaluation.protocol import compute_distance, evaluate, score
 
 MARKET = {"num_query": 3368, "num_gallery": 15913, "num_ids": 751, "num_cams": 6, "distractor_frac": 0.176}
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reidbench.harness.rerank import re_rank
+from reidbench.harness.evaluation.rerank import re_rank
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_eval import synthetic_features  # noqa: E402  (same synthetic features as bench_eval)

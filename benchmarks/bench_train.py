@@ -17,10 +17,10 @@ import time
 import torch
 
 from reidbench.harness.data.loader import build_train_loader
-from reidbench.harness.datasets import load_named_dataset
-from reidbench.harness.loop import TrainComponents, seed_epoch, train_one_epoch
-from reidbench.harness.objective import BotObjective
-from reidbench.harness.optim import build_epoch_scheduler, build_optimizer
+from reidbench.harness.data.named import load_named_dataset
+from reidbench.harness.train.loop import TrainComponents, seed_epoch, train_one_epoch
+from reidbench.models.objective import BotObjective
+from reidbench.harness.train.optim import build_epoch_scheduler, build_optimizer
 from reidbench.models.build import build_model
 
 

@@ -77,7 +77,7 @@ def test_adding_a_trick_the_base_has_is_an_error(tiny_market, tiny_spec_file, tm
 
 
 def test_a_failed_run_is_recorded_and_retried(tiny_market, tiny_spec_file, tmp_path, monkeypatch):
-    import reidbench.harness.runner as runner
+    import reidbench.harness.train.runner as runner
 
     real = runner.execute
 
@@ -177,7 +177,7 @@ def test_submitit_local_executor_runs_jobs_for_real(done_ablation, tiny_market, 
 
 
 def test_checking_100_cached_runs_takes_under_a_second(tiny_spec_file, tmp_path):
-    from reidbench.harness.ablate import plan_ablation, run_plan
+    from reidbench.harness.ablation.plan import plan_ablation, run_plan
     from reidbench.harness.spec import load_spec_file
     from reidbench.tricks import REGISTRY
 

@@ -42,7 +42,7 @@ def test_data_check_missing_path_is_a_user_error(tmp_path):
 
 
 def test_data_synth_writes_a_market_folder_the_parser_reads(tmp_path):
-    from reidbench.harness.data.datasets import load_dataset
+    from reidbench.harness.data.formats import load_dataset
 
     out = tmp_path / "synth"
     result = _invoke("data", "synth", "--out", str(out), "--domain", "B", "--ids", "6", "--size", "64x32")

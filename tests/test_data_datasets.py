@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from reidbench.harness.data.datasets import (
+from reidbench.harness.data.formats import (
     FORMATS,
     ImageRecord,
     guess_format,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reidbench.harness.data.datasets import ImageRecord
+from reidbench.harness.data.formats import ImageRecord
 from reidbench.harness.data.loader import ImageDataset, build_test_loader, build_train_loader
 from reidbench.harness.data.transforms import build_test_transform, load_resized
 

@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from reidbench.harness.data.sampler import PKSampler
+from reidbench.harness.data.samplers.pk import PKSampler
 
 
 def _pids(counts: dict[int, int]) -> list[int]:

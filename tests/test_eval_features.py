@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from reidbench.harness import evaluation
-from reidbench.harness.evaluation import extract_features, load_features_npz, score
+from reidbench.harness.evaluation import protocol as evaluation
+from reidbench.harness.evaluation.protocol import extract_features, load_features_npz, score
 
 
 # --------------------------------------------------------------------------- extract_features

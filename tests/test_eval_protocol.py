@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from reidbench.harness import evaluation
-from reidbench.harness.evaluation import compute_distance, evaluate
+from reidbench.harness.evaluation import protocol as evaluation
+from reidbench.harness.evaluation.protocol import compute_distance, evaluate
 
 
 # --------------------------------------------------------------------------- references

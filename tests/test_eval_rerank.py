@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from reidbench.harness import rerank
-from reidbench.harness.evaluation import re_rank
+from reidbench.harness.evaluation import rerank
+from reidbench.harness.evaluation.protocol import re_rank
 
 
 def dense_float64_rerank(q, g, k1, k2, lam):

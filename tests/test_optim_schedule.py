@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reidbench.harness.optim import build_epoch_scheduler, build_optimizer, lr_multiplier
+from reidbench.harness.train.optim import build_epoch_scheduler, build_optimizer, lr_multiplier
 
 BASE = 3.5e-4
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from reidbench.harness.ablation import expand
-from reidbench.harness.hashing import run_hash
+from reidbench.harness.ablation.expand import expand
+from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.report.plots import ablation_deltas
 from reidbench.harness.report.points import points_from_runs
 from reidbench.harness.report.ranks import choose, distances, rank_queries
@@ -24,7 +24,7 @@ TESTS = ("synth-a", "synth-b")
 
 
 def cli():
-    from reidbench.harness.cli_report import plot, report
+    from reidbench.harness.cli.report import plot, report
 
     return click.Group(commands=[report, plot])
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from reidbench.harness.ablation import expand
+from reidbench.harness.ablation.expand import expand
 from reidbench.harness.report.naming import group_label, parse_metrics
 from reidbench.harness.report.paper import paper_value
 from reidbench.harness.report.tables import (
@@ -263,7 +263,7 @@ def test_latex_output_compiles_with_pdflatex(store, tmp_path):
 
 
 def cli():
-    from reidbench.harness.cli_report import plot, report
+    from reidbench.harness.cli.report import plot, report
 
     return click.Group(commands=[report, plot])
 
@@ -304,7 +304,7 @@ def test_cli_report_errors_are_one_line(store, args, fragment):
 def test_cli_module_imports_no_heavy_packages():
     import sys
 
-    code = ("import sys; import reidbench.harness.cli_report as m; "
+    code = ("import sys; import reidbench.harness.cli.report as m; "
             "print(sorted(x for x in ('torch', 'pandas', 'matplotlib', 'numpy') if x in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

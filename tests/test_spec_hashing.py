@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reidbench.harness.hashing import run_hash
+from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.spec import (
     RunSpec,
     SpecError,

@@ -9,8 +9,8 @@ from datetime import timezone
 
 import pytest
 
-from reidbench.harness.hashing import run_hash
-from reidbench.harness.runner import RunResult
+from reidbench.harness.spec.hashing import run_hash
+from reidbench.harness.train.runner import RunResult
 from reidbench.harness.spec import RunSpec
 from reidbench.harness.store import EpochRecord, MetricRecord, RunRecord, Store, StoreError
 

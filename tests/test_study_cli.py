@@ -9,7 +9,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from reidbench.harness.cli_study import study
+from reidbench.harness.cli.study import study
 from reidbench.harness.store import Store
 from reidbench.harness.study.results import study_frame, study_run_hashes, study_runs
 

@@ -155,7 +155,7 @@ def test_storage_choice(tmp_path: Path) -> None:
 def test_worker_loop_with_a_per_epoch_hook_prunes_live(tmp_path: Path, monkeypatch) -> None:
     """The worker against the proposed runner hook (``run_job(..., on_epoch=...)``), with a fake
     runner that replays per-epoch mAPs and records results like the real one, so no training."""
-    from reidbench.harness.scheduler import JobOutcome
+    from reidbench.harness.execution.jobs import JobOutcome
     from reidbench.harness.spec import with_epochs
     from reidbench.harness.store import Store
     from reidbench.harness.study import worker
@@ -203,7 +203,7 @@ def test_worker_loop_with_a_per_epoch_hook_prunes_live(tmp_path: Path, monkeypat
 
 
 def test_failed_runs_fail_their_trial_and_are_retried_by_the_next_invocation(tmp_path: Path, monkeypatch) -> None:
-    from reidbench.harness.scheduler import JobOutcome
+    from reidbench.harness.execution.jobs import JobOutcome
     from reidbench.harness.store import Store
     from reidbench.harness.study import worker
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reidbench.harness.hashing import run_hash
+from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.spec import RunSpec, replace_section
 from reidbench.harness.study.plan import patched_base, plan_study
 from reidbench.harness.study.space import (
@@ -119,7 +119,7 @@ def test_study_command_imports_stay_light() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, reidbench.harness.cli_study, reidbench.harness.study.space, reidbench.harness.study.plan; "
+    code = ("import sys, reidbench.harness.cli.study, reidbench.harness.study.space, reidbench.harness.study.plan; "
             "print(sorted(m for m in ('torch', 'optuna', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

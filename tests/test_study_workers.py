@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 from click.testing import CliRunner
 
-from reidbench.harness.cli_study import study
+from reidbench.harness.cli.study import study
 from reidbench.harness.store import Store
 from reidbench.harness.study.storage import journal_path, journal_url, list_studies, open_storage
 
@@ -33,7 +33,7 @@ def _by_point(trials) -> dict[str, list]:
 
 def test_killed_study_resumes_without_repeating_trials(tiny_market, study_spec_file, tmp_path):
     args = _args(tmp_path, tiny_market, study_spec_file, "killed", "3x2,2x3,2x2,3x1")
-    code = "import sys; from reidbench.harness.cli_study import study; sys.exit(study())"
+    code = "import sys; from reidbench.harness.cli.study import study; sys.exit(study())"
     err = open(tmp_path / "study.err", "w")
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=err)
     url = f"sqlite:///{tmp_path / 'results.db'}"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reidbench.harness.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from reidbench.harness.runner import RESULT_NAME, RuntimeOptions, execute
+from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from reidbench.harness.train.runner import RESULT_NAME, RuntimeOptions, execute
 from reidbench.harness.spec import load_spec_file
 
 
@@ -63,7 +63,7 @@ def test_second_execute_returns_cached_result_without_training(uninterrupted, ti
 
 def test_crash_after_an_epoch_then_resume_gives_identical_weights(uninterrupted, tiny_market, tmp_path, monkeypatch):
     spec_file, full_dir, full = uninterrupted
-    import reidbench.harness.loop as loop
+    import reidbench.harness.train.loop as loop
 
     real = loop.train_one_epoch
 

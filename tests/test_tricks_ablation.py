@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reidbench.harness.ablation import expand, spec_diff
-from reidbench.harness.hashing import run_hash
+from reidbench.harness.ablation.expand import expand, spec_diff
+from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.spec import load_spec_file, replace_section, spec_from_json, with_epochs
 from reidbench.tricks import PAPER_ORDER, REGISTRY, get_trick, parse_trick_list, trick_versions
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .datasets import MAX_EXAMPLES, SPLITS, ReidDataset, guess_format, parse
+from .formats import MAX_EXAMPLES, SPLITS, ReidDataset, guess_format, parse
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .datasets import ImageRecord
-from .sampler import PKSampler
+from .formats import ImageRecord
+from .samplers.pk import PKSampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform, load_resized
 
 # Third entropy word for the augmentation seeds so they never coincide with the PKSampler's

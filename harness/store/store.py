@@ -26,7 +26,7 @@ from reidbench.harness.store.engine import (
     translate,
 )
 from reidbench.harness.store.errors import StoreError
-from reidbench.harness.store.models import (
+from reidbench.harness.store.tables import (
     RUN_STATUSES,
     SCHEMA_VERSION,
     Ablation,

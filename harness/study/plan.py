@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from reidbench.harness.hashing import run_hash
+from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.spec import RunSpec, canonical_json, replace_section
 from reidbench.harness.study.space import OBJECTIVES, Point, StudySpace
 from reidbench.tricks import Trick, trick_versions

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.trial import TrialState
 
-from reidbench.harness.scheduler import Job, new_owner, owner_is_dead_here, run_job, wait_for_others
+from reidbench.harness.execution.jobs import Job, new_owner, owner_is_dead_here, run_job, wait_for_others
 from reidbench.harness.spec import spec_from_dict
 from reidbench.harness.study.plan import StudyPlan
 from reidbench.harness.study.space import StudySpace

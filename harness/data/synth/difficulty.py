@@ -66,7 +66,7 @@ def market_rank1_map(dist: np.ndarray, q_pids: np.ndarray, q_cams: np.ndarray, g
     camera counts too (a sanity check): every query is then given a camera no gallery image has,
     so the protocol's same-identity-same-camera filter removes nothing.
     """
-    from reidbench.harness.evaluation import evaluate
+    from reidbench.harness.evaluation.protocol import evaluate
 
     keep = g_pids != -1
     q_cams_used = q_cams if cross_camera_only else np.full_like(q_cams, int(g_cams.max()) + 1)

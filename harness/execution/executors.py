@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
-from reidbench.harness.scheduler import Job, JobOutcome, run_job
+from reidbench.harness.execution.jobs import Job, JobOutcome, run_job
 
 EXECUTORS = ("local", "submitit", "slurm")
 

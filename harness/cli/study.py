@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from reidbench.harness.cli.common import UserError, default_profile, open_store, parse_data_options, resolve_base, user_errors
+
 DEFAULT_TRICKS = "warmup,rea,ls,stride,bnneck"  # the paper's Tables 5/6: all tricks but the center loss
 
 
@@ -66,15 +68,14 @@ def study(base: str, tricks_text: str, space: str, sampler: str, trials: int | N
     again. Interrupted studies resume where they stopped when the same command runs again;
     --workers N shares one study between N processes.
     """
-    from reidbench.harness.cli import _user_errors
 
-    _user_errors(_study)(base, tricks_text, space, sampler, trials, objective, batches_text, sizes_text, name,
+    user_errors(_study)(base, tricks_text, space, sampler, trials, objective, batches_text, sizes_text, name,
                          storage, workers, prune, seed, train_on, test_on, data_items, epochs, profile, device,
                          loader_workers, runs_dir, db_url, dry_run)
 
 
 def _train_identities(train: str, data_paths: dict[str, str]) -> int:
-    from reidbench.harness.datasets import load_named_dataset
+    from reidbench.harness.data.named import load_named_dataset
 
     dataset, _ = load_named_dataset(train, data_paths, progress=sys.stderr.isatty())
     return int(dataset.num_train_pids)
@@ -85,7 +86,6 @@ def _study(base: str, tricks_text: str, space_name: str, sampler: str, trials: i
            prune: bool, seed: int | None, train_on: str | None, test_on: str | None, data_items: tuple[str, ...],
            epochs: int | None, profile: str | None, device: str, loader_workers: int | None, runs_dir: Path,
            db_url: str | None, dry_run: bool) -> None:
-    from reidbench.harness.cli import UserError, _open_store, default_profile, parse_data_options, resolve_base
     from reidbench.harness.spec import load_spec_file, replace_section, with_epochs
     from reidbench.harness.study.plan import plan_study
     from reidbench.harness.study.space import build_space, format_pair, parse_pair_list
@@ -112,7 +112,7 @@ def _study(base: str, tricks_text: str, space_name: str, sampler: str, trials: i
                                tuple(spec.data.image_size), batches=batches, image_sizes=sizes,
                                num_train_ids=_train_identities(train_name, data_paths))
     plan = plan_study(spec, base_file.stem, tricks, space, objective, trials, name=name, prune=prune, notes=notes)
-    store = _open_store(db_url)
+    store = open_store(db_url)
     storage_url = choose_storage(plan.name, store.url, runs_dir, storage, workers)
 
     log = lambda line: click.echo(line, err=True)  # noqa: E731

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from reidbench.harness.hashing import run_hash
+from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.spec import RunSpec, canonical_json, spec_from_json
 
 RESULT_NAME = "result.json"
@@ -184,10 +184,10 @@ class _Run:
             fh.write(line + "\n")
 
     def execute(self) -> RunResult:
-        from reidbench.harness.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state
-        from reidbench.harness.datasets import load_named_dataset
-        from reidbench.harness.environment import environment
-        from reidbench.harness.loop import run_training
+        from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state
+        from reidbench.harness.data.named import load_named_dataset
+        from reidbench.harness.execution.environment import environment
+        from reidbench.harness.train.loop import run_training
 
         spec = self.spec
         device = select_device(self.runtime.device)
@@ -259,9 +259,9 @@ class _Run:
         import torch
 
         from reidbench.harness.data.loader import build_train_loader
-        from reidbench.harness.loop import TrainComponents
-        from reidbench.harness.objective import BotObjective
-        from reidbench.harness.optim import build_epoch_scheduler, build_optimizer
+        from reidbench.harness.train.loop import TrainComponents
+        from reidbench.models.objective import BotObjective
+        from reidbench.harness.train.optim import build_epoch_scheduler, build_optimizer
         from reidbench.models.build import build_model
         from reidbench.models.losses import build_center_optimizer
 
@@ -322,7 +322,7 @@ class _Run:
             c.scaler.load_state_dict(state["scaler"])
 
     def checkpoint_state(self, c, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
-        from reidbench.harness.checkpoint import rng_state
+        from reidbench.harness.train.checkpoint import rng_state
 
         state = {
             "run_hash": self.rhash,
@@ -347,7 +347,7 @@ class _Run:
         import numpy as np
 
         from reidbench.harness.data.loader import build_test_loader
-        from reidbench.harness.evaluation import extract_features, score
+        from reidbench.harness.evaluation.protocol import extract_features, score
 
         spec = self.spec
         records = tuple(dataset.query) + tuple(dataset.gallery)
@@ -408,7 +408,7 @@ class _CheckpointHook:
         self.run, self.history = run, history
 
     def on_epoch_end(self, c, stats) -> None:
-        from reidbench.harness.checkpoint import CHECKPOINT_NAME, save_checkpoint
+        from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
 
         every = self.run.spec.train.checkpoint_every_epochs
         if stats.epoch % every == 0 or stats.epoch == self.run.spec.schedule.max_epochs:

@@ -1,6 +1,6 @@
 """``reidbench report`` and ``reidbench plot ...``: paper-ready tables and figures from the results database.
 
-Registered into the main group by ``harness/cli.py`` (``main.add_command(report)``,
+Registered into the main group by ``harness/cli/__init__.py`` (``main.add_command(report)``,
 ``main.add_command(plot)``). Only click is imported here at module level; pandas, matplotlib and
 numpy are imported inside the commands so every ``--help`` stays instant.
 """
@@ -12,14 +12,13 @@ from typing import Any, Callable
 
 import click
 
+from reidbench.harness.cli.common import db_option, open_store, user_errors
+
 TABLE_FORMATS = ("latex", "markdown", "csv", "html")
 _EXTENSION_FORMATS = {".tex": "latex", ".md": "markdown", ".markdown": "markdown", ".csv": "csv",
                       ".html": "html", ".htm": "html"}
 
 
-from reidbench.harness.cli_common import db_option as _db_option  # noqa: E402
-from reidbench.harness.cli_common import open_store as _open_store  # noqa: E402
-from reidbench.harness.cli_common import user_errors as _user_errors  # noqa: E402
 
 
 def _ablation_ref(text: str) -> int | str:
@@ -70,7 +69,7 @@ def _study_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: stdout].")
 @_study_options
-@_db_option
+@db_option
 def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, label: str, out: Path | None,
            study: str | None, storage: str | None, runs_dir: Path, db_url: str | None) -> None:
     """A paper-style table of one ablation: rows = steps, column groups = test sets.
@@ -96,7 +95,7 @@ def _study_points(store: Any, study: str, storage: str | None, runs_dir: Path, m
     return points_from_runs(store, hashes, metrics), study_attrs(url, study)
 
 
-@_user_errors
+@user_errors
 def _report_study(study: str, storage: str | None, runs_dir: Path, fmt: str | None, metrics: str | None,
                   label: str, out: Path | None, db_url: str | None) -> None:
     from reidbench.harness.report.naming import parse_metrics
@@ -104,7 +103,7 @@ def _report_study(study: str, storage: str | None, runs_dir: Path, fmt: str | No
     from reidbench.harness.report.writers import render
 
     use_metrics = parse_metrics(metrics) if metrics else ("R1", "mAP")
-    store = _open_store(db_url)
+    store = open_store(db_url)
     points, attrs = _study_points(store, study, storage, runs_dir, use_metrics)
     by = "image_size" if attrs.get("space") == "image-size" else "batch"
     tables = []
@@ -125,7 +124,7 @@ def _report_study(study: str, storage: str | None, runs_dir: Path, fmt: str | No
     emit("\n".join(parts), out)
 
 
-@_user_errors
+@user_errors
 def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, label: str, out: Path | None,
             db_url: str | None) -> None:
     from reidbench.harness.report.naming import parse_metrics
@@ -140,7 +139,7 @@ def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, la
 
     use_fmt = table_format(fmt, out)
     chosen = parse_metrics(metrics) if metrics else None
-    store = _open_store(db_url)
+    store = open_store(db_url)
     frame, context = load_ablation(store, _ablation_ref(ablation))
     use_metrics = chosen or default_metrics(frame)
     table = ablation_table(frame, use_metrics, paper=paper)
@@ -163,7 +162,7 @@ def _figure_options(default_out: str) -> Callable[[Callable[..., Any]], Callable
         fn = click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
                           default=Path(default_out), show_default=True,
                           help="Output image; .png, .pdf or .svg picks the format.")(fn)
-        return _db_option(fn)
+        return db_option(fn)
 
     return decorate
 
@@ -183,7 +182,7 @@ def _sweep_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _study_options(fn)
 
 
-@_user_errors
+@user_errors
 def _sweep(kind: str, ablation: str | None, runs: str | None, where: tuple[str, ...], metrics: str, out: Path,
            figsize: str | None, dpi: int, db_url: str | None, study: str | None = None, storage: str | None = None,
            runs_dir: Path = Path("runs")) -> None:
@@ -203,7 +202,7 @@ def _sweep(kind: str, ablation: str | None, runs: str | None, where: tuple[str, 
     figure_format(out)
     size = parse_figsize(figsize)
     chosen = parse_metrics(metrics)
-    store = _open_store(db_url)
+    store = open_store(db_url)
     refs = [r.strip() for r in (runs or "").split(",") if r.strip()]
     if study:
         refs += list(_study_points(store, study, storage, runs_dir, chosen)[0]["run_hash"].unique())
@@ -258,7 +257,7 @@ def plot_curves_cmd(run_ref: str, out: Path, figsize: str | None, dpi: int, db_u
     _curves(run_ref, out, figsize, dpi, db_url)
 
 
-@_user_errors
+@user_errors
 def _curves(run_ref: str, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
     from reidbench.harness.report.figures import figure_format, parse_figsize
     from reidbench.harness.report.plots import curves_frame, plot_curves
@@ -266,7 +265,7 @@ def _curves(run_ref: str, out: Path, figsize: str | None, dpi: int, db_url: str 
 
     figure_format(out)
     size = parse_figsize(figsize)
-    store = _open_store(db_url)
+    store = open_store(db_url)
     run = store.get_run(run_ref)
     curves = curves_frame(store.epochs(run.run_hash))
     # The periodic evaluation runs on the first test set: its final R1/mAP end those curves.
@@ -289,7 +288,7 @@ def plot_ablation_cmd(ablation: str, metric: str, out: Path, figsize: str | None
     _ablation_plot(ablation, metric, out, figsize, dpi, db_url)
 
 
-@_user_errors
+@user_errors
 def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
     from reidbench.harness.report.figures import figure_format, parse_figsize
     from reidbench.harness.report.naming import parse_metrics
@@ -299,7 +298,7 @@ def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, d
     figure_format(out)
     size = parse_figsize(figsize)
     (name,) = parse_metrics(metric)[:1]
-    store = _open_store(db_url)
+    store = open_store(db_url)
     frame, ctx = load_ablation(store, _ablation_ref(ablation))
     deltas = ablation_deltas(frame, ctx.mode, name)
     data = {"synthetic": "synthetic", "real": "real"}.get(ctx.data_kind, ctx.data_kind)
@@ -332,7 +331,7 @@ def plot_ranks_cmd(run_ref: str, test_set: str | None, queries: str, num_queries
     _ranks(run_ref, test_set, queries, num_queries, top, seed, image_root, out, figsize, dpi, db_url)
 
 
-@_user_errors
+@user_errors
 def _ranks(run_ref: str, test_set: str | None, queries: str, num_queries: int, top: int, seed: int,
            image_root: Path | None, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
     from reidbench.harness.report.figures import figure_format, parse_figsize
@@ -341,7 +340,7 @@ def _ranks(run_ref: str, test_set: str | None, queries: str, num_queries: int, t
 
     figure_format(out)
     size = parse_figsize(figsize)
-    store = _open_store(db_url)
+    store = open_store(db_url)
     run = store.get_run(run_ref)
     data = run.spec.get("data") or {}
     tests = list(data.get("test") or [])

@@ -99,7 +99,7 @@ def run_job(job: Job, log: Callable[[str], None] | None = None, store=None,
     ``on_epoch`` is handed to the runner (``RuntimeOptions.on_epoch``); it is not part of ``Job``
     because a callable does not pickle into a submitit job.
     """
-    from reidbench.harness.runner import RuntimeOptions, execute
+    from reidbench.harness.train.runner import RuntimeOptions, execute
     from reidbench.harness.spec import spec_from_json
     from reidbench.harness.store import Store
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from reidbench.harness.ablation import AblationStep, expand, spec_diff
-from reidbench.harness.scheduler import Job, wait_for_others
+from reidbench.harness.ablation.expand import AblationStep, expand, spec_diff
+from reidbench.harness.execution.jobs import Job, wait_for_others
 from reidbench.harness.spec import RunSpec
 from reidbench.tricks import Trick, trick_versions
 

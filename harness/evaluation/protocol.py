@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidbench.harness.rerank import re_rank
+from reidbench.harness.evaluation.rerank import re_rank
 
 __all__ = ["compute_distance", "evaluate", "extract_features", "load_features_npz", "re_rank", "score"]
 

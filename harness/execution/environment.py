@@ -13,7 +13,7 @@ _PACKAGES = ("reidbench", "torch", "torchvision", "timm", "numpy", "pillow")
 
 def git_commit() -> str | None:
     """Commit of the reidbench source tree, with ``+dirty`` when it has local changes; None outside git."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository root (harness/execution/ → .)
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True

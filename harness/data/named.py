@@ -50,7 +50,7 @@ def dataset_root(name: str, data_paths: Mapping[str, str], progress: bool = True
 
 
 def provenance(name: str, data_paths: Mapping[str, str], root: Path) -> DataProvenance:
-    from reidbench.harness.data.datasets import guess_format
+    from reidbench.harness.data.formats import guess_format
 
     synthetic = name not in data_paths and name in _synthetic_names()
     fmt = "market" if synthetic else guess_format(name)
@@ -59,7 +59,7 @@ def provenance(name: str, data_paths: Mapping[str, str], root: Path) -> DataProv
 
 def load_named_dataset(name: str, data_paths: Mapping[str, str], progress: bool = True):  # -> (ReidDataset, DataProvenance)
     """Parse dataset ``name`` (see module doc) and say where it came from."""
-    from reidbench.harness.data.datasets import load_dataset
+    from reidbench.harness.data.formats import load_dataset
 
     root = dataset_root(name, data_paths, progress=progress)
     prov = provenance(name, data_paths, root)
@@ -68,7 +68,7 @@ def load_named_dataset(name: str, data_paths: Mapping[str, str], progress: bool 
 
 def describe_datasets(data_paths: Mapping[str, str]) -> list[str]:
     """Lines for ``reidbench data list``."""
-    from reidbench.harness.data.datasets import guess_format
+    from reidbench.harness.data.formats import guess_format
     from reidbench.harness.data.synth import list_datasets
 
     lines = [f"{'name':<12} {'kind':<10} {'status':<14} path"]

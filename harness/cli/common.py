@@ -6,6 +6,7 @@ Imports only click (and the store lazily), so ``--help`` stays instant.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import click
@@ -58,3 +59,30 @@ def parse_data_options(items: Sequence[str]) -> dict[str, str]:
             raise UserError(f"--data {item!r} is not valid: use NAME=PATH, e.g. --data market=/data/Market-1501")
         out[name.strip()] = path.strip()
     return out
+
+def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
+    h, sep, w = text.lower().partition("x")
+    if not sep or not h.isdigit() or not w.isdigit() or int(h) < 1 or int(w) < 1:
+        raise UserError(f"{option} {text!r} is not valid: use HxW in pixels, e.g. 128x64")
+    return int(h), int(w)
+
+
+def resolve_base(base: str) -> Path:
+    """A base is a YAML path or the name of one in the package's experiments/ folder."""
+    path = Path(base)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"--base {base}: no such file")
+        return path
+    folder = Path(__file__).resolve().parents[2] / "experiments"
+    candidate = folder / f"{base}.yaml"
+    if not candidate.is_file():
+        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise UserError(f"--base {base!r} is not known; valid: {', '.join(names)} (or a path to a YAML file)")
+    return candidate
+
+
+def default_profile() -> str:
+    import torch
+
+    return "paper" if torch.cuda.is_available() else "cpu"

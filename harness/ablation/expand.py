@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from reidbench.harness.hashing import run_hash
+from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.spec import RunSpec, replace_section
 from reidbench.tricks import Trick, trick_versions
 

@@ -1,0 +1,30 @@
+"""The ``reidbench`` command line: one module per command group, sharing only ``cli.common``.
+
+Only click is imported at module level: every heavy import (torch, timm, pandas, ...) happens
+inside the command that needs it, so ``reidbench --help`` and every ``--help`` stay instant.
+User errors become one line on stderr and exit code 2; nothing prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import click
+
+from reidbench.harness.cli import ablate, data, evaluate, report, runs, study, train
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="reidbench")
+def main() -> None:
+    """reidbench: which person re-identification training tricks matter, on your data.
+
+    Train Bag-of-Tricks runs, evaluate them same- and cross-domain, and keep every result.
+    With no --data, everything runs on the embedded synthetic benchmark (domains synth-a, synth-b).
+    """
+
+
+for command in (train.train, evaluate.evaluate, data.data, ablate.tricks_cmd, ablate.ablate, runs.runs,
+                report.report, report.plot, study.study):
+    main.add_command(command)
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

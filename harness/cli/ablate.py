@@ -1,0 +1,108 @@
+"""``reidbench tricks`` and ``reidbench ablate``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from reidbench.harness.cli.common import EXIT_PROBLEMS, UserError, db_option, default_profile, open_store, parse_data_options, resolve_base, user_errors
+
+
+
+@click.command("tricks")
+def tricks_cmd() -> None:
+    """List the registered tricks (paper order) with their summaries."""
+    from reidbench.tricks import REGISTRY
+
+    for t in REGISTRY:
+        aliases = f" (also: {', '.join(sorted(t.aliases))})" if t.aliases else ""
+        click.echo(f"{t.name:<8} v{t.version}  {t.summary}{aliases}")
+
+
+@click.command()
+@click.option("--base", default="bot", show_default=True, help="Base name in experiments/ or a YAML path.")
+@click.option("--add", "add", default="warmup,rea,ls,stride,bnneck,center", show_default=True,
+              help="Comma-separated tricks, applied in this order (see `reidbench tricks`).")
+@click.option("--mode", type=click.Choice(["cumulative", "single", "leave-one-out"]), default="cumulative",
+              show_default=True, help="cumulative: Table 1 rows; single: base+each; leave-one-out: all and all−each.")
+@click.option("--seeds", type=int, default=None, help="Run seeds 0..N-1 (mean±std in the table).")
+@click.option("--seed", type=int, default=None, help="Run this one seed.")
+@click.option("--train-on", "train_on", default=None, help="Training dataset name [default: first --data, else synth-a].")
+@click.option("--test-on", "test_on", default=None,
+              help="Comma-separated test datasets [default: every --data, else synth-a,synth-b].")
+@click.option("--data", "data_items", multiple=True, metavar="NAME=PATH",
+              help="Real dataset folders, e.g. --data market=/data/Market-1501 --data duke=/data/DukeMTMC-reID.")
+@click.option("--epochs", type=int, default=None, help="Shorten every run to N epochs (milestones scale).")
+@click.option("--profile", type=click.Choice(["paper", "cpu"]), default=None,
+              help="paper: ResNet50 256x128 120 epochs; cpu: minutes on a laptop [default: cpu without a GPU].")
+@click.option("--executor", type=click.Choice(["local", "submitit", "slurm"]), default="local", show_default=True)
+@click.option("--gpus", default=None, metavar="LIST", help="GPU ids for the slot pool, e.g. 0,1,2,3.")
+@click.option("--timeout-min", type=int, default=24 * 60, show_default=True, help="Per-job time limit (submitit/slurm).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--workers", type=int, default=None, help="Data loader worker processes [default: auto].")
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Where run folders (checkpoints, logs, features) go.")
+@db_option
+@click.option("--dry-run", is_flag=True, help="Print each run's label, hash, changes and cache status; train nothing.")
+def ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None, train_on: str | None,
+           test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None, executor: str,
+           gpus: str | None, timeout_min: int, device: str, workers: int | None, runs_dir: Path,
+           db_url: str | None, dry_run: bool) -> None:
+    """Train the base and the base patched step by step with tricks; print the ablation table.
+
+    Every run is cached in the results database by its spec hash: re-running trains only what is
+    missing (failed runs are retried, killed runs resume from their checkpoint).
+    """
+    _ablate(base, add, mode, seeds, seed, train_on, test_on, data_items, epochs, profile, executor, gpus,
+            timeout_min, device, workers, runs_dir, db_url, dry_run)
+
+
+@user_errors
+def _ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None, train_on: str | None,
+            test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None,
+            executor_kind: str, gpus: str | None, timeout_min: int, device: str, workers: int | None,
+            runs_dir: Path, db_url: str | None, dry_run: bool) -> None:
+    from reidbench.harness.ablation.plan import ablation_table, dry_run_lines, plan_ablation, run_plan
+    from reidbench.harness.spec import load_spec_file, replace_section, with_epochs
+    from reidbench.tricks import parse_trick_list
+
+    if seeds is not None and seed is not None:
+        raise UserError("--seeds and --seed are exclusive: give one")
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds {seeds} is not valid: an integer >= 1")
+    tricks = parse_trick_list(add)
+    data_paths = parse_data_options(data_items)
+    base_file = resolve_base(base)
+    spec = load_spec_file(base_file, profile or default_profile())
+    if epochs is not None:
+        spec = with_epochs(spec, epochs)
+    train_name = train_on or (next(iter(data_paths)) if data_paths else spec.data.train)
+    tests = tuple(t for t in (test_on.split(",") if test_on else (list(data_paths) or spec.data.test)) if t)
+    # Same-domain test set first, as the paper's tables do.
+    tests = tuple(sorted(dict.fromkeys(tests), key=lambda t: t != train_name))
+    spec = replace_section(spec, "data", train=train_name, test=tests)
+    seed_list = list(range(seeds)) if seeds is not None else [seed if seed is not None else spec.train.seed]
+    plan = plan_ablation(spec, base_file.stem, tricks, mode, seed_list)
+    store = open_store(db_url)
+    if dry_run:
+        for line in dry_run_lines(plan, store.statuses(plan.unique_hashes())):
+            click.echo(line)
+        return
+    from reidbench.harness.execution.executors import build_executor
+
+    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    gpu_list = [g for g in (gpus or "").split(",") if g.strip()]
+    runner = build_executor(executor_kind, runs_dir / "_submitit", gpus=gpu_list, timeout_min=timeout_min, log=log)
+    meta = {"profile": spec.profile, "epochs": spec.schedule.max_epochs, "full_epochs": spec.full_epochs,
+            "tricks": [t.name for t in tricks], "train": train_name, "test": list(tests), "seeds": seed_list,
+            "command": " ".join(sys.argv[1:])}
+    run_plan(plan, store, runner, runs_dir, device=device, num_workers=workers, data_paths=data_paths, meta=meta,
+             progress=None, log=log)
+    click.echo(ablation_table(plan, store))
+    failed = [h for h, s in store.statuses(plan.unique_hashes()).items() if s != "done"]
+    if failed:
+        click.echo(f"{len(failed)} run(s) not done (see `reidbench runs list`); re-run the same command to retry",
+                   err=True)
+        sys.exit(EXIT_PROBLEMS)

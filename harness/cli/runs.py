@@ -1,0 +1,109 @@
+"""``reidbench runs ...``: inspect the results database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from reidbench.harness.cli.common import db_option, open_store, user_errors
+
+@click.group()
+def runs() -> None:
+    """Inspect recorded runs."""
+
+
+@runs.command("list")
+@click.option("--status", type=click.Choice(["pending", "running", "done", "failed"]), default=None)
+@click.option("--limit", type=int, default=50, show_default=True)
+@db_option
+def runs_list(status: str | None, limit: int, db_url: str | None) -> None:
+    """One line per run: hash, status, label, profile, data, main metrics."""
+    _runs_list(status, limit, db_url)
+
+
+@user_errors
+def _runs_list(status: str | None, limit: int, db_url: str | None) -> None:
+    store = open_store(db_url)
+    recs = store.list_runs(status=status, limit=limit)
+    metrics: dict[tuple[str, str], dict[str, float]] = {}
+    for m in store.metrics([r.run_hash for r in recs]):
+        if m.step is None:
+            metrics.setdefault((m.run_hash, m.test_set), {})[m.metric] = m.value
+    click.echo(f"{'hash':<12} {'status':<8} {'label':<24} {'profile':<7} {'train':<10} results")
+    for r in recs:
+        spec = r.spec
+        cells = [f"{t}: R1 {100 * v.get('R1', float('nan')):.1f} mAP {100 * v.get('mAP', float('nan')):.1f}"
+                 for (h, t), v in metrics.items() if h == r.run_hash]
+        flags = []
+        if r.status == "done" and r.synthetic:
+            flags.append("synthetic")
+        extra = "; ".join(cells) or (r.error.splitlines()[0][:60] if r.error else "")
+        click.echo(f"{r.short_hash:<12} {r.status:<8} {r.label[:24]:<24} {spec.get('profile', '?'):<7} "
+                   f"{spec.get('data', {}).get('train', '?'):<10} {extra}" + (f"  [{', '.join(flags)}]" if flags else ""))
+
+
+@runs.command("show")
+@click.argument("run_hash")
+@db_option
+def runs_show(run_hash: str, db_url: str | None) -> None:
+    """Everything recorded about one run (a hash prefix is enough)."""
+    _runs_show(run_hash, db_url)
+
+
+@user_errors
+def _runs_show(run_hash: str, db_url: str | None) -> None:
+    import dataclasses
+
+    store = open_store(db_url)
+    rec = store.get_run(run_hash)
+    info = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dataclasses.asdict(rec).items()}
+    info["metrics"] = {}
+    for m in store.metrics([rec.run_hash]):
+        if m.step is None:
+            info["metrics"].setdefault(m.test_set, {})[m.metric] = m.value
+    info["epochs"] = [e.values | {"epoch": e.epoch} for e in store.epochs(rec.run_hash)]
+    click.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
+
+
+@runs.command("export")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file [default: stdout].")
+@db_option
+def runs_export(fmt: str, out_file: Path | None, db_url: str | None) -> None:
+    """Every final metric as one row per (run, test set, metric)."""
+    _runs_export(fmt, out_file, db_url)
+
+
+@user_errors
+def _runs_export(fmt: str, out_file: Path | None, db_url: str | None) -> None:
+    store = open_store(db_url)
+    frame = store.to_frame()
+    text = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=1, date_format="iso")
+    if out_file:
+        out_file.write_text(text)
+        click.echo(f"wrote {len(frame)} rows to {out_file}", err=True)
+    else:
+        click.echo(text)
+
+
+@runs.command("delete")
+@click.argument("run_hash")
+@click.option("--yes", is_flag=True, help="Really delete (without it, only say what would go).")
+@db_option
+def runs_delete(run_hash: str, yes: bool, db_url: str | None) -> None:
+    """Delete one run and its metrics from the database (needs --yes)."""
+    _runs_delete(run_hash, yes, db_url)
+
+
+@user_errors
+def _runs_delete(run_hash: str, yes: bool, db_url: str | None) -> None:
+    store = open_store(db_url)
+    rec = store.get_run(run_hash)
+    if not yes:
+        click.echo(f"would delete run {rec.short_hash} ({rec.label}, {rec.status}); add --yes to do it")
+        return
+    store.delete_run(rec.run_hash)
+    click.echo(f"deleted run {rec.short_hash}")
