@@ -2,12 +2,13 @@
 
 A name is resolved in this order: a ``--data NAME=PATH`` given by the user (real data, format
 guessed from the name), then the embedded synthetic datasets (generated on first use into the
-cache folder). Provenance (synthetic or real, root) travels with the dataset into the store.
+cache folder). Provenance (synthetic or real, root, fingerprint) travels with the dataset into
+the store; see ``fingerprint.py`` for what identifies a dataset.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -20,9 +21,12 @@ class DataProvenance:
     root: str
     format: str
     synthetic: bool
+    # DataFingerprint.to_dict() of the data that was loaded; None where nobody computed it.
+    fingerprint: dict | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "root": self.root, "format": self.format, "synthetic": self.synthetic}
+        return {"name": self.name, "root": self.root, "format": self.format, "synthetic": self.synthetic,
+                "fingerprint": self.fingerprint}
 
 
 def _synthetic_names() -> tuple[str, ...]:
@@ -59,11 +63,17 @@ def provenance(name: str, data_paths: Mapping[str, str], root: Path) -> DataProv
 
 def load_named_dataset(name: str, data_paths: Mapping[str, str], progress: bool = True):  # -> (ReidDataset, DataProvenance)
     """Parse dataset ``name`` (see module doc) and say where it came from."""
+    from reidbench.harness.data.fingerprint import folder_fingerprint, synthetic_fingerprint
     from reidbench.harness.data.formats import load_dataset
 
     root = dataset_root(name, data_paths, progress=progress)
     prov = provenance(name, data_paths, root)
-    return load_dataset(root, prov.format, name=name), prov
+    dataset = load_dataset(root, prov.format, name=name)
+    if prov.synthetic:  # same recipe fingerprint as `dataset_fingerprint` gives before generation
+        fingerprint = synthetic_fingerprint(name)
+    else:  # reuse the parse above when the fingerprint cache misses
+        fingerprint = folder_fingerprint(name, root, prov.format, dataset=dataset)
+    return dataset, replace(prov, fingerprint=fingerprint.to_dict())
 
 
 def describe_datasets(data_paths: Mapping[str, str]) -> list[str]:
