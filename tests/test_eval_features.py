@@ -1,4 +1,4 @@
-"""extract_features() with tiny dummy models, score() and the npz round trip."""
+"""extract_features()/extract_feature_set() with tiny dummy models, score() and the npz round trip."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from reidbench.harness.evaluation import features as features_module
 from reidbench.harness.evaluation import protocol as evaluation
-from reidbench.harness.evaluation.protocol import extract_features, load_features_npz, score
+from reidbench.harness.evaluation.features import extract_feature_set, extract_features, load_features_npz
+from reidbench.harness.evaluation.protocol import score
 
 
 # --------------------------------------------------------------------------- extract_features
@@ -103,6 +105,64 @@ def test_unknown_feature_key_names_the_outputs():
         extract_features(LeftRightModel(), loader, "cpu", feature_key="f_x")
 
 
+def test_tuple_feature_key_concatenates_in_order_then_normalises_the_whole():
+    model = LeftRightModel()
+    loader, images, _, _ = make_loader()
+    for flip in (False, True):
+        feats, _, _ = extract_features(model, loader, "cpu", flip=flip, feature_key=("f_t", "f_i"), normalize=True)
+        expected = torch.cat([expected_features(images, flip, "f_t"), expected_features(images, flip, "f_i")], 1)
+        torch.testing.assert_close(feats, expected / expected.norm(dim=1, keepdim=True))
+    feats, _, _ = extract_features(model, loader, "cpu", feature_key=["f_i", "f_t"], normalize=False)
+    torch.testing.assert_close(feats[:, :3], expected_features(images, False, "f_i"))
+    torch.testing.assert_close(feats[:, 3:], expected_features(images, False, "f_t"))
+    single, _, _ = extract_features(model, loader, "cpu", feature_key=("f_i",), normalize=False)
+    torch.testing.assert_close(single, expected_features(images, False, "f_i"))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_feature_set_takes_every_key_from_one_pass(flip):
+    model = LeftRightModel()
+    model.train()
+    loader, images, _, _ = make_loader(shuffled=True, seed=1)
+    out = extract_feature_set(model, loader, "cpu", ["f_t", "f_i"], flip=flip)
+    assert list(out) == ["f_t", "f_i"]
+    assert len(model.seen) == len(loader) * (2 if flip else 1)  # one forward per batch (and its mirror)
+    for key in ("f_t", "f_i"):
+        assert out[key].dtype == torch.float32 and out[key].device.type == "cpu"
+        torch.testing.assert_close(out[key], expected_features(images, flip, key))  # not normalised, in order
+    assert model.training
+    single, _, _ = extract_features(LeftRightModel(), loader, "cpu", flip=flip, feature_key="f_t", normalize=False)
+    torch.testing.assert_close(out["f_t"], single)
+
+
+def test_feature_key_errors_name_the_field():
+    loader, *_ = make_loader()
+    with pytest.raises(ValueError, match=r"keys 'f_x' is not among the model outputs \(\['f_i', 'f_t'\]\)"):
+        extract_feature_set(LeftRightModel(), loader, "cpu", ["f_i", "f_x"])
+    with pytest.raises(ValueError, match="keys must be a list of output names, got the string 'f_i'"):
+        extract_feature_set(LeftRightModel(), loader, "cpu", "f_i")
+    with pytest.raises(ValueError, match=r"feature_key must be an output name or a non-empty list"):
+        extract_features(LeftRightModel(), loader, "cpu", feature_key=())
+    with pytest.raises(ValueError, match="keys must be an output name or a non-empty list"):
+        extract_feature_set(LeftRightModel(), loader, "cpu", [])
+
+
+def test_feature_output_must_be_2d():
+    class MapModel(torch.nn.Module):
+        def forward(self, images):
+            return {"f_i": images}
+
+    loader, *_ = make_loader()
+    with pytest.raises(ValueError, match=r"model output 'f_i' has shape \(4, 3, 8, 6\); a feature must be 2-D"):
+        extract_features(MapModel(), loader, "cpu")
+
+
+def test_protocol_still_exports_the_moved_names():
+    assert evaluation.extract_features is extract_features
+    assert evaluation.load_features_npz is load_features_npz
+    assert evaluation.NPZ_KEYS == features_module.NPZ_KEYS
+
+
 # --------------------------------------------------------------------------- score and npz
 
 
@@ -149,7 +209,7 @@ def test_score_npz_round_trip(tmp_path, metric, normalize, monkeypatch):
     path = tmp_path / "features.npz"
     np.savez(path, **arrays, q_paths=np.array(["a.jpg"] * 30))  # extra arrays are ignored
     loaded = load_features_npz(path)
-    assert sorted(loaded) == sorted(evaluation.NPZ_KEYS)
+    assert sorted(loaded) == sorted(features_module.NPZ_KEYS)
     result = score(**loaded, metric=metric, normalize=normalize)
     expected = reference_scores(arrays, metric, normalize)
     assert result["num_valid_queries"] == expected["num_valid_queries"]

@@ -15,7 +15,8 @@ from reidbench.harness.ablation.expand import expand
 from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.report.plots import ablation_deltas
 from reidbench.harness.report.points import points_from_runs
-from reidbench.harness.report.ranks import choose, distances, rank_queries
+from reidbench.harness.report import ranks as ranks_module
+from reidbench.harness.report.ranks import choose, load_features, rank_queries
 from reidbench.harness.spec import RunSpec, replace_section
 from reidbench.harness.store import Store
 from reidbench.tricks import parse_trick_list
@@ -230,13 +231,97 @@ def test_rank_queries_drops_same_camera_matches_and_scores_ap():
     assert len(choose(ranked, "random", 5, seed=3)) == 2
 
 
-def test_distances_match_brute_force():
-    rng = np.random.default_rng(0)
-    q, g = rng.normal(size=(3, 5)), rng.normal(size=(4, 5))
-    cos = np.array([[1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in g] for a in q])
-    assert distances(q, g, "cosine", False) == pytest.approx(cos, abs=1e-5)
-    sq = np.array([[np.sum((a - b) ** 2) for b in g] for a in q])
-    assert distances(q, g, "sqeuclidean", False) == pytest.approx(sq, abs=1e-4)
+def ranked_npz(tmp_path, seed=0, num_query=40, num_gallery=150, dim=6, num_ids=9, grid=None):
+    """A features file as the runner writes it (float16 features, paths); ``grid`` rounds the
+    features to a coarse grid so that many distances tie exactly."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_ids + 2, dim))
+    q_pids, g_pids = rng.integers(1, num_ids + 1, num_query), rng.integers(0, num_ids + 1, num_gallery)
+    q_pids[0] = num_ids + 1  # not in the gallery: no valid match
+    q = centres[q_pids] + 1.5 * rng.normal(size=(num_query, dim))
+    g = centres[g_pids] + 1.5 * rng.normal(size=(num_gallery, dim))
+    if grid:
+        q, g = np.round(q / grid) * grid, np.round(g / grid) * grid
+    arrays = {"q_feats": q.astype(np.float16), "g_feats": g.astype(np.float16), "q_pids": q_pids, "g_pids": g_pids,
+              "q_camids": rng.integers(0, 3, num_query), "g_camids": rng.integers(0, 3, num_gallery),
+              "q_paths": np.array([f"q{i}.jpg" for i in range(num_query)]),
+              "g_paths": np.array([f"g{i}.jpg" for i in range(num_gallery)])}
+    path = tmp_path / "features-synth-a.npz"
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def brute_force_list(dist, q_pid, q_cam, g_pids, g_cams):
+    """Full sort of one row: junk dropped, by distance, non-matches before tied matches, then index."""
+    keep = np.flatnonzero(~((g_pids == q_pid) & (g_cams == q_cam)))
+    hits = g_pids[keep] == q_pid
+    order = np.lexsort((keep, hits, dist[keep]))
+    return keep[order], hits[order]
+
+
+@pytest.mark.parametrize("metric, normalize, grid", [("sqeuclidean", True, None), ("euclidean", False, None),
+                                                      ("cosine", False, None), ("euclidean", False, 1.0)])
+def test_rank_queries_ap_is_the_evaluators(tmp_path, monkeypatch, metric, normalize, grid):
+    import torch
+
+    from reidbench.harness.evaluation.protocol import compute_distance, evaluate, score
+
+    monkeypatch.setattr(ranks_module, "_CHUNK", 7)  # several query blocks
+    arrays = load_features(ranked_npz(tmp_path, grid=grid))
+    ranked = rank_queries(arrays, metric=metric, normalize=normalize, top=12)
+    labels = [arrays[k] for k in ("q_pids", "g_pids", "q_camids", "g_camids")]
+    q, g = arrays["q_feats"].astype(np.float32), arrays["g_feats"].astype(np.float32)
+    if normalize:  # the same operation as score()'s
+        q = torch.nn.functional.normalize(torch.from_numpy(q), dim=1).numpy()
+        g = torch.nn.functional.normalize(torch.from_numpy(g), dim=1).numpy()
+    dist = compute_distance(q, g, metric)
+    if grid:  # the grid really makes matches tie with non-matches
+        assert len(np.unique(dist)) < dist.size / 20
+    pq = evaluate(dist, *labels, per_query=True)["per_query"]
+    assert [r.index for r in ranked] == np.flatnonzero(pq["valid"]).tolist()
+    assert 0 not in [r.index for r in ranked]
+    assert [r.ap for r in ranked] == [float(a) for a in pq["ap"][pq["valid"]]]
+    expected_map = score(*(arrays[k] for k in ("q_feats", "g_feats")), *labels, metric=metric,
+                         normalize=normalize)["mAP"]
+    assert np.mean([r.ap for r in ranked]) == pytest.approx(expected_map, rel=1e-6)
+    for r in ranked:
+        gallery, hits = brute_force_list(dist[r.index], arrays["q_pids"][r.index], arrays["q_camids"][r.index],
+                                         arrays["g_pids"], arrays["g_camids"])
+        assert r.gallery == tuple(gallery[:12].tolist()) and r.matches == tuple(hits[:12].tolist()), r.index
+        if r.matches and any(r.matches):  # the listed first match is at the evaluator's rank
+            assert r.matches.index(True) + 1 == pq["first_match_rank"][r.index]
+
+
+def test_rank_queries_lists_a_tied_non_match_before_the_match():
+    # q0 (id 1, cam 0): g0 match and g1 non-match both at distance 1, g2 junk at 0, g3 match at 2
+    arrays = {"q_feats": np.array([[0.0, 0.0]], dtype=np.float32),
+              "g_feats": np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [2.0, 0.0]], dtype=np.float32),
+              "q_pids": np.array([1]), "g_pids": np.array([1, 4, 1, 1]), "q_camids": np.array([0]),
+              "g_camids": np.array([1, 1, 0, 2]), "q_paths": np.array(["q0.jpg"]),
+              "g_paths": np.array([f"g{i}.jpg" for i in range(4)])}
+    (q0,) = rank_queries(arrays, metric="euclidean", normalize=False, top=2)
+    assert q0.gallery == (1, 0) and q0.matches == (False, True)  # top 2 cuts inside the tie correctly
+    assert q0.ap == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_load_features_errors(tmp_path):
+    path = ranked_npz(tmp_path)
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    np.savez(tmp_path / "nopaths.npz", **{k: v for k, v in arrays.items() if k != "g_paths"})
+    with pytest.raises(ValueError, match="nopaths.npz: missing arrays g_paths"):
+        load_features(tmp_path / "nopaths.npz")
+    np.savez(tmp_path / "short.npz", **dict(arrays, q_paths=arrays["q_paths"][:3]))
+    with pytest.raises(ValueError, match=r"short.npz: q_paths has shape \(3,\), expected \(40,\)"):
+        load_features(tmp_path / "short.npz")
+    with pytest.raises(FileNotFoundError, match="nope.npz: features file not found"):
+        load_features(tmp_path / "nope.npz")
+    nan = dict(arrays, g_feats=arrays["g_feats"].copy())
+    nan["g_feats"][3, 1] = np.nan
+    with pytest.raises(ValueError, match="g_feats contains NaN"):
+        rank_queries(nan)
+    with pytest.raises(ValueError, match="eval.metric='l1' is not valid"):
+        rank_queries(arrays, metric="l1")
 
 
 def make_ranked_run(store, tmp_path):

@@ -1,4 +1,4 @@
-"""Evaluation: distances, the Market protocol (CMC, mAP, mINP), feature extraction, re-ranking.
+"""Evaluation: distances, the Market protocol (CMC, mAP, mINP, per-query scores), re-ranking.
 
 Protocol (see /work/shared/reference/bot.md "Evaluation"): for each query, gallery items with the
 same identity and the same camera are dropped ("junk"); a query with no remaining gallery item of
@@ -18,24 +18,29 @@ rank of the j-th match is then ``j + 1 +`` the number of non-matches at a distan
 non-matches closer than the query's hardest match can count, so each distance row is compared
 once against that threshold and the few entries that pass are counted per match with a binary
 search (rows where many pass use the binary search on the whole row instead).
+
+Per-query scores (``per_query=True``, ``per_query_scores``) come from the same match ranks, so
+averaging them over the valid queries gives the mAP, mINP and CMC exactly as reported.
+
+Feature extraction and the features npz files live in ``features``; their names are re-exported
+here for the modules that still import them from this one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+# extract_features, load_features_npz and NPZ_KEYS moved to features; re-exported for old imports
+from reidbench.harness.evaluation.features import NPZ_KEYS, extract_features, load_features_npz
 from reidbench.harness.evaluation.rerank import re_rank
 
-__all__ = ["compute_distance", "evaluate", "extract_features", "load_features_npz", "re_rank", "score"]
+__all__ = ["NPZ_KEYS", "compute_distance", "evaluate", "extract_features", "load_features_npz",
+           "per_query_scores", "re_rank", "score"]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
-NPZ_KEYS = ("q_feats", "g_feats", "q_pids", "g_pids", "q_camids", "g_camids")
 
 # Distance entries handled per chunk of query rows (64 MB of float32): the GEMM loses ~20% of its
 # speed below ~1,000 query rows, and every torch op has a fixed (thread start-up) cost.
@@ -97,14 +102,39 @@ def _distance_chunk(q: torch.Tensor, g: torch.Tensor, g_sqnorm: torch.Tensor | N
 
 
 def evaluate(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
-             max_rank: int = 50) -> dict[str, Any]:
+             max_rank: int = 50, per_query: bool = False) -> dict[str, Any]:
     """Market-protocol scores of a query x gallery distance matrix (smaller = more similar).
 
     Returns ``{"cmc": float array of length max_rank, "mAP": float, "mINP": float,
     "num_valid_queries": int}``; ``cmc`` is padded with its last value beyond the gallery size.
-    Raises ValueError when shapes disagree or no query has a valid match.
+    ``per_query`` adds ``"per_query"``: the arrays of ``per_query_scores`` (AP, INP, first-match
+    rank and validity of every query). Raises ValueError when shapes disagree or no query has a
+    valid match.
     """
     _check_max_rank(max_rank)
+    dist, labels = _protocol_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
+    acc = _Accumulator(max_rank, dist.shape[0] if per_query else None)
+    _accumulate(acc, dist, labels)
+    return acc.result()
+
+
+def per_query_scores(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any
+                     ) -> dict[str, np.ndarray]:
+    """Protocol scores of each query of a distance matrix, one entry per row.
+
+    ``{"ap": float32, "inp": float32, "first_match_rank": int32 (1-based rank of the first match
+    after junk removal), "valid": bool}``; a query with no match left after junk removal has NaN
+    AP and INP and rank 0. The same numbers as ``evaluate(..., per_query=True)["per_query"]``, but
+    a block of queries none of which is valid is no error here (callers score a query set in blocks).
+    """
+    dist, labels = _protocol_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
+    acc = _Accumulator(1, dist.shape[0])
+    _accumulate(acc, dist, labels)
+    return acc.per_query_arrays()
+
+
+def _protocol_inputs(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any
+                     ) -> tuple[torch.Tensor, _Labels]:
     dist = distmat if isinstance(distmat, torch.Tensor) else torch.from_numpy(np.asarray(distmat))
     if dist.ndim != 2:
         raise ValueError(f"distmat must be 2-D (queries x gallery), got shape {tuple(dist.shape)}")
@@ -116,12 +146,14 @@ def evaluate(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: An
     if dist.shape[1] == 0:
         raise ValueError("the gallery is empty: distmat has 0 columns, so no query can have a valid match")
     labels = _Labels.build(q_pids, g_pids, q_camids, g_camids, num_query=dist.shape[0], num_gallery=dist.shape[1])
-    acc = _Accumulator(max_rank)
+    return dist, labels
+
+
+def _accumulate(acc: _Accumulator, dist: torch.Tensor, labels: _Labels) -> None:
     rows = _chunk_rows(dist.shape[1])
     for start in range(0, dist.shape[0], rows):
         stop = min(start + rows, dist.shape[0])
-        acc.add(*_match_ranks(dist[start:stop].contiguous(), labels, start, stop))
-    return acc.result()
+        acc.add(*_match_ranks(dist[start:stop].contiguous(), labels, start, stop), start=start)
 
 
 class _Labels:
@@ -210,16 +242,24 @@ def _match_ranks(dist: torch.Tensor, labels: _Labels, start: int, stop: int
 
 
 class _Accumulator:
-    """Sums of AP and INP and the histogram of first-hit ranks over valid queries."""
+    """Sums of AP and INP and the histogram of first-hit ranks over valid queries; with
+    ``num_query`` also each query's AP, INP and first-hit rank (written where its rows land)."""
 
-    def __init__(self, max_rank: int):
+    def __init__(self, max_rank: int, num_query: int | None = None):
         self.max_rank = max_rank
         self.ap_sum = 0.0
         self.inp_sum = 0.0
         self.num_valid = 0
         self.first_hits = torch.zeros(max_rank + 1, dtype=torch.long)
+        self.per_query = None
+        if num_query is not None:
+            self.per_query = {"ap": np.full(num_query, np.nan, dtype=np.float32),
+                              "inp": np.full(num_query, np.nan, dtype=np.float32),
+                              "first_match_rank": np.zeros(num_query, dtype=np.int32),
+                              "valid": np.zeros(num_query, dtype=bool)}
 
-    def add(self, ranks: torch.Tensor, num_matches: torch.Tensor) -> None:
+    def add(self, ranks: torch.Tensor, num_matches: torch.Tensor, start: int = 0) -> None:
+        """One block of query rows starting at query ``start`` (``_match_ranks``'s output)."""
         valid = num_matches > 0
         if not bool(valid.any()):
             return
@@ -228,20 +268,37 @@ class _Accumulator:
         position = torch.arange(1, width + 1, dtype=torch.float64)
         in_row = position[None, :] <= num_matches[:, None]
         precision = torch.where(in_row, position / ranks.double(), 0.0)
-        self.ap_sum += float((precision.sum(1) / num_matches).sum())
+        ap = precision.sum(1) / num_matches
         hardest = ranks.gather(1, (num_matches - 1)[:, None]).squeeze(1)
-        self.inp_sum += float((num_matches.double() / hardest.double()).sum())
-        self.first_hits += torch.bincount(ranks[:, 0].clamp(max=self.max_rank + 1) - 1,
+        inp = num_matches.double() / hardest.double()
+        self.ap_sum += float(ap.sum())
+        self.inp_sum += float(inp.sum())
+        first = ranks[:, 0]
+        self.first_hits += torch.bincount(first.clamp(max=self.max_rank + 1) - 1,
                                           minlength=self.max_rank + 1)[: self.max_rank + 1]
-        self.num_valid += int(valid.sum())
+        self.num_valid += int(ranks.shape[0])
+        if self.per_query is not None:  # a few hundred values per block: no cost worth a fast path
+            rows = valid.nonzero().squeeze(1).numpy() + start
+            self.per_query["ap"][rows] = ap.numpy()
+            self.per_query["inp"][rows] = inp.numpy()
+            self.per_query["first_match_rank"][rows] = first.numpy()
+            self.per_query["valid"][rows] = True
+
+    def per_query_arrays(self) -> dict[str, np.ndarray]:
+        if self.per_query is None:
+            raise RuntimeError("this accumulator was built without num_query, so it kept no per-query scores")
+        return self.per_query
 
     def result(self) -> dict[str, Any]:
         if self.num_valid == 0:
             raise ValueError("no query has a valid match: every gallery item of each query's identity "
                              "is missing or shares the query's camera")
         cmc = (self.first_hits[: self.max_rank].cumsum(0).double() / self.num_valid).numpy()
-        return {"cmc": cmc, "mAP": self.ap_sum / self.num_valid, "mINP": self.inp_sum / self.num_valid,
-                "num_valid_queries": self.num_valid}
+        out = {"cmc": cmc, "mAP": self.ap_sum / self.num_valid, "mINP": self.inp_sum / self.num_valid,
+               "num_valid_queries": self.num_valid}
+        if self.per_query is not None:
+            out["per_query"] = self.per_query
+        return out
 
 
 # --------------------------------------------------------------------------- scores
@@ -249,7 +306,7 @@ class _Accumulator:
 
 def score(q_feats: Any, g_feats: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
           metric: str = "euclidean", normalize: bool = False, rerank: bool = False,
-          max_rank: int = 50) -> dict[str, Any]:
+          max_rank: int = 50, per_query: bool = False) -> dict[str, Any]:
     """R1, R5, R10, mAP, mINP (fractions in [0, 1]) and num_valid_queries of query/gallery features.
 
     ``normalize`` L2-normalises the features first. Without ``rerank`` the distance is ``metric``,
@@ -257,6 +314,7 @@ def score(q_feats: Any, g_feats: Any, q_pids: Any, g_pids: Any, q_camids: Any, g
     the k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) runs on squared Euclidean distances of
     the features, L2-normalised when ``normalize`` is set or ``metric`` is "cosine" (the reference
     ranks normalised features by squared distance; the metric choice then only decides that).
+    ``per_query`` adds ``"per_query"``, each query's scores as in ``evaluate(..., per_query=True)``.
     """
     _check_metric(metric)
     _check_max_rank(max_rank)
@@ -272,103 +330,24 @@ def score(q_feats: Any, g_feats: Any, q_pids: Any, g_pids: Any, q_camids: Any, g
         g = torch.nn.functional.normalize(g, dim=1)
     curve_len = max(max_rank, 10)  # R10 needs ten ranks even when max_rank is smaller
     if rerank:
-        result = evaluate(re_rank(q, g), q_pids, g_pids, q_camids, g_camids, max_rank=curve_len)
+        result = evaluate(re_rank(q, g), q_pids, g_pids, q_camids, g_camids, max_rank=curve_len,
+                          per_query=per_query)
     else:
         labels = _Labels.build(q_pids, g_pids, q_camids, g_camids, num_query=q.shape[0], num_gallery=g.shape[0])
-        acc = _Accumulator(curve_len)
+        acc = _Accumulator(curve_len, q.shape[0] if per_query else None)
         q, g, g_sqnorm = _prepare_gallery(q, g, metric)
         rows = _chunk_rows(g.shape[0])
         for start in range(0, q.shape[0], rows):
             stop = min(start + rows, q.shape[0])
             dist = _distance_chunk(q[start:stop], g, g_sqnorm, metric)
-            acc.add(*_match_ranks(dist, labels, start, stop))
+            acc.add(*_match_ranks(dist, labels, start, stop), start=start)
         result = acc.result()
     cmc = result["cmc"]
-    return {"R1": float(cmc[0]), "R5": float(cmc[4]), "R10": float(cmc[9]), "mAP": float(result["mAP"]),
-            "mINP": float(result["mINP"]), "num_valid_queries": int(result["num_valid_queries"])}
-
-
-def load_features_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """The six arrays ``score`` needs from an npz file (extra arrays, e.g. paths, are ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such features file")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as exc:  # zipfile/pickle errors: say which file, not a traceback
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
-    with data:
-        missing = [k for k in NPZ_KEYS if k not in data.files]
-        if missing:
-            raise ValueError(f"{path}: missing array {missing[0]!r}; an npz needs {', '.join(NPZ_KEYS)}")
-        arrays = {k: data[k] for k in NPZ_KEYS}
-    for side in ("q", "g"):
-        feats = arrays[f"{side}_feats"]
-        if feats.ndim != 2 or not np.issubdtype(feats.dtype, np.floating):
-            raise ValueError(f"{path}: {side}_feats must be a 2-D float array, got shape {feats.shape} {feats.dtype}")
-        for name in (f"{side}_pids", f"{side}_camids"):
-            if arrays[name].shape != (feats.shape[0],):
-                raise ValueError(f"{path}: {name} has shape {arrays[name].shape}, expected ({feats.shape[0]},) "
-                                 f"to match {side}_feats")
-    if arrays["q_feats"].shape[1] != arrays["g_feats"].shape[1]:
-        raise ValueError(f"{path}: q_feats has {arrays['q_feats'].shape[1]} dimensions but g_feats has "
-                         f"{arrays['g_feats'].shape[1]}")
-    return arrays
-
-
-# --------------------------------------------------------------------------- features
-
-
-def extract_features(model: torch.nn.Module, loader: Any, device: Any, flip: bool = False,
-                     feature_key: str = "f_i", normalize: bool = True, amp_dtype: torch.dtype | None = None
-                     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Features of every image of ``loader``: (float32 N x D on CPU, pids, camids).
-
-    ``loader`` yields ``(images, pids, camids, indices)``; rows come back in dataset-index order
-    (the order of ``indices``), so a shuffled loader gives the same result as a sequential one.
-    ``model(images)`` must return a dict holding ``feature_key`` ("f_i" after the BNNeck, "f_t"
-    before it). ``flip`` averages the features of each image and its horizontal mirror before the
-    optional L2 normalisation. ``amp_dtype`` enables CUDA autocast (ignored on other devices). The
-    model is put in eval mode and restored to its previous mode afterwards.
-    """
-    from tqdm.auto import tqdm
-
-    device = torch.device(device)
-    use_amp = amp_dtype is not None and device.type == "cuda"
-    was_training = model.training
-    model.eval()
-    feats, pids, camids, order = [], [], [], []
-    try:
-        with torch.inference_mode():
-            for batch in tqdm(loader, desc="features", leave=False, disable=not sys.stderr.isatty()):
-                images, batch_pids, batch_camids, indices = batch
-                images = images.to(device, non_blocking=True)
-                with torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext():
-                    f = _feature(model, images, feature_key)
-                    if flip:
-                        f = (f + _feature(model, images.flip(-1), feature_key)) / 2
-                f = f.float()
-                if normalize:
-                    f = torch.nn.functional.normalize(f, dim=1)
-                feats.append(f.cpu())
-                pids.append(np.asarray(batch_pids).reshape(-1))
-                camids.append(np.asarray(batch_camids).reshape(-1))
-                order.append(np.asarray(indices).reshape(-1))
-    finally:
-        model.train(was_training)
-    if not feats:
-        raise ValueError("the loader yielded no batches; there are no images to extract features from")
-    sort = np.argsort(np.concatenate(order), kind="stable")
-    features = torch.cat(feats)[torch.from_numpy(sort)]
-    return features, np.concatenate(pids)[sort], np.concatenate(camids)[sort]
-
-
-def _feature(model: torch.nn.Module, images: torch.Tensor, key: str) -> torch.Tensor:
-    out = model(images)
-    if not isinstance(out, dict) or key not in out:
-        have = sorted(out) if isinstance(out, dict) else type(out).__name__
-        raise ValueError(f"feature_key {key!r} is not among the model outputs ({have})")
-    return out[key]
+    out = {"R1": float(cmc[0]), "R5": float(cmc[4]), "R10": float(cmc[9]), "mAP": float(result["mAP"]),
+           "mINP": float(result["mINP"]), "num_valid_queries": int(result["num_valid_queries"])}
+    if per_query:
+        out["per_query"] = result["per_query"]
+    return out
 
 
 # --------------------------------------------------------------------------- helpers

@@ -3,6 +3,11 @@
 Reads the features the runner saved (``<out_dir>/features-<test>.npz``) and ranks them the way the
 run was evaluated (``eval.normalize``, ``eval.metric``), dropping gallery images of the query's
 identity seen by the query's camera, as the Market protocol does.
+
+The AP shown per query is the evaluator's (``per_query_scores`` on ``compute_distance``), so it is
+the AP that averages to the mAP ``score`` gives for these features. Only the top-k listing is made
+here, from the same distance block, with the evaluator's tie rule (a non-match at the same distance
+as a match is listed before it), so the listed match positions are the ranks the AP was scored on.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ class RankedQuery:
     path: str
     pid: int
     camid: int
-    ap: float  # average precision of this query (fraction)
+    ap: float  # the evaluator's average precision of this query (fraction)
     gallery: tuple[int, ...]  # top-k gallery indices after the same-camera filter
     matches: tuple[bool, ...]
 
@@ -32,58 +37,92 @@ def load_features(path: str | Path) -> dict[str, Any]:
     """The arrays of a features file; a missing file or key fails in one line naming it."""
     import numpy as np
 
+    from reidbench.harness.evaluation.features import load_features_npz
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: features file not found (the run saves it when it evaluates; "
                                 "was the run folder moved or deleted?)")
+    arrays = load_features_npz(p)  # checks the six arrays the evaluator needs
     with np.load(p, allow_pickle=False) as npz:
-        needed = ("q_feats", "g_feats", "q_pids", "g_pids", "q_camids", "g_camids", "q_paths", "g_paths")
-        missing = [k for k in needed if k not in npz.files]
+        missing = [k for k in ("q_paths", "g_paths") if k not in npz.files]
         if missing:
-            raise ValueError(f"{p}: missing arrays {', '.join(missing)}; expected {', '.join(needed)}")
-        return {k: npz[k] for k in needed}
-
-
-def distances(q: Any, g: Any, metric: str, normalize: bool) -> Any:
-    """q×g distance block in float32; ranking by euclidean equals ranking by its square."""
-    import numpy as np
-
-    q = np.asarray(q, dtype=np.float32)
-    g = np.asarray(g, dtype=np.float32)
-    if normalize or metric == "cosine":
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    if metric == "cosine":
-        return 1.0 - q @ g.T
-    if metric in ("euclidean", "sqeuclidean"):
-        return (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * q @ g.T
-    raise ValueError(f"eval.metric={metric!r} is not valid: cosine, euclidean or sqeuclidean")
+            raise ValueError(f"{p}: missing arrays {', '.join(missing)}; ranked lists need the image paths")
+        for side in ("q", "g"):
+            paths = npz[f"{side}_paths"]
+            if paths.shape != (len(arrays[f"{side}_pids"]),):
+                raise ValueError(f"{p}: {side}_paths has shape {paths.shape}, expected "
+                                 f"({len(arrays[f'{side}_pids'])},) to match {side}_feats")
+            arrays[f"{side}_paths"] = paths
+    return arrays
 
 
 def rank_queries(arrays: Mapping[str, Any], *, metric: str = "sqeuclidean", normalize: bool = True,
                  top: int = 10) -> list[RankedQuery]:
     """Every valid query (one with a match left after the camera filter), its AP and top-k list."""
     import numpy as np
+    import torch
 
+    from reidbench.harness.evaluation.protocol import METRICS, compute_distance, per_query_scores
+
+    if metric not in METRICS:
+        raise ValueError(f"eval.metric={metric!r} is not valid: {', '.join(METRICS)}")
+    if top < 1:
+        raise ValueError(f"top={top} is not valid: at least 1 gallery image per query")
+    q, g = _features(arrays["q_feats"], "q_feats"), _features(arrays["g_feats"], "g_feats")
+    if q.dtype != g.dtype:
+        q, g = q.double(), g.double()
+    if normalize:  # as score() does before computing distances
+        q, g = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(g, dim=1)
     q_pids, g_pids = np.asarray(arrays["q_pids"]), np.asarray(arrays["g_pids"])
     q_cams, g_cams = np.asarray(arrays["q_camids"]), np.asarray(arrays["g_camids"])
     out: list[RankedQuery] = []
     for start in range(0, len(q_pids), _CHUNK):
         stop = min(start + _CHUNK, len(q_pids))
-        dist = distances(arrays["q_feats"][start:stop], arrays["g_feats"], metric, normalize)
-        order = np.argsort(dist, axis=1, kind="stable")
-        for row, qi in enumerate(range(start, stop)):
-            ranked = order[row]
-            keep = ~((g_pids[ranked] == q_pids[qi]) & (g_cams[ranked] == q_cams[qi]))
-            ranked = ranked[keep]
-            hits = g_pids[ranked] == q_pids[qi]
-            if not hits.any():
+        dist = compute_distance(q[start:stop], g, metric).numpy()
+        scores = per_query_scores(dist, q_pids[start:stop], g_pids, q_cams[start:stop], g_cams)
+        match = q_pids[start:stop, None] == g_pids[None, :]
+        junk = match & (q_cams[start:stop, None] == g_cams[None, :])
+        for row, (gallery, hits) in enumerate(_top_lists(dist, match, junk, top)):
+            qi = start + row
+            if not scores["valid"][row]:
                 continue  # the protocol skips queries without a match
-            positions = np.flatnonzero(hits) + 1
-            ap = float(np.mean(np.arange(1, len(positions) + 1) / positions))
-            out.append(RankedQuery(qi, str(arrays["q_paths"][qi]), int(q_pids[qi]), int(q_cams[qi]), ap,
-                                   tuple(int(i) for i in ranked[:top]), tuple(bool(h) for h in hits[:top])))
+            out.append(RankedQuery(qi, str(arrays["q_paths"][qi]), int(q_pids[qi]), int(q_cams[qi]),
+                                   float(scores["ap"][row]), tuple(int(i) for i in gallery),
+                                   tuple(bool(h) for h in hits)))
     return out
+
+
+def _features(x: Any, name: str) -> Any:
+    """A float32 (or float64) tensor of finite features; float16 files are widened as score() does."""
+    import numpy as np
+    import torch
+
+    arr = np.asarray(x)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values; the run's features cannot be ranked")
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _top_lists(dist: Any, match: Any, junk: Any, top: int) -> list[tuple[Any, Any]]:
+    """Per row: the ``top`` nearest non-junk gallery indices in rank order and their match flags.
+
+    Order: distance, then non-matches before matches (the evaluator's pessimistic ties), then
+    gallery index. Only the entries up to the k-th smallest distance are sorted.
+    """
+    import numpy as np
+
+    key = np.where(junk, np.inf, dist)  # junk sorts last and is dropped below
+    k = min(top, key.shape[1])
+    kth = np.partition(key, k - 1, axis=1)[:, k - 1]
+    lists = []
+    for row in range(key.shape[0]):
+        # every entry tied with the k-th is a candidate: the tie rule decides which of them are listed
+        cand = np.flatnonzero((key[row] <= kth[row]) & ~junk[row])
+        order = cand[np.lexsort((cand, match[row, cand], key[row, cand]))][:top]
+        lists.append((order, match[row, order]))
+    return lists
 
 
 def choose(ranked: Sequence[RankedQuery], how: str, n: int, seed: int = 0) -> list[RankedQuery]:
