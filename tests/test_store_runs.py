@@ -69,7 +69,7 @@ def test_full_result_round_trip(store, tmp_path):
     expected = [("synth-a", "R1", 0.5), ("synth-a", "R5", 0.75), ("synth-a", "R10", 0.875), ("synth-a", "mAP", 0.4),
                 ("synth-a", "mINP", 0.125), ("synth-b", "R1", 0.25), ("synth-b", "R5", 0.375),
                 ("synth-b", "R10", 0.5), ("synth-b", "mAP", 0.1875), ("synth-b", "mINP", 0.0625)]
-    assert store.metrics() == [MetricRecord(rhash, t, m, v, None) for t, m, v in expected]
+    assert store.metrics() == [MetricRecord(rhash, t, m, v, None, "", f"default:{t}") for t, m, v in expected]
     assert store.epochs(rhash) == [
         EpochRecord(rhash, 1, {"loss/id": 6.5, "loss/triplet": 0.9, "lr": 3.5e-5, "images": 640, "seconds": 10.0,
                                "data_wait_seconds": 0.5, "images_per_s": 64.0}),

@@ -128,8 +128,8 @@ def test_foreign_tables_in_the_same_file_are_left_alone(db):
     with sqlite3.connect(db) as con:
         names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert con.execute("SELECT study_name FROM studies").fetchall() == [("bot",)]
-    assert names - {"studies"} == {"rb_meta", "rb_runs", "rb_metrics", "rb_epochs", "rb_ablations",
-                                   "rb_ablation_members"}
+    assert names - {"studies"} == {"rb_meta", "rb_runs", "rb_run_aliases", "rb_evaluations", "rb_metrics",
+                                   "rb_epochs", "rb_ablations", "rb_ablation_members"}
 
 
 @pytest.mark.parametrize("url, fragment", [

@@ -31,6 +31,8 @@ class RunRecord:
     seconds_train: float | None = None
     seconds_eval: float | None = None
     out_dir: str | None = None
+    train_fingerprint: str | None = None  # the training data's fingerprint, part of the run hash
+    aliases: tuple[str, ...] = ()  # earlier hashes of this run (schema-1 hashes), oldest first
 
     @property
     def synthetic(self) -> bool:
@@ -53,6 +55,27 @@ class MetricRecord:
     metric: str
     value: float
     step: int | None = None  # None = final metric
+    variant: str = ""  # the evaluation's variant: "" = the run's default evaluation
+    evaluation_key: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """One scoring of a run: a test set under some settings, with its final metrics."""
+
+    run_hash: str
+    key: str  # identity of the evaluation, computed by the caller
+    test_set: str
+    test_fingerprint: str | None
+    variant: str  # "" = default, "rerank", or a user's name
+    settings: dict[str, Any]
+    status: str  # done | failed
+    metrics: dict[str, float]  # metric → value, in the order they were recorded
+    features_path: str | None
+    seconds: float | None
+    created_at: datetime
+    finished_at: datetime | None
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""The results database: runs and their life cycle, final metrics, training curves, ablations.
+"""The results database: runs and their life cycle, evaluations and their final metrics,
+training curves, ablations.
+
+A run is one training (its hash covers the training only); an evaluation is one scoring of it
+(test set + settings) and owns the final metrics. Lookups by an exact run hash fall back to the
+run's aliases: the hashes it had before a schema upgrade.
 
 Every public method is one short transaction (``_session``) that commits or rolls back as a
 whole and hands out frozen records, never ORM rows. Claiming is a single conditional UPDATE, so
@@ -13,7 +18,8 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-from sqlalchemy import and_, delete, exc, func, inspect, literal, or_, select, update
+from sqlalchemy import and_, delete, exc, func, inspect, literal, or_, select, union, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from reidbench.harness.store.engine import (
@@ -33,21 +39,31 @@ from reidbench.harness.store.tables import (
     AblationMember,
     Base,
     Epoch,
+    Evaluation,
     Meta,
     Metric,
     Run,
+    RunAlias,
     UTCDateTime,
     dumps,
 )
-from reidbench.harness.store.records import AblationRecord, EpochRecord, MetricRecord, RunRecord
-from reidbench.harness.store.results import ParsedResult, finite_metric, parse_result
+from reidbench.harness.store import migrations
+from reidbench.harness.store.records import AblationRecord, EpochRecord, EvaluationRecord, MetricRecord, RunRecord
+from reidbench.harness.store.results import (
+    ParsedEvaluation,
+    ParsedResult,
+    finite_metric,
+    parse_evaluation,
+    parse_result,
+)
+from reidbench.harness.store.rows import chunks as _chunks
+from reidbench.harness.store.rows import evaluation_records, run_records
 
 if TYPE_CHECKING:
     import pandas
 
 DEFAULT_URL = "sqlite:///results.db"
 ENV_VAR = "REIDBENCH_DB"
-IN_CHUNK = 500  # hashes per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 ERROR_CHARS = 20_000  # a traceback's tail is what explains it
 CLAIMABLE = ("pending", "failed")
 
@@ -88,12 +104,6 @@ def _sqlite_creation_lock(url: Any) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
-def _chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterator[list[str]]:
-    items = list(dict.fromkeys(items))
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def _normalise_url(url: str) -> str:
     """A bare path means an SQLite file, so ``REIDBENCH_DB=results.db`` works as well as a URL."""
     url = str(url).strip()
@@ -108,15 +118,8 @@ def _require_text(value: Any, what: str) -> str:
     return value
 
 
-def _run_record(row: Run) -> RunRecord:
-    return RunRecord(
-        run_hash=row.run_hash, label=row.label or "", status=row.status, spec=dict(row.spec or {}),
-        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
-        heartbeat_at=row.heartbeat_at, owner=row.owner, attempts=int(row.attempts or 0), error=row.error,
-        git_commit=row.git_commit, versions=dict(row.versions or {}), device=row.device, host=row.host,
-        provenance=dict(row.provenance or {}), model_info=dict(row.model_info or {}),
-        seconds_train=row.seconds_train, seconds_eval=row.seconds_eval, out_dir=row.out_dir,
-    )
+def _run_record(s: Session, row: Run) -> RunRecord:
+    return run_records(s, [row])[0]
 
 
 def _reopen(url: str, busy_timeout_s: float) -> "Store":
@@ -188,15 +191,31 @@ class Store:
             session.close()
 
     def _prepare_schema(self) -> None:
-        """Check the schema version; create missing tables (never in a database newer than us)."""
+        """Check the schema version, upgrade an older database in place, create missing tables.
+
+        Never touches a database newer than this code. A new database is created at the current
+        version directly; an older one runs every pending step of ``migrations`` (backup first).
+        """
+        stored, ready = self._schema_state()
+        if stored is not None and self._check_version(stored) < SCHEMA_VERSION:
+            migrations.upgrade(self._migration_transaction, url=self._url, name=self._name,
+                               stored_version=self._check_version(stored))
+            stored, ready = self._schema_state()
+        if stored is None or not ready:
+            self._create_schema()
+
+    def _schema_state(self) -> tuple[str | None, bool]:
+        """(stored schema_version or None, whether every table exists)."""
         with self._session() as s:
             names = set(inspect(s.connection()).get_table_names())
             stored = s.get(Meta, "schema_version") if Meta.__tablename__ in names else None
-            ready = set(Base.metadata.tables) <= names
-        if stored is not None:
-            self._check_version(stored.value)
-        if stored is None or not ready:
-            self._create_schema()
+            return (None if stored is None else stored.value), set(Base.metadata.tables) <= names
+
+    @contextmanager
+    def _migration_transaction(self) -> Iterator[Connection]:
+        """One write transaction (BEGIN IMMEDIATE on SQLite) for one migration step."""
+        with self._session(write=True) as s:
+            yield s.connection()
 
     def _create_schema(self) -> None:
         for attempt in range(3):
@@ -216,7 +235,7 @@ class Store:
                 if "already exists" not in str(err) or attempt == 2:
                     raise
 
-    def _check_version(self, value: str) -> None:
+    def _check_version(self, value: str) -> int:
         try:
             version = int(value)
         except ValueError:
@@ -226,58 +245,82 @@ class Store:
                 f"{self._name}: results database schema version {version} is newer than this reidbench "
                 f"supports ({SCHEMA_VERSION}); upgrade reidbench"
             )
+        return version
+
+    @staticmethod
+    def _lookup(s: Session, run_hash: str) -> Run | None:
+        """The run with this exact hash, else the run that had it before (an alias)."""
+        row = s.scalar(select(Run).where(Run.run_hash == run_hash))
+        if row is None:
+            row = s.scalar(select(Run).join(RunAlias, RunAlias.run_id == Run.id).where(RunAlias.alias_hash == run_hash))
+        return row
 
     def _run_row(self, s: Session, run_hash: str) -> Run:
-        row = s.scalar(select(Run).where(Run.run_hash == run_hash))
+        row = self._lookup(s, run_hash)
         if row is None:
             raise StoreError(f"no run {run_hash[:12]} in {self._name}")
         return row
 
     # ------------------------------------------------------------------ runs
 
-    def ensure_run(self, run_hash: str, spec: Mapping[str, Any], label: str) -> RunRecord:
-        """Insert the run as pending unless it exists; an existing run is returned untouched."""
+    def ensure_run(self, run_hash: str, spec: Mapping[str, Any], label: str,
+                   train_fingerprint: str | None = None) -> RunRecord:
+        """Insert the run as pending unless it exists; an existing run is returned untouched.
+
+        Only the exact hash counts here (not aliases): the caller asks for this run by its identity.
+        """
         _require_text(run_hash, "run_hash")
+        if train_fingerprint is not None:
+            _require_text(train_fingerprint, "train_fingerprint")
         if not isinstance(spec, Mapping):
             raise StoreError(f"run {run_hash[:12]}: spec must be a dict, got {type(spec).__name__}")
         try:
             dumps(spec)
         except (TypeError, ValueError) as err:
             raise StoreError(f"run {run_hash[:12]}: spec is not JSON serialisable ({err})") from None
-        existing = self.find_run(run_hash)  # a read first: re-running a finished ablation takes no write lock
-        if existing is not None:
-            return existing
+        exact = select(Run).where(Run.run_hash == run_hash)
+        with self._session() as s:  # a read first: re-running a finished ablation takes no write lock
+            row = s.scalar(exact)
+            if row is not None:
+                return _run_record(s, row)
         with self._session(write=True) as s:
-            row = s.scalar(select(Run).where(Run.run_hash == run_hash))
+            row = s.scalar(exact)
             if row is None:
                 row = Run(run_hash=run_hash, label=str(label or ""), status="pending", spec=dict(spec),
-                          created_at=_utcnow(), attempts=0)
+                          created_at=_utcnow(), attempts=0, train_fingerprint=train_fingerprint)
                 s.add(row)
                 try:
                     with s.begin_nested():
                         s.flush()
                 except exc.IntegrityError:  # PostgreSQL: another process inserted it a moment ago
-                    row = self._run_row(s, run_hash)
-            return _run_record(row)
+                    row = s.scalar(exact)
+                    if row is None:
+                        raise
+            return _run_record(s, row)
 
     def find_run(self, run_hash: str) -> RunRecord | None:
+        """The run with this hash (or that had it before an upgrade), or None."""
         with self._session() as s:
-            row = s.scalar(select(Run).where(Run.run_hash == run_hash))
-            return None if row is None else _run_record(row)
+            row = self._lookup(s, run_hash)
+            return None if row is None else _run_record(s, row)
 
     def get_run(self, hash_or_prefix: str) -> RunRecord:
-        """The run with this hash, or the only run whose hash starts with it."""
+        """The run with this hash, or the only run whose hash starts with it (aliases count too)."""
         ref = _require_text(str(hash_or_prefix).strip(), "run hash")
         with self._session() as s:
-            row = s.scalar(select(Run).where(Run.run_hash == ref))
+            row = self._lookup(s, ref)
             if row is not None:
-                return _run_record(row)
-            match = Run.run_hash.startswith(ref, autoescape=True)
-            count = s.scalar(select(func.count()).select_from(Run).where(match)) or 0
+                return _run_record(s, row)
+            by_hash = select(Run.id.label("run_id"), Run.run_hash.label("ref")).where(
+                Run.run_hash.startswith(ref, autoescape=True))
+            by_alias = select(RunAlias.run_id.label("run_id"), RunAlias.alias_hash.label("ref")).where(
+                RunAlias.alias_hash.startswith(ref, autoescape=True))
+            matches = union(by_hash, by_alias).subquery()
+            count = s.scalar(select(func.count(func.distinct(matches.c.run_id)))) or 0
             if count == 0:
                 raise StoreError(f"no run {ref!r} in {self._name}; `reidbench runs` lists the runs")
             if count > 1:
-                shown = s.scalars(select(Run.run_hash).where(match).order_by(Run.run_hash).limit(4)).all()
+                shown = s.scalars(select(matches.c.ref).order_by(matches.c.ref).limit(4)).all()
                 more = ", ..." if count > len(shown) else ""
                 width = max(12, len(ref) + 2)
                 while width < max(map(len, shown)) and len({h[:width] for h in shown}) < len(shown):
@@ -286,16 +329,23 @@ class Store:
                 raise StoreError(
                     f"run prefix {ref!r} is ambiguous: {count} runs match ({listed}{more}); give more characters"
                 )
-            return _run_record(s.scalar(select(Run).where(match)))
+            return _run_record(s, s.get_one(Run, s.scalar(select(matches.c.run_id).limit(1))))
 
     def statuses(self, hashes: Sequence[str]) -> dict[str, str]:
-        """Status of every known hash among ``hashes`` (unknown ones are absent): one query per 500."""
+        """Status of every known hash among ``hashes`` (unknown ones are absent): one query per 500.
+
+        A hash that is an alias of a run (its hash before an upgrade) gets that run's status.
+        """
         if isinstance(hashes, str):
             raise StoreError("statuses() takes a sequence of run hashes, not one string")
         out: dict[str, str] = {}
         with self._session() as s:
             for chunk in _chunks(hashes):
                 out.update(s.execute(select(Run.run_hash, Run.status).where(Run.run_hash.in_(chunk))).all())
+            for chunk in _chunks([h for h in hashes if h not in out]):
+                stmt = (select(RunAlias.alias_hash, Run.status).join(Run, RunAlias.run_id == Run.id)
+                        .where(RunAlias.alias_hash.in_(chunk)))
+                out.update(s.execute(stmt).all())
         return out
 
     def claim(self, run_hash: str, owner: str, stale_after_s: float = 120.0) -> bool:
@@ -364,7 +414,11 @@ class Store:
     def record_result(self, run_hash: str, owner: str | None, result: Mapping[str, Any]) -> RunRecord:
         """Store a finished run (``RunResult.to_dict()``) in one transaction and mark it done.
 
-        Earlier metric and epoch rows of the run are replaced. The result is accepted whoever holds
+        ``result["evaluations"]`` lists the run's evaluations (key, test_set, test_fingerprint,
+        variant, settings, metrics, features_path, seconds); a result with only the older
+        ``metrics`` ({test set: {metric: value}}) records one default evaluation per test set
+        (variant "", key "default:<test set>"). Earlier evaluations, metric and epoch rows of the
+        run are replaced. The result is accepted whoever holds
         the run now: the hash determines the result, so a late duplicate is as good as the first.
         A run absent from the database is created from ``result["spec"]``.
         """
@@ -384,8 +438,8 @@ class Store:
                 row = Run(run_hash=run_hash, label="", status="pending", spec=parsed.spec, created_at=now, attempts=0)
                 s.add(row)
                 s.flush()
-            s.execute(delete(Metric).where(Metric.run_id == row.id).execution_options(synchronize_session=False))
-            s.execute(delete(Epoch).where(Epoch.run_id == row.id).execution_options(synchronize_session=False))
+            for table in (Metric, Evaluation, Epoch):
+                s.execute(delete(table).where(table.run_id == row.id).execution_options(synchronize_session=False))
             row.status, row.finished_at, row.error, row.heartbeat_at = "done", now, None, None
             if owner:
                 row.owner = owner
@@ -393,20 +447,35 @@ class Store:
                 parsed.git_commit, parsed.versions, parsed.device, parsed.host)
             row.provenance, row.model_info = parsed.provenance, parsed.model_info
             row.seconds_train, row.seconds_eval, row.out_dir = parsed.seconds_train, parsed.seconds_eval, parsed.out_dir
+            if parsed.train_fingerprint is not None:
+                row.train_fingerprint = parsed.train_fingerprint
             s.flush()
-            self._write_metrics(s, row, parsed)
+            for evaluation in parsed.evaluations:
+                # rows reach the database as they go: a later failure must roll them back
+                self._write_evaluation(s, row, evaluation, now, existing=None)
             self._write_epochs(s, row, parsed)
-            return _run_record(row)
+            return _run_record(s, row)
 
-    def _write_metrics(self, s: Session, row: Run, parsed: ParsedResult) -> None:
-        current = None
-        for test_set, metric, value in parsed.metrics:
-            if test_set != current and current is not None:
-                s.flush()  # rows reach the database as they go: a later failure must roll them back
-            current = test_set
-            s.add(Metric(run_id=row.id, test_set=test_set, metric=metric,
-                         value=finite_metric(row.run_hash, test_set, metric, value), step=None))
+    def _write_evaluation(self, s: Session, row: Run, parsed: ParsedEvaluation, now: datetime,
+                          existing: Evaluation | None) -> Evaluation:
+        """Insert (or overwrite ``existing``) one evaluation with its final metrics."""
+        if existing is None:
+            evaluation = Evaluation(run_id=row.id, key=parsed.key, created_at=now)
+            s.add(evaluation)
+        else:
+            evaluation = existing
+            s.execute(delete(Metric).where(Metric.evaluation_id == existing.id)
+                      .execution_options(synchronize_session=False))
+        evaluation.test_set, evaluation.test_fingerprint = parsed.test_set, parsed.test_fingerprint
+        evaluation.variant, evaluation.settings = parsed.variant, parsed.settings
+        evaluation.status, evaluation.error = parsed.status, parsed.error
+        evaluation.features_path, evaluation.seconds, evaluation.finished_at = parsed.features_path, parsed.seconds, now
         s.flush()
+        s.add_all(Metric(run_id=row.id, evaluation_id=evaluation.id, test_set=parsed.test_set, metric=name,
+                         value=finite_metric(row.run_hash, parsed.test_set, name, value), step=None)
+                  for name, value in parsed.metrics)
+        s.flush()
+        return evaluation
 
     def _write_epochs(self, s: Session, row: Run, parsed: ParsedResult) -> None:
         s.add_all(Epoch(run_id=row.id, epoch=epoch, values=values) for epoch, values in parsed.epochs)
@@ -422,12 +491,23 @@ class Store:
         if limit is not None:
             stmt = stmt.limit(int(limit))
         with self._session() as s:
-            return [_run_record(row) for row in s.scalars(stmt)]
+            return run_records(s, list(s.scalars(stmt)))
 
-    def metrics(self, run_hashes: Sequence[str] | None = None) -> list[MetricRecord]:
-        """Final metrics (step NULL), ordered by run and then as the result listed them."""
-        base = (select(Run.id, Metric.id, Run.run_hash, Metric.test_set, Metric.metric, Metric.value)
-                .join(Run, Metric.run_id == Run.id).where(Metric.step.is_(None)))
+    def metrics(self, run_hashes: Sequence[str] | None = None, variant: str | None = "") -> list[MetricRecord]:
+        """Final metrics (step NULL) of the evaluations with ``variant`` ("" = each run's default
+        evaluation, None = every variant), ordered by run and then as they were recorded.
+
+        ``run_hashes`` are current run hashes (aliases are not followed here).
+        """
+        if variant is not None and not isinstance(variant, str):
+            raise StoreError(f"metrics(): variant must be a string (\"\" = default) or None, got {variant!r}")
+        base = (select(Run.id, Metric.id, Run.run_hash, Metric.test_set, Metric.metric, Metric.value,
+                       Evaluation.variant, Evaluation.key)
+                .join(Run, Metric.run_id == Run.id).outerjoin(Evaluation, Metric.evaluation_id == Evaluation.id)
+                .where(Metric.step.is_(None)))
+        if variant is not None:
+            # a final metric outside any evaluation can only be a default one
+            base = base.where(func.coalesce(Evaluation.variant, "") == variant)
         rows: list[Any] = []
         with self._session() as s:
             if run_hashes is None:
@@ -436,22 +516,80 @@ class Store:
                 for chunk in _chunks(run_hashes):
                     rows.extend(s.execute(base.where(Run.run_hash.in_(chunk))))
         rows.sort(key=lambda r: (r[0], r[1]))
-        return [MetricRecord(run_hash=r[2], test_set=r[3], metric=r[4], value=float(r[5]), step=None) for r in rows]
+        return [MetricRecord(run_hash=r[2], test_set=r[3], metric=r[4], value=float(r[5]), step=None,
+                             variant=r[6] or "", evaluation_key=r[7]) for r in rows]
 
     def epochs(self, run_hash: str) -> list[EpochRecord]:
         """Per-epoch training values of the run, by epoch."""
         with self._session() as s:
             row = self._run_row(s, run_hash)
             found = s.scalars(select(Epoch).where(Epoch.run_id == row.id).order_by(Epoch.epoch)).all()
-            return [EpochRecord(run_hash=run_hash, epoch=e.epoch, values=dict(e.values or {})) for e in found]
+            return [EpochRecord(run_hash=row.run_hash, epoch=e.epoch, values=dict(e.values or {})) for e in found]
 
     def delete_run(self, run_hash: str) -> None:
-        """Remove the run with its metrics, epochs and ablation memberships."""
+        """Remove the run with its evaluations, metrics, epochs, aliases and ablation memberships."""
         with self._session(write=True) as s:
             row = self._run_row(s, run_hash)
-            for table in (Metric, Epoch, AblationMember):
+            for table in (Metric, Evaluation, Epoch, AblationMember, RunAlias):
                 s.execute(delete(table).where(table.run_id == row.id).execution_options(synchronize_session=False))
             s.delete(row)
+
+    # ------------------------------------------------------------------ evaluations
+
+    def record_evaluation(self, run_hash: str, evaluation: Mapping[str, Any]) -> EvaluationRecord:
+        """Store one evaluation of a done run, replacing the one with the same key and its metrics.
+
+        ``evaluation``: key, test_set, and optionally test_fingerprint, variant ("" = default),
+        settings, metrics ({metric: value}; needed unless status is "failed"), features_path,
+        seconds, status ("done" | "failed"), error. Scores a stored run without retraining it.
+        """
+        _require_text(run_hash, "run_hash")
+        parsed = parse_evaluation(run_hash, evaluation)
+        with self._session(write=True) as s:
+            row = self._run_row(s, run_hash)
+            if row.status != "done":
+                raise StoreError(f"run {row.run_hash[:12]} is {row.status}; only a done run can be evaluated "
+                                 "(train it first)")
+            find = select(Evaluation).where(Evaluation.run_id == row.id, Evaluation.key == parsed.key)
+            existing = s.scalar(find)
+            if existing is None:
+                try:
+                    with s.begin_nested():
+                        written = self._write_evaluation(s, row, parsed, _utcnow(), existing=None)
+                except exc.IntegrityError:  # PostgreSQL: another process inserted this key a moment ago
+                    existing = s.scalar(find)
+                    if existing is None:
+                        raise
+            if existing is not None:
+                written = self._write_evaluation(s, row, parsed, _utcnow(), existing=existing)
+            return evaluation_records(s, [(written, row.run_hash)])[0]
+
+    def evaluations(self, run_hashes: Sequence[str] | None = None,
+                    variant: str | None = None) -> list[EvaluationRecord]:
+        """Evaluations with their final metrics (only ``variant`` unless None), by run then as recorded."""
+        if isinstance(run_hashes, str):
+            raise StoreError("evaluations() takes a sequence of run hashes, not one string")
+        base = select(Evaluation, Run.run_hash, Run.id).join(Run, Evaluation.run_id == Run.id)
+        if variant is not None:
+            base = base.where(Evaluation.variant == str(variant))
+        with self._session() as s:
+            if run_hashes is None:
+                rows = list(s.execute(base))
+            else:
+                rows = []
+                for chunk in _chunks(run_hashes):
+                    rows.extend(s.execute(base.where(Run.run_hash.in_(chunk))))
+            rows.sort(key=lambda r: (r[2], r[0].id))
+            return evaluation_records(s, [(r[0], r[1]) for r in rows])
+
+    def find_evaluation(self, run_hash: str, key: str) -> EvaluationRecord | None:
+        """The run's evaluation with this key, or None (also when the run is unknown)."""
+        with self._session() as s:
+            row = self._lookup(s, run_hash)
+            if row is None:
+                return None
+            found = s.scalar(select(Evaluation).where(Evaluation.run_id == row.id, Evaluation.key == key))
+            return None if found is None else evaluation_records(s, [(found, row.run_hash)])[0]
 
     # ------------------------------------------------------------------ ablations
 
@@ -527,16 +665,19 @@ class Store:
     # ------------------------------------------------------------------ frames
 
     def to_frame(self, run_hashes: Sequence[str] | None = None) -> "pandas.DataFrame":
-        """One row per (run, test set, metric) with the run's label, status and data/weights flags."""
+        """One row per (run, test set, variant, metric) with the run's label, status and data/weights
+        flags; every variant ("" = the run's default evaluation)."""
         import pandas as pd  # only report code needs pandas; the CLI's --help must stay light
 
-        columns = ["run_hash", "short_hash", "label", "status", "synthetic", "pretrained", "test_set", "metric", "value"]
-        metrics = self.metrics(run_hashes)
+        columns = ["run_hash", "short_hash", "label", "status", "synthetic", "pretrained", "test_set", "variant",
+                   "metric", "value"]
+        metrics = self.metrics(run_hashes, variant=None)
         runs: dict[str, RunRecord] = {}
         with self._session() as s:
             for chunk in _chunks([m.run_hash for m in metrics]):
-                runs.update((r.run_hash, _run_record(r)) for r in s.scalars(select(Run).where(Run.run_hash.in_(chunk))))
+                found = list(s.scalars(select(Run).where(Run.run_hash.in_(chunk))))
+                runs.update((r.run_hash, r) for r in run_records(s, found))
         rows = [(m.run_hash, runs[m.run_hash].short_hash, runs[m.run_hash].label, runs[m.run_hash].status,
-                 runs[m.run_hash].synthetic, runs[m.run_hash].pretrained, m.test_set, m.metric, m.value)
+                 runs[m.run_hash].synthetic, runs[m.run_hash].pretrained, m.test_set, m.variant, m.metric, m.value)
                 for m in metrics]
         return pd.DataFrame(rows, columns=columns)

@@ -26,9 +26,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: evaluations, run aliases, training fingerprint (migrations.py upgrades 1)
 RUN_STATUSES = ("pending", "running", "done", "failed")
+EVALUATION_STATUSES = ("done", "failed")
 NAME_CHARS = 200  # test set, metric, label and owner names
+HASH_CHARS = 128  # run hashes, aliases and fingerprints
+KEY_CHARS = 64  # evaluation keys
 
 
 def _json_default(value: Any) -> Any:
@@ -90,7 +93,7 @@ class Run(Base):
     __tablename__ = "rb_runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    run_hash: Mapped[str] = mapped_column(String(HASH_CHARS), unique=True)
     label: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
     status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
     spec: Mapped[Any] = mapped_column(JSONText)
@@ -110,20 +113,58 @@ class Run(Base):
     seconds_train: Mapped[float | None] = mapped_column(Float)
     seconds_eval: Mapped[float | None] = mapped_column(Float)
     out_dir: Mapped[str | None] = mapped_column(Text)
+    train_fingerprint: Mapped[str | None] = mapped_column(String(HASH_CHARS))
+
+
+class RunAlias(Base):
+    """An earlier hash of a run (a schema-1 hash), so notes and study trials that hold it still resolve."""
+
+    __tablename__ = "rb_run_aliases"
+
+    alias_hash: Mapped[str] = mapped_column(String(HASH_CHARS), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("rb_runs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Evaluation(Base):
+    """One scoring of a trained run: a test set (and its fingerprint) under some settings.
+
+    ``key`` is the evaluation's identity, computed by the caller and opaque here; ``variant`` is
+    only a label ("" = the run's default evaluation, "rerank", or a user's name).
+    """
+
+    __tablename__ = "rb_evaluations"
+    __table_args__ = (UniqueConstraint("run_id", "key", name="uq_rb_evaluations"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("rb_runs.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(KEY_CHARS))
+    test_set: Mapped[str] = mapped_column(String(NAME_CHARS))
+    test_fingerprint: Mapped[str | None] = mapped_column(String(HASH_CHARS))
+    variant: Mapped[str] = mapped_column(String(NAME_CHARS), default="", server_default=text("''"))
+    settings: Mapped[Any] = mapped_column(JSONText)
+    status: Mapped[str] = mapped_column(String(16), default="done")
+    error: Mapped[str | None] = mapped_column(Text)
+    features_path: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Metric(Base):
     __tablename__ = "rb_metrics"
     __table_args__ = (
-        UniqueConstraint("run_id", "test_set", "metric", "step", name="uq_rb_metrics"),
-        # NULLs are distinct inside a UNIQUE constraint, so final metrics (step NULL) need their own
-        # partial index to stay one row per (run, test set, metric).
-        Index("uq_rb_metrics_final", "run_id", "test_set", "metric", unique=True,
+        # Final metrics (step NULL) are one row per (evaluation, metric). NULLs are distinct inside
+        # a UNIQUE constraint, hence a partial index. Databases upgraded from schema 1 still carry
+        # the old UNIQUE (run_id, test_set, metric, step): it never fires for step NULL rows.
+        Index("uq_rb_metrics_eval_final", "evaluation_id", "metric", unique=True,
               sqlite_where=text("step IS NULL"), postgresql_where=text("step IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("rb_runs.id", ondelete="CASCADE"), index=True)
+    evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("rb_evaluations.id", ondelete="CASCADE"),
+                                                      index=True)
     test_set: Mapped[str] = mapped_column(String(NAME_CHARS))
     metric: Mapped[str] = mapped_column(String(NAME_CHARS))
     value: Mapped[float] = mapped_column(Float)
