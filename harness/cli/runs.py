@@ -52,17 +52,24 @@ def runs_show(run_hash: str, db_url: str | None) -> None:
     _runs_show(run_hash, db_url)
 
 
-@user_errors
-def _runs_show(run_hash: str, db_url: str | None) -> None:
+def _plain(record: object) -> dict:
     import dataclasses
 
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dataclasses.asdict(record).items()}
+
+
+@user_errors
+def _runs_show(run_hash: str, db_url: str | None) -> None:
     store = open_store(db_url)
-    rec = store.get_run(run_hash)
-    info = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dataclasses.asdict(rec).items()}
-    info["metrics"] = {}
+    rec = store.get_run(run_hash)  # an old (pre-upgrade) hash finds the run through its aliases
+    info = _plain(rec)  # train_fingerprint and aliases included
+    info["metrics"] = {}  # the default evaluation of each test set, as before evaluations existed
     for m in store.metrics([rec.run_hash]):
         if m.step is None:
             info["metrics"].setdefault(m.test_set, {})[m.metric] = m.value
+    # every evaluation: test set (+ fingerprint), variant, settings and its metrics
+    info["evaluations"] = [{k: v for k, v in _plain(e).items() if k != "run_hash"}
+                           for e in store.evaluations([rec.run_hash])]
     info["epochs"] = [e.values | {"epoch": e.epoch} for e in store.epochs(rec.run_hash)]
     click.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
 
