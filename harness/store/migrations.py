@@ -414,10 +414,11 @@ def _checked_evaluations(raw: Any, old: dict[str, dict[str, float]]) -> tuple[_E
                 raise ValueError(f"upgraded evaluation {key!r} has metric {name!r} = {value!r}")
             values.append((name, float(value)))
         fingerprint = getattr(ev, "test_fingerprint", None)
+        if fingerprint is not None:
+            fingerprint = _text(fingerprint, "test_fingerprint", 128)
         features = getattr(ev, "features_path", None)
         seconds = getattr(ev, "seconds", None)
-        out.append(_Evaluation(key=key, test_set=test_set,
-                               test_fingerprint=None if fingerprint is None else _text(fingerprint, "test_fingerprint", 128),
+        out.append(_Evaluation(key=key, test_set=test_set, test_fingerprint=fingerprint,
                                variant=variant, settings=dict(settings), metrics=tuple(values),
                                features_path=None if features is None else str(features),
                                seconds=None if seconds is None else float(seconds)))
@@ -465,11 +466,12 @@ def _apply_runs(conn: Connection, plans: list[_Plan]) -> int:
     if any(k.new_hash in remaining for k in changing):
         # a new hash equal to another run's old one: park them all first, the UNIQUE column allows no swap
         for keeper in changing:
-            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id).values(run_hash=f"~upgrading-{keeper.run_id}"))
+            parked = f"~upgrading-{keeper.run_id}"
+            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id).values(run_hash=parked))
     for keeper, _ in keepers:
         if keeper.spec is not None:
-            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id)
-                         .values(run_hash=keeper.new_hash, spec=keeper.spec, train_fingerprint=keeper.train_fingerprint))
+            values = {"run_hash": keeper.new_hash, "spec": keeper.spec, "train_fingerprint": keeper.train_fingerprint}
+            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id).values(**values))
 
     now = datetime.now(timezone.utc)
     for keeper, others in keepers:

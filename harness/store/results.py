@@ -133,7 +133,8 @@ def parse_evaluation(run_hash: str, raw: Mapping[str, Any], what: str = "evaluat
         raise StoreError(f"run {run_hash[:12]}: {what} has status {status!r}; valid: {', '.join(EVALUATION_STATUSES)}")
     settings = raw.get("settings") or {}
     if not isinstance(settings, Mapping):
-        raise StoreError(f"run {run_hash[:12]}: {what} field 'settings' must be a mapping, got {type(settings).__name__}")
+        raise StoreError(f"run {run_hash[:12]}: {what} field 'settings' must be a mapping, "
+                         f"got {type(settings).__name__}")
     try:
         dumps(dict(settings))
     except (TypeError, ValueError) as err:

@@ -197,9 +197,9 @@ class Store:
         version directly; an older one runs every pending step of ``migrations`` (backup first).
         """
         stored, ready = self._schema_state()
-        if stored is not None and self._check_version(stored) < SCHEMA_VERSION:
-            migrations.upgrade(self._migration_transaction, url=self._url, name=self._name,
-                               stored_version=self._check_version(stored))
+        version = None if stored is None else self._check_version(stored)
+        if version is not None and version < SCHEMA_VERSION:
+            migrations.upgrade(self._migration_transaction, url=self._url, name=self._name, stored_version=version)
             stored, ready = self._schema_state()
         if stored is None or not ready:
             self._create_schema()
@@ -338,6 +338,7 @@ class Store:
         """
         if isinstance(hashes, str):
             raise StoreError("statuses() takes a sequence of run hashes, not one string")
+        hashes = list(hashes)  # read twice: hashes first, then aliases for the ones not found
         out: dict[str, str] = {}
         with self._session() as s:
             for chunk in _chunks(hashes):
