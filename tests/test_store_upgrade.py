@@ -380,3 +380,27 @@ def test_runs_show_prints_aliases_fingerprint_and_evaluations(v1):
     assert shown["metrics"]["tiny"] == shown["evaluations"][0]["metrics"]
     listed = CliRunner().invoke(main, ["runs", "list", "--db", "sqlite:///results.db"])
     assert listed.exit_code == 0 and "tiny: R1 100.0" in listed.output
+
+
+def test_new_hashes_may_swap_with_old_ones(v1, tmp_path, monkeypatch):
+    """A new hash equal to another run's old hash (UNIQUE column): rows are parked first, then named."""
+    runs = _old_runs(tmp_path / "original.db")
+    first, second = runs[1][0], runs[2][0]
+    swap = {first: second, second: first}
+
+    def swapping(run_hash, spec, provenance, metrics):
+        upgraded = fake_upgrade(run_hash, spec, provenance, metrics)
+        upgraded.run_hash = swap.get(run_hash, upgraded.run_hash)
+        return upgraded
+
+    def refusing(**kwargs):
+        raise ValueError("no such base")
+
+    monkeypatch.setattr(migrations, "_upgrade_run", swapping)
+    monkeypatch.setattr(migrations, "_upgrade_ablation_name", refusing)
+    store = Store("sqlite:///results.db")
+    labels = {r.run_hash: r.label for r in store.list_runs()}
+    assert labels[second] == runs[1][1] and labels[first] == runs[2][1]
+    with sqlite3.connect(tmp_path / "original.db") as con:
+        (old_name,) = con.execute("SELECT name FROM rb_ablations").fetchone()
+    assert store.get_ablation().name == old_name  # a name the upgrade refuses stays as it was
