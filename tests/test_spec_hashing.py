@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from reidbench.harness.spec.hashing import run_hash
+from reidbench.harness.spec.hashing import run_hash, training_identity
 from reidbench.harness.spec import (
+    ModelSpec,
     RunSpec,
     SpecError,
     load_spec_file,
@@ -17,6 +18,8 @@ from reidbench.harness.spec import (
     spec_from_json,
     with_epochs,
 )
+
+from reidbench.tricks import get_trick
 
 BOT = Path(__file__).resolve().parent.parent / "experiments" / "bot.yaml"
 
@@ -29,8 +32,10 @@ def test_bot_base_matches_reference_baseline_s():
     assert spec.optim.base_lr == 3.5e-4 and spec.optim.weight_decay == 5e-4
     assert spec.schedule.milestones == (40, 70) and spec.schedule.max_epochs == 120
     assert spec.schedule.warmup_epochs == 0 and spec.data.random_erasing_prob == 0.0
-    assert spec.loss.label_smoothing == 0.0 and spec.loss.center_weight == 0.0
-    assert spec.loss.triplet_margin == 0.3
+    ce, triplet = spec.loss.terms
+    assert (ce.kind, ce.reads, ce.weight, ce.options) == ("ce", "logits", 1.0, ())  # no label smoothing
+    assert (triplet.kind, triplet.reads, triplet.weight, triplet.options) == ("triplet", "f_t", 1.0, ())  # margin 0.3
+    assert spec.model.arch == "bot" and spec.data.sampler == "pk" and spec.schedule.kind == "multistep"
     assert spec.eval.normalize and spec.eval.metric == "sqeuclidean"
 
 
@@ -43,10 +48,60 @@ def test_cpu_profile_overlay_changes_only_what_it_names():
 
 
 def test_hash_is_pinned_for_a_fixed_spec():
-    # If this fails, every cached run in every user's results.db stops matching: bump
-    # SCHEMA_VERSION deliberately instead of changing the hash by accident.
+    # If this fails, every cached run in every user's results.db stops matching: never change an
+    # existing field's default or the hashed payload by accident (see harness/spec/hashing.py).
     assert run_hash(RunSpec()) == run_hash(spec_from_json(RunSpec().to_json()))
-    assert run_hash(RunSpec()) == "67299ddca762c4d4b0e4f3d726bbd01c2c8577a63429807d27f6c1b5156912d6"
+    assert run_hash(RunSpec(), train_fingerprint="dir:0123456789abcdef01234567") == \
+        "6291bd95b6bde308641f1277d4347dceb3f4af759e654b6fee292aecf6549c7a"
+    assert training_identity(RunSpec(), train_fingerprint="dir:x") == {
+        "schema": 2, "spec": {}, "data": {"train": "dir:x"}, "tricks": {}}
+
+
+def test_a_field_added_later_with_its_default_does_not_change_any_hash():
+    # Growth: a new default-off field in a section, in a loss term and a new component option.
+    Grown = dataclasses.make_dataclass("Grown", [("dropout", float, dataclasses.field(default=0.0))],
+                                       bases=(ModelSpec,), frozen=True)
+    for spec in (RunSpec(), load_spec_file(BOT, "cpu"), get_trick("bnneck").apply(load_spec_file(BOT, "cpu"))):
+        grown = dataclasses.replace(spec, model=Grown(**{f.name: getattr(spec.model, f.name)
+                                                         for f in dataclasses.fields(ModelSpec)}))
+        assert run_hash(grown, train_fingerprint="dir:a") == run_hash(spec, train_fingerprint="dir:a")
+        assert run_hash(dataclasses.replace(grown, model=dataclasses.replace(grown.model, dropout=0.5)),
+                        train_fingerprint="dir:a") != run_hash(spec, train_fingerprint="dir:a")
+    # A value written out but equal to the default is no change either.
+    explicit = spec_from_dict({"loss": {"terms": [{"kind": "ce", "reads": "logits", "label_smoothing": 0.0},
+                                                  {"kind": "triplet", "reads": "f_t", "margin": 0.3}]}})
+    assert run_hash(explicit) == run_hash(RunSpec())
+
+
+def test_fields_that_do_not_change_the_weights_are_not_hashed():
+    base = RunSpec()
+    same = [replace_section(base, "eval", metric="cosine", flip=True, rerank=True, batch_size=7, every_epochs=2),
+            replace_section(base, "train", checkpoint_every_epochs=5),
+            replace_section(base, "data", test=("market",), train="renamed")]
+    for spec in same:
+        assert run_hash(spec, train_fingerprint="dir:a") == run_hash(base, train_fingerprint="dir:a")
+    assert run_hash(base, train_fingerprint="dir:a") != run_hash(base, train_fingerprint="dir:b")
+
+
+def test_old_style_loss_fields_load_as_the_same_terms():
+    old = spec_from_dict({"loss": {"id_weight": 1.0, "label_smoothing": 0.1, "triplet_weight": 1.0,
+                                   "triplet_margin": 0.3, "center_weight": 0.0005, "center_lr": 0.5}})
+    new = spec_from_dict({"loss": {"terms": [{"kind": "ce", "reads": "logits", "label_smoothing": 0.1},
+                                             {"kind": "triplet", "reads": "f_t"},
+                                             {"kind": "center", "reads": "f_t", "weight": 0.0005}]}})
+    assert old == new and run_hash(old) == run_hash(new)
+    with pytest.raises(SpecError, match="old-style field"):
+        spec_from_dict({"loss": {"id_weight": 1.0, "terms": []}})
+
+
+def test_an_unknown_trick_in_a_spec_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tricks: [warmup, teleport]\n")
+    with pytest.raises(SpecError) as info:
+        load_spec_file(bad)
+    assert "teleport" in str(info.value) and "bad.yaml" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(SpecError, match="not registered"):
+        run_hash(dataclasses.replace(RunSpec(), tricks=("teleport",)))
 
 
 def test_hash_ignores_trick_order_but_not_trick_versions():
@@ -56,10 +111,11 @@ def test_hash_ignores_trick_order_but_not_trick_versions():
     assert run_hash(a, {"bnneck": 1, "warmup": 1}) != run_hash(a, {"bnneck": 2, "warmup": 1})
 
 
-def test_hash_changes_with_any_spec_field():
+def test_hash_changes_with_any_hashed_field():
     base = RunSpec()
-    assert run_hash(replace_section(base, "loss", label_smoothing=0.1)) != run_hash(base)
+    assert run_hash(get_trick("ls").apply(base)) != run_hash(base)
     assert run_hash(replace_section(base, "data", image_size=(384, 128))) != run_hash(base)
+    assert run_hash(replace_section(base, "optim", grad_clip_norm=5.0)) != run_hash(base)
 
 
 @pytest.mark.parametrize(
@@ -71,6 +127,16 @@ def test_hash_changes_with_any_spec_field():
         ({"data": {"ids_per_batch": 1}}, "data.ids_per_batch=1"),
         ({"data": {"random_erasing_prob": 1.5}}, "probability"),
         ({"loss": {"label_smoothing": "lots"}}, "loss.label_smoothing='lots'"),
+        ({"loss": {"terms": [{"kind": "ce", "reads": "logits", "label_smoothing": 1.5}]}},
+         "loss.terms[0].label_smoothing=1.5"),
+        ({"loss": {"terms": [{"kind": "arcface", "reads": "logits"}]}}, "loss.terms[].kind='arcface' is unknown"),
+        ({"loss": {"terms": [{"kind": "triplet", "reads": "f_t", "margn": 1}]}}, "loss.terms[0].margn is not a known"),
+        ({"model": {"arch": "nope"}}, "model.arch='nope' is unknown; valid: bot"),
+        ({"data": {"sampler": "nope"}}, "data.sampler='nope' is unknown"),
+        ({"schedule": {"kind": "cosine", "power": 2}}, "schedule.power is not a known field"),
+        ({"optim": {"name": "lamb"}}, "optim.name='lamb'"),
+        ({"stages": [{"epochs": 120, "frozen": ["backbone"], "train_only": ["new"]}]}, "stages[0].train_only"),
+        ({"stages": [{"epochs": 5}]}, "add up to schedule.max_epochs=120"),
         ({"profile": "gpu"}, "profile='gpu'"),
         ({"schedule": {"milestones": [70, 40]}}, "schedule.milestones"),
         ({"bogus": 1}, "unknown field 'bogus'"),
@@ -93,7 +159,10 @@ def test_yaml_errors_name_the_file(tmp_path):
 
 
 def test_soft_margin_null_is_accepted():
-    assert spec_from_dict({"loss": {"triplet_margin": None}}).loss.triplet_margin is None
+    spec = spec_from_dict({"loss": {"terms": [{"kind": "ce", "reads": "logits"}, {"kind": "triplet", "reads": "f_t",
+                                                                                "margin": None}]}})
+    assert dict(spec.loss.terms[1].options) == {"margin": None}
+    assert dict(spec_from_dict({"loss": {"triplet_margin": None}}).loss.terms[1].options) == {"margin": None}
 
 
 def test_with_epochs_scales_milestones_and_records_the_full_length():

@@ -52,7 +52,7 @@ def test_grid_study_trains_each_point_once(grid_study):
         # the trial's configuration is what the run trained, with the tricks applied
         assert f"{data['ids_per_batch']}x{data['imgs_per_id']}" == t.params["batch"] == t.user_attrs["batch"]
         assert "x".join(map(str, data["image_size"])) == t.params["image_size"]
-        assert run.spec["tricks"] == ["bnneck", "ls"] and run.spec["loss"]["label_smoothing"] == 0.1
+        assert run.spec["tricks"] == ["bnneck", "ls"] and run.spec["loss"]["terms"][0]["label_smoothing"] == 0.1
         assert run.label.startswith(f"study {NAME} #{t.number}")
         final = {(m.test_set, m.metric): m.value for m in store.metrics([run.run_hash])}
         assert t.value == final[("tiny", "mAP")]

@@ -49,7 +49,7 @@ def test_run_records_metrics_history_and_provenance(uninterrupted):
     saved = json.loads((out / RESULT_NAME).read_text())
     assert saved["run_hash"] == result.run_hash
     assert load_checkpoint(out / CHECKPOINT_NAME)["epoch"] == 3
-    assert (out / "features-tiny.npz").exists()
+    assert (out / "features-tiny-f_t.npz").exists()  # test set, feature output
 
 
 def test_second_execute_returns_cached_result_without_training(uninterrupted, tiny_market):
@@ -67,10 +67,10 @@ def test_crash_after_an_epoch_then_resume_gives_identical_weights(uninterrupted,
 
     real = loop.train_one_epoch
 
-    def crash_on_epoch_3(c, epoch, max_epochs):
+    def crash_on_epoch_3(c, epoch, max_epochs, hooks=()):
         if epoch == 3:
             raise RuntimeError("simulated crash")
-        return real(c, epoch, max_epochs)
+        return real(c, epoch, max_epochs, hooks)
 
     monkeypatch.setattr(loop, "train_one_epoch", crash_on_epoch_3)
     opts = RuntimeOptions(out_dir=tmp_path / "run", device="cpu", num_workers=0,

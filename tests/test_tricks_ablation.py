@@ -43,10 +43,11 @@ def test_the_six_tricks_set_the_reference_values(base):
         spec = t.apply(spec)
     assert spec.schedule.warmup_epochs == 10 and spec.schedule.warmup_factor == 0.01
     assert spec.data.random_erasing_prob == 0.5
-    assert spec.loss.label_smoothing == 0.1
+    ce, triplet, center = spec.loss.terms
+    assert (ce.kind, ce.reads, dict(ce.options)) == ("ce", "logits", {"label_smoothing": 0.1})
+    assert (triplet.kind, triplet.reads, dict(triplet.options)) == ("triplet", "f_t", {})  # margin 0.3 = default
     assert spec.model.last_stride == 1 and spec.model.neck == "bnneck"
-    assert spec.loss.center_weight == 0.0005 and spec.loss.center_lr == 0.5
-    assert spec.feature_key == "f_i"
+    assert (center.kind, center.reads, center.weight, dict(center.options)) == ("center", "f_t", 0.0005, {})
 
 
 def test_a_patch_that_changes_nothing_is_an_error(base):

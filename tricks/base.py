@@ -40,3 +40,20 @@ class Trick:
                 f"trick {self.name!r} changes nothing: the base already has it ({self.summary}); remove it from --add"
             )
         return dataclasses.replace(patched, tricks=tuple(sorted((*spec.tricks, self.name)))).validate()
+
+
+def set_term_options(spec: RunSpec, kind: str, trick: str, **options: object) -> RunSpec:
+    """Set options on every loss term of ``kind`` (e.g. label smoothing on each ``ce`` term)."""
+    from reidbench.harness.spec import with_options
+
+    if not any(t.kind == kind for t in spec.loss.terms):
+        raise ValueError(f"trick {trick!r} needs a loss term of kind {kind!r}; the base has "
+                         f"{', '.join(t.kind for t in spec.loss.terms)}")
+    terms = tuple(dataclasses.replace(t, options=with_options(t.options, **options)) if t.kind == kind else t
+                  for t in spec.loss.terms)
+    return dataclasses.replace(spec, loss=dataclasses.replace(spec.loss, terms=terms))
+
+
+def add_term(spec: RunSpec, term: object) -> RunSpec:
+    """Append a loss term (after the base's, so term labels and order stay stable)."""
+    return dataclasses.replace(spec, loss=dataclasses.replace(spec.loss, terms=(*spec.loss.terms, term)))

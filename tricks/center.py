@@ -1,11 +1,13 @@
 """center: center loss on f_t with weight beta=0.0005 and its own SGD (lr 0.5) (bot.md)."""
 
-from reidbench.harness.spec import RunSpec, replace_section
-from reidbench.tricks.base import Trick
+from reidbench.harness.spec import LossTermSpec, RunSpec
+from reidbench.tricks.base import Trick, add_term
 
 
 def _patch(spec: RunSpec) -> RunSpec:
-    return replace_section(spec, "loss", center_weight=0.0005, center_lr=0.5)
+    if any(t.kind == "center" for t in spec.loss.terms if t.weight > 0):
+        return spec  # "changes nothing": Trick.apply says so
+    return add_term(spec, LossTermSpec(kind="center", reads="f_t", weight=0.0005))  # lr 0.5 is the default
 
 
 TRICK = Trick(

@@ -1,11 +1,11 @@
 """ls: label smoothing with epsilon 0.1 on the ID loss (bot.md)."""
 
-from reidbench.harness.spec import RunSpec, replace_section
-from reidbench.tricks.base import Trick
+from reidbench.harness.spec import RunSpec
+from reidbench.tricks.base import Trick, set_term_options
 
 
 def _patch(spec: RunSpec) -> RunSpec:
-    return replace_section(spec, "loss", label_smoothing=0.1)
+    return set_term_options(spec, "ce", "ls", label_smoothing=0.1)
 
 
 TRICK = Trick(

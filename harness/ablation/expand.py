@@ -46,15 +46,20 @@ def _rows(tricks: Sequence[Trick], mode: str) -> list[tuple[str, tuple[Trick, ..
     raise ValueError(f"--mode {mode!r} is not valid: {', '.join(MODES)}")
 
 
-def expand(base: RunSpec, tricks: Sequence[Trick], mode: str, seeds: Sequence[int]) -> list[AblationStep]:
-    """The ablation's runs in table order (rows × seeds). Validates every patched spec up front."""
+def expand(base: RunSpec, tricks: Sequence[Trick], mode: str, seeds: Sequence[int],
+           train_fingerprint: str | None = None) -> list[AblationStep]:
+    """The ablation's runs in table order (rows × seeds). Validates every patched spec up front.
+
+    ``train_fingerprint`` identifies the training data in every run hash (computed by the caller,
+    which can read the data; None hashes the dataset name, for callers without data).
+    """
     if not seeds:
         raise ValueError("at least one seed is needed")
     steps: list[AblationStep] = []
     for step, chosen in _rows(tricks, mode):
         for seed in seeds:
             spec = _apply_all(replace_section(base, "train", seed=seed), chosen)
-            rhash = run_hash(spec, trick_versions(spec.tricks))
+            rhash = run_hash(spec, trick_versions(spec.tricks), train_fingerprint)
             steps.append(AblationStep(len(steps), step, tuple(t.name for t in chosen), seed, spec, rhash))
     return steps
 
@@ -71,5 +76,20 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 def spec_diff(base: RunSpec, other: RunSpec) -> list[str]:
     """Human-readable ``field: old → new`` lines for what ``other`` changes relative to ``base``."""
     a, b = _flatten(base.to_dict()), _flatten(other.to_dict())
-    skip = {"tricks", "train.seed"}
-    return [f"{k}: {a.get(k)} → {b.get(k)}" for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
+    skip = {"tricks", "train.seed", "loss.terms"}
+    if a.get("loss.terms") != b.get("loss.terms"):
+        term_lines = [f"loss.terms: {_terms_text(base)} → {_terms_text(other)}"]
+    else:
+        term_lines = []
+    return term_lines + [f"{k}: {a.get(k)} → {b.get(k)}" for k in sorted(set(a) | set(b))
+                          if k not in skip and a.get(k) != b.get(k)]
+
+
+def _terms_text(spec: RunSpec) -> str:
+    from reidbench.harness.spec import to_jsonable
+
+    parts = []
+    for term in spec.loss.terms:
+        extra = {k: v for k, v in to_jsonable(term, prune_defaults=True).items() if k not in ("kind", "reads")}
+        parts.append(term.kind + (str(extra).replace("'", "") if extra else ""))
+    return " + ".join(parts)

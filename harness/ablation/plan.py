@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from reidbench.harness.ablation.expand import AblationStep, expand, spec_diff
+from reidbench.harness.evaluation.settings import Variant, default_variants
 from reidbench.harness.execution.jobs import Job, wait_for_others
 from reidbench.harness.spec import RunSpec
 from reidbench.tricks import Trick, trick_versions
+
+
+def ablation_name(base_name: str, mode: str, run_hashes: Sequence[str]) -> str:
+    """Stable name: the same command on the same database maps to the same ablation record."""
+    digest = hashlib.sha256("|".join([mode, *run_hashes]).encode()).hexdigest()
+    return f"{base_name}-{mode}-{digest[:10]}"
 
 
 @dataclass(frozen=True)
@@ -22,21 +29,38 @@ class AblationPlan:
     tricks: tuple[Trick, ...]
     seeds: tuple[int, ...]
     steps: tuple[AblationStep, ...]
+    variants: tuple[Variant, ...] = ()  # evaluation variants besides each run's default evaluation
+    train_fingerprint: str | None = None
+    test_fingerprints: Mapping[str, str | None] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        """Stable name: the same command on the same database maps to the same ablation record."""
-        digest = hashlib.sha256("|".join([self.mode, *(s.run_hash for s in self.steps)]).encode()).hexdigest()
-        return f"{self.base_name}-{self.mode}-{digest[:10]}"
+        return ablation_name(self.base_name, self.mode, [s.run_hash for s in self.steps])
 
     def unique_hashes(self) -> list[str]:
         return list(dict.fromkeys(s.run_hash for s in self.steps))
 
+    def variants_for(self, step: AblationStep) -> tuple[Variant, ...]:
+        """The variants this step's model is scored with (``eval.rerank`` adds re-ranking to every step)."""
+        last_step = self.steps[-1].step
+        last_trick = step.added[-1] if step.added else None
+        chosen = [v for v in self.variants if v.applies_to(step.step, last_trick, step.step == last_step)]
+        names = {v.name for v in chosen}
+        return tuple(v for v in default_variants(step.spec.eval) if v.name not in names) + tuple(chosen)
 
-def plan_ablation(base: RunSpec, base_name: str, tricks: Sequence[Trick], mode: str,
-                  seeds: Sequence[int]) -> AblationPlan:
-    steps = expand(base, tricks, mode, seeds)
-    return AblationPlan(base, base_name, mode, tuple(tricks), tuple(seeds), tuple(steps))
+
+def plan_ablation(base: RunSpec, base_name: str, tricks: Sequence[Trick], mode: str, seeds: Sequence[int],
+                  data_paths: Mapping[str, str] | None = None, variants: Sequence[Variant] = ()) -> AblationPlan:
+    """Expand the ablation; with ``data_paths`` (the --data folders) runs are keyed by their data's fingerprints."""
+    train_fp, test_fps = None, {}
+    if data_paths is not None:
+        from reidbench.harness.data.fingerprint import dataset_fingerprint
+
+        train_fp = dataset_fingerprint(base.data.train, data_paths).train
+        test_fps = {t: dataset_fingerprint(t, data_paths).test for t in base.data.test}
+    steps = expand(base, tricks, mode, seeds, train_fp)
+    return AblationPlan(base, base_name, mode, tuple(tricks), tuple(seeds), tuple(steps), tuple(variants), train_fp,
+                        test_fps)
 
 
 def dry_run_lines(plan: AblationPlan, statuses: Mapping[str, str]) -> list[str]:
@@ -57,7 +81,8 @@ def run_plan(plan: AblationPlan, store, executor, runs_dir: Path, *, device: str
              log: Callable[[str], None]) -> int:
     """Execute what is not done yet; returns the ablation id in the store."""
     for s in plan.steps:
-        store.ensure_run(s.run_hash, s.spec.to_dict(), s.step if len(plan.seeds) == 1 else s.label)
+        store.ensure_run(s.run_hash, s.spec.to_dict(), s.step if len(plan.seeds) == 1 else s.label,
+                         train_fingerprint=plan.train_fingerprint)
     existing = None
     try:
         existing = store.get_ablation(plan.name)
@@ -74,12 +99,17 @@ def run_plan(plan: AblationPlan, store, executor, runs_dir: Path, *, device: str
     done = len(hashes) - len(todo)
     log(f"ablation {plan.name} (id {ablation_id}): {len(hashes)} run(s), {done} cached, {len(todo)} to run")
     by_hash = {s.run_hash: s for s in plan.steps}
+    variants = variants_by_run(plan)
 
     def job(h: str) -> Job:
         s = by_hash[h]
+        record = store.find_run(h)
+        # A run known before (e.g. re-keyed by a database upgrade) keeps its folder and checkpoint.
+        out_dir = record.out_dir if record is not None and record.out_dir else str(runs_dir / h[:12])
         return Job(run_hash=h, label=s.label, spec_json=s.spec.to_json(), trick_versions=dict(trick_versions(s.spec.tricks)),
-                   db_url=store.url, out_dir=str(runs_dir / h[:12]), device=device, num_workers=num_workers,
-                   data_paths=dict(data_paths), progress=progress)
+                   db_url=store.url, out_dir=out_dir, device=device, num_workers=num_workers,
+                   data_paths=dict(data_paths), progress=progress, variants=variants[h],
+                   legacy_hashes=tuple(getattr(record, "aliases", ()) or ()) if record is not None else ())
 
     if todo:
         outcomes = executor.run([job(h) for h in todo])
@@ -93,7 +123,71 @@ def run_plan(plan: AblationPlan, store, executor, runs_dir: Path, *, device: str
             outcomes = executor.run([job(h) for h in takeover])
             finished |= {o.run_hash for o in outcomes if o.status in ("done", "failed")}
             finished |= set(takeover)
+    complete_evaluations(plan, store, data_paths, device=device, num_workers=num_workers, log=log)
     return ablation_id
+
+
+def variants_by_run(plan: AblationPlan) -> dict[str, tuple[Variant, ...]]:
+    """Each run's variants (a run shared by several steps gets the union, in first-seen order)."""
+    out: dict[str, dict[str, Variant]] = {}
+    for s in plan.steps:
+        bucket = out.setdefault(s.run_hash, {})
+        for v in plan.variants_for(s):
+            bucket.setdefault(v.name, v)
+    return {h: tuple(b.values()) for h, b in out.items()}
+
+
+def test_feature_of(record: Any) -> str | tuple[str, ...]:
+    """The architecture's declared test feature, as recorded at training (older runs: the BoT rule)."""
+    recorded = (record.model_info or {}).get("test_feature")
+    if recorded:
+        return tuple(recorded) if len(recorded) > 1 else recorded[0]
+    model = (record.spec or {}).get("model", {})
+    return "f_i" if model.get("neck") == "bnneck" else "f_t"
+
+
+def missing_evaluations(plan: AblationPlan, store) -> dict[str, tuple[list[str], list[Variant], bool]]:
+    """For each done run: the test sets and variants whose evaluation is not in the store yet."""
+    from reidbench.harness.evaluation.run import requests_for
+    from reidbench.harness.spec import spec_from_dict
+
+    have: dict[str, set[str]] = {}
+    for e in store.evaluations(plan.unique_hashes()):
+        have.setdefault(e.run_hash, set()).add(e.key)
+    out = {}
+    variants = variants_by_run(plan)
+    for h in plan.unique_hashes():
+        record = store.find_run(h)
+        if record is None or record.status != "done":
+            continue
+        spec = spec_from_dict(record.spec)
+        requests = requests_for(plan.base.data.test, spec.eval, variants[h], test_feature_of(record))
+        todo = [r for r in requests if r.settings.key(plan.test_fingerprints.get(r.test_set)) not in have.get(h, set())]
+        if todo:
+            tests = list(dict.fromkeys(r.test_set for r in todo))
+            names = {r.variant for r in todo}
+            out[h] = (tests, [v for v in variants[h] if v.name in names], "" in names)
+    return out
+
+
+def complete_evaluations(plan: AblationPlan, store, data_paths: Mapping[str, str], *, device: str,
+                         num_workers: int | None, log: Callable[[str], None]) -> None:
+    """Score cached runs with the evaluations this ablation needs and they lack (new test sets or variants)."""
+    from reidbench.harness.train.runner import evaluate_stored
+
+    todo = missing_evaluations(plan, store)
+    if todo:
+        log(f"ablation {plan.name}: {len(todo)} cached run(s) need new evaluations (no retraining)")
+    for h, (tests, variants, default) in todo.items():
+        record = store.find_run(h)
+        try:
+            records = evaluate_stored(record, tests, variants, data_paths, device=device, num_workers=num_workers,
+                                      include_default=default, log=log)
+        except (FileNotFoundError, ValueError) as exc:
+            log(f"run {h[:12]}: cannot add evaluations: {str(exc).splitlines()[0]}")
+            continue
+        for evaluation in records:
+            store.record_evaluation(h, evaluation)
 
 
 def _fmt(values: list[float]) -> str:
@@ -105,28 +199,45 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.1f}±{100 * statistics.stdev(values):.1f}"
 
 
+def plan_values(plan: AblationPlan, store) -> dict[tuple[str, str, str, str], float]:
+    """(run hash, variant, test set, metric) → value, from the evaluations on this plan's test data."""
+    values = {}
+    for e in store.evaluations(plan.unique_hashes()):
+        wanted = plan.test_fingerprints.get(e.test_set)
+        if wanted is not None and e.test_fingerprint is not None and e.test_fingerprint != wanted:
+            continue  # an evaluation of another version of this test set
+        for metric, value in e.metrics.items():
+            values[(e.run_hash, e.variant, e.test_set, metric)] = value
+    return values
+
+
 def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "mAP")) -> str:
-    """Rows = steps (mean±std over seeds), columns = test set × metric; failed/missing cells show '–'."""
-    recs = store.metrics(plan.unique_hashes())
-    value = {(m.run_hash, m.test_set, m.metric): m.value for m in recs if m.step is None}
+    """Rows = steps (mean±std over seeds), then each variant's steps; columns = test set × metric.
+
+    Failed or missing cells show '–'.
+    """
+    value = plan_values(plan, store)
     statuses = store.statuses(plan.unique_hashes())
     train = plan.base.data.train
     tests = list(plan.base.data.test)
     heads = [(t, m) for t in tests for m in metrics]
     titles = [f"{t if t == train else train + '→' + t} {m}" for t, m in heads]
-    rows: dict[str, list[AblationStep]] = {}
+    rows: dict[tuple[str, str], list[AblationStep]] = {}
     for s in plan.steps:
-        rows.setdefault(s.step, []).append(s)
-    width = max(12, *(len(r) for r in rows))
+        rows.setdefault((s.step, ""), []).append(s)
+    for s in plan.steps:
+        for v in plan.variants_for(s):
+            rows.setdefault((f"{s.step} [{v.label}]", v.name), []).append(s)
+    width = max(12, *(len(r) for r, _ in rows))
     out = [f"{'step':<{width}}" + "".join(f"{t:>{max(14, len(t) + 2)}}" for t in titles)]
-    for step, members in rows.items():
+    for (label, variant), members in rows.items():
         cells = []
         for (t, m), title in zip(heads, titles):
-            vals = [value[(s.run_hash, t, m)] for s in members if (s.run_hash, t, m) in value]
+            vals = [value[(s.run_hash, variant, t, m)] for s in members if (s.run_hash, variant, t, m) in value]
             cells.append(f"{_fmt(vals):>{max(14, len(title) + 2)}}")
         bad = [statuses.get(s.run_hash) for s in members if statuses.get(s.run_hash) != "done"]
         note = f"  ({', '.join(sorted(set(b or 'missing' for b in bad)))})" if bad else ""
-        out.append(f"{step:<{width}}" + "".join(cells) + note)
+        out.append(f"{label:<{width}}" + "".join(cells) + note)
     notes = []
     if plan.base.profile == "cpu":
         notes.append("cpu profile")

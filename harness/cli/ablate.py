@@ -45,27 +45,31 @@ def tricks_cmd() -> None:
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Where run folders (checkpoints, logs, features) go.")
 @db_option
+@click.option("--eval", "evals", default=None, metavar="LIST",
+              help="Evaluation variants (from the base file's evaluations: section) to score every trained model "
+                   "with besides its default, e.g. rerank,bnneck-table2. No retraining: cached runs are re-scored.")
 @click.option("--dry-run", is_flag=True, help="Print each run's label, hash, changes and cache status; train nothing.")
 def ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None, train_on: str | None,
            test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None, executor: str,
            gpus: str | None, timeout_min: int, device: str, workers: int | None, runs_dir: Path,
-           db_url: str | None, dry_run: bool) -> None:
+           db_url: str | None, evals: str | None, dry_run: bool) -> None:
     """Train the base and the base patched step by step with tricks; print the ablation table.
 
     Every run is cached in the results database by its spec hash: re-running trains only what is
     missing (failed runs are retried, killed runs resume from their checkpoint).
     """
     _ablate(base, add, mode, seeds, seed, train_on, test_on, data_items, epochs, profile, executor, gpus,
-            timeout_min, device, workers, runs_dir, db_url, dry_run)
+            timeout_min, device, workers, runs_dir, db_url, dry_run, evals)
 
 
 @user_errors
 def _ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None, train_on: str | None,
             test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None,
             executor_kind: str, gpus: str | None, timeout_min: int, device: str, workers: int | None,
-            runs_dir: Path, db_url: str | None, dry_run: bool) -> None:
+            runs_dir: Path, db_url: str | None, dry_run: bool, evals: str | None = None) -> None:
     from reidbench.harness.ablation.plan import ablation_table, dry_run_lines, plan_ablation, run_plan
-    from reidbench.harness.spec import load_spec_file, replace_section, with_epochs
+    from reidbench.harness.evaluation.settings import parse_variants
+    from reidbench.harness.spec import load_base_file, replace_section, with_epochs
     from reidbench.tricks import parse_trick_list
 
     if seeds is not None and seed is not None:
@@ -75,7 +79,14 @@ def _ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None,
     tricks = parse_trick_list(add)
     data_paths = parse_data_options(data_items)
     base_file = resolve_base(base)
-    spec = load_spec_file(base_file, profile or default_profile())
+    spec, extras = load_base_file(base_file, profile or default_profile())
+    defined = parse_variants(extras.get("evaluations"), where=f"{base_file}: evaluations")
+    chosen = [v.strip() for v in (evals or "").split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in {d.name for d in defined}]
+    if unknown:
+        raise UserError(f"--eval {unknown[0]!r} is not an evaluation variant of {base_file.name}; valid: "
+                        f"{', '.join(d.name for d in defined) or 'none defined (add an evaluations: section)'}")
+    variants = tuple(d for d in defined if d.name in chosen)
     if epochs is not None:
         spec = with_epochs(spec, epochs)
     train_name = train_on or (next(iter(data_paths)) if data_paths else spec.data.train)
@@ -84,7 +95,7 @@ def _ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None,
     tests = tuple(sorted(dict.fromkeys(tests), key=lambda t: t != train_name))
     spec = replace_section(spec, "data", train=train_name, test=tests)
     seed_list = list(range(seeds)) if seeds is not None else [seed if seed is not None else spec.train.seed]
-    plan = plan_ablation(spec, base_file.stem, tricks, mode, seed_list)
+    plan = plan_ablation(spec, base_file.stem, tricks, mode, seed_list, data_paths=data_paths, variants=variants)
     store = open_store(db_url)
     if dry_run:
         for line in dry_run_lines(plan, store.statuses(plan.unique_hashes())):
@@ -97,6 +108,9 @@ def _ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None,
     runner = build_executor(executor_kind, runs_dir / "_submitit", gpus=gpu_list, timeout_min=timeout_min, log=log)
     meta = {"profile": spec.profile, "epochs": spec.schedule.max_epochs, "full_epochs": spec.full_epochs,
             "tricks": [t.name for t in tricks], "train": train_name, "test": list(tests), "seeds": seed_list,
+            "variants": [{"name": v.name, "label": v.label, "settings": dict(v.changes), "steps": list(v.steps)}
+                         for v in variants],
+            "train_fingerprint": plan.train_fingerprint, "test_fingerprints": dict(plan.test_fingerprints),
             "command": " ".join(sys.argv[1:])}
     run_plan(plan, store, runner, runs_dir, device=device, num_workers=workers, data_paths=data_paths, meta=meta,
              progress=None, log=log)

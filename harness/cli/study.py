@@ -111,7 +111,8 @@ def _study(base: str, tricks_text: str, space_name: str, sampler: str, trials: i
     space, notes = build_space(space_name, sampler, spec.profile, (spec.data.ids_per_batch, spec.data.imgs_per_id),
                                tuple(spec.data.image_size), batches=batches, image_sizes=sizes,
                                num_train_ids=_train_identities(train_name, data_paths))
-    plan = plan_study(spec, base_file.stem, tricks, space, objective, trials, name=name, prune=prune, notes=notes)
+    plan = plan_study(spec, base_file.stem, tricks, space, objective, trials, name=name, prune=prune, notes=notes,
+                      data_paths=data_paths)
     store = open_store(db_url)
     storage_url = choose_storage(plan.name, store.url, runs_dir, storage, workers)
 

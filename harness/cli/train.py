@@ -33,7 +33,6 @@ def train(spec_file: Path, data_items: tuple[str, ...], out_dir: Path | None, de
 @user_errors
 def _train(spec_file: Path, data_items: tuple[str, ...], out_dir: Path | None, device: str,
            profile: str | None, epochs: int | None, seed: int | None, workers: int | None) -> None:
-    from reidbench.harness.spec.hashing import run_hash
     from reidbench.harness.spec import load_spec_file, replace_section, with_epochs
 
     spec = load_spec_file(spec_file, profile)
@@ -44,7 +43,9 @@ def _train(spec_file: Path, data_items: tuple[str, ...], out_dir: Path | None, d
     data_paths = parse_data_options(data_items)
     from reidbench.harness.train.runner import RuntimeOptions, execute
 
-    rhash = run_hash(spec)
+    from reidbench.harness.train.runner import identify
+
+    rhash, _ = identify(spec, data_paths)
     runtime = RuntimeOptions(
         out_dir=out_dir or Path("runs") / rhash[:12],
         device=device,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -158,20 +158,18 @@ class ImageDataset(Dataset):
 
 
 class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Wraps a :class:`PKSampler`, attaching to each index a seed for its augmentation.
+    """Wraps a batch sampler (any from the sampler registry), attaching to each index a seed for its augmentation.
 
     Seeds come from ``default_rng([seed, epoch, 0xA06])``, one per sample in batch order.
     """
 
-    def __init__(self, batch_sampler: PKSampler, seed: int) -> None:
+    def __init__(self, batch_sampler: Any, seed: int) -> None:
         self.batch_sampler = batch_sampler
         self.seed = seed
-
-    @property
-    def epoch(self) -> int:
-        return self.batch_sampler.epoch
+        self.epoch = getattr(batch_sampler, "epoch", 0)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.batch_sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
@@ -207,8 +205,9 @@ def build_train_loader(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     multiprocessing_context: str | None = None,
+    batch_sampler: Any = None,
 ) -> DataLoader:
-    """P×K training loader; call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch.
+    """P×K training loader (or ``batch_sampler``'s batches, from the sampler registry); call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch.
 
     Batches are ``(images float32 B×3×H×W, pids int64, camids int64, indices int64)`` with
     ``B = ids_per_batch·imgs_per_id``; ``len(loader)`` is the exact batch count of the current
@@ -216,7 +215,7 @@ def build_train_loader(
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    sampler = PKSampler([r.pid for r in records], ids_per_batch, imgs_per_id, seed)
+    sampler = batch_sampler or PKSampler([r.pid for r in records], ids_per_batch, imgs_per_id, seed)
     transform = build_train_transform(image_size, flip_prob, pad_px, random_erasing_prob, mean, std)
     dataset = ImageDataset(records, image_size, transform, cache=cache, progress=progress)
     return DataLoader(

@@ -61,6 +61,8 @@ class Job:
     num_workers: int | None = None
     data_paths: Mapping[str, str] = field(default_factory=dict)
     progress: bool | None = None
+    variants: tuple = ()  # evaluation variants (harness.evaluation.settings.Variant) besides the default
+    legacy_hashes: tuple[str, ...] = ()  # earlier hashes of the run (its folder may carry them)
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,10 @@ def run_job(job: Job, log: Callable[[str], None] | None = None, store=None,
     spec = spec_from_json(job.spec_json)
     runtime = RuntimeOptions(out_dir=Path(job.out_dir), device=job.device, num_workers=job.num_workers,
                              data_paths=dict(job.data_paths), progress=job.progress, log=log,
-                             on_epoch=on_epoch)
+                             on_epoch=on_epoch, variants=tuple(job.variants), legacy_hashes=tuple(job.legacy_hashes))
     try:
         with _Heartbeat(store, job.run_hash, owner, HEARTBEAT_EVERY_S):
-            result = execute(spec, runtime, job.trick_versions)
+            result = execute(spec, runtime, job.trick_versions, expected_hash=job.run_hash)
         store.record_result(job.run_hash, owner, result.to_dict())
     except KeyboardInterrupt:
         store.release(job.run_hash, owner)

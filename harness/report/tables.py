@@ -64,11 +64,29 @@ def _kind(flags: Sequence[bool], yes: str, no: str) -> str:
     return no if not any(flags) else "mixed"
 
 
-def _load(store: Any, ref: int | str) -> tuple[Any, dict[str, Any], dict[tuple[str, str, str], float]]:
+def _load(store: Any, ref: int | str) -> tuple[Any, dict[str, Any], dict[tuple[str, str, str, str], float]]:
+    """The ablation, its runs and (run, variant, test set, metric) → value of its evaluations.
+
+    The re-ranked default evaluation (variant ``rerank``) reads as ``rerank_<metric>`` columns of
+    the default rows, as it always did; evaluations of another version of a test set (another
+    fingerprint than the ablation recorded) are left out.
+    """
+    from reidbench.harness.evaluation.settings import RERANK_VARIANT
+
     record = store.get_ablation(ref)
     hashes = list(dict.fromkeys(m["run_hash"] for m in record.members))
     runs = {h: store.find_run(h) for h in hashes}
-    values = {(m.run_hash, m.test_set, m.metric): m.value for m in store.metrics(hashes) if m.step is None}
+    wanted = dict(record.meta.get("test_fingerprints") or {})
+    values: dict[tuple[str, str, str, str], float] = {}
+    for e in store.evaluations(hashes):
+        if wanted.get(e.test_set) and e.test_fingerprint and e.test_fingerprint != wanted[e.test_set]:
+            continue
+        run_hash = runs[e.run_hash].run_hash if e.run_hash in runs else e.run_hash
+        for metric, value in e.metrics.items():
+            if e.variant == RERANK_VARIANT:
+                values[(run_hash, "", e.test_set, RERANK_PREFIX + metric)] = value
+            else:
+                values[(run_hash, e.variant, e.test_set, metric)] = value
     return record, runs, values
 
 
@@ -128,34 +146,41 @@ def ablation_frame(store: Any, ref: int | str = "latest") -> "pd.DataFrame":
     return load_ablation(store, ref)[0]
 
 
-def _frame(record: Any, runs: dict[str, Any], values: dict[tuple[str, str, str], float]) -> "pd.DataFrame":
+def _frame(record: Any, runs: dict[str, Any], values: dict[tuple[str, str, str, str], float]) -> "pd.DataFrame":
     import pandas as pd
 
     _, tests = _ablation_tests(record, runs)
-    by_run: dict[tuple[str, str], list[tuple[str, float]]] = {}
-    for (h, test, metric), value in values.items():
-        by_run.setdefault((h, test), []).append((metric, value))
+    by_run: dict[tuple[str, str, str], list[tuple[str, float]]] = {}
+    for (h, variant, test, metric), value in values.items():
+        by_run.setdefault((h, variant, test), []).append((metric, value))
+    # Variants the ablation asked for (besides re-ranking, shown as columns) become rows after the steps.
+    variants = [(str(v["name"]), str(v.get("label") or v["name"])) for v in record.meta.get("variants") or []
+                if v.get("name") != "rerank"]
     row_of: dict[str, int] = {}
     rows: list[tuple[Any, ...]] = []
-    for member in record.members:
-        step = str(member.get("step") or member.get("label") or f"#{member['position']}")
-        row_of.setdefault(step, len(row_of))
-        h = member["run_hash"]
-        run = runs.get(h)
-        spec = run.spec if run is not None else {}
-        train = str((spec.get("data") or {}).get("train") or record.meta.get("train") or "")
-        tricks = ",".join(sorted(spec.get("tricks") or ()))
-        common = (row_of[step], step, int(member["position"]), member.get("seed"), h,
-                  run.status if run is not None else "missing", train)
-        extra_tests = [t for (hh, t) in by_run if hh == h and t not in tests]
-        for test in (*tests, *extra_tests):
-            group = group_label(train, test)
-            synthetic = bool(run.synthetic) if run is not None else False
-            found = by_run.get((h, test), [])
-            if not found:
-                rows.append((*common, test, group, tricks, synthetic, None, math.nan))
-            for metric, value in found:
-                rows.append((*common, test, group, tricks, synthetic, metric, float(value)))
+    for variant, label in [("", ""), *variants]:
+        for member in record.members:
+            step = str(member.get("step") or member.get("label") or f"#{member['position']}")
+            h = member["run_hash"]
+            if variant and not any(key[0] == h and key[1] == variant for key in by_run):
+                continue  # this step is not scored with this variant
+            shown = f"{step} [{label}]" if variant else step
+            row_of.setdefault(shown, len(row_of))
+            run = runs.get(h)
+            spec = run.spec if run is not None else {}
+            train = str((spec.get("data") or {}).get("train") or record.meta.get("train") or "")
+            tricks = ",".join(sorted(spec.get("tricks") or ()))
+            common = (row_of[shown], shown, int(member["position"]), member.get("seed"), h,
+                      run.status if run is not None else "missing", train)
+            extra_tests = [t for (hh, vv, t) in by_run if hh == h and vv == variant and t not in tests]
+            for test in (*tests, *extra_tests):
+                group = group_label(train, test)
+                synthetic = bool(run.synthetic) if run is not None else False
+                found = by_run.get((h, variant, test), [])
+                if not found:
+                    rows.append((*common, test, group, tricks, synthetic, None, math.nan))
+                for metric, value in found:
+                    rows.append((*common, test, group, tricks, synthetic, metric, float(value)))
     return pd.DataFrame(rows, columns=TIDY_COLUMNS)
 
 

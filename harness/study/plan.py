@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.spec import RunSpec, canonical_json, replace_section
@@ -35,6 +35,7 @@ class StudyPlan:
     trials: int  # the study's total budget of trials (grid: at most the number of points)
     prune: bool = False
     notes: tuple[str, ...] = ()
+    train_fingerprint: str | None = None  # the training data's fingerprint: part of every run hash
 
     @property
     def first_test(self) -> str:
@@ -43,7 +44,8 @@ class StudyPlan:
     @property
     def fingerprint(self) -> str:
         """What the study measures; a study of the same name measuring something else is refused."""
-        payload = {"schema": STUDY_SCHEMA, "base": run_hash(self.base, trick_versions(self.base.tricks)),
+        payload = {"schema": STUDY_SCHEMA,
+                   "base": run_hash(self.base, trick_versions(self.base.tricks), self.train_fingerprint),
                    "space": self.space.to_attrs(), "metric": self.metric}
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
@@ -53,7 +55,7 @@ class StudyPlan:
 
     def point_hash(self, point: Point) -> str:
         spec = self.point_spec(point)
-        return run_hash(spec, trick_versions(spec.tricks))
+        return run_hash(spec, trick_versions(spec.tricks), self.train_fingerprint)
 
     def grid_params(self) -> list[dict[str, str]]:
         """The grid points this study runs (the first ``trials`` in table order); empty for tpe."""
@@ -80,6 +82,7 @@ class StudyPlan:
             "objective": f"final {self.metric} on {self.first_test}",
             "prune": self.prune,
             "notes": list(self.notes),
+            "train_fingerprint": self.train_fingerprint,
             **self.space.to_attrs(),
         }
 
@@ -97,7 +100,7 @@ def patched_base(base: RunSpec, tricks: Sequence[Trick], *, prune: bool = False)
 
 def plan_study(base: RunSpec, base_name: str, tricks: Sequence[Trick], space: StudySpace, objective: str,
                trials: int | None = None, *, name: str | None = None, prune: bool = False,
-               notes: Sequence[str] = ()) -> StudyPlan:
+               notes: Sequence[str] = (), data_paths: Mapping[str, str] | None = None) -> StudyPlan:
     """The plan of ``reidbench study``. ``trials`` defaults to every grid point (grid) or 20 (tpe)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"--objective {objective!r} is not valid: {', '.join(OBJECTIVES)}")
@@ -108,8 +111,13 @@ def plan_study(base: RunSpec, base_name: str, tricks: Sequence[Trick], space: St
         budget = min(trials, space.num_points()) if trials is not None else space.num_points()
     else:
         budget = trials if trials is not None else 20
+    train_fp = None
+    if data_paths is not None:
+        from reidbench.harness.data.fingerprint import dataset_fingerprint
+
+        train_fp = dataset_fingerprint(spec.data.train, data_paths).train
     plan = StudyPlan(name="", base_name=base_name, base=spec, space=space, metric=OBJECTIVES[objective],
-                     trials=budget, prune=prune, notes=tuple(notes))
+                     trials=budget, prune=prune, notes=tuple(notes), train_fingerprint=train_fp)
     if name is not None and not name.strip():
         raise ValueError("--name is empty: give a study name or leave it out for the default")
     chosen = name.strip() if name else f"{base_name}-{space.space}-{space.sampler}-{plan.fingerprint[:10]}"

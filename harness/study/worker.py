@@ -118,7 +118,7 @@ def plan_from_attrs(name: str, attrs: Mapping[str, Any]) -> StudyPlan:
         raise ValueError(f"study {name!r} was not created by `reidbench study` (no base_spec/space attributes)")
     return StudyPlan(name=name, base_name=str(attrs.get("base", "")), base=spec_from_dict(attrs["base_spec"]),
                      space=StudySpace.from_attrs(dict(attrs)), metric=str(attrs["metric"]),
-                     trials=int(attrs["trials"]), prune=bool(attrs.get("prune", False)),
+                     trials=int(attrs["trials"]), prune=bool(attrs.get("prune", False)), train_fingerprint=attrs.get("train_fingerprint"),
                      notes=tuple(attrs.get("notes", ())))
 
 

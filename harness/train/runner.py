@@ -1,27 +1,30 @@
-"""Run one spec end to end: data → model → resumable training → evaluation on every test set.
+"""Run one spec end to end: data → model → resumable training → its evaluations on every test set.
 
-The run folder holds ``spec.json``, ``checkpoint.pt`` (every N epochs and at the end),
-``train.log``, ``features-<test>.npz`` and, once everything succeeded, ``result.json``. A run
-killed at any moment and started again with the same spec resumes from its last checkpoint; one
-whose ``result.json`` exists returns it without training.
+The run folder holds ``spec.json``, ``checkpoint.pt`` (every N epochs and at the end, with the
+stage it was in), ``train.log``, ``features-<test>-<feature>.npz`` and, once everything
+succeeded, ``result.json``. A run killed at any moment and started again with the same spec
+resumes from its last checkpoint; one whose ``result.json`` exists returns it without training.
+``evaluate_stored`` scores a finished run's checkpoint with new evaluation settings, never
+retraining.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from reidbench.harness.spec.hashing import run_hash
+from reidbench.harness.evaluation.run import METRIC_KEYS, ModelScorer, metrics_by_test, requests_for
 from reidbench.harness.spec import RunSpec, canonical_json, spec_from_json
+from reidbench.harness.spec.hashing import run_hash
 
 RESULT_NAME = "result.json"
 SPEC_NAME = "spec.json"
-METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 
 
 @dataclass(frozen=True)
@@ -38,48 +41,44 @@ class RuntimeOptions:
     # raise to stop the run (a study's pruner does): the run is then recorded as failed with that
     # error and, run again, resumes from the checkpoint.
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None
+    # Evaluation variants scored besides the run's default evaluation (harness.evaluation.settings.Variant).
+    variants: Sequence[Any] = ()
+    # Earlier hashes of this run (a database upgrade re-keyed it): its folder and checkpoint may carry them.
+    legacy_hashes: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
 class RunResult:
     run_hash: str
     spec: RunSpec
-    metrics: dict[str, dict[str, float]]  # test set → metric → value (fractions)
+    metrics: dict[str, dict[str, float]]  # default evaluation: test set → metric → value (fractions)
     history: list[dict[str, Any]]
-    provenance: dict[str, dict[str, Any]]  # dataset name → provenance
+    provenance: dict[str, dict[str, Any]]  # dataset name → provenance (with its fingerprint)
     model_info: dict[str, Any]
     environment: dict[str, Any]
     seconds_train: float
     seconds_eval: float
     out_dir: str
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # every evaluation, variants included
+    train_fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "run_hash": self.run_hash,
-            "spec": self.spec.to_dict(),
-            "metrics": self.metrics,
-            "history": self.history,
-            "provenance": self.provenance,
-            "model_info": self.model_info,
-            "environment": self.environment,
-            "seconds_train": self.seconds_train,
-            "seconds_eval": self.seconds_eval,
-            "out_dir": self.out_dir,
+            "run_hash": self.run_hash, "spec": self.spec.to_dict(), "metrics": self.metrics, "history": self.history,
+            "provenance": self.provenance, "model_info": self.model_info, "environment": self.environment,
+            "seconds_train": self.seconds_train, "seconds_eval": self.seconds_eval, "out_dir": self.out_dir,
+            "evaluations": self.evaluations, "train_fingerprint": self.train_fingerprint,
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "RunResult":
         return cls(
-            run_hash=raw["run_hash"],
-            spec=spec_from_json(json.dumps(raw["spec"])),
-            metrics={k: dict(v) for k, v in raw["metrics"].items()},
-            history=list(raw["history"]),
-            provenance=dict(raw["provenance"]),
-            model_info=dict(raw["model_info"]),
-            environment=dict(raw["environment"]),
-            seconds_train=float(raw["seconds_train"]),
-            seconds_eval=float(raw["seconds_eval"]),
-            out_dir=str(raw["out_dir"]),
+            run_hash=raw["run_hash"], spec=spec_from_json(json.dumps(raw["spec"])),
+            metrics={k: dict(v) for k, v in raw["metrics"].items()}, history=list(raw["history"]),
+            provenance=dict(raw["provenance"]), model_info=dict(raw["model_info"]),
+            environment=dict(raw["environment"]), seconds_train=float(raw["seconds_train"]),
+            seconds_eval=float(raw["seconds_eval"]), out_dir=str(raw["out_dir"]),
+            evaluations=list(raw.get("evaluations") or []), train_fingerprint=raw.get("train_fingerprint"),
         )
 
     def summary_table(self) -> str:
@@ -96,8 +95,10 @@ class RunResult:
         for test, values in self.metrics.items():
             tag = test if test == self.spec.data.train else f"{self.spec.data.train}→{test}"
             lines.append(f"{tag:<14}" + "".join(f"{100 * values[k]:8.1f}" for k in METRIC_KEYS))
-            if f"rerank_{METRIC_KEYS[0]}" in values:
-                lines.append(f"{'  +re-rank':<14}" + "".join(f"{100 * values['rerank_' + k]:8.1f}" for k in METRIC_KEYS))
+            for e in self.evaluations:
+                if e["variant"] and e["test_set"] == test:
+                    tag = f"  +{e.get('label') or e['variant']}"
+                    lines.append(f"{tag[:14]:<14}" + "".join(f"{100 * e['metrics'][k]:8.1f}" for k in METRIC_KEYS))
         return "\n".join(lines)
 
 
@@ -124,14 +125,22 @@ def default_workers(device_type: str) -> int:
     return min(8, max(1, cores // 2))
 
 
-def _check_run_folder(out_dir: Path, spec: RunSpec, rhash: str) -> None:
+def amp_dtype_for(spec: RunSpec, device: Any) -> Any:
+    if device.type != "cuda" or spec.train.amp == "off":
+        return None
+    import torch
+
+    return torch.bfloat16 if spec.train.amp == "bf16" else torch.float16
+
+
+def _check_run_folder(out_dir: Path, spec: RunSpec, rhash: str, legacy: Sequence[str]) -> None:
     spec_file = out_dir / SPEC_NAME
     if spec_file.exists():
         try:
             stored = json.loads(spec_file.read_text())
         except json.JSONDecodeError:
             raise ValueError(f"{spec_file}: not valid JSON; remove the folder or choose another --out") from None
-        if stored.get("run_hash") != rhash:
+        if stored.get("run_hash") != rhash and stored.get("run_hash") not in legacy:
             raise ValueError(
                 f"{out_dir}: this run folder belongs to run {str(stored.get('run_hash'))[:12]}, not {rhash[:12]}; "
                 "choose another --out"
@@ -150,30 +159,67 @@ def load_cached_result(out_dir: Path, rhash: str) -> RunResult | None:
     try:
         result = RunResult.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, ValueError):
-        return None  # a damaged result is recomputed from the checkpoint, never trusted
+        return None  # a damaged (or older-format) result is recomputed from the checkpoint, never trusted
     return result if result.run_hash == rhash else None
 
 
-def execute(spec: RunSpec, runtime: RuntimeOptions, trick_versions: Mapping[str, int] | None = None) -> RunResult:
-    """Train (or resume) and evaluate ``spec``; returns its metrics on every test set."""
-    rhash = run_hash(spec, trick_versions)
+def training_fingerprint(spec: RunSpec, data_paths: Mapping[str, str]) -> str:
+    from reidbench.harness.data.fingerprint import dataset_fingerprint
+
+    return dataset_fingerprint(spec.data.train, data_paths).train
+
+
+def identify(spec: RunSpec, data_paths: Mapping[str, str], trick_versions: Mapping[str, int] | None = None
+             ) -> tuple[str, str]:
+    """(run hash, training-data fingerprint) of ``spec`` with the data it would train on."""
+    fingerprint = training_fingerprint(spec, data_paths)
+    return run_hash(spec, trick_versions, fingerprint), fingerprint
+
+
+def execute(spec: RunSpec, runtime: RuntimeOptions, trick_versions: Mapping[str, int] | None = None,
+            expected_hash: str | None = None) -> RunResult:
+    """Train (or resume) and evaluate ``spec``; returns its evaluations on every test set.
+
+    ``expected_hash`` (what a planner computed earlier) must still match: data that changed
+    between planning and training is an error, never a silently different run.
+    """
+    rhash, fingerprint = identify(spec, runtime.data_paths, trick_versions)
+    if expected_hash is not None and expected_hash != rhash:
+        raise ValueError(f"run {expected_hash[:12]}: its training data changed since it was planned (now "
+                         f"{rhash[:12]}); run the command again")
     out_dir = Path(runtime.out_dir)
     log = runtime.log or _stderr_log
     cached = load_cached_result(out_dir, rhash)
     if cached is not None:
         log(f"run {rhash[:12]}: already done, results from {out_dir / RESULT_NAME}")
         return cached
-    _check_run_folder(out_dir, spec, rhash)
+    _check_run_folder(out_dir, spec, rhash, runtime.legacy_hashes)
     progress = sys.stderr.isatty() if runtime.progress is None else runtime.progress
-    return _Run(spec, rhash, out_dir, runtime, log, progress).execute()
+    return _Run(spec, rhash, fingerprint, out_dir, runtime, log, progress).execute()
+
+
+def load_datasets(names: Sequence[str], data_paths: Mapping[str, str], progress: bool
+                  ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    from reidbench.harness.data.named import load_named_dataset
+
+    datasets: dict[str, Any] = {}
+    provenance: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(names):
+        ds, prov = load_named_dataset(name, data_paths, progress=progress)
+        datasets[name], provenance[name] = ds, prov.to_dict()
+    return datasets, provenance
+
+
+def _test_fingerprint(provenance: Mapping[str, Any], name: str) -> str | None:
+    return ((provenance.get(name) or {}).get("fingerprint") or {}).get("test")
 
 
 class _Run:
     """One execution of a spec; holds the built components while it trains and evaluates."""
 
-    def __init__(self, spec: RunSpec, rhash: str, out_dir: Path, runtime: RuntimeOptions,
+    def __init__(self, spec: RunSpec, rhash: str, fingerprint: str, out_dir: Path, runtime: RuntimeOptions,
                  log: Callable[[str], None], progress: bool) -> None:
-        self.spec, self.rhash, self.out_dir, self.runtime = spec, rhash, out_dir, runtime
+        self.spec, self.rhash, self.fingerprint, self.out_dir, self.runtime = spec, rhash, fingerprint, out_dir, runtime
         self.progress = progress
         self._log_file = out_dir / "train.log"
         self._log_sink = log
@@ -184,63 +230,83 @@ class _Run:
             fh.write(line + "\n")
 
     def execute(self) -> RunResult:
-        from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state
-        from reidbench.harness.data.named import load_named_dataset
         from reidbench.harness.execution.environment import environment
+        from reidbench.harness.train.build import build_training
+        from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state
         from reidbench.harness.train.loop import run_training
 
         spec = self.spec
         device = select_device(self.runtime.device)
         self._configure_torch(device)
-        datasets: dict[str, Any] = {}
-        provenance: dict[str, dict[str, Any]] = {}
-        for name in dict.fromkeys((spec.data.train, *spec.data.test)):
-            ds, prov = load_named_dataset(name, self.runtime.data_paths, progress=self.progress)
-            datasets[name], provenance[name] = ds, prov.to_dict()
-        train_set = datasets[spec.data.train]
+        self.datasets, provenance = load_datasets((spec.data.train, *spec.data.test), self.runtime.data_paths,
+                                                  self.progress)
+        self.provenance = provenance
+        train_set = self.datasets[spec.data.train]
         workers = self.runtime.num_workers if self.runtime.num_workers is not None else default_workers(device.type)
-        self.workers = workers
+        self.workers, self.device = workers, device
 
-        components, model_info = self._build(train_set, device, workers)
+        built = build_training(spec, train_set, device, workers, self.progress)
+        components, model_info = built.components, built.model_info
+        model_info["num_classes"] = train_set.num_train_pids
+        self.model_info = model_info
         ckpt_path = self.out_dir / CHECKPOINT_NAME
         start_epoch, history = 0, []
         if ckpt_path.exists():
             state = load_checkpoint(ckpt_path)
-            if state.get("run_hash") != self.rhash:
+            if state.get("run_hash") != self.rhash and state.get("run_hash") not in self.runtime.legacy_hashes:
                 raise ValueError(f"{ckpt_path}: checkpoint of another run ({str(state.get('run_hash'))[:12]})")
             self._load_state(components, state)
             restore_rng_state(state.get("rng", {}))
             start_epoch = int(state["epoch"])
             history = json.loads(state.get("history_json", "[]"))
-            self.log(f"run {self.rhash[:12]}: resuming after epoch {start_epoch}/{spec.schedule.max_epochs}")
+            self.log(f"run {self.rhash[:12]}: resuming after epoch {start_epoch}/{spec.schedule.max_epochs}"
+                     + (f" (stage {state['stage']})" if state.get("stage") else ""))
         else:
-            self.log(f"run {self.rhash[:12]}: training {spec.model.backbone} on {spec.data.train} "
+            self.log(f"run {self.rhash[:12]}: training {spec.model.arch}/{spec.model.backbone} on {spec.data.train} "
                      f"({len(train_set.train)} images, {train_set.num_train_pids} ids) on {device}, "
                      f"{spec.schedule.max_epochs} epochs, {workers} loader workers")
 
-        hooks = [_HistoryHook(self, history, datasets), _CheckpointHook(self, history)]
+        hooks: list[Any] = [_HistoryHook(self, history), _CheckpointHook(self, history)]
         if self.runtime.on_epoch is not None:
             hooks.append(_CallbackHook(self.runtime.on_epoch))
         run_training(components, start_epoch, spec.schedule.max_epochs, spec.train.seed, hooks)
         seconds_train = sum(float(h.get("seconds", 0.0)) for h in history)  # across resumes
 
         t1 = time.perf_counter()
-        metrics = {}
-        for name in spec.data.test:
-            metrics[name] = self.evaluate_on(components.model, datasets[name], device, name, save=True)
-            line = "  ".join(f"{k} {100 * metrics[name][k]:.1f}" for k in METRIC_KEYS)
-            self.log(f"run {self.rhash[:12]}: {spec.data.train}→{name}: {line}")
+        scorer = self.scorer(components.model)
+        evaluations = []
+        requests = requests_for(spec.data.test, spec.eval, self._variants(), components.model.test_feature)
+        for request in requests:
+            record = scorer.score(request, self.datasets[request.test_set],
+                                  _test_fingerprint(provenance, request.test_set))
+            evaluations.append(record)
+            line = "  ".join(f"{k} {100 * record['metrics'][k]:.1f}" for k in METRIC_KEYS)
+            tag = f" [{request.label or request.variant}]" if request.variant else ""
+            self.log(f"run {self.rhash[:12]}: {spec.data.train}→{request.test_set}{tag}: {line}")
         seconds_eval = time.perf_counter() - t1
 
         result = RunResult(
-            run_hash=self.rhash, spec=spec, metrics=metrics, history=history, provenance=provenance,
-            model_info=model_info, environment=environment(device), seconds_train=seconds_train,
-            seconds_eval=seconds_eval, out_dir=str(self.out_dir),
+            run_hash=self.rhash, spec=spec, metrics=metrics_by_test(evaluations), history=history,
+            provenance=provenance, model_info=model_info, environment=environment(device),
+            seconds_train=seconds_train, seconds_eval=seconds_eval, out_dir=str(self.out_dir),
+            evaluations=evaluations, train_fingerprint=self.fingerprint,
         )
         tmp = self.out_dir / (RESULT_NAME + ".tmp")
         tmp.write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
         os.replace(tmp, self.out_dir / RESULT_NAME)
         return result
+
+    def _variants(self) -> list[Any]:
+        from reidbench.harness.evaluation.settings import default_variants
+
+        names = {v.name for v in self.runtime.variants}
+        return [v for v in default_variants(self.spec.eval) if v.name not in names] + list(self.runtime.variants)
+
+    def scorer(self, model: Any) -> ModelScorer:
+        return ModelScorer(model, run_hash=self.rhash, epoch=self.spec.schedule.max_epochs, out_dir=self.out_dir,
+                           device=self.device, image_size=self.spec.data.image_size,
+                           batch_size=self.spec.eval.batch_size, workers=self.workers,
+                           amp_dtype=amp_dtype_for(self.spec, self.device))
 
     # ------------------------------------------------------------------ building
 
@@ -255,69 +321,14 @@ class _Run:
             torch.backends.cudnn.deterministic = True
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-    def _build(self, train_set, device, workers: int):
-        import torch
-
-        from reidbench.harness.data.loader import build_train_loader
-        from reidbench.harness.train.loop import TrainComponents
-        from reidbench.models.objective import BotObjective
-        from reidbench.harness.train.optim import build_epoch_scheduler, build_optimizer
-        from reidbench.models.build import build_model
-        from reidbench.models.losses import build_center_optimizer
-
-        spec = self.spec
-        torch.manual_seed(spec.train.seed)  # weight init (classifier, BNNeck, centers) depends only on the seed
-        model = build_model(
-            spec.model.backbone, num_classes=train_set.num_train_pids, neck=spec.model.neck,
-            last_stride=spec.model.last_stride, pretrained=spec.model.pretrained,
-            weights_path=spec.model.weights_path,
-        )
-        objective = BotObjective(
-            train_set.num_train_pids, model.feat_dim, id_weight=spec.loss.id_weight,
-            label_smoothing=spec.loss.label_smoothing, triplet_weight=spec.loss.triplet_weight,
-            triplet_margin=spec.loss.triplet_margin, center_weight=spec.loss.center_weight,
-        )
-        # channels_last helps on CPU too (oneDNN convolutions: ~20% for MobileNetV2 on 2 cores).
-        channels_last = spec.train.channels_last
-        model.to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        objective.to(device)
-        optimizer = build_optimizer(model.parameters(), spec.optim.name, spec.optim.base_lr,
-                                    spec.optim.weight_decay, tuple(spec.optim.betas))
-        sched = spec.schedule
-        scheduler = build_epoch_scheduler(optimizer, sched.milestones, sched.gamma, sched.warmup_epochs,
-                                          sched.warmup_factor)
-        center_optimizer = (build_center_optimizer(objective.center_loss, lr=spec.loss.center_lr)
-                            if objective.center_loss is not None else None)
-        amp_dtype = None
-        scaler = None
-        if device.type == "cuda" and spec.train.amp != "off":
-            amp_dtype = torch.bfloat16 if spec.train.amp == "bf16" else torch.float16
-            if amp_dtype is torch.float16:
-                scaler = torch.amp.GradScaler("cuda")
-        loader = build_train_loader(
-            train_set.train, image_size=tuple(spec.data.image_size), ids_per_batch=spec.data.ids_per_batch,
-            imgs_per_id=spec.data.imgs_per_id, seed=spec.train.seed, flip_prob=spec.data.flip_prob,
-            pad_px=spec.data.pad_px, random_erasing_prob=spec.data.random_erasing_prob, num_workers=workers,
-            cache=True, pin_memory=device.type == "cuda",
-        )
-        components = TrainComponents(
-            model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, loader=loader,
-            device=device, center_optimizer=center_optimizer, center_weight=spec.loss.center_weight,
-            amp_dtype=amp_dtype, scaler=scaler, channels_last=channels_last, progress=self.progress,
-        )
-        info = dict(getattr(model, "reid_info", {}) or {})
-        info.setdefault("pretrained_source", None)
-        return components, info
-
     def _load_state(self, c, state: dict[str, Any]) -> None:
         c.model.load_state_dict(state["model"])
         c.objective.load_state_dict(state["objective"])
         c.optimizer.load_state_dict(state["optimizer"])
         c.scheduler.load_state_dict(state["scheduler"])
-        if c.center_optimizer is not None:
-            c.center_optimizer.load_state_dict(state["center_optimizer"])
+        for i, own in enumerate(c.own_optimizers):
+            key = f"own_optimizer_{i}" if f"own_optimizer_{i}" in state else "center_optimizer"
+            own.optimizer.load_state_dict(state[key])
         if c.scaler is not None and "scaler" in state:
             c.scaler.load_state_dict(state["scaler"])
 
@@ -328,6 +339,8 @@ class _Run:
             "run_hash": self.rhash,
             "spec_json": canonical_json(self.spec.to_dict()),
             "epoch": epoch,
+            "stage": c.stages.name(epoch) if c.stages is not None else "",
+            "num_classes": int(self.model_info.get("num_classes", 0)),
             "model": c.model.state_dict(),
             "objective": c.objective.state_dict(),
             "optimizer": c.optimizer.state_dict(),
@@ -335,69 +348,42 @@ class _Run:
             "rng": rng_state(),
             "history_json": json.dumps(history),
         }
-        if c.center_optimizer is not None:
-            state["center_optimizer"] = c.center_optimizer.state_dict()
+        for i, own in enumerate(c.own_optimizers):
+            state[f"own_optimizer_{i}"] = own.optimizer.state_dict()
         if c.scaler is not None:
             state["scaler"] = c.scaler.state_dict()
         return state
 
-    # ------------------------------------------------------------------ evaluation
-
-    def evaluate_on(self, model, dataset, device, name: str, save: bool) -> dict[str, float]:
-        import numpy as np
-
-        from reidbench.harness.data.loader import build_test_loader
-        from reidbench.harness.evaluation.protocol import extract_features, score
-
-        spec = self.spec
-        records = tuple(dataset.query) + tuple(dataset.gallery)
-        loader = build_test_loader(records, image_size=tuple(spec.data.image_size), batch_size=spec.eval.batch_size,
-                                   num_workers=self.workers)
-        amp = None
-        if device.type == "cuda" and spec.train.amp != "off":
-            import torch
-
-            amp = torch.bfloat16 if spec.train.amp == "bf16" else torch.float16
-        feats, pids, camids = extract_features(model, loader, device, flip=spec.eval.flip,
-                                               feature_key=spec.feature_key, normalize=False, amp_dtype=amp)
-        feats = feats.numpy() if hasattr(feats, "numpy") else np.asarray(feats)
-        nq = len(dataset.query)
-        q, g = feats[:nq], feats[nq:]
-        args = dict(q_pids=np.asarray(pids[:nq]), g_pids=np.asarray(pids[nq:]),
-                    q_camids=np.asarray(camids[:nq]), g_camids=np.asarray(camids[nq:]))
-        out = score(q, g, **args, metric=spec.eval.metric, normalize=spec.eval.normalize, rerank=False)
-        metrics = {k: float(out[k]) for k in METRIC_KEYS}
-        if spec.eval.rerank:
-            rr = score(q, g, **args, metric=spec.eval.metric, normalize=spec.eval.normalize, rerank=True)
-            metrics.update({f"rerank_{k}": float(rr[k]) for k in METRIC_KEYS})
-        if save:
-            np.savez_compressed(
-                self.out_dir / f"features-{name}.npz", q_feats=q.astype(np.float16), g_feats=g.astype(np.float16),
-                **args, q_paths=np.array([r.path for r in dataset.query]),
-                g_paths=np.array([r.path for r in dataset.gallery]),
-            )
-        return metrics
+    def evaluate_first_test(self, model) -> dict[str, float]:
+        """Periodic evaluation for training curves: the default evaluation on the first test set, not saved."""
+        first = self.spec.data.test[0]
+        request = requests_for((first,), self.spec.eval, (), model.test_feature)[0]
+        scorer = ModelScorer(model, run_hash=self.rhash, epoch=-1, out_dir=self.out_dir, device=self.device,
+                             image_size=self.spec.data.image_size, batch_size=self.spec.eval.batch_size,
+                             workers=self.workers, amp_dtype=amp_dtype_for(self.spec, self.device))
+        return scorer.score(request, self.datasets[first], None, save=False)["metrics"]
 
 
 class _HistoryHook:
     """Per-epoch log line, history record, and the optional periodic mAP for training curves."""
 
-    def __init__(self, run: _Run, history: list[dict[str, Any]], datasets: Mapping[str, Any]) -> None:
-        self.run, self.history, self.datasets = run, history, datasets
+    def __init__(self, run: _Run, history: list[dict[str, Any]]) -> None:
+        self.run, self.history = run, history
 
     def on_epoch_end(self, c, stats) -> None:
         spec = self.run.spec
         every = spec.eval.every_epochs
         if every and (stats.epoch % every == 0) and stats.epoch < spec.schedule.max_epochs:
             first = spec.data.test[0]
-            m = self.run.evaluate_on(c.model, self.datasets[first], c.device, first, save=False)
+            m = self.run.evaluate_first_test(c.model)
             stats.extra[f"{first}/mAP"] = m["mAP"]
             stats.extra[f"{first}/R1"] = m["R1"]
         self.history.append(stats.to_dict())
         losses = " ".join(f"{k}={v:.4f}" for k, v in stats.losses.items())
         extra = " ".join(f"{k}={100 * v:.1f}" for k, v in stats.extra.items())
+        stage = f"  [{stats.stage}]" if stats.stage else ""
         self.run.log(
-            f"epoch {stats.epoch:>3}/{spec.schedule.max_epochs}  {losses}  lr={stats.lr:.3g}  "
+            f"epoch {stats.epoch:>3}/{spec.schedule.max_epochs}{stage}  {losses}  lr={stats.lr:.3g}  "
             f"{stats.images_per_s:.0f} img/s  data-wait {100 * stats.data_wait_fraction:.0f}%"
             + (f"  {extra}" if extra else "")
         )
@@ -423,3 +409,58 @@ class _CallbackHook:
 
     def on_epoch_end(self, c, stats) -> None:
         self.callback(stats.epoch, stats.to_dict())
+
+
+# ---------------------------------------------------------------------- evaluating a stored run
+
+
+def evaluate_stored(record: Any, tests: Sequence[str], variants: Sequence[Any], data_paths: Mapping[str, str], *,
+                    device: str = "auto", num_workers: int | None = None, include_default: bool = True,
+                    log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Score a finished run (a store ``RunRecord``) from its final checkpoint; nothing is trained.
+
+    Returns evaluation records (``Store.record_evaluation`` shape) for the default evaluation
+    (unless ``include_default`` is False) and each variant on each of ``tests``. Features already
+    saved with the same feature settings are reused without building the model.
+    """
+    import torch
+
+    from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from reidbench.models.architectures import build_architecture
+
+    log = log or _stderr_log
+    spec = spec_from_json(json.dumps(record.spec))
+    out_dir = Path(record.out_dir or "")
+    ckpt = out_dir / CHECKPOINT_NAME
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"run {record.run_hash[:12]}: no checkpoint at {ckpt}; the run folder was moved or "
+                                "deleted, so its models cannot be re-scored (its stored metrics are kept)")
+    dev = select_device(device)
+    datasets, provenance = load_datasets(tests, data_paths, progress=False)
+    state = load_checkpoint(ckpt)
+    known = {record.run_hash, *getattr(record, "aliases", ())}
+    if state.get("run_hash") not in known:
+        raise ValueError(f"{ckpt}: checkpoint of another run ({str(state.get('run_hash'))[:12]})")
+    num_classes = int(state.get("num_classes") or record.model_info.get("num_classes") or 0)
+    if num_classes < 1:  # checkpoints written before the count was recorded: read it off the classifier
+        num_classes = next(int(v.shape[0]) for k, v in state["model"].items() if k.endswith("classifier.weight"))
+    model_spec = dataclasses.replace(spec.model, pretrained=False, weights_path=None)  # the checkpoint has the weights
+    torch.manual_seed(0)
+    model = build_architecture(model_spec, num_classes)
+    model.load_state_dict(state["model"])
+    model.to(dev).eval()
+    workers = num_workers if num_workers is not None else default_workers(dev.type)
+    scorer = ModelScorer(model, run_hash=str(state["run_hash"]), epoch=int(state["epoch"]), out_dir=out_dir,
+                         device=dev, image_size=spec.data.image_size, batch_size=spec.eval.batch_size,
+                         workers=workers, amp_dtype=amp_dtype_for(spec, dev))
+    requests = requests_for(tests, spec.eval, variants, model.test_feature)
+    if not include_default:
+        requests = [r for r in requests if r.variant]
+    out = []
+    for request in requests:
+        record_ = scorer.score(request, datasets[request.test_set], _test_fingerprint(provenance, request.test_set))
+        line = "  ".join(f"{k} {100 * record_['metrics'][k]:.1f}" for k in METRIC_KEYS)
+        log(f"run {record.run_hash[:12]}: {spec.data.train}→{request.test_set}"
+            + (f" [{request.label or request.variant}]" if request.variant else "") + f": {line}")
+        out.append(record_)
+    return out

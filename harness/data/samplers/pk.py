@@ -104,3 +104,17 @@ class PKSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches_for_epoch(self.epoch))
+
+
+def _build(context) -> PKSampler:
+    return PKSampler(context.pids, context.ids_per_batch, context.imgs_per_id, context.seed)
+
+
+def _entry():
+    from reidbench.harness.data.samplers import SamplerEntry
+
+    return SamplerEntry(name="pk", summary="P identities x K images per batch, the reference's RandomIdentitySampler",
+                        build=_build)
+
+
+SAMPLER = _entry()

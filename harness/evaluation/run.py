@@ -1,0 +1,126 @@
+"""Score a trained model: features per (test set, feature output, flip) once, then every requested evaluation.
+
+Features are saved in the run folder as ``features-<test>-<feature>[-flip].npz`` (float32, with
+the run hash, the checkpoint epoch and the test set's fingerprint inside) and reused by a later
+evaluation with the same feature settings — so Table 2's four variants or a re-ranked row cost
+one forward pass per feature, and ``reidbench evaluate --run`` can re-score a stored run without
+touching the model when its features are already there.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from reidbench.harness.evaluation.settings import EvaluationSettings
+
+METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    test_set: str
+    variant: str  # "" = the run's default evaluation
+    label: str
+    settings: EvaluationSettings  # resolved (no "auto")
+
+
+def features_file(out_dir: Path, test_set: str, feature: str, flip: bool) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{test_set}-{feature}")
+    return Path(out_dir) / f"features-{safe}{'-flip' if flip else ''}.npz"
+
+
+def _load_cached(path: Path, run_hash: str, epoch: int, test_fingerprint: str | None) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta_ok = (str(npz["run_hash"]) == run_hash and int(npz["epoch"]) == epoch
+                       and str(npz["test_fingerprint"]) == str(test_fingerprint))
+            return {k: npz[k] for k in npz.files} if meta_ok else None
+    except (OSError, KeyError, ValueError):
+        return None  # damaged or from another version: recomputed, never trusted
+
+
+class ModelScorer:
+    """Extracts (and caches) features of one model and scores evaluation requests with them."""
+
+    def __init__(self, model: Any, *, run_hash: str, epoch: int, out_dir: Path, device: Any, image_size: Sequence[int],
+                 batch_size: int, workers: int, amp_dtype: Any = None, log: Callable[[str], None] | None = None) -> None:
+        self.model, self.run_hash, self.epoch, self.out_dir = model, run_hash, epoch, Path(out_dir)
+        self.device, self.image_size, self.batch_size, self.workers = device, tuple(image_size), batch_size, workers
+        self.amp_dtype, self.log = amp_dtype, log
+        self._memory: dict[tuple[str, str, bool], dict[str, np.ndarray]] = {}
+
+    def features(self, test_set: str, dataset: Any, fingerprint: str | None, feature: str, flip: bool,
+                 save: bool = True) -> tuple[dict[str, np.ndarray], Path | None]:
+        key = (test_set, feature, flip)
+        path = features_file(self.out_dir, test_set, feature, flip)
+        if key in self._memory:
+            return self._memory[key], path if path.is_file() else None
+        arrays = _load_cached(path, self.run_hash, self.epoch, fingerprint) if save else None
+        if arrays is None:
+            arrays = self._extract(dataset, feature, flip)
+            if save:
+                tmp = path.with_name(path.name + ".tmp.npz")
+                np.savez_compressed(tmp, **arrays, run_hash=np.array(self.run_hash), epoch=np.array(self.epoch),
+                                    test_fingerprint=np.array(str(fingerprint)))
+                tmp.replace(path)
+        self._memory[key] = arrays
+        return arrays, path if save else None
+
+    def _extract(self, dataset: Any, feature: str, flip: bool) -> dict[str, np.ndarray]:
+        from reidbench.harness.data.loader import build_test_loader
+        from reidbench.harness.evaluation.features import extract_features
+
+        records = tuple(dataset.query) + tuple(dataset.gallery)
+        loader = build_test_loader(records, image_size=self.image_size, batch_size=self.batch_size,
+                                   num_workers=self.workers)
+        names = tuple(feature.split("+"))
+        feats, pids, camids = extract_features(self.model, loader, self.device, flip=flip,
+                                               feature_key=names[0] if len(names) == 1 else names,
+                                               normalize=False, amp_dtype=self.amp_dtype)
+        feats = feats.numpy() if hasattr(feats, "numpy") else np.asarray(feats)
+        feats = feats.astype(np.float32, copy=False)
+        nq = len(dataset.query)
+        pids, camids = np.asarray(pids), np.asarray(camids)
+        return {"q_feats": feats[:nq], "g_feats": feats[nq:], "q_pids": pids[:nq], "g_pids": pids[nq:],
+                "q_camids": camids[:nq], "g_camids": camids[nq:],
+                "q_paths": np.array([r.path for r in dataset.query]),
+                "g_paths": np.array([r.path for r in dataset.gallery])}
+
+    def score(self, request: EvaluationRequest, dataset: Any, fingerprint: str | None, save: bool = True
+              ) -> dict[str, Any]:
+        """One evaluation record (the store's ``record_evaluation`` shape)."""
+        from reidbench.harness.evaluation.protocol import score
+
+        t0 = time.perf_counter()
+        s = request.settings
+        arrays, path = self.features(request.test_set, dataset, fingerprint, s.feature, s.flip, save=save)
+        out = score(arrays["q_feats"], arrays["g_feats"], arrays["q_pids"], arrays["g_pids"], arrays["q_camids"],
+                    arrays["g_camids"], metric=s.metric, normalize=s.normalize, rerank=s.rerank)
+        return {"key": s.key(fingerprint), "test_set": request.test_set, "test_fingerprint": fingerprint,
+                "variant": request.variant, "label": request.label, "settings": s.to_dict(),
+                "metrics": {k: float(out[k]) for k in METRIC_KEYS},
+                "features_path": str(path) if path is not None else None,
+                "seconds": time.perf_counter() - t0}
+
+
+def requests_for(tests: Sequence[str], ev: Any, variants: Sequence[Any], test_feature: str | Sequence[str]
+                 ) -> list[EvaluationRequest]:
+    """The default evaluation (the spec's ``eval`` section) on every test set, then each variant on each."""
+    default = EvaluationSettings.from_eval(ev).resolved(test_feature)
+    out = [EvaluationRequest(t, "", "", default) for t in tests]
+    for variant in variants:
+        settings = variant.settings(ev).resolved(test_feature)
+        out.extend(EvaluationRequest(t, variant.name, variant.label, settings) for t in tests)
+    return out
+
+
+def metrics_by_test(evaluations: Sequence[Mapping[str, Any]], variant: str = "") -> dict[str, dict[str, float]]:
+    return {e["test_set"]: dict(e["metrics"]) for e in evaluations if e["variant"] == variant}

@@ -1,0 +1,406 @@
+"""Spec files and plain data → validated RunSpec: YAML, profiles, component options, --epochs.
+
+Every problem is one ``SpecError`` line naming the file, field and value and what would be
+valid. Components named in a spec (``model.arch``, ``loss.terms[].kind``, ``data.sampler``,
+``schedule.kind``, ``optim.name``, ``tricks``) are looked up in their registries here, lazily,
+so importing the spec package stays light.
+
+Spec files written before loss terms existed keep loading: the old flat loss fields
+(``id_weight``, ``label_smoothing``, ``triplet_weight``, ``triplet_margin``, ``center_weight``,
+``center_lr``) become the equivalent ``loss.terms``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from reidbench.harness.spec.sections import (
+    PROFILES,
+    SECTIONS,
+    DataSpec,
+    GroupSpec,
+    LossSpec,
+    LossTermSpec,
+    ModelSpec,
+    OptimSpec,
+    RunSpec,
+    ScheduleSpec,
+    SpecError,
+    StageSpec,
+    fail,
+    options_from,
+)
+
+LEGACY_LOSS_FIELDS = ("id_weight", "label_smoothing", "triplet_weight", "triplet_margin", "center_weight", "center_lr")
+
+
+# --------------------------------------------------------------------------- components
+
+
+def _architecture_params(name: str) -> type | None:
+    from reidbench.models.architectures import ARCHITECTURES
+
+    return ARCHITECTURES.get(name).params
+
+
+def _term_params(name: str) -> type | None:
+    from reidbench.models.terms import LOSS_TERMS
+
+    return LOSS_TERMS.get(name).params
+
+
+def _sampler_params(name: str) -> type | None:
+    from reidbench.harness.data.samplers import SAMPLERS
+
+    return SAMPLERS.get(name).params
+
+
+def _schedule_params(name: str) -> type | None:
+    from reidbench.harness.train.schedules import get_schedule
+
+    return getattr(get_schedule(name), "params", None)
+
+
+def _check_optimizer(name: str) -> None:
+    from reidbench.harness.train.optim import OPTIMIZERS
+
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optim.name={name!r} is unknown; valid: {', '.join(sorted(OPTIMIZERS))}")
+
+
+def _sparse_options(lookup: Callable[[str], type | None], name: str, raw: Mapping[str, Any], where: str,
+                    section_fields: Sequence[str] = ()) -> tuple[tuple[str, Any], ...]:
+    """Validate a component's flat options; keep only values that differ from its defaults."""
+    from reidbench.models.registry import build_params
+
+    try:
+        params_type = lookup(name)
+        own = [f.name for f in fields(params_type)] if params_type is not None else []
+        unknown = [k for k in raw if k not in own]
+        if unknown:
+            raise SpecError(f"{where}.{unknown[0]} is not a known field; valid: {', '.join([*section_fields, *own])}")
+        params = build_params(params_type, raw, where)
+    except SpecError:
+        raise
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    if params is None:
+        return ()
+    defaults = params_type()
+    return options_from({f.name: getattr(params, f.name) for f in fields(params)
+                         if getattr(params, f.name) != getattr(defaults, f.name)})
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _coerce_fields(cls: type, where: str, raw: Mapping[str, Any], skip: tuple[str, ...] = ()
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Known fields of ``cls`` (type-checked) and the remaining keys (a component's options)."""
+    from reidbench.models.registry import coerce_value
+
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{where} must be a mapping of fields, got {type(raw).__name__}")
+    known = {f.name: f for f in fields(cls) if f.name not in skip}
+    instance_defaults = {}
+    for f in fields(cls):
+        if f.default is not dataclasses.MISSING:
+            instance_defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            instance_defaults[f.name] = f.default_factory()  # type: ignore[misc]
+    kwargs: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            rest[key] = value
+            continue
+        default = instance_defaults.get(key)
+        annotation = str(known[key].type)
+        if default is None and "None" not in annotation:  # a required field: check its declared type
+            default = "" if annotation.startswith("str") else default
+        try:
+            kwargs[key] = coerce_value(f"{where}.{key}", default, value, annotation)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+    return kwargs, rest
+
+
+def _no_extra(where: str, cls: type, rest: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
+    if rest:
+        valid = [f.name for f in fields(cls) if f.name not in skip]
+        key = sorted(rest)[0]
+        raise SpecError(f"{where}.{key} is not a known field; valid: {', '.join(valid)}")
+
+
+def _model(raw: Mapping[str, Any]) -> ModelSpec:
+    kwargs, rest = _coerce_fields(ModelSpec, "model", raw, skip=("options",))
+    arch = kwargs.get("arch", ModelSpec.arch)
+    kwargs["options"] = _sparse_options(_architecture_params, arch, rest, "model",
+                                        [f.name for f in fields(ModelSpec) if f.name != "options"])
+    return ModelSpec(**kwargs)
+
+
+def _data(raw: Mapping[str, Any]) -> DataSpec:
+    raw = dict(raw or {})
+    if isinstance(raw.get("test"), str):
+        raw["test"] = [t for t in raw["test"].split(",") if t]
+    kwargs, rest = _coerce_fields(DataSpec, "data", raw, skip=("sampler_options",))
+    sampler = kwargs.get("sampler", DataSpec.sampler)
+    kwargs["sampler_options"] = _sparse_options(_sampler_params, sampler, rest, "data")
+    return DataSpec(**kwargs)
+
+
+def legacy_loss_terms(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The old flat loss fields as loss terms (same numbers: same losses, weights and inputs)."""
+    defaults = {"id_weight": 1.0, "label_smoothing": 0.0, "triplet_weight": 1.0, "triplet_margin": 0.3,
+                "center_weight": 0.0, "center_lr": 0.5}
+    values = {**defaults, **{k: raw[k] for k in LEGACY_LOSS_FIELDS if k in raw}}
+    terms: list[dict[str, Any]] = []
+    if values["id_weight"]:
+        terms.append({"kind": "ce", "reads": "logits", "weight": values["id_weight"],
+                      "label_smoothing": values["label_smoothing"]})
+    if values["triplet_weight"]:
+        terms.append({"kind": "triplet", "reads": "f_t", "weight": values["triplet_weight"],
+                      "margin": values["triplet_margin"]})
+    if values["center_weight"]:
+        terms.append({"kind": "center", "reads": "f_t", "weight": values["center_weight"], "lr": values["center_lr"]})
+    return terms
+
+
+def _loss(raw: Mapping[str, Any]) -> LossSpec:
+    if raw is None:
+        return LossSpec()
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"loss must be a mapping with a list of terms, got {type(raw).__name__}")
+    legacy = [k for k in raw if k in LEGACY_LOSS_FIELDS]
+    unknown = [k for k in raw if k not in LEGACY_LOSS_FIELDS and k != "terms"]
+    if unknown:
+        raise SpecError(f"loss.{unknown[0]} is not a known field; valid: terms")
+    if legacy and "terms" in raw:
+        raise SpecError(f"loss.{legacy[0]} is an old-style field: write it as loss.terms, not beside them")
+    for key in legacy:  # old-style fields are numbers (triplet_margin may be null: soft margin)
+        value = raw[key]
+        if not (value is None and key == "triplet_margin") and (isinstance(value, bool)
+                                                                  or not isinstance(value, (int, float))):
+            raise SpecError(f"loss.{key}={value!r} is not valid: a number")
+    terms_raw = legacy_loss_terms(raw) if legacy else raw.get("terms", None)
+    if terms_raw is None:
+        return LossSpec()
+    if not isinstance(terms_raw, (list, tuple)):
+        raise SpecError(f"loss.terms must be a list of terms, got {type(terms_raw).__name__}")
+    terms = []
+    for i, item in enumerate(terms_raw):
+        where = f"loss.terms[{i}]"
+        if not isinstance(item, Mapping) or "kind" not in item or "reads" not in item:
+            raise SpecError(f"{where} must be a mapping with at least kind and reads, e.g. {{kind: ce, reads: logits}}")
+        kwargs, rest = _coerce_fields(LossTermSpec, where, item, skip=("options",))
+        if isinstance(kwargs.get("reads"), tuple) and len(kwargs["reads"]) == 1:
+            kwargs["reads"] = kwargs["reads"][0]
+        kwargs["options"] = _sparse_options(_term_params, kwargs["kind"], rest, where,
+                                            [f.name for f in fields(LossTermSpec) if f.name != "options"])
+        terms.append(LossTermSpec(**kwargs))
+    return LossSpec(terms=tuple(terms))
+
+
+def _optim(raw: Mapping[str, Any]) -> OptimSpec:
+    kwargs, rest = _coerce_fields(OptimSpec, "optim", raw or {})
+    _no_extra("optim", OptimSpec, rest)
+    groups = []
+    for i, item in enumerate(kwargs.get("groups", ())):
+        where = f"optim.groups[{i}]"
+        if not isinstance(item, Mapping) or "match" not in item:
+            raise SpecError(f"{where} must be a mapping with match (module groups or parameter globs) and lr_scale")
+        gk, grest = _coerce_fields(GroupSpec, where, item)
+        _no_extra(where, GroupSpec, grest)
+        groups.append(GroupSpec(**gk))
+    kwargs["groups"] = tuple(groups)
+    if "name" in kwargs:
+        try:
+            _check_optimizer(kwargs["name"])
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+    return OptimSpec(**kwargs)
+
+
+def _schedule(raw: Mapping[str, Any]) -> ScheduleSpec:
+    kwargs, rest = _coerce_fields(ScheduleSpec, "schedule", raw or {}, skip=("options",))
+    kind = kwargs.get("kind", ScheduleSpec.kind)
+    kwargs["options"] = _sparse_options(_schedule_params, kind, rest, "schedule",
+                                        [f.name for f in fields(ScheduleSpec) if f.name != "options"])
+    return ScheduleSpec(**kwargs)
+
+
+def _stages(raw: Any) -> tuple[StageSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, (list, tuple)):
+        raise SpecError(f"stages must be a list of stages, got {type(raw).__name__}")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"stages[{i}]"
+        if not isinstance(item, Mapping) or "epochs" not in item:
+            raise SpecError(f"{where} must be a mapping with at least epochs, e.g. {{epochs: 5, train_only: [new]}}")
+        kwargs, rest = _coerce_fields(StageSpec, where, item)
+        _no_extra(where, StageSpec, rest)
+        out.append(StageSpec(**kwargs))
+    return tuple(out)
+
+
+def _plain(name: str, raw: Any) -> Any:
+    cls = SECTIONS[name]
+    kwargs, rest = _coerce_fields(cls, name, raw if raw is not None else {})
+    _no_extra(name, cls, rest)
+    return cls(**kwargs)
+
+
+_BUILDERS: dict[str, Callable[[Any], Any]] = {
+    "model": _model, "data": _data, "loss": _loss, "optim": _optim, "schedule": _schedule,
+    "eval": lambda raw: _plain("eval", raw), "train": lambda raw: _plain("train", raw),
+}
+
+
+def _check_tricks(names: Any) -> tuple[str, ...]:
+    if names is None:
+        return ()
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise SpecError(f"tricks must be a list of trick names, got {names!r}")
+    from reidbench.tricks import REGISTRY
+
+    known = {t.name for t in REGISTRY}
+    for name in names:
+        if name not in known:
+            raise SpecError(f"tricks: {name!r} is not a registered trick; valid: {', '.join(t.name for t in REGISTRY)}")
+    return tuple(sorted(names))
+
+
+def spec_from_dict(raw: Mapping[str, Any], where: str = "spec") -> RunSpec:
+    """Build and validate a RunSpec from plain data (YAML/JSON)."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{where} must be a mapping with sections {', '.join(SECTIONS)}")
+    top_valid = {f.name for f in fields(RunSpec)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in top_valid:
+            raise SpecError(f"{where}: unknown field {key!r}; valid: {', '.join(sorted(top_valid))}")
+        if key in _BUILDERS:
+            kwargs[key] = _BUILDERS[key](value)
+        elif key == "stages":
+            kwargs[key] = _stages(value)
+        elif key == "tricks":
+            kwargs[key] = _check_tricks(value)
+        else:
+            kwargs[key] = value
+    return RunSpec(**kwargs).validate()
+
+
+def spec_from_json(text: str) -> RunSpec:
+    return spec_from_dict(json.loads(text))
+
+
+def merge_dicts(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``override`` wins. Used for profile overlays in base YAML files."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _scale_epochs(value: float, scale: float) -> int:
+    # A milestone or warmup scaled down to epoch 1 would be no step at all: keep >= 2.
+    return max(2, round(value * scale)) if value >= 2 else int(value)
+
+
+def with_epochs(spec: RunSpec, epochs: int) -> RunSpec:
+    """Shorten (or lengthen) the run to ``epochs``; the original length is kept in ``full_epochs``.
+
+    Epoch-stated schedules scale milestones and warmup proportionally (never to epoch 1, which
+    would be no warmup or a decay before any training at the base rate); fraction-stated ones
+    need nothing. Stages keep their proportions (each at least one epoch; the last absorbs
+    rounding).
+    """
+    if epochs < 1:
+        raise SpecError(f"--epochs={epochs} is not valid: an integer >= 1")
+    sched = spec.schedule
+    if epochs == sched.max_epochs:
+        return spec
+    full = spec.full_epochs or sched.max_epochs
+    scale = epochs / sched.max_epochs
+    changes: dict[str, Any] = {"max_epochs": epochs}
+    if sched.unit == "epochs":
+        changes["milestones"] = tuple(sorted({_scale_epochs(m, scale) for m in sched.milestones}))
+        changes["warmup_epochs"] = _scale_epochs(sched.warmup_epochs, scale)
+        options = dict(sched.options)
+        if "delay_epochs" in options:
+            options["delay_epochs"] = int(round(options["delay_epochs"] * scale))
+            changes["options"] = tuple(sorted(options.items()))
+    stages = spec.stages
+    if stages:
+        if epochs < len(stages):
+            raise SpecError(f"--epochs={epochs} is not valid: this run has {len(stages)} stages, so at least "
+                            f"{len(stages)} epochs")
+        lengths = [max(1, round(s.epochs * scale)) for s in stages[:-1]]
+        while sum(lengths) > epochs - 1:
+            lengths[lengths.index(max(lengths))] -= 1
+        lengths.append(epochs - sum(lengths))
+        stages = tuple(dataclasses.replace(s, epochs=n) for s, n in zip(stages, lengths))
+    new = dataclasses.replace(spec, schedule=dataclasses.replace(sched, **changes), stages=stages,
+                              full_epochs=full if epochs != full else None)
+    return new.validate()
+
+
+def load_yaml(path: str | Path) -> Any:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"{p}: spec file not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+# Top-level keys of a base file that are not part of the run spec.
+FILE_ONLY_KEYS = ("name", "description", "profiles", "evaluations")
+
+
+def load_base_file(path: str | Path, profile: str | None = None) -> tuple[RunSpec, dict[str, Any]]:
+    """A base YAML → (its RunSpec for ``profile``, its file-level extras such as ``evaluations``)."""
+    raw = load_yaml(path)
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{path}: expected a mapping of spec sections at the top level")
+    raw = dict(raw)
+    extras = {k: raw.pop(k) for k in FILE_ONLY_KEYS if k in raw}
+    profiles = extras.get("profiles") or {}
+    chosen = profile or raw.get("profile", "paper")
+    if chosen not in PROFILES:
+        fail("profile", chosen, " or ".join(PROFILES))
+    if chosen in profiles:
+        overlay = dict(profiles[chosen] or {})
+        if "evaluations" in overlay:
+            extras["evaluations"] = overlay.pop("evaluations")
+        raw = merge_dicts(raw, overlay)
+    elif profiles and profile is not None:
+        raise SpecError(f"{path}: profile {chosen!r} not defined; defined: {', '.join(profiles)}")
+    raw["profile"] = chosen
+    try:
+        return spec_from_dict(raw, where=str(path)), extras
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+
+
+def load_spec_file(path: str | Path, profile: str | None = None) -> RunSpec:
+    """Load a run spec YAML. A base file may hold ``profiles: {name: overrides}``; pick one with ``profile``.
+
+    Without ``profile`` the file's own ``profile`` field (default ``paper``) is used.
+    """
+    return load_base_file(path, profile)[0]

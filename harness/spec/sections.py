@@ -1,0 +1,432 @@
+"""RunSpec and its sections: the frozen, typed description of one training run and its default evaluation.
+
+The spec fully determines a run. Which of its fields identify the *training* (and so enter the
+run hash) is declared here, field by field: ``field(metadata={"hash": False})`` marks the ones
+that do not change the trained weights (checkpoint frequency, the test sets, the whole ``eval``
+section, ...). See ``hashing`` for how the identity is computed from the rest.
+
+Components are chosen by name from registries — ``model.arch``, each ``loss.terms[].kind``,
+``data.sampler``, ``schedule.kind``, ``optim.name`` — and a chosen component's own parameters
+are written flat next to the name (``{kind: triplet, reads: f_t, margin: 0.3}``). They are kept
+here as sparse ``(key, value)`` pairs holding only values that differ from the component's
+defaults, so the spec module itself never needs the (torch-importing) registries to exist;
+``loading`` validates them against the registries.
+
+Pure data: no torch import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Mapping
+
+PROFILES = ("paper", "cpu")
+NECKS = ("plain", "bnneck")
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+AMP_MODES = ("off", "bf16", "fp16")
+COMBINES = ("mean", "sum", "concat")
+SCHEDULE_UNITS = ("epochs", "fraction")
+
+Options = tuple[tuple[str, Any], ...]  # a component's non-default parameters, sorted by key
+
+UNHASHED = {"hash": False}
+
+
+class SpecError(ValueError):
+    """A spec field holds a value that is not valid; the message names field, value and the valid set."""
+
+
+def fail(where: str, value: Any, valid: str) -> None:
+    raise SpecError(f"{where}={value!r} is not valid: {valid}")
+
+
+def options_dict(options: Options) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options}
+
+
+def option(options: Options, key: str, default: Any = None) -> Any:
+    return dict(options).get(key, default)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str = "bot"  # architecture registry name (models/architectures)
+    backbone: str = "resnet50"
+    pretrained: bool = True
+    # A local weights file; part of the identity because different weights give different numbers.
+    weights_path: str | None = None
+    last_stride: int = 2
+    neck: str = "plain"
+    options: Options = ()  # the architecture's own parameters (non-default values only)
+
+    def validate(self, where: str = "model") -> None:
+        if not isinstance(self.arch, str) or not self.arch:
+            fail(f"{where}.arch", self.arch, "an architecture name such as bot")
+        if self.last_stride not in (1, 2):
+            fail(f"{where}.last_stride", self.last_stride, "1 or 2")
+        if self.neck not in NECKS:
+            fail(f"{where}.neck", self.neck, " or ".join(NECKS))
+        if not isinstance(self.backbone, str) or not self.backbone:
+            fail(f"{where}.backbone", self.backbone, "a backbone name such as resnet50")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    # The training set's *name*; its identity in the run hash is the data fingerprint instead.
+    train: str = field(default="synth-a", metadata=UNHASHED)
+    # Test sets are evaluations, not training: never part of the run hash.
+    test: tuple[str, ...] = field(default=("synth-a", "synth-b"), metadata=UNHASHED)
+    image_size: tuple[int, int] = (256, 128)  # (height, width) in pixels
+    ids_per_batch: int = 16  # P
+    imgs_per_id: int = 4  # K
+    flip_prob: float = 0.5
+    pad_px: int = 10
+    random_erasing_prob: float = 0.0
+    sampler: str = "pk"  # batch sampler registry name (harness/data/samplers)
+    sampler_options: Options = ()  # the sampler's own parameters (non-default values only)
+
+    def validate(self, where: str = "data") -> None:
+        h, w = self.image_size
+        if h < 16 or w < 8:
+            fail(f"{where}.image_size", list(self.image_size), "[height, width] with height >= 16 and width >= 8")
+        if self.ids_per_batch < 2:
+            fail(f"{where}.ids_per_batch", self.ids_per_batch, "an integer >= 2")
+        if self.imgs_per_id < 1:
+            fail(f"{where}.imgs_per_id", self.imgs_per_id, "an integer >= 1")
+        for name in ("flip_prob", "random_erasing_prob"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                fail(f"{where}.{name}", p, "a probability in [0, 1]")
+        if self.pad_px < 0:
+            fail(f"{where}.pad_px", self.pad_px, "an integer >= 0")
+        if not self.test:
+            fail(f"{where}.test", list(self.test), "a non-empty list of dataset names")
+
+    @property
+    def batch_size(self) -> int:
+        return self.ids_per_batch * self.imgs_per_id
+
+
+@dataclass(frozen=True)
+class LossTermSpec:
+    """One named, weighted loss term reading one or more model outputs.
+
+    ``reads``: an output name (``f_t``), a list of names, or a glob (``logits_*``); with several
+    outputs the term is applied to each and the results are averaged (``combine: mean``, the
+    default) or summed (``sum``), or the outputs are concatenated along the feature axis and the
+    term applied once (``concat``). ``name`` labels the loss value in logs and curves (default:
+    the kind's own, e.g. ``id`` for ``ce``).
+    """
+
+    kind: str
+    reads: str | tuple[str, ...]
+    weight: float = 1.0
+    name: str | None = None
+    combine: str = "mean"
+    options: Options = ()  # the kind's own parameters (non-default values only)
+
+    def validate(self, where: str) -> None:
+        if not isinstance(self.kind, str) or not self.kind:
+            fail(f"{where}.kind", self.kind, "a loss term kind such as ce, triplet or center")
+        reads = (self.reads,) if isinstance(self.reads, str) else self.reads
+        if not reads or not all(isinstance(r, str) and r for r in reads):
+            fail(f"{where}.reads", self.reads, "an output name, a list of names or a glob such as logits_*")
+        if not self.weight >= 0 or not math.isfinite(self.weight):
+            fail(f"{where}.weight", self.weight, "a finite number >= 0")
+        if self.combine not in COMBINES:
+            fail(f"{where}.combine", self.combine, " or ".join(COMBINES))
+
+    @property
+    def read_names(self) -> tuple[str, ...]:
+        return (self.reads,) if isinstance(self.reads, str) else tuple(self.reads)
+
+
+def _bot_terms() -> tuple[LossTermSpec, ...]:
+    # Baseline-S: cross-entropy on the logits + batch-hard triplet (margin 0.3) on f_t.
+    return (LossTermSpec(kind="ce", reads="logits"), LossTermSpec(kind="triplet", reads="f_t"))
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    terms: tuple[LossTermSpec, ...] = field(default_factory=_bot_terms)
+
+    def validate(self, where: str = "loss") -> None:
+        if not self.terms:
+            fail(f"{where}.terms", [], "at least one loss term")
+        for i, term in enumerate(self.terms):
+            term.validate(f"{where}.terms[{i}]")
+        if all(t.weight == 0 for t in self.terms):
+            fail(f"{where}.terms", "all weights 0", "at least one term with weight > 0")
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A parameter group: parameters matched by module-group names or name globs get their own LR."""
+
+    match: tuple[str, ...]
+    lr_scale: float = 1.0
+    weight_decay: float | None = None  # None = the optimiser's weight_decay
+
+    def validate(self, where: str) -> None:
+        if not self.match or not all(isinstance(m, str) and m for m in self.match):
+            fail(f"{where}.match", list(self.match), "a list of module-group names (e.g. new) or parameter globs")
+        if not self.lr_scale >= 0:
+            fail(f"{where}.lr_scale", self.lr_scale, "a number >= 0")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            fail(f"{where}.weight_decay", self.weight_decay, "a number >= 0 or null")
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    name: str = "adam"  # optimiser registry name: adam (coupled L2, the reference), adamw, sgd
+    base_lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    groups: tuple[GroupSpec, ...] = ()  # first matching group wins; the rest use base_lr
+    grad_clip_norm: float | None = None  # clip the global gradient norm (None: no clipping)
+
+    def validate(self, where: str = "optim") -> None:
+        if not isinstance(self.name, str) or not self.name:
+            fail(f"{where}.name", self.name, "adam, adamw or sgd")
+        if not self.base_lr > 0:
+            fail(f"{where}.base_lr", self.base_lr, "a value > 0")
+        if self.weight_decay < 0:
+            fail(f"{where}.weight_decay", self.weight_decay, "a value >= 0")
+        if not 0 <= self.momentum < 1:
+            fail(f"{where}.momentum", self.momentum, "a value in [0, 1)")
+        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
+            fail(f"{where}.grad_clip_norm", self.grad_clip_norm, "a value > 0 or null")
+        for i, group in enumerate(self.groups):
+            group.validate(f"{where}.groups[{i}]")
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    kind: str = "multistep"  # schedule registry name: multistep, cosine, poly
+    max_epochs: int = 120
+    # In ``unit``: epochs (1-based epochs at which the LR is multiplied by gamma) or fractions of the run.
+    milestones: tuple[float, ...] = (40, 70)
+    gamma: float = 0.1
+    warmup_epochs: float = 0  # in ``unit``
+    warmup_factor: float = 0.01
+    unit: str = "epochs"  # epochs | fraction: how milestones, warmup and delay are stated
+    options: Options = ()  # the schedule's own parameters (cosine: delay_epochs, min_factor; poly: power)
+
+    def validate(self, where: str = "schedule") -> None:
+        if self.max_epochs < 1:
+            fail(f"{where}.max_epochs", self.max_epochs, "an integer >= 1")
+        if self.unit not in SCHEDULE_UNITS:
+            fail(f"{where}.unit", self.unit, " or ".join(SCHEDULE_UNITS))
+        if list(self.milestones) != sorted(self.milestones):
+            fail(f"{where}.milestones", list(self.milestones), "increasing values")
+        milestones = self.milestones if self.kind == "multistep" else ()  # only multistep reads them
+        if self.unit == "epochs":
+            if any(not float(m).is_integer() or m < 1 for m in milestones):
+                fail(f"{where}.milestones", list(self.milestones), "increasing integer epochs >= 1")
+            if not float(self.warmup_epochs).is_integer() or self.warmup_epochs < 0:
+                fail(f"{where}.warmup_epochs", self.warmup_epochs, "an integer >= 0")
+        else:
+            if any(not 0 < m <= 1 for m in milestones):
+                fail(f"{where}.milestones", list(self.milestones), "fractions of the run in (0, 1]")
+            if not 0 <= self.warmup_epochs < 1:
+                fail(f"{where}.warmup_epochs", self.warmup_epochs, "a fraction of the run in [0, 1)")
+        if not 0 < self.warmup_factor <= 1:
+            fail(f"{where}.warmup_factor", self.warmup_factor, "a value in (0, 1]")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stretch of the run: its length, what is frozen (no update, BatchNorm in eval mode), its LR.
+
+    ``frozen`` / ``train_only`` name module groups of the architecture (``backbone``, ``new``,
+    ``pretrained``, ...) or module-name globs; ``train_only`` freezes everything else.
+    """
+
+    epochs: int
+    name: str = ""
+    frozen: tuple[str, ...] = ()
+    train_only: tuple[str, ...] = ()
+    lr_scale: float = 1.0
+
+    def validate(self, where: str) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            fail(f"{where}.epochs", self.epochs, "an integer >= 1")
+        if self.frozen and self.train_only:
+            fail(f"{where}.train_only", list(self.train_only), "either frozen or train_only, not both")
+        if not self.lr_scale >= 0:
+            fail(f"{where}.lr_scale", self.lr_scale, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """The run's default evaluation settings. None of them changes the trained weights."""
+
+    feature: str = "auto"  # auto = the architecture's test feature; or an output name, or names joined by +
+    normalize: bool = True  # L2-normalise before ranking (the reference does, for every row)
+    metric: str = "sqeuclidean"
+    flip: bool = False
+    rerank: bool = False
+    batch_size: int = 128
+    # Evaluate on the first test set every N epochs for training curves (0 = only at the end).
+    every_epochs: int = 0
+
+    def validate(self, where: str = "eval") -> None:
+        if not isinstance(self.feature, str) or not self.feature or any(not p for p in self.feature.split("+")):
+            fail(f"{where}.feature", self.feature, "auto, an output name such as f_t or f_i, or names joined by +")
+        if self.metric not in METRICS:
+            fail(f"{where}.metric", self.metric, " or ".join(METRICS))
+        if self.batch_size < 1:
+            fail(f"{where}.batch_size", self.batch_size, "an integer >= 1")
+        if self.every_epochs < 0:
+            fail(f"{where}.every_epochs", self.every_epochs, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    seed: int = 0
+    amp: str = "bf16"  # used on CUDA only; CPU trains in float32
+    channels_last: bool = True  # NHWC activations (faster convolutions on CUDA and on CPU)
+    deterministic: bool = False
+    checkpoint_every_epochs: int = field(default=1, metadata=UNHASHED)
+
+    def validate(self, where: str = "train") -> None:
+        if self.amp not in AMP_MODES:
+            fail(f"{where}.amp", self.amp, " or ".join(AMP_MODES))
+        if self.checkpoint_every_epochs < 1:
+            fail(f"{where}.checkpoint_every_epochs", self.checkpoint_every_epochs, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    profile: str = "paper"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    loss: LossSpec = field(default_factory=LossSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    # Training stages; empty = one stage of schedule.max_epochs with nothing frozen.
+    stages: tuple[StageSpec, ...] = ()
+    eval: EvalSpec = field(default_factory=EvalSpec, metadata=UNHASHED)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    # Names of the tricks applied to the base, kept sorted so patch order does not matter.
+    tricks: tuple[str, ...] = ()
+    # The base's full schedule length, kept when --epochs shortens a run so reports can say so.
+    full_epochs: int | None = None
+
+    def validate(self) -> "RunSpec":
+        if self.profile not in PROFILES:
+            fail("profile", self.profile, " or ".join(PROFILES))
+        for name in ("model", "data", "loss", "optim", "schedule", "eval", "train"):
+            getattr(self, name).validate(name)
+        for i, stage in enumerate(self.stages):
+            stage.validate(f"stages[{i}]")
+        if self.stages and sum(s.epochs for s in self.stages) != self.schedule.max_epochs:
+            fail("stages", [s.epochs for s in self.stages],
+                 f"epochs that add up to schedule.max_epochs={self.schedule.max_epochs}")
+        return self
+
+    @property
+    def shortened(self) -> bool:
+        return self.full_epochs is not None and self.schedule.max_epochs < self.full_epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSpec,
+    "data": DataSpec,
+    "loss": LossSpec,
+    "optim": OptimSpec,
+    "schedule": ScheduleSpec,
+    "eval": EvalSpec,
+    "train": TrainSpec,
+}
+# Sparse component options are written flat in their section/element (see the module doc).
+OPTION_FIELDS = {ModelSpec: "options", DataSpec: "sampler_options", LossTermSpec: "options", ScheduleSpec: "options"}
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, NaN forbidden: the bytes hashes are computed over."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _number(value: Any) -> Any:
+    # 40.0 and 40 must serialise alike, so a milestone written as a float hashes as the int.
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def to_jsonable(obj: Any, *, prune_defaults: bool = False, hashed_only: bool = False) -> Any:
+    """Plain JSON data of a spec value.
+
+    ``prune_defaults`` drops every dataclass field equal to its default (recursively), so a field
+    added later with a default never changes an existing identity; ``hashed_only`` drops fields
+    marked ``metadata={"hash": False}``. Component options are emitted flat beside the fields.
+    """
+    if is_dataclass(obj):
+        out: dict[str, Any] = {}
+        defaults = _defaults(type(obj))
+        option_field = OPTION_FIELDS.get(type(obj))
+        for f in fields(obj):
+            if hashed_only and not f.metadata.get("hash", True):
+                continue
+            value = getattr(obj, f.name)
+            if f.name == option_field:
+                out.update({k: to_jsonable(v, prune_defaults=prune_defaults, hashed_only=hashed_only)
+                            for k, v in value})
+                continue
+            if prune_defaults and f.name in defaults and defaults[f.name] == value:
+                continue
+            converted = to_jsonable(value, prune_defaults=prune_defaults, hashed_only=hashed_only)
+            if prune_defaults and is_dataclass(value) and f.name in defaults and converted == {}:
+                continue  # a section whose every field is at its default (e.g. a grown subclass)
+            out[f.name] = converted
+        return out
+    if isinstance(obj, (tuple, list)):
+        return [to_jsonable(x, prune_defaults=prune_defaults, hashed_only=hashed_only) for x in obj]
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise SpecError(f"non-finite number {obj!r} in spec")
+        return _number(obj) if prune_defaults else obj
+    return obj
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """Field defaults of a dataclass (fields without a default are always emitted)."""
+    out = {}
+    for f in fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def replace_section(spec: RunSpec, section: str, **changes: Any) -> RunSpec:
+    """Return a copy of ``spec`` with some fields of one section changed (used by tricks)."""
+    return dataclasses.replace(spec, **{section: dataclasses.replace(getattr(spec, section), **changes)})
+
+
+def with_options(options: Options, **changes: Any) -> Options:
+    """Sparse options with ``changes`` applied (a value of None removes the key)."""
+    merged = dict(options)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = tuple(value) if isinstance(value, list) else value
+    return tuple(sorted(merged.items()))
+
+
+def options_from(raw: Mapping[str, Any]) -> Options:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in raw.items()))

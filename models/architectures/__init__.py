@@ -1,0 +1,78 @@
+"""Architectures: a registry of model layouts (``model.arch``), each one module in this folder.
+
+An architecture's ``build(model, num_classes)`` reads the ``model`` spec section (its builder is
+the one place that does) and returns an ``nn.Module`` honouring the output contract:
+
+- ``forward(images)`` returns a dict of named tensors: feature outputs (B×D) and, in training
+  mode, logits (B×num_classes) — e.g. ``{"f_t", "f_i", "logits"}`` for ``bot``; a multi-branch
+  model returns several (``f_g``, ``f_p2_1``, ``logits_g``, ...).
+- ``feature_dims``: {feature output name: width}, so loss terms can size their parameters.
+- ``test_feature``: the default test feature — one output name or a tuple concatenated in order.
+- ``module_groups``: {group name: submodule names}; at least ``pretrained`` (initialised from
+  ImageNet) and ``new`` (initialised here). Stages freeze groups and the optimiser gives groups
+  their own learning rates by these names.
+- ``reid_info``: a plain dict describing what was built (recorded with the run).
+
+Adding one = a new module exporting ``ARCH`` + one line in ``_register_builtin``; a test or a user
+module can call ``register_architecture(entry)`` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from reidbench.models.registry import Registry
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    summary: str
+    build: Callable[[Any, int], Any]  # (model spec section, number of training identities) -> nn.Module
+    params: type | None = None  # the architecture's own options (written flat in the model section)
+
+
+ARCHITECTURES: Registry[Architecture] = Registry("model.arch")
+
+
+def register_architecture(entry: Architecture, *, replace: bool = False) -> Architecture:
+    return ARCHITECTURES.register(entry.name, entry, replace=replace)
+
+
+def arch_params(model: Any) -> Any:
+    """The chosen architecture's parameter dataclass filled from ``model.options``."""
+    from reidbench.models.registry import build_params
+
+    return build_params(ARCHITECTURES.get(model.arch).params, dict(model.options), "model")
+
+
+def build_architecture(model: Any, num_classes: int) -> Any:
+    """Build ``model.arch`` and check the output contract (one-line error naming what is missing)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes} must be >= 1 (the number of training identities)")
+    net = ARCHITECTURES.get(model.arch).build(model, num_classes)
+    for attribute in ("feature_dims", "test_feature", "module_groups"):
+        if not hasattr(net, attribute):
+            raise ValueError(f"model.arch={model.arch!r}: the built module has no {attribute!r} "
+                             "(see models/architectures/__init__.py for the contract)")
+    test = (net.test_feature,) if isinstance(net.test_feature, str) else tuple(net.test_feature)
+    unknown = [t for t in test if t not in net.feature_dims]
+    if unknown:
+        raise ValueError(f"model.arch={model.arch!r}: test feature {unknown[0]!r} is not among its feature "
+                         f"outputs {sorted(net.feature_dims)}")
+    if not hasattr(net, "reid_info"):
+        net.reid_info = {}
+    net.reid_info.setdefault("arch", model.arch)
+    return net
+
+
+def _register_builtin() -> None:
+    from reidbench.models.architectures import bot
+
+    register_architecture(bot.ARCH)
+
+
+_register_builtin()
+
+__all__ = ["ARCHITECTURES", "Architecture", "arch_params", "build_architecture", "register_architecture"]
