@@ -86,6 +86,8 @@ def coerce_value(where: str, default: Any, value: Any, annotation: str = "") -> 
         if default is None or "None" in annotation:
             return None
         raise ValueError(f"{where}=None is not valid: a value is required")
+    if isinstance(value, (list, tuple)) and not isinstance(default, tuple) and "tuple[" in annotation:
+        return tuple(value)  # a union such as ``str | tuple[str, ...]`` (loss.terms[].reads) given as a list
     if isinstance(default, tuple):
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
