@@ -350,10 +350,21 @@ def _ranks(run_ref: str, test_set: str | None, queries: str, num_queries: int, t
     if not run.out_dir:
         raise FileNotFoundError(f"run {run.short_hash} has no run folder recorded (status {run.status}); "
                                 "ranked lists need its features file")
-    arrays = load_features(Path(run.out_dir) / f"features-{test}.npz")
     ev = run.spec.get("eval") or {}
-    ranked = rank_queries(arrays, metric=str(ev.get("metric", "sqeuclidean")), normalize=bool(ev.get("normalize", True)),
-                          top=top)
+    metric, normalize = str(ev.get("metric", "sqeuclidean")), bool(ev.get("normalize", True))
+    # the features of the run's default evaluation of this test set; runs recorded before
+    # evaluations were stored saved them as features-<test>.npz
+    recorded = [e for e in store.evaluations([run.run_hash], variant="") if e.test_set == test and e.features_path]
+    if recorded:
+        features_path = Path(recorded[-1].features_path)
+        if not features_path.is_file():  # recorded relative to another working folder: look in the run folder
+            features_path = Path(run.out_dir) / features_path.name
+        settings = recorded[-1].settings or {}
+        metric, normalize = str(settings.get("metric", metric)), bool(settings.get("normalize", normalize))
+    else:
+        features_path = Path(run.out_dir) / f"features-{test}.npz"
+    arrays = load_features(features_path)
+    ranked = rank_queries(arrays, metric=metric, normalize=normalize, top=top)
     chosen = choose(ranked, queries, num_queries, seed)
     root = ((run.provenance or {}).get(test) or {}).get("root")
     title = (f"{queries.capitalize()} {len(chosen)} of {len(ranked)} queries — run {run.short_hash} "
