@@ -137,3 +137,19 @@ def test_plot_ranks_uses_the_recorded_features_file(trained, tmp_path):
                                        "-n", "2", "--top", "3"])
     assert result.exit_code == 0, result.output
     assert out.is_file()
+
+
+def test_settings_recorded_under_another_name_keep_that_name(trained):
+    """An ablation's variant (e.g. ``ft-cosine`` from a base file) re-scored from the CLI is updated,
+    not renamed or duplicated: same settings, same key."""
+    db, run, _ = trained
+    store = Store(db)
+    settings = ("--feature", "f_t", "--metric", "cosine")
+    first = _json(db, "--run", run.run_hash[:10], *settings)
+    assert first[0]["variant"] == "f_t-cosine"
+    store.record_evaluation(run.run_hash, {**first[0], "variant": "ft-cosine"})  # as an ablation names it
+    n = len(store.evaluations([run.run_hash]))
+    again = _json(db, "--run", run.run_hash[:10], *settings)
+    assert again[0]["variant"] == "ft-cosine" and again[0]["key"] == first[0]["key"]
+    assert len(store.evaluations([run.run_hash])) == n
+    assert [e.variant for e in store.evaluations([run.run_hash]) if e.key == first[0]["key"]] == ["ft-cosine"]
