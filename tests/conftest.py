@@ -95,3 +95,9 @@ def _one_torch_thread():
 
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(scope="session")
+def market_folder_factory():
+    """``make_market_folder`` for tests (``--import-mode=importlib`` keeps conftest off sys.path)."""
+    return make_market_folder
