@@ -15,9 +15,13 @@ from reidbench.harness.spec import RunSpec
 from reidbench.tricks import Trick, trick_versions
 
 
-def ablation_name(base_name: str, mode: str, run_hashes: Sequence[str]) -> str:
-    """Stable name: the same command on the same database maps to the same ablation record."""
-    digest = hashlib.sha256("|".join([mode, *run_hashes]).encode()).hexdigest()
+def ablation_name(base_name: str, mode: str, run_hashes: Sequence[str], variants: Sequence[str] = ()) -> str:
+    """Stable name: the same command on the same database maps to the same ablation record.
+
+    Evaluation variants make it another table of the same runs (and so another record).
+    """
+    parts = [mode, *run_hashes] + ([f"variants:{','.join(variants)}"] if variants else [])
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()
     return f"{base_name}-{mode}-{digest[:10]}"
 
 
@@ -35,7 +39,8 @@ class AblationPlan:
 
     @property
     def name(self) -> str:
-        return ablation_name(self.base_name, self.mode, [s.run_hash for s in self.steps])
+        return ablation_name(self.base_name, self.mode, [s.run_hash for s in self.steps],
+                             [v.name for v in self.variants])
 
     def unique_hashes(self) -> list[str]:
         return list(dict.fromkeys(s.run_hash for s in self.steps))
