@@ -12,7 +12,7 @@ from torch import nn
 
 from reidbench.harness.data.samplers import SAMPLERS, SamplerEntry, register_sampler
 from reidbench.harness.evaluation.run import features_file
-from reidbench.harness.spec import spec_from_dict
+from reidbench.harness.spec import spec_from_dict, spec_from_json
 from reidbench.harness.train.runner import RuntimeOptions, execute
 from reidbench.models.architectures import ARCHITECTURES, Architecture, register_architecture
 from reidbench.models.terms import LOSS_TERMS, LossTermEntry, register_loss_term
@@ -159,6 +159,8 @@ def test_a_spec_validates_the_toys_options_against_their_registries(toys):
     spec = toy_spec()
     assert dict(spec.model.options) == {"width_a": WIDTH_A, "width_b": WIDTH_B}
     assert dict(spec.loss.terms[1].options) == {"scale": 0.01}
+    assert spec.loss.terms[1].reads == ("f_a", "f_b")  # a list of outputs is accepted as written
+    assert spec_from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match="width_c"):
         spec_from_dict({**spec.to_dict(), "model": {"arch": "toy2", "width_c": 3}})
 
