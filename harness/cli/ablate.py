@@ -7,7 +7,22 @@ from pathlib import Path
 
 import click
 
-from reidbench.harness.cli.common import EXIT_PROBLEMS, UserError, db_option, default_profile, open_store, parse_data_options, resolve_base, user_errors
+from reidbench.harness.cli.common import (
+    EXIT_PROBLEMS,
+    UserError,
+    data_option,
+    db_option,
+    default_profile,
+    device_option,
+    epochs_option,
+    loader_workers_option,
+    open_store,
+    parse_data_options,
+    profile_option,
+    resolve_base,
+    runs_dir_option,
+    user_errors,
+)
 
 
 
@@ -32,18 +47,15 @@ def tricks_cmd() -> None:
 @click.option("--train-on", "train_on", default=None, help="Training dataset name [default: first --data, else synth-a].")
 @click.option("--test-on", "test_on", default=None,
               help="Comma-separated test datasets [default: every --data, else synth-a,synth-b].")
-@click.option("--data", "data_items", multiple=True, metavar="NAME=PATH",
-              help="Real dataset folders, e.g. --data market=/data/Market-1501 --data duke=/data/DukeMTMC-reID.")
-@click.option("--epochs", type=int, default=None, help="Shorten every run to N epochs (milestones scale).")
-@click.option("--profile", type=click.Choice(["paper", "cpu"]), default=None,
-              help="paper: ResNet50 256x128 120 epochs; cpu: minutes on a laptop [default: cpu without a GPU].")
+@data_option
+@epochs_option
+@profile_option
 @click.option("--executor", type=click.Choice(["local", "submitit", "slurm"]), default="local", show_default=True)
 @click.option("--gpus", default=None, metavar="LIST", help="GPU ids for the slot pool, e.g. 0,1,2,3.")
 @click.option("--timeout-min", type=int, default=24 * 60, show_default=True, help="Per-job time limit (submitit/slurm).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--workers", type=int, default=None, help="Data loader worker processes [default: auto].")
-@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, help="Where run folders (checkpoints, logs, features) go.")
+@device_option
+@loader_workers_option()
+@runs_dir_option
 @db_option
 @click.option("--eval", "evals", default=None, metavar="LIST",
               help="Evaluation variants (from the base file's evaluations: section) to score every trained model "
@@ -51,7 +63,7 @@ def tricks_cmd() -> None:
 @click.option("--dry-run", is_flag=True, help="Print each run's label, hash, changes and cache status; train nothing.")
 def ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None, train_on: str | None,
            test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None, executor: str,
-           gpus: str | None, timeout_min: int, device: str, workers: int | None, runs_dir: Path,
+           gpus: str | None, timeout_min: int, device: str, loader_workers: int | None, runs_dir: Path,
            db_url: str | None, evals: str | None, dry_run: bool) -> None:
     """Train the base and the base patched step by step with tricks; print the ablation table.
 
@@ -59,7 +71,7 @@ def ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None, 
     missing (failed runs are retried, killed runs resume from their checkpoint).
     """
     _ablate(base, add, mode, seeds, seed, train_on, test_on, data_items, epochs, profile, executor, gpus,
-            timeout_min, device, workers, runs_dir, db_url, dry_run, evals)
+            timeout_min, device, loader_workers, runs_dir, db_url, dry_run, evals)
 
 
 @user_errors

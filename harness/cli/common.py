@@ -86,3 +86,43 @@ def default_profile() -> str:
     import torch
 
     return "paper" if torch.cuda.is_available() else "cpu"
+
+
+# ------------------------------------------------------------------ options shared by several commands
+# Each option is written once here; commands stack the ones they take.
+
+PROFILE_CHOICES = ("paper", "cpu")
+
+
+def data_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--data", "data_items", multiple=True, metavar="NAME=PATH",
+                        help="Dataset folder for a dataset name (repeatable), e.g. --data market=/data/Market-1501. "
+                             "Format from the name: market*, duke*, msmt17*, cuhk03*; else Market layout.")(fn)
+
+
+def device_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                        help="Where to train/evaluate (auto: CUDA when present).")(fn)
+
+
+def epochs_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--epochs", type=int, default=None,
+                        help="Shorten every run to N epochs (milestones and stages scale; recorded).")(fn)
+
+
+def profile_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--profile", type=click.Choice(PROFILE_CHOICES), default=None,
+                        help="Profile overlay of the base file: paper (ResNet50 256x128, 120 epochs) or cpu "
+                             "(minutes on a laptop) [default: cpu without a GPU; train: the file's own].")(fn)
+
+
+def loader_workers_option(name: str = "--workers") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return click.option(name, "loader_workers", type=int, default=None,
+                            help="Data loader worker processes per run [default: auto].")(fn)
+    return deco
+
+
+def runs_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+                        show_default=True, help="Where run folders (checkpoints, logs, features) go.")(fn)

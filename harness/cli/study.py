@@ -11,7 +11,21 @@ from pathlib import Path
 
 import click
 
-from reidbench.harness.cli.common import UserError, default_profile, open_store, parse_data_options, resolve_base, user_errors
+from reidbench.harness.cli.common import (
+    UserError,
+    data_option,
+    db_option,
+    default_profile,
+    device_option,
+    epochs_option,
+    loader_workers_option,
+    open_store,
+    parse_data_options,
+    profile_option,
+    resolve_base,
+    runs_dir_option,
+    user_errors,
+)
 
 DEFAULT_TRICKS = "warmup,rea,ls,stride,bnneck"  # the paper's Tables 5/6: all tricks but the center loss
 
@@ -44,17 +58,13 @@ DEFAULT_TRICKS = "warmup,rea,ls,stride,bnneck"  # the paper's Tables 5/6: all tr
               help="Training dataset name [default: first --data, else synth-a].")
 @click.option("--test-on", "test_on", default=None,
               help="Comma-separated test datasets [default: every --data, else synth-a,synth-b].")
-@click.option("--data", "data_items", multiple=True, metavar="NAME=PATH",
-              help="Real dataset folders, e.g. --data market=/data/Market-1501 (repeatable).")
-@click.option("--epochs", type=int, default=None, help="Shorten every run to N epochs (milestones scale).")
-@click.option("--profile", type=click.Choice(["paper", "cpu"]), default=None,
-              help="paper: ResNet50 256x128 120 epochs; cpu: minutes on a laptop [default: cpu without a GPU].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--loader-workers", type=int, default=None, help="Data loader worker processes per run [default: auto].")
-@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, help="Where run folders (and journal files of multi-worker studies) go.")
-@click.option("--db", "db_url", default=None, metavar="URL",
-              help="Results database (any SQLAlchemy URL) [default: $REIDBENCH_DB or sqlite:///results.db].")
+@data_option
+@epochs_option
+@profile_option
+@device_option
+@loader_workers_option("--loader-workers")
+@runs_dir_option
+@db_option
 @click.option("--dry-run", is_flag=True, help="Print the study's points, run hashes and cache status; train nothing.")
 def study(base: str, tricks_text: str, space: str, sampler: str, trials: int | None, objective: str,
           batches_text: str | None, sizes_text: str | None, name: str | None, storage: str | None, workers: int,

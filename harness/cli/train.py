@@ -6,28 +6,33 @@ from pathlib import Path
 
 import click
 
-from reidbench.harness.cli.common import parse_data_options, user_errors
+from reidbench.harness.cli.common import (
+    data_option,
+    device_option,
+    epochs_option,
+    loader_workers_option,
+    parse_data_options,
+    profile_option,
+    user_errors,
+)
 
 @click.command()
 @click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--data", "data_items", multiple=True, metavar="NAME=PATH",
-              help="Dataset folder for a name used in the spec (repeatable). Format from the name: "
-                   "market*, duke*, msmt17*, cuhk03*; anything else is read as Market layout.")
+@data_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder for checkpoints and logs [default: runs/<hash>].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--profile", type=click.Choice(["paper", "cpu"]), default=None,
-              help="Profile overlay from the spec file [default: the file's own profile].")
-@click.option("--epochs", type=int, default=None, help="Shorten the schedule to N epochs (milestones scale).")
+@device_option
+@profile_option
+@epochs_option
 @click.option("--seed", type=int, default=None, help="Override train.seed.")
-@click.option("--workers", type=int, default=None, help="Data loader worker processes [default: auto].")
+@loader_workers_option()
 def train(spec_file: Path, data_items: tuple[str, ...], out_dir: Path | None, device: str,
-          profile: str | None, epochs: int | None, seed: int | None, workers: int | None) -> None:
+          profile: str | None, epochs: int | None, seed: int | None, loader_workers: int | None) -> None:
     """Train and evaluate one run described by SPEC_FILE (YAML).
 
     Resumable: re-running the same command continues from the run folder's last checkpoint.
     """
-    _train(spec_file, data_items, out_dir, device, profile, epochs, seed, workers)
+    _train(spec_file, data_items, out_dir, device, profile, epochs, seed, loader_workers)
 
 
 @user_errors

@@ -229,8 +229,14 @@ def _optim(raw: Mapping[str, Any]) -> OptimSpec:
 def _schedule(raw: Mapping[str, Any]) -> ScheduleSpec:
     kwargs, rest = _coerce_fields(ScheduleSpec, "schedule", raw or {}, skip=("options",))
     kind = kwargs.get("kind", ScheduleSpec.kind)
-    kwargs["options"] = _sparse_options(_schedule_params, kind, rest, "schedule",
-                                        [f.name for f in fields(ScheduleSpec) if f.name != "options"])
+    section = [f.name for f in fields(ScheduleSpec) if f.name != "options"]
+    # The schedule's own options are checked together with the section fields it also reads
+    # (unit, warmup): a fraction-stated delay is only valid with unit: fraction.
+    params_type = _schedule_params(kind)
+    own = {f.name for f in fields(params_type)} if params_type is not None else set()
+    shared = {k: v for k, v in kwargs.items() if k in own}
+    checked = _sparse_options(_schedule_params, kind, {**shared, **rest}, "schedule", section)
+    kwargs["options"] = tuple((k, v) for k, v in checked if k in rest)
     return ScheduleSpec(**kwargs)
 
 
