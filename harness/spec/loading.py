@@ -235,7 +235,10 @@ def _schedule(raw: Mapping[str, Any]) -> ScheduleSpec:
     params_type = _schedule_params(kind)
     own = {f.name for f in fields(params_type)} if params_type is not None else set()
     shared = {k: v for k, v in kwargs.items() if k in own}
-    checked = _sparse_options(_schedule_params, kind, {**shared, **rest}, "schedule", section)
+    try:
+        checked = _sparse_options(_schedule_params, kind, {**shared, **rest}, "schedule", section)
+    except SpecError as exc:  # the schedule's own checks name it by kind: say which spec field it is
+        raise SpecError(str(exc).replace(f"{kind}.", "schedule.", 1)) from None
     kwargs["options"] = tuple((k, v) for k, v in checked if k in rest)
     return ScheduleSpec(**kwargs)
 
