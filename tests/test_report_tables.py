@@ -309,3 +309,20 @@ def test_cli_module_imports_no_heavy_packages():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_table2_paper_numbers_are_looked_up_by_how_a_variant_ranks():
+    from reidbench.harness.report.paper import paper_value
+    from reidbench.harness.report.tables import ranking_of
+
+    table2_model = ["warmup", "rea", "ls", "stride", "bnneck"]  # every trick but the center loss
+    assert ranking_of({"feature": "f_t", "normalize": False, "metric": "euclidean"}) == "f_t Euclidean"
+    assert ranking_of({"feature": "f_i", "normalize": True, "metric": "sqeuclidean"}) == "f_i cosine"
+    assert ranking_of({"feature": "f_t", "normalize": False, "metric": "cosine"}) == "f_t cosine"
+    # bot.md Table 2: f_t Euclidean 94.2/85.5 (Market), f_i Euclidean 86.6/73.0 (Duke).
+    assert paper_value("market", "market", table2_model, "R1", ranking="f_t Euclidean") == 94.2
+    assert paper_value("market", "market", table2_model, "mAP", ranking="f_t Euclidean") == 85.5
+    assert paper_value("duke", "duke", table2_model, "mAP", ranking="f_i Euclidean") == 73.0
+    assert paper_value("market", "duke", table2_model, "R1", ranking="f_t cosine") is None  # same domain only
+    assert paper_value("market", "market", [*table2_model, "center"], "R1", ranking="f_t cosine") is None
+    assert paper_value("synth-a", "synth-a", table2_model, "R1", synthetic=True, ranking="f_t cosine") is None

@@ -45,12 +45,25 @@ TABLE3: dict[frozenset[str], dict[tuple[str, str], tuple[float, float]]] = {
     ALL_TRICKS - {"rea"}: {("market", "duke"): (41.4, 25.7), ("duke", "market"): (54.3, 25.5)},  # −REA
 }
 
+# Table 2 — BNNeck analysis on the model with every trick but the center loss, by how it ranks:
+# (R1, mAP) per dataset. "w/o BNNeck" is Table 1's +stride=1 row (f = f_t = f_i, cosine).
+TABLE2_TRICKS = ALL_TRICKS - {"center"}
+TABLE2: dict[str, dict[str, tuple[float, float]]] = {
+    "f_t Euclidean": {"market": (94.2, 85.5), "duke": (85.7, 74.4)},
+    "f_t cosine": {"market": (94.2, 85.7), "duke": (85.5, 74.6)},
+    "f_i Euclidean": {"market": (93.8, 83.7), "duke": (86.6, 73.0)},
+    "f_i cosine": {"market": (94.1, 85.7), "duke": (86.2, 75.9)},
+}
+
 _INDEX = {"R1": 0, "mAP": 1}
 
 
-def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synthetic: bool = False) -> float | None:
+def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synthetic: bool = False,
+                ranking: str | None = None) -> float | None:
     """The paper's number (percent) for a run trained on ``train``, tested on ``test``, with ``tricks``.
 
+    ``ranking`` (an evaluation variant's "f_t Euclidean", "f_i cosine", ...) looks up Table 2,
+    which has numbers only for the BNNeck model without center loss, same domain.
     None where the paper has no such number: synthetic data, a dataset other than Market/Duke, a
     trick set that is no row of Tables 1/3, or a metric other than R1/mAP (re-ranked: all tricks only).
     """
@@ -65,6 +78,9 @@ def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synth
     if base_metric not in _INDEX:
         return None
     i = _INDEX[base_metric]
+    if ranking is not None:
+        row2 = TABLE2.get(ranking)
+        return row2[src][i] if row2 and src == dst and not rerank and key == TABLE2_TRICKS else None
     if src == dst:
         if rerank:
             return TABLE1_RERANK[src][i] if key == ALL_TRICKS else None

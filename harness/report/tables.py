@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, TYPE_CHECKING, Any, Iterable, Sequence
 
 from reidbench.harness.report.naming import RERANK_PREFIX, group_label, metric_label
 from reidbench.harness.report.paper import PAPER_CITATION, paper_value
@@ -28,7 +28,7 @@ STATS = ("mean", "std", "n")
 PAPER_STAT = "paper"
 DEFAULT_METRICS = ("R1", "mAP")
 TIDY_COLUMNS = ["row", "step", "position", "seed", "run_hash", "status", "train", "test_set", "group", "tricks",
-                "synthetic", "metric", "value"]
+                "synthetic", "metric", "value", "variant", "ranking"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,9 @@ def _kind(flags: Sequence[bool], yes: str, no: str) -> str:
     return no if not any(flags) else "mixed"
 
 
-def _load(store: Any, ref: int | str) -> tuple[Any, dict[str, Any], dict[tuple[str, str, str, str], float]]:
-    """The ablation, its runs and (run, variant, test set, metric) → value of its evaluations.
+def _load(store: Any, ref: int | str) -> tuple[Any, dict[str, Any], dict[tuple[str, str, str, str], float],
+                                               dict[tuple[str, str], str]]:
+    """The ablation, its runs, (run, variant, test set, metric) → value and (run, variant) → ranking.
 
     The re-ranked default evaluation (variant ``rerank``) reads as ``rerank_<metric>`` columns of
     the default rows, as it always did; evaluations of another version of a test set (another
@@ -78,7 +79,9 @@ def _load(store: Any, ref: int | str) -> tuple[Any, dict[str, Any], dict[tuple[s
     runs = {h: store.find_run(h) for h in hashes}
     wanted = dict(record.meta.get("test_fingerprints") or {})
     values: dict[tuple[str, str, str, str], float] = {}
+    rankings: dict[tuple[str, str], str] = {}
     for e in store.evaluations(hashes):
+        rankings.setdefault((e.run_hash, "" if e.variant == RERANK_VARIANT else e.variant), ranking_of(e.settings))
         if wanted.get(e.test_set) and e.test_fingerprint and e.test_fingerprint != wanted[e.test_set]:
             continue
         run_hash = runs[e.run_hash].run_hash if e.run_hash in runs else e.run_hash
@@ -87,7 +90,17 @@ def _load(store: Any, ref: int | str) -> tuple[Any, dict[str, Any], dict[tuple[s
                 values[(run_hash, "", e.test_set, RERANK_PREFIX + metric)] = value
             else:
                 values[(run_hash, e.variant, e.test_set, metric)] = value
-    return record, runs, values
+    return record, runs, values, rankings
+
+
+def ranking_of(settings: dict[str, Any]) -> str:
+    """How an evaluation ranks, in the paper's Table 2 words: "<feature> cosine" or "<feature> Euclidean".
+
+    Normalised features ranked by (squared) Euclidean distance rank exactly as by cosine.
+    """
+    feature = str(settings.get("feature") or "")
+    cosine = settings.get("metric") == "cosine" or bool(settings.get("normalize", True))
+    return f"{feature} {'cosine' if cosine else 'Euclidean'}".strip()
 
 
 def _ablation_tests(record: Any, runs: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
@@ -100,8 +113,8 @@ def _ablation_tests(record: Any, runs: dict[str, Any]) -> tuple[str, tuple[str, 
 
 def load_ablation(store: Any, ref: int | str = "latest") -> tuple["pd.DataFrame", AblationContext]:
     """Ablation ``ref`` (id, name or "latest") read once: its tidy frame and its caption facts."""
-    record, runs, values = _load(store, ref)
-    return _frame(record, runs, values), _context(record, runs)
+    record, runs, values, rankings = _load(store, ref)
+    return _frame(record, runs, values, rankings), _context(record, runs)
 
 
 def ablation_context(store: Any, ref: int | str = "latest") -> AblationContext:
@@ -146,7 +159,8 @@ def ablation_frame(store: Any, ref: int | str = "latest") -> "pd.DataFrame":
     return load_ablation(store, ref)[0]
 
 
-def _frame(record: Any, runs: dict[str, Any], values: dict[tuple[str, str, str, str], float]) -> "pd.DataFrame":
+def _frame(record: Any, runs: dict[str, Any], values: dict[tuple[str, str, str, str], float],
+           rankings: dict[tuple[str, str], str]) -> "pd.DataFrame":
     import pandas as pd
 
     _, tests = _ablation_tests(record, runs)
@@ -172,15 +186,16 @@ def _frame(record: Any, runs: dict[str, Any], values: dict[tuple[str, str, str, 
             tricks = ",".join(sorted(spec.get("tricks") or ()))
             common = (row_of[shown], shown, int(member["position"]), member.get("seed"), h,
                       run.status if run is not None else "missing", train)
+            tail = (variant, rankings.get((h, variant), ""))
             extra_tests = [t for (hh, vv, t) in by_run if hh == h and vv == variant and t not in tests]
             for test in (*tests, *extra_tests):
                 group = group_label(train, test)
                 synthetic = bool(run.synthetic) if run is not None else False
                 found = by_run.get((h, variant, test), [])
                 if not found:
-                    rows.append((*common, test, group, tricks, synthetic, None, math.nan))
+                    rows.append((*common, test, group, tricks, synthetic, None, math.nan, *tail))
                 for metric, value in found:
-                    rows.append((*common, test, group, tricks, synthetic, metric, float(value)))
+                    rows.append((*common, test, group, tricks, synthetic, metric, float(value), *tail))
     return pd.DataFrame(rows, columns=TIDY_COLUMNS)
 
 
@@ -235,7 +250,7 @@ def ablation_table(frame: "pd.DataFrame", metrics: Sequence[str] | None = None, 
     # Per (step, group): the trick set, dataset pair and synthetic flag the paper lookup needs.
     facts = (frame.groupby(["step", "group"], sort=False)
              .agg(train=("train", "first"), test_set=("test_set", "first"), tricks=("tricks", "first"),
-                  synthetic=("synthetic", "any")))
+                  synthetic=("synthetic", "any"), variant=("variant", "first"), ranking=("ranking", "first")))
     cols = []
     for g, m, s in table.columns:
         cols.append((g, m, s))
@@ -247,7 +262,9 @@ def ablation_table(frame: "pd.DataFrame", metrics: Sequence[str] | None = None, 
             continue
         tricks = [t for t in str(f["tricks"]).split(",") if t]
         for m in metrics:
-            number = paper_value(f["train"], f["test_set"], tricks, m, synthetic=bool(f["synthetic"]))
+            # A variant row (Table 2) is looked up by how it ranks; default rows by their trick set alone.
+            ranking = str(f["ranking"]) if f["variant"] else None
+            number = paper_value(f["train"], f["test_set"], tricks, m, synthetic=bool(f["synthetic"]), ranking=ranking)
             out.loc[step, (g, m, PAPER_STAT)] = np.nan if number is None else number
     return out
 
