@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from reidbench.harness.report.naming import RERANK_PREFIX, group_label, metric_label
 from reidbench.harness.report.paper import PAPER_CITATION, paper_value
