@@ -244,3 +244,28 @@ def test_failed_runs_fail_their_trial_and_are_retried_by_the_next_invocation(tmp
     assert sorted(t.params["batch"] for t in complete) == ["2x2", "2x3", "3x2"]
     assert all(t.value == 0.5 for t in complete)
     assert len(Store(config.db_url).list_runs(status="done")) == 3
+
+
+def test_a_study_from_before_the_database_upgrade_is_adopted_not_refused(tmp_path):
+    import optuna
+
+    plan = _plan(name="old")
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    # What reidbench wrote before data fingerprints: the same setup, an older fingerprint, no train_fingerprint.
+    old = optuna.create_study(study_name="old", storage=url, direction="maximize")
+    for key, value in plan.attrs().items():
+        if key != "train_fingerprint":
+            old.set_user_attr(key, value)
+    old.set_user_attr("fingerprint", "0" * 64)
+    study = create_or_load(plan, url)
+    assert study.user_attrs["fingerprint"] == plan.fingerprint and "train_fingerprint" in study.user_attrs
+    # Another setup under that name is still refused.
+    other = _plan(name="old2")
+    stale = optuna.create_study(study_name="old2", storage=url, direction="maximize")
+    for key, value in other.attrs().items():
+        if key != "train_fingerprint":
+            stale.set_user_attr(key, value)
+    stale.set_user_attr("fingerprint", "0" * 64)
+    stale.set_user_attr("epochs", 99)
+    with pytest.raises(ValueError, match="created for another setup"):
+        create_or_load(other, url)

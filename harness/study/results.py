@@ -74,6 +74,24 @@ def run_studies(storage: Any, run_hash: str) -> list[tuple[str, int]]:
     return found
 
 
+def trial_metrics(store: Any, hashes: Sequence[str]) -> dict[str, list[tuple[str, str, float]]]:
+    """Final metrics per trial run hash: (test set, metric, value), re-ranked ones as ``rerank_<metric>``.
+
+    A trial recorded before a database upgrade names its run by its old hash: it is followed to the
+    run it belongs to now (the store keeps old hashes as aliases).
+    """
+    current = {}
+    for h in dict.fromkeys(hashes):
+        record = store.find_run(h)
+        current[h] = record.run_hash if record is not None else h
+    by_current: dict[str, list[tuple[str, str, float]]] = {}
+    for m in store.metrics(list(dict.fromkeys(current.values())), variant=None):
+        if m.step is None and m.variant in ("", "rerank"):
+            name = m.metric if m.variant == "" else "rerank_" + m.metric
+            by_current.setdefault(m.run_hash, []).append((m.test_set, name, m.value))
+    return {h: by_current.get(c, []) for h, c in current.items()}
+
+
 def study_frame(storage_url: Any, name: str, store: Any, states: Sequence[str] = ("COMPLETE",)) -> "pd.DataFrame":
     """Tidy results of a study: one row per (trial, test set, metric).
 
@@ -89,17 +107,14 @@ def study_frame(storage_url: Any, name: str, store: Any, states: Sequence[str] =
     trials = [t for t in study.get_trials(deepcopy=False)
               if t.state.name in states and t.user_attrs.get("run_hash")]
     hashes = list(dict.fromkeys(t.user_attrs["run_hash"] for t in trials))
-    by_run: dict[str, list[Any]] = {}
-    for m in store.metrics(hashes):
-        if m.step is None:
-            by_run.setdefault(m.run_hash, []).append(m)
+    by_run = trial_metrics(store, hashes)
     rows = []
     for t in trials:
         a = t.user_attrs
         h, w = parse_pair(a["image_size"], "image_size")
-        for m in by_run.get(a["run_hash"], []):
+        for test_set, metric, value in by_run.get(a["run_hash"], []):
             rows.append((name, t.number, t.state.name, int(a["P"]), int(a["K"]), a["batch"], a["image_size"], h, w,
-                         a["run_hash"], a.get("seed"), m.test_set, m.metric, m.value))
+                         a["run_hash"], a.get("seed"), test_set, metric, value))
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 
@@ -123,9 +138,9 @@ def study_table_lines(storage_url: Any, name: str, store: Any, metrics: Sequence
     else:
         rows.sort(key=lambda t: -(t.value if t.value is not None else float("-inf")))
     values: dict[tuple[str, str, str], float] = {}
-    for m in store.metrics([t.user_attrs["run_hash"] for t in rows]):
-        if m.step is None:
-            values[(m.run_hash, m.test_set, m.metric)] = m.value
+    for h, found in trial_metrics(store, [t.user_attrs["run_hash"] for t in rows]).items():
+        for test_set, metric, value in found:
+            values[(h, test_set, metric)] = value
     heads = [(test, metric) for test in tests for metric in metrics]
     titles = [f"{test if test == train else f'{train}→{test}'} {metric}" for test, metric in heads]
     widths = [max(9, len(title) + 2) for title in titles]

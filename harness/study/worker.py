@@ -130,6 +130,12 @@ def create_or_load(plan: StudyPlan, storage_url: str) -> Any:
                                 sampler=make_sampler(plan.space, plan.trials))
     attrs = study.user_attrs
     have = attrs.get("fingerprint")
+    if have is not None and have != plan.fingerprint and _is_pre_upgrade_twin(attrs, plan):
+        # Created before the results database was upgraded (older run hashes, no data fingerprint):
+        # the same setup, so it is adopted and re-keyed rather than refused.
+        for key, value in plan.attrs().items():
+            study.set_user_attr(key, value)
+        attrs, have = study.user_attrs, plan.fingerprint
     if have is None and study.get_trials(deepcopy=False):
         raise ValueError(f"study {plan.name!r} exists and was not made by `reidbench study`; choose another --name")
     if have is not None and have != plan.fingerprint:
@@ -143,6 +149,20 @@ def create_or_load(plan: StudyPlan, storage_url: str) -> Any:
     if attrs.get("trials") != plan.trials:
         study.set_user_attr("trials", plan.trials)
     return study
+
+
+def _is_pre_upgrade_twin(attrs: Mapping[str, Any], plan: StudyPlan) -> bool:
+    """A study written by reidbench before data fingerprints existed, measuring what ``plan`` measures."""
+    if "train_fingerprint" in attrs or "base_spec" not in attrs:
+        return False
+    try:
+        same_base = spec_from_dict(attrs["base_spec"]) == plan.base
+    except ValueError:
+        return False
+    mine = plan.attrs()
+    keys = ("base", "profile", "tricks", "train", "test", "epochs", "space", "sampler", "batches", "image_sizes",
+            "metric", "prune")
+    return same_base and all(attrs.get(k) == mine.get(k) for k in keys)
 
 
 def reap_dead_trials(study: Any, log: Log | None = None, local_storage: bool = False) -> list[int]:
