@@ -25,6 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
+	$(PY) -m pytest -m perf
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_rerank.py
 	$(PY) benchmarks/bench_train.py

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import optuna
@@ -82,10 +81,8 @@ def test_rerunning_the_study_trains_and_asks_nothing(grid_study, tiny_market):
     spec, db, runs, _ = grid_study
     store = Store(f"sqlite:///{db}")
     before = {r.run_hash: (r.attempts, r.finished_at) for r in store.list_runs()}
-    t0 = time.perf_counter()
     result = CliRunner().invoke(study, study_args(spec, tiny_market, db, runs))
     assert result.exit_code == 0, result.output
-    assert time.perf_counter() - t0 < 15
     assert len(_study(db).get_trials()) == 4
     assert {r.run_hash: (r.attempts, r.finished_at) for r in store.list_runs()} == before
 
