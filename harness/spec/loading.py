@@ -32,6 +32,7 @@ from reidbench.harness.spec.sections import (
     SpecError,
     StageSpec,
     fail,
+    field_defaults,
     options_from,
 )
 
@@ -106,12 +107,7 @@ def _coerce_fields(cls: type, where: str, raw: Mapping[str, Any], skip: tuple[st
     if not isinstance(raw, Mapping):
         raise SpecError(f"{where} must be a mapping of fields, got {type(raw).__name__}")
     known = {f.name: f for f in fields(cls) if f.name not in skip}
-    instance_defaults = {}
-    for f in fields(cls):
-        if f.default is not dataclasses.MISSING:
-            instance_defaults[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            instance_defaults[f.name] = f.default_factory()  # type: ignore[misc]
+    instance_defaults = field_defaults(cls)
     kwargs: dict[str, Any] = {}
     rest: dict[str, Any] = {}
     for key, value in raw.items():
@@ -209,15 +205,8 @@ def _loss(raw: Mapping[str, Any]) -> LossSpec:
 def _optim(raw: Mapping[str, Any]) -> OptimSpec:
     kwargs, rest = _coerce_fields(OptimSpec, "optim", raw or {})
     _no_extra("optim", OptimSpec, rest)
-    groups = []
-    for i, item in enumerate(kwargs.get("groups", ())):
-        where = f"optim.groups[{i}]"
-        if not isinstance(item, Mapping) or "match" not in item:
-            raise SpecError(f"{where} must be a mapping with match (module groups or parameter globs) and lr_scale")
-        gk, grest = _coerce_fields(GroupSpec, where, item)
-        _no_extra(where, GroupSpec, grest)
-        groups.append(GroupSpec(**gk))
-    kwargs["groups"] = tuple(groups)
+    kwargs["groups"] = _elements(GroupSpec, kwargs.get("groups", ()), "optim.groups", "match",
+                                 "{match: [new], lr_scale: 10}")
     if "name" in kwargs:
         try:
             _check_optimizer(kwargs["name"])
@@ -243,20 +232,25 @@ def _schedule(raw: Mapping[str, Any]) -> ScheduleSpec:
     return ScheduleSpec(**kwargs)
 
 
-def _stages(raw: Any) -> tuple[StageSpec, ...]:
+def _elements(cls: type, raw: Any, where: str, required: str, example: str) -> tuple[Any, ...]:
+    """A list of small sections (stages, optimiser groups), each checked field by field."""
     if raw is None:
         return ()
     if not isinstance(raw, (list, tuple)):
-        raise SpecError(f"stages must be a list of stages, got {type(raw).__name__}")
+        raise SpecError(f"{where} must be a list, got {type(raw).__name__}")
     out = []
     for i, item in enumerate(raw):
-        where = f"stages[{i}]"
-        if not isinstance(item, Mapping) or "epochs" not in item:
-            raise SpecError(f"{where} must be a mapping with at least epochs, e.g. {{epochs: 5, train_only: [new]}}")
-        kwargs, rest = _coerce_fields(StageSpec, where, item)
-        _no_extra(where, StageSpec, rest)
-        out.append(StageSpec(**kwargs))
+        at = f"{where}[{i}]"
+        if not isinstance(item, Mapping) or required not in item:
+            raise SpecError(f"{at} must be a mapping with at least {required}, e.g. {example}")
+        kwargs, rest = _coerce_fields(cls, at, item)
+        _no_extra(at, cls, rest)
+        out.append(cls(**kwargs))
     return tuple(out)
+
+
+def _stages(raw: Any) -> tuple[StageSpec, ...]:
+    return _elements(StageSpec, raw, "stages", "epochs", "{epochs: 5, train_only: [new]}")
 
 
 def _plain(name: str, raw: Any) -> Any:

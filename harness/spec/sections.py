@@ -375,7 +375,7 @@ def to_jsonable(obj: Any, *, prune_defaults: bool = False, hashed_only: bool = F
     """
     if is_dataclass(obj):
         out: dict[str, Any] = {}
-        defaults = _defaults(type(obj))
+        defaults = field_defaults(type(obj))
         option_field = OPTION_FIELDS.get(type(obj))
         for f in fields(obj):
             if hashed_only and not f.metadata.get("hash", True):
@@ -401,7 +401,7 @@ def to_jsonable(obj: Any, *, prune_defaults: bool = False, hashed_only: bool = F
     return obj
 
 
-def _defaults(cls: type) -> dict[str, Any]:
+def field_defaults(cls: type) -> dict[str, Any]:
     """Field defaults of a dataclass (fields without a default are always emitted)."""
     out = {}
     for f in fields(cls):
