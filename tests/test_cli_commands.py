@@ -111,3 +111,31 @@ def test_tricks_lists_all_six():
     assert result.exit_code == 0
     assert [line.split()[0] for line in result.output.strip().splitlines()] == [
         "warmup", "rea", "ls", "stride", "bnneck", "center"]
+
+
+def test_components_lists_every_registry_entry():
+    from reidbench.harness.data.samplers import SAMPLERS
+    from reidbench.harness.train.optim import OPTIMIZERS
+    from reidbench.harness.train.schedules import SCHEDULES
+    from reidbench.models.architectures import ARCHITECTURES
+    from reidbench.models.terms import LOSS_TERMS
+
+    result = CliRunner().invoke(main, ["components"])
+    assert result.exit_code == 0, result.output
+    names = {line.split()[0] for line in result.output.splitlines() if line.startswith("  ")}
+    assert names == set(ARCHITECTURES) | set(LOSS_TERMS) | set(SAMPLERS) | set(SCHEDULES) | set(OPTIMIZERS)
+    assert "margin=0.3" in result.output and "label_smoothing=0.0" in result.output  # options with defaults
+
+
+def test_train_and_ablate_give_one_spec_the_same_hash(study_spec_file, tiny_market, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trained = CliRunner().invoke(main, ["train", str(study_spec_file), "--data", f"tiny={tiny_market}", "--epochs", "1",
+                                        "--device", "cpu", "--workers", "0"])
+    assert trained.exit_code == 0, trained.output
+    train_hash = next(line.split()[1].rstrip(":") for line in trained.output.splitlines() if line.startswith("run "))
+    planned = CliRunner().invoke(main, ["ablate", "--base", str(study_spec_file), "--add", "", "--data",
+                                        f"tiny={tiny_market}", "--epochs", "1", "--profile", "cpu", "--dry-run",
+                                        "--db", f"sqlite:///{tmp_path / 'r.db'}"])
+    assert planned.exit_code == 0, planned.output
+    baseline = next(line for line in planned.output.splitlines() if line.strip().startswith("Baseline"))
+    assert baseline.split()[3] == train_hash  # "Baseline (seed 0) <hash12> [new]"
