@@ -121,9 +121,12 @@ def test_missing_checkpoint_is_one_line(trained, tmp_path):
     moved = tmp_path / CHECKPOINT_NAME
     ckpt.rename(moved)
     try:
-        result = _evaluate(db, "--run", run.run_hash[:10], "--feature", "f_i", "--metric", "cosine")
+        # Cached features of these settings (f_i, no flip: the default evaluation's) need no checkpoint.
+        cached = _evaluate(db, "--run", run.run_hash[:10], "--feature", "f_i", "--metric", "cosine")
+        result = _evaluate(db, "--run", run.run_hash[:10], "--feature", "f_i", "--flip")
     finally:
         moved.rename(ckpt)
+    assert cached.exit_code == 0, cached.output
     assert result.exit_code == 2 and "no checkpoint" in result.output
     assert len(result.output.strip().splitlines()) == 1
 

@@ -6,7 +6,7 @@ import hashlib
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from reidbench.harness.ablation.expand import AblationStep, expand, spec_diff
 from reidbench.harness.evaluation.settings import Variant, default_variants
@@ -142,18 +142,9 @@ def variants_by_run(plan: AblationPlan) -> dict[str, tuple[Variant, ...]]:
     return {h: tuple(b.values()) for h, b in out.items()}
 
 
-def test_feature_of(record: Any) -> str | tuple[str, ...]:
-    """The architecture's declared test feature, as recorded at training (older runs: the BoT rule)."""
-    recorded = (record.model_info or {}).get("test_feature")
-    if recorded:
-        return tuple(recorded) if len(recorded) > 1 else recorded[0]
-    model = (record.spec or {}).get("model", {})
-    return "f_i" if model.get("neck") == "bnneck" else "f_t"
-
-
 def missing_evaluations(plan: AblationPlan, store) -> dict[str, tuple[list[str], list[Variant], bool]]:
     """For each done run: the test sets and variants whose evaluation is not in the store yet."""
-    from reidbench.harness.evaluation.run import requests_for
+    from reidbench.harness.evaluation.run import requests_for, test_feature_of
     from reidbench.harness.spec import spec_from_dict
 
     have: dict[str, set[str]] = {}

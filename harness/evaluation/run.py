@@ -51,8 +51,11 @@ class ModelScorer:
     """Extracts (and caches) features of one model and scores evaluation requests with them."""
 
     def __init__(self, model: Any, *, run_hash: str, epoch: int, out_dir: Path, device: Any, image_size: Sequence[int],
-                 batch_size: int, workers: int, amp_dtype: Any = None, log: Callable[[str], None] | None = None) -> None:
+                 batch_size: int, workers: int, amp_dtype: Any = None, log: Callable[[str], None] | None = None,
+                 load_model: Callable[[], Any] | None = None) -> None:
+        # ``model`` None + ``load_model``: the model is built only if some features are not cached yet.
         self.model, self.run_hash, self.epoch, self.out_dir = model, run_hash, epoch, Path(out_dir)
+        self._load_model = load_model
         self.device, self.image_size, self.batch_size, self.workers = device, tuple(image_size), batch_size, workers
         self.amp_dtype, self.log = amp_dtype, log
         self._memory: dict[tuple[str, str, bool], dict[str, np.ndarray]] = {}
@@ -82,6 +85,8 @@ class ModelScorer:
         loader = build_test_loader(records, image_size=self.image_size, batch_size=self.batch_size,
                                    num_workers=self.workers)
         names = tuple(feature.split("+"))
+        if self.model is None:
+            self.model = self._load_model()
         feats, pids, camids = extract_features(self.model, loader, self.device, flip=flip,
                                                feature_key=names[0] if len(names) == 1 else names,
                                                normalize=False, amp_dtype=self.amp_dtype)
@@ -120,6 +125,15 @@ def requests_for(tests: Sequence[str], ev: Any, variants: Sequence[Any], test_fe
         settings = variant.settings(ev).resolved(test_feature)
         out.extend(EvaluationRequest(t, variant.name, variant.label, settings) for t in tests)
     return out
+
+
+def test_feature_of(record: Any) -> str | tuple[str, ...]:
+    """The architecture's declared test feature, as recorded at training (older runs: the BoT rule)."""
+    recorded = (record.model_info or {}).get("test_feature")
+    if recorded:
+        return tuple(recorded) if len(recorded) > 1 else recorded[0]
+    model = (record.spec or {}).get("model", {})
+    return "f_i" if model.get("neck") == "bnneck" else "f_t"
 
 
 def metrics_by_test(evaluations: Sequence[Mapping[str, Any]], variant: str = "") -> dict[str, dict[str, float]]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from reidbench.harness.evaluation.run import METRIC_KEYS, ModelScorer, metrics_by_test, requests_for
+from reidbench.harness.evaluation.run import METRIC_KEYS, ModelScorer, metrics_by_test, requests_for, test_feature_of
 from reidbench.harness.spec import RunSpec, canonical_json, spec_from_json
 from reidbench.harness.spec.hashing import run_hash
 
@@ -421,7 +421,8 @@ def evaluate_stored(record: Any, tests: Sequence[str], variants: Sequence[Any], 
 
     Returns evaluation records (``Store.record_evaluation`` shape) for the default evaluation
     (unless ``include_default`` is False) and each variant on each of ``tests``. Features already
-    saved with the same feature settings are reused without building the model.
+    saved with the same feature settings are reused; the checkpoint is read and the model built
+    only when some are missing.
     """
     import torch
 
@@ -432,28 +433,38 @@ def evaluate_stored(record: Any, tests: Sequence[str], variants: Sequence[Any], 
     spec = spec_from_json(json.dumps(record.spec))
     out_dir = Path(record.out_dir or "")
     ckpt = out_dir / CHECKPOINT_NAME
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"run {record.run_hash[:12]}: no checkpoint at {ckpt}; the run folder was moved or "
-                                "deleted, so its models cannot be re-scored (its stored metrics are kept)")
     dev = select_device(device)
     datasets, provenance = load_datasets(tests, data_paths, progress=False)
-    state = load_checkpoint(ckpt)
-    known = {record.run_hash, *getattr(record, "aliases", ())}
-    if state.get("run_hash") not in known:
-        raise ValueError(f"{ckpt}: checkpoint of another run ({str(state.get('run_hash'))[:12]})")
-    num_classes = int(state.get("num_classes") or record.model_info.get("num_classes") or 0)
-    if num_classes < 1:  # checkpoints written before the count was recorded: read it off the classifier
-        num_classes = next(int(v.shape[0]) for k, v in state["model"].items() if k.endswith("classifier.weight"))
-    model_spec = dataclasses.replace(spec.model, pretrained=False, weights_path=None)  # the checkpoint has the weights
-    torch.manual_seed(0)
-    model = build_architecture(model_spec, num_classes)
-    model.load_state_dict(state["model"])
-    model.to(dev).eval()
+
+    def load_model() -> Any:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"run {record.run_hash[:12]}: no checkpoint at {ckpt} and no cached features for "
+                                    "these settings; the run folder was moved or deleted, so its model cannot be "
+                                    "re-scored (its stored metrics are kept)")
+        state = load_checkpoint(ckpt)
+        known = {record.run_hash, *getattr(record, "aliases", ())}
+        if state.get("run_hash") not in known:
+            raise ValueError(f"{ckpt}: checkpoint of another run ({str(state.get('run_hash'))[:12]})")
+        num_classes = int(state.get("num_classes") or record.model_info.get("num_classes") or 0)
+        if num_classes < 1:  # checkpoints written before the count was recorded: read it off the classifier
+            num_classes = next(int(v.shape[0]) for k, v in state["model"].items() if k.endswith("classifier.weight"))
+        model_spec = dataclasses.replace(spec.model, pretrained=False, weights_path=None)  # weights: the checkpoint
+        torch.manual_seed(0)
+        model = build_architecture(model_spec, num_classes)
+        model.load_state_dict(state["model"])
+        return model.to(dev).eval()
+
     workers = num_workers if num_workers is not None else default_workers(dev.type)
-    scorer = ModelScorer(model, run_hash=str(state["run_hash"]), epoch=int(state["epoch"]), out_dir=out_dir,
+    # A done run's checkpoint is its last epoch's: cached features of that checkpoint are reused as they are.
+    scorer = ModelScorer(None, run_hash=record.run_hash, epoch=spec.schedule.max_epochs, out_dir=out_dir,
                          device=dev, image_size=spec.data.image_size, batch_size=spec.eval.batch_size,
-                         workers=workers, amp_dtype=amp_dtype_for(spec, dev))
-    requests = requests_for(tests, spec.eval, variants, model.test_feature)
+                         workers=workers, amp_dtype=amp_dtype_for(spec, dev), load_model=load_model)
+    if record.model_info.get("test_feature"):
+        test_feature = test_feature_of(record)
+    else:  # recorded before architectures declared it: ask the model
+        scorer.model = load_model()
+        test_feature = scorer.model.test_feature
+    requests = requests_for(tests, spec.eval, variants, test_feature)
     if not include_default:
         requests = [r for r in requests if r.variant]
     out = []
