@@ -59,3 +59,18 @@ def test_user_errors_are_one_line_with_exit_code_2(args, fragment, tmp_path):
     assert fragment in result.output
     assert "Traceback" not in result.output
     assert result.output.strip().count("\n") == 0
+
+
+def test_every_package_is_listed_for_installation():
+    # setup.cfg lists packages explicitly (package_dir maps the folders): a subpackage missing there
+    # works in an editable install and is absent from a real one.
+    import configparser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    listed = {p.strip() for p in cfg["options"]["packages"].split() if p.strip()}
+    found = {"reidbench"} | {"reidbench." + str(p.parent.relative_to(root)).replace("/", ".")
+                             for top in ("harness", "models", "tricks") for p in (root / top).rglob("__init__.py")}
+    assert found == listed
