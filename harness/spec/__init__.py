@@ -33,7 +33,6 @@ from reidbench.harness.spec.sections import (
     StageSpec,
     TrainSpec,
     canonical_json,
-    options_dict,
     replace_section,
     to_jsonable,
     with_options,
@@ -43,6 +42,6 @@ __all__ = [
     "AMP_MODES", "FILE_ONLY_KEYS", "METRICS", "NECKS", "PROFILES", "DataSpec", "EvalSpec", "GroupSpec", "LossSpec",
     "LossTermSpec", "ModelSpec", "OptimSpec", "RunSpec", "ScheduleSpec", "SpecError", "StageSpec", "TrainSpec",
     "canonical_json", "legacy_loss_terms", "load_base_file", "load_spec_file", "load_yaml", "merge_dicts",
-    "options_dict", "replace_section", "spec_from_dict", "spec_from_json", "to_jsonable", "with_epochs",
+    "replace_section", "spec_from_dict", "spec_from_json", "to_jsonable", "with_epochs",
     "with_options",
 ]

@@ -43,14 +43,6 @@ def fail(where: str, value: Any, valid: str) -> None:
     raise SpecError(f"{where}={value!r} is not valid: {valid}")
 
 
-def options_dict(options: Options) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options}
-
-
-def option(options: Options, key: str, default: Any = None) -> Any:
-    return dict(options).get(key, default)
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     arch: str = "bot"  # architecture registry name (models/architectures)
