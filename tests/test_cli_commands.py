@@ -139,3 +139,21 @@ def test_train_and_ablate_give_one_spec_the_same_hash(study_spec_file, tiny_mark
     assert planned.exit_code == 0, planned.output
     baseline = next(line for line in planned.output.splitlines() if line.strip().startswith("Baseline"))
     assert baseline.split()[3] == train_hash  # "Baseline (seed 0) <hash12> [new]"
+
+
+def test_models_counts_parameters_against_an_independent_count():
+    import json
+
+    import timm
+
+    result = CliRunner().invoke(main, ["models", "--backbone", "timm:test_resnet", "--num-classes", "7", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    trunk = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    width = trunk.num_features
+    # bot, plain head: the backbone + Linear(width, 7) with bias; the default loss terms (ce, triplet) have none.
+    assert rows["bot"]["params"] == sum(p.numel() for p in trunk.parameters()) + width * 7 + 7
+    assert rows["bot"]["feature_dim"] == width and rows["bot"]["test_feature"] == ["f_t"]
+    from reidbench.models.architectures import ARCHITECTURES
+
+    assert set(rows) == set(ARCHITECTURES)

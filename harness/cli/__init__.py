@@ -22,7 +22,8 @@ def main() -> None:
     """
 
 
-for command in (train.train, evaluate.evaluate, data.data, ablate.tricks_cmd, components.components, ablate.ablate,
+for command in (train.train, evaluate.evaluate, data.data, ablate.tricks_cmd, components.components, components.models,
+                ablate.ablate,
                 runs.runs,
                 report.report, report.plot, study.study):
     main.add_command(command)
