@@ -16,12 +16,11 @@ import time
 
 import torch
 
-from reidbench.harness.data.loader import build_train_loader
 from reidbench.harness.data.named import load_named_dataset
-from reidbench.harness.train.loop import TrainComponents, seed_epoch, train_one_epoch
-from reidbench.models.objective import BotObjective
-from reidbench.harness.train.optim import build_epoch_scheduler, build_optimizer
-from reidbench.models.build import build_model
+from reidbench.harness.spec import replace_section, spec_from_dict
+from reidbench.harness.train.build import build_training
+from reidbench.harness.train.loop import seed_epoch, train_one_epoch
+from reidbench.tricks import REGISTRY
 
 
 class _Limited:
@@ -37,19 +36,19 @@ class _Limited:
         return itertools.islice(iter(self.loader), self.steps)
 
 
-def bench(name: str, backbone: str, image_size: tuple[int, int], records, num_ids: int, steps: int, workers: int,
+def bench(name: str, backbone: str, image_size: tuple[int, int], dataset, steps: int, workers: int,
           device: torch.device, pretrained: bool) -> None:
-    model = build_model(backbone, num_classes=num_ids, neck="bnneck", last_stride=1, pretrained=pretrained).to(device)
-    objective = BotObjective(num_ids, model.feat_dim, label_smoothing=0.1).to(device)
-    opt = build_optimizer(model.parameters(), "adam", 3.5e-4, 5e-4, (0.9, 0.999))
-    sched = build_epoch_scheduler(opt, (40, 70), 0.1, 10, 0.01)
+    # The bot base with every trick, built exactly as a run builds it (registries, objective, sampler).
+    spec = spec_from_dict({"model": {"backbone": backbone, "pretrained": pretrained},
+                           "data": {"train": "bench", "test": ["bench"], "image_size": list(image_size)}})
+    for trick in REGISTRY:
+        spec = trick.apply(spec)
+    spec = replace_section(spec, "train", channels_last=device.type == "cuda")
     t0 = time.perf_counter()
-    loader = build_train_loader(records, image_size, 16, 4, seed=0, random_erasing_prob=0.5, num_workers=workers,
-                                pin_memory=device.type == "cuda")
+    comps = build_training(spec, dataset, device, workers, show_progress=False).components
     t_cache = time.perf_counter() - t0
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    comps = TrainComponents(model, objective, opt, sched, _Limited(loader, 3), device, amp_dtype=amp,
-                            channels_last=device.type == "cuda")
+    loader = comps.loader
+    comps.loader = _Limited(loader, 3)
     loader.batch_sampler.set_epoch(1)
     train_one_epoch(comps, 1, 1)  # warm-up: allocator, cudnn autotune, worker start
     comps.loader = _Limited(loader, steps)
@@ -57,7 +56,7 @@ def bench(name: str, backbone: str, image_size: tuple[int, int], records, num_id
     loader.batch_sampler.set_epoch(2)
     stats = train_one_epoch(comps, 2, 2)
     print(f"{name:<34} {stats.images_per_s:8.1f} img/s   data wait {100 * stats.data_wait_fraction:5.1f}% of step time"
-          f"   ({steps} steps of 64, {workers} workers, cache build {t_cache:.1f} s, {device})")
+          f"   ({steps} steps of 64, {workers} workers, build + cache {t_cache:.1f} s, {device})")
 
 
 def main() -> None:
@@ -75,10 +74,10 @@ def main() -> None:
     print(f"dataset {name}: {len(dataset.train)} train images, {dataset.num_train_pids} ids; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if not args.skip_resnet50:
-        bench("resnet50 256x128 16x4 (paper)", "resnet50", (256, 128), dataset.train, dataset.num_train_pids,
-              args.steps, args.workers, device, pretrained=False)
-    bench("mobilenetv2 128x64 16x4 (cpu)", "mobilenetv2", (128, 64), dataset.train, dataset.num_train_pids,
-          args.steps * 3, args.workers, device, pretrained=False)
+        bench("resnet50 256x128 16x4 (paper)", "resnet50", (256, 128), dataset, args.steps, args.workers, device,
+              pretrained=False)
+    bench("mobilenetv2 128x64 16x4 (cpu)", "mobilenetv2", (128, 64), dataset, args.steps * 3, args.workers, device,
+          pretrained=False)
 
 
 if __name__ == "__main__":
