@@ -68,9 +68,10 @@ def build_architecture(model: Any, num_classes: int) -> Any:
 
 
 def _register_builtin() -> None:
-    from reidbench.models.architectures import bot
+    from reidbench.models.architectures import bot, mgn
 
     register_architecture(bot.ARCH)
+    register_architecture(mgn.ARCH)
 
 
 _register_builtin()
