@@ -63,7 +63,7 @@ def test_dry_run_shows_hash_diff_and_cache_status(done_ablation, tiny_market, ti
     result = CliRunner().invoke(main, _args(tiny_spec_file, tiny_market, db, runs, "--dry-run", add="bnneck,center"))
     assert result.exit_code == 0, result.output
     assert result.output.count("[cached]") == 2 and result.output.count("[new]") == 1
-    assert "model.neck: plain → bnneck" in result.output and "loss.terms: ce + triplet → ce + triplet + center{weight: 0.0005}" in result.output
+    assert "model.neck: plain → bnneck" in result.output and "loss.terms: ce(logits) + triplet(f_t) → ce(logits) + triplet(f_t) + center(f_t){weight: 0.0005}" in result.output
 
 
 def test_adding_a_trick_the_base_has_is_an_error(tiny_market, tiny_spec_file, tmp_path):

@@ -31,14 +31,14 @@ REDUCED = {
 }
 
 
-def _spec(backbone: str = TINY, last_stride: int = 2, **options) -> ModelSpec:
-    return ModelSpec(arch="mgn", backbone=backbone, pretrained=False, last_stride=last_stride,
+def _spec(backbone: str = TINY, last_stride: int = 2, neck: str = "plain", **options) -> ModelSpec:
+    return ModelSpec(arch="mgn", backbone=backbone, pretrained=False, last_stride=last_stride, neck=neck,
                      options=tuple(sorted(options.items())))
 
 
-def _build(backbone: str = TINY, **options):
+def _build(backbone: str = TINY, last_stride: int = 2, neck: str = "plain", **options):
     torch.manual_seed(0)
-    return build_architecture(_spec(backbone, **options), NUM_CLASSES)
+    return build_architecture(_spec(backbone, last_stride, neck, **options), NUM_CLASSES)
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -193,8 +193,9 @@ def test_part_branch_maps_are_twice_the_global_one(size):
         assert tuple(maps["p2"].shape[-2:]) == (2 * maps["g"].shape[-2], 2 * maps["g"].shape[-1])
 
 
-def test_global_stride_1_gives_the_global_branch_the_part_map_size():
-    net = _build(global_stride=1).eval()
+def test_last_stride_1_gives_the_global_branch_the_part_map_size():
+    # BoT's "stride" trick on MGN: the global branch loses its last down-sampling (fast-reid's LAST_STRIDE 1).
+    net = _build(last_stride=1).eval()
     with torch.no_grad():
         maps = net.branch_maps(torch.randn(2, 3, 64, 32))
     assert tuple(maps["g"].shape[-2:]) == tuple(maps["p2"].shape[-2:]) == (4, 2)
@@ -251,7 +252,7 @@ def test_parameter_count_from_layer_shapes(options, copies, reductions, ce_poole
 def test_module_groups():
     groups = _build().module_groups
     assert set(groups["pretrained"]) == set(groups["trunk"]) | set(groups["branches"])
-    assert set(groups["new"]) == set(groups["reductions"]) | set(groups["classifiers"])
+    assert set(groups["new"]) == set(groups["reductions"]) | set(groups["necks"]) | set(groups["classifiers"])
 
 
 # --------------------------------------------------------------------------- options
@@ -285,7 +286,7 @@ def test_spec_options_are_recorded_in_reid_info():
     ({"pool": "gem", "gem_p": 0.0}, "model.gem_p"),
     ({"gem_p": 4.0}, "model.gem_p"),  # only read with pool: gem
     ({"reduction_dim": 0}, "model.reduction_dim"),
-    ({"global_stride": 3}, "model.global_stride"),
+    ({"global_stride": 1}, "model.global_stride"),  # not an option: the global branch's stride is model.last_stride
     ({"reduction_relu": "yes"}, "model.reduction_relu"),
     ({"stripes": 4}, "model.stripes"),
 ])
@@ -296,10 +297,47 @@ def test_invalid_options_fail_in_one_line(options, field):
     assert field in message and "\n" not in message
 
 
-def test_last_stride_1_is_refused_with_the_mgn_option_to_use():
-    with pytest.raises(ValueError, match=r"model\.last_stride=1.*global_stride") as error:
-        build_architecture(_spec(last_stride=1), NUM_CLASSES)
-    assert "\n" not in str(error.value)
+# --------------------------------------------------------------------------- BNNeck on MGN
+
+
+@pytest.mark.parametrize("ce_on", ["pooled", "reduced"])
+def test_bnneck_parameter_count_from_layer_shapes(ce_on):
+    d, k = 32, NUM_CLASSES
+    plain = _build("resnet18", reduction_dim=d, ce_on=ce_on)
+    neck = _build("resnet18", neck="bnneck", reduction_dim=d, ce_on=ce_on)
+    c = build_backbone("resnet18")[1]
+    # + one BN (weight, bias) per reduced feature, + one per pooled global when the globals' CE reads
+    # the pooled vectors; - the 8 classifier biases.
+    pooled_bns = 3 * 2 * c if ce_on == "pooled" else 0
+    assert _count(neck) == _count(plain) + 8 * 2 * d + pooled_bns - 8 * k
+    assert all(m.bias is None for m in neck.classifiers.values())
+    frozen = [n for n, p in neck.named_parameters() if not p.requires_grad]
+    assert len(frozen) == 8 + (3 if ce_on == "pooled" else 0) and all(n.endswith(".bias") for n in frozen)
+    assert sum(_count(neck.get_submodule(m)) for m in neck.module_groups["new"]) + sum(
+        _count(neck.get_submodule(m)) for m in neck.module_groups["pretrained"]) == _count(neck)
+
+
+def test_bnneck_outputs_classifier_inputs_and_test_feature():
+    net = _build(neck="bnneck", reduction_dim=16, ce_on="reduced").train()
+    images = torch.randn(6, 3, 48, 16)
+    out = net(images)
+    keys = ["g", "p2", "p3", "p2_1", "p2_2", "p3_1", "p3_2", "p3_3"]
+    assert net.test_feature == tuple(f"f_{k}_bn" for k in keys)
+    for k in keys:
+        # train mode, bias 0 and weight 1: each BN'd feature has zero mean and unit (biased) variance
+        bn = out[f"f_{k}_bn"].detach()
+        assert torch.allclose(bn, torch.nn.functional.batch_norm(out[f"f_{k}"].detach(), None, None, training=True),
+                              atol=1e-4)
+        # the classifier reads the BN'd feature, bias-free
+        assert torch.allclose(out[f"logits_{k}"], bn @ net.classifiers[k].weight.T, atol=1e-5)
+
+
+def test_bnneck_with_pooled_globals_normalises_the_pooled_vector_for_the_classifier():
+    net = _build(neck="bnneck", reduction_dim=16).train()
+    out = net(torch.randn(6, 3, 48, 16))
+    pooled = out["f_g_pooled"].detach()
+    expected = torch.nn.functional.batch_norm(pooled, None, None, training=True) @ net.classifiers["g"].weight.T
+    assert torch.allclose(out["logits_g"], expected, atol=1e-5)
 
 
 def test_unsplittable_backbone_names_the_supported_ones():

@@ -35,11 +35,26 @@ class Trick:
         if clash:
             raise ValueError(f"trick {self.name!r} conflicts with {', '.join(sorted(clash))}")
         patched = self.patch(spec)
+        _check_applies(self, spec, patched)
         if patched == spec:
             raise ValueError(
                 f"trick {self.name!r} changes nothing: the base already has it ({self.summary}); remove it from --add"
             )
         return dataclasses.replace(patched, tricks=tuple(sorted((*spec.tricks, self.name)))).validate()
+
+
+def _check_applies(trick: "Trick", before: RunSpec, after: RunSpec) -> None:
+    """A trick that changes a model field the architecture does not read would be a silent no-op: refuse it."""
+    if before.model.arch != after.model.arch:
+        return
+    from reidbench.models.architectures import unread_model_fields
+
+    changed = [f.name for f in dataclasses.fields(before.model)
+               if f.name not in ("arch", "options") and getattr(before.model, f.name) != getattr(after.model, f.name)]
+    unread = unread_model_fields(before.model.arch, changed)
+    if unread:
+        raise ValueError(f"trick {trick.name!r} does not apply to model.arch={before.model.arch!r}: it sets "
+                         f"model.{unread[0]}, which that architecture does not read")
 
 
 def set_term_options(spec: RunSpec, kind: str, trick: str, **options: object) -> RunSpec:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.spec import RunSpec, replace_section
 from reidbench.tricks import Trick, trick_versions
 
+if TYPE_CHECKING:
+    from reidbench.harness.spec.patches import Patch, StepList
+
 MODES = ("cumulative", "single", "leave-one-out")
+STEPS_MODE = "steps"  # rows from a base file's ablation step list (labelled patches), not from --add
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,33 @@ def expand(base: RunSpec, tricks: Sequence[Trick], mode: str, seeds: Sequence[in
     return steps
 
 
+def expand_steps(base: RunSpec, steps: "StepList", seeds: Sequence[int], train_fingerprint: str | None = None, *,
+                 presets: Mapping[str, "Patch"] | None = None,
+                 load_base: Callable[[str], RunSpec] | None = None) -> list[AblationStep]:
+    """A step list's runs in table order (steps × seeds): each step = ``base`` patched, then seeded.
+
+    ``base`` is the prepared base (the ablation's data and epochs applied); ``load_base(name)``
+    must return another base file prepared the same way (for steps with ``base:``).
+    """
+    from reidbench.harness.spec.patches import apply_patch
+    from reidbench.tricks import parse_trick_list
+
+    if not seeds:
+        raise ValueError("at least one seed is needed")
+    out: list[AblationStep] = []
+    for patch in steps.steps:
+        patched = apply_patch(base, patch, presets=presets, load_base=load_base)
+        tricks = parse_trick_list(patch.tricks) if patch.tricks else ()
+        for seed in seeds:
+            try:
+                spec = _apply_all(replace_section(patched, "train", seed=seed), tricks)
+            except ValueError as exc:
+                raise ValueError(f"{patch.where}.tricks: {exc}") from None
+            rhash = run_hash(spec, trick_versions(spec.tricks), train_fingerprint)
+            out.append(AblationStep(len(out), patch.label, tuple(t.name for t in tricks), seed, spec, rhash))
+    return out
+
+
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(obj, dict):
         out: dict[str, Any] = {}
@@ -81,7 +112,8 @@ def spec_diff(base: RunSpec, other: RunSpec) -> list[str]:
         term_lines = [f"loss.terms: {_terms_text(base)} → {_terms_text(other)}"]
     else:
         term_lines = []
-    return term_lines + [f"{k}: {a.get(k)} → {b.get(k)}" for k in sorted(set(a) | set(b))
+    default = "(default)"  # a component option left at its default is not stored
+    return term_lines + [f"{k}: {a.get(k, default)} → {b.get(k, default)}" for k in sorted(set(a) | set(b))
                           if k not in skip and a.get(k) != b.get(k)]
 
 
@@ -91,5 +123,5 @@ def _terms_text(spec: RunSpec) -> str:
     parts = []
     for term in spec.loss.terms:
         extra = {k: v for k, v in to_jsonable(term, prune_defaults=True).items() if k not in ("kind", "reads")}
-        parts.append(term.kind + (str(extra).replace("'", "") if extra else ""))
+        parts.append(f"{term.kind}({','.join(term.read_names)})" + (str(extra).replace("'", "") if extra else ""))
     return " + ".join(parts)

@@ -6,13 +6,16 @@ import hashlib
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from reidbench.harness.ablation.expand import AblationStep, expand, spec_diff
+from reidbench.harness.ablation.expand import AblationStep, expand, expand_steps, spec_diff
 from reidbench.harness.evaluation.settings import Variant, default_variants
 from reidbench.harness.execution.jobs import Job, wait_for_others
 from reidbench.harness.spec import RunSpec
 from reidbench.tricks import Trick, trick_versions
+
+if TYPE_CHECKING:
+    from reidbench.harness.spec.patches import Patch, StepList
 
 
 def ablation_name(base_name: str, mode: str, run_hashes: Sequence[str], variants: Sequence[str] = ()) -> str:
@@ -55,15 +58,23 @@ class AblationPlan:
 
 
 def plan_ablation(base: RunSpec, base_name: str, tricks: Sequence[Trick], mode: str, seeds: Sequence[int],
-                  data_paths: Mapping[str, str] | None = None, variants: Sequence[Variant] = ()) -> AblationPlan:
-    """Expand the ablation; with ``data_paths`` (the --data folders) runs are keyed by their data's fingerprints."""
+                  data_paths: Mapping[str, str] | None = None, variants: Sequence[Variant] = (), *,
+                  step_list: "StepList | None" = None, presets: Mapping[str, "Patch"] | None = None,
+                  load_base: Callable[[str], RunSpec] | None = None) -> AblationPlan:
+    """Expand the ablation; with ``data_paths`` (the --data folders) runs are keyed by their data's fingerprints.
+
+    With ``step_list`` (mode ``steps``) the rows are its labelled patches of ``base`` instead of tricks.
+    """
     train_fp, test_fps = None, {}
     if data_paths is not None:
         from reidbench.harness.data.fingerprint import dataset_fingerprint
 
         train_fp = dataset_fingerprint(base.data.train, data_paths).train
         test_fps = {t: dataset_fingerprint(t, data_paths).test for t in base.data.test}
-    steps = expand(base, tricks, mode, seeds, train_fp)
+    if step_list is not None:
+        steps = expand_steps(base, step_list, seeds, train_fp, presets=presets, load_base=load_base)
+    else:
+        steps = expand(base, tricks, mode, seeds, train_fp)
     return AblationPlan(base, base_name, mode, tuple(tricks), tuple(seeds), tuple(steps), tuple(variants), train_fp,
                         test_fps)
 

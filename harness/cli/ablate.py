@@ -24,6 +24,7 @@ from reidbench.harness.cli.common import (
     user_errors,
 )
 
+DEFAULT_ADD = "warmup,rea,ls,stride,bnneck,center"
 
 
 @click.command("tricks")
@@ -38,10 +39,15 @@ def tricks_cmd() -> None:
 
 @click.command()
 @click.option("--base", default="bot", show_default=True, help="Base name in experiments/ or a YAML path.")
-@click.option("--add", "add", default="warmup,rea,ls,stride,bnneck,center", show_default=True,
-              help="Comma-separated tricks, applied in this order (see `reidbench tricks`).")
-@click.option("--mode", type=click.Choice(["cumulative", "single", "leave-one-out"]), default="cumulative",
-              show_default=True, help="cumulative: Table 1 rows; single: base+each; leave-one-out: all and all−each.")
+@click.option("--add", "add", default=None, metavar="LIST",
+              help=f"Comma-separated tricks, applied in this order (see `reidbench tricks`) [default: {DEFAULT_ADD}].")
+@click.option("--mode", type=click.Choice(["cumulative", "single", "leave-one-out"]), default=None,
+              help="cumulative: Table 1 rows; single: base+each; leave-one-out: all and all−each [default: cumulative].")
+@click.option("--steps", "steps_name", default=None, metavar="NAME",
+              help="Rows from the base file's ablation step list NAME (labelled patches, e.g. mgn's components) "
+                   "instead of --add/--mode; `reidbench bases` lists them.")
+@click.option("--preset", default=None, metavar="NAME",
+              help="Start from the base file's preset NAME (e.g. mgn's fastreid); `reidbench bases` lists them.")
 @click.option("--seeds", type=int, default=None, help="Run seeds 0..N-1 (mean±std in the table).")
 @click.option("--seed", type=int, default=None, help="Run this one seed.")
 @click.option("--train-on", "train_on", default=None, help="Training dataset name [default: first --data, else synth-a].")
@@ -61,7 +67,7 @@ def tricks_cmd() -> None:
               help="Evaluation variants (from the base file's evaluations: section) to score every trained model "
                    "with besides its default, e.g. rerank,bnneck-table2. No retraining: cached runs are re-scored.")
 @click.option("--dry-run", is_flag=True, help="Print each run's label, hash, changes and cache status; train nothing.")
-def ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None, train_on: str | None,
+def ablate(base: str, add: str | None, mode: str | None, steps_name: str | None, preset: str | None, seeds: int | None, seed: int | None, train_on: str | None,
            test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None, executor: str,
            gpus: str | None, timeout_min: int, device: str, loader_workers: int | None, runs_dir: Path,
            db_url: str | None, evals: str | None, dry_run: bool) -> None:
@@ -71,27 +77,47 @@ def ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None, 
     missing (failed runs are retried, killed runs resume from their checkpoint).
     """
     _ablate(base, add, mode, seeds, seed, train_on, test_on, data_items, epochs, profile, executor, gpus,
-            timeout_min, device, loader_workers, runs_dir, db_url, dry_run, evals)
+            timeout_min, device, loader_workers, runs_dir, db_url, dry_run, evals, steps_name, preset)
 
 
 @user_errors
-def _ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None, train_on: str | None,
+def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, seed: int | None, train_on: str | None,
             test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None,
             executor_kind: str, gpus: str | None, timeout_min: int, device: str, workers: int | None,
-            runs_dir: Path, db_url: str | None, dry_run: bool, evals: str | None = None) -> None:
+            runs_dir: Path, db_url: str | None, dry_run: bool, evals: str | None = None, steps_name: str | None = None,
+            preset: str | None = None) -> None:
     from reidbench.harness.ablation.plan import ablation_table, dry_run_lines, plan_ablation, run_plan
     from reidbench.harness.evaluation.settings import parse_variants
-    from reidbench.harness.spec import load_base_file, replace_section, with_epochs
+    from reidbench.harness.ablation.expand import STEPS_MODE
+    from reidbench.harness.spec import RunSpec, load_base_file, replace_section, with_epochs
+    from reidbench.harness.spec.patches import apply_patch, parse_presets, parse_step_lists
     from reidbench.tricks import parse_trick_list
 
     if seeds is not None and seed is not None:
         raise UserError("--seeds and --seed are exclusive: give one")
     if seeds is not None and seeds < 1:
         raise UserError(f"--seeds {seeds} is not valid: an integer >= 1")
-    tricks = parse_trick_list(add)
+    if steps_name is not None and (add is not None or mode is not None):
+        raise UserError(f"--steps {steps_name} gives the rows itself: drop {'--add' if add is not None else '--mode'}")
+    mode = STEPS_MODE if steps_name is not None else (mode or "cumulative")
+    tricks = parse_trick_list(DEFAULT_ADD if add is None and steps_name is None else (add or ""))
     data_paths = parse_data_options(data_items)
     base_file = resolve_base(base)
-    spec, extras = load_base_file(base_file, profile or default_profile())
+    chosen_profile = profile or default_profile()
+    spec, extras = load_base_file(base_file, chosen_profile)
+    presets = parse_presets(extras.get("presets"), f"{base_file.name}: presets")
+    step_lists = parse_step_lists(extras.get("ablations"), f"{base_file.name}: ablations")
+    step_list = None
+    if steps_name is not None:
+        if steps_name not in step_lists:
+            raise UserError(f"--steps {steps_name!r} is not an ablation step list of {base_file.name}; valid: "
+                            f"{', '.join(step_lists) or 'none defined (add an ablations: section)'}")
+        step_list = step_lists[steps_name]
+    if preset is not None:
+        if preset not in presets:
+            raise UserError(f"--preset {preset!r} is not a preset of {base_file.name}; valid: "
+                            f"{', '.join(presets) or 'none defined (add a presets: section)'}")
+        spec = apply_patch(spec, presets[preset], presets=presets)
     defined = parse_variants(extras.get("evaluations"), where=f"{base_file}: evaluations")
     chosen = [v.strip() for v in (evals or "").split(",") if v.strip()]
     unknown = [v for v in chosen if v not in {d.name for d in defined}]
@@ -99,15 +125,24 @@ def _ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None,
         raise UserError(f"--eval {unknown[0]!r} is not an evaluation variant of {base_file.name}; valid: "
                         f"{', '.join(d.name for d in defined) or 'none defined (add an evaluations: section)'}")
     variants = tuple(d for d in defined if d.name in chosen)
-    if epochs is not None:
-        spec = with_epochs(spec, epochs)
     train_name = train_on or (next(iter(data_paths)) if data_paths else spec.data.train)
     tests = tuple(t for t in (test_on.split(",") if test_on else (list(data_paths) or spec.data.test)) if t)
     # Same-domain test set first, as the paper's tables do.
     tests = tuple(sorted(dict.fromkeys(tests), key=lambda t: t != train_name))
-    spec = replace_section(spec, "data", train=train_name, test=tests)
+
+    def prepare(one: RunSpec) -> RunSpec:
+        """What the command line changes, applied alike to the base and to any other base a step starts from."""
+        if epochs is not None:
+            one = with_epochs(one, epochs)
+        return replace_section(one, "data", train=train_name, test=tests)
+
+    def load_other(name: str) -> RunSpec:
+        return prepare(load_base_file(resolve_base(name), chosen_profile)[0])
+
+    spec = prepare(spec)
     seed_list = list(range(seeds)) if seeds is not None else [seed if seed is not None else spec.train.seed]
-    plan = plan_ablation(spec, base_file.stem, tricks, mode, seed_list, data_paths=data_paths, variants=variants)
+    plan = plan_ablation(spec, base_file.stem, tricks, mode, seed_list, data_paths=data_paths, variants=variants,
+                         step_list=step_list, presets=presets, load_base=load_other)
     store = open_store(db_url)
     if dry_run:
         for line in dry_run_lines(plan, store.statuses(plan.unique_hashes())):
@@ -119,7 +154,7 @@ def _ablate(base: str, add: str, mode: str, seeds: int | None, seed: int | None,
     gpu_list = [g for g in (gpus or "").split(",") if g.strip()]
     runner = build_executor(executor_kind, runs_dir / "_submitit", gpus=gpu_list, timeout_min=timeout_min, log=log)
     meta = {"profile": spec.profile, "epochs": spec.schedule.max_epochs, "full_epochs": spec.full_epochs,
-            "tricks": [t.name for t in tricks], "train": train_name, "test": list(tests), "seeds": seed_list,
+            "tricks": [t.name for t in tricks], "step_list": steps_name, "preset": preset, "train": train_name, "test": list(tests), "seeds": seed_list,
             "variants": [{"name": v.name, "label": v.label, "settings": dict(v.changes), "steps": list(v.steps)}
                          for v in variants],
             "train_fingerprint": plan.train_fingerprint, "test_fingerprints": dict(plan.test_fingerprints),

@@ -1,8 +1,12 @@
-"""The paper's numbers (Luo et al. 2019, Bag of Tricks), transcribed from the shared reference bot.md.
+"""The papers' numbers: Bag of Tricks (Luo et al. 2019, from the shared reference bot.md) and MGN.
 
-Rows are keyed by the set of tricks applied on top of Baseline-S, so a measured row matches a paper
-row whatever the ablation mode that produced it (a cumulative ``+REA`` = {warmup, rea}; a
-leave-one-out ``−REA`` = every trick but rea). Values are percent, as printed in the paper.
+A run is first matched to a *system* (``paper_system``): ``bot`` for the bot architecture, ``mgn``
+for exactly the paper's MGN (every branch, default options, the paper's two loss terms, no
+trick). BoT rows are keyed by the set of tricks applied on top of Baseline-S, so a measured row
+matches a paper row whatever the ablation mode that produced it (a cumulative ``+REA`` = {warmup,
+rea}; a leave-one-out ``−REA`` = every trick but rea). MGN has one row (seed-systems.md §1.4; its
+ablation table was not retrieved, so a branch subset or an MGN with BoT's tricks shows none).
+Values are percent, as printed in the papers.
 """
 
 from __future__ import annotations
@@ -14,6 +18,31 @@ from reidbench.harness.report.naming import RERANK_PREFIX, paper_dataset
 PAPER_TRICK_ORDER: tuple[str, ...] = ("warmup", "rea", "ls", "stride", "bnneck", "center")
 ALL_TRICKS = frozenset(PAPER_TRICK_ORDER)
 PAPER_CITATION = "Luo et al., Bag of Tricks and A Strong Baseline for Deep Person Re-identification, CVPRW 2019"
+MGN_CITATION = ("Wang et al., Learning Discriminative Features with Multiple Granularities for Person "
+                "Re-Identification, ACM MM 2018")
+CITATIONS = {"bot": f"{PAPER_CITATION}, Tables 1 and 3", "mgn": MGN_CITATION}
+
+# MGN, same domain: (R1, mAP) per dataset; re-ranked numbers from the abstract (Market only).
+MGN: dict[str, tuple[float, float]] = {"market": (95.7, 86.9), "duke": (88.7, 78.4)}
+MGN_RERANK: dict[str, tuple[float, float]] = {"market": (96.6, 94.2)}
+# The paper's MGN as a spec (experiments/mgn.yaml): what a run must be to be compared with MGN.
+_MGN_TERMS = ({"kind": "ce", "reads": "logits_*", "weight": 1.0, "combine": "sum"},
+              {"kind": "triplet", "reads": ["f_g", "f_p2", "f_p3"], "weight": 1.0, "combine": "sum", "margin": 1.2})
+
+
+def paper_system(spec: dict) -> str | None:
+    """Which paper's numbers a stored run (its spec as plain data) is comparable with: bot, mgn or None."""
+    model = spec.get("model") or {}
+    arch = model.get("arch", "bot")
+    if arch == "bot":
+        return "bot"
+    if arch != "mgn" or spec.get("tricks"):
+        return None
+    generic = {"arch", "backbone", "pretrained", "weights_path", "last_stride", "neck"}
+    if any(k not in generic for k in model) or model.get("neck", "plain") != "plain" or model.get("last_stride", 2) != 2:
+        return None  # an MGN option changed (branches, pooling, ...): not the paper's model
+    terms = [{k: v for k, v in t.items() if v is not None} for t in (spec.get("loss") or {}).get("terms") or []]
+    return "mgn" if terms == [dict(t) for t in _MGN_TERMS] else None
 
 
 def _cumulative(k: int) -> frozenset[str]:
@@ -59,15 +88,18 @@ _INDEX = {"R1": 0, "mAP": 1}
 
 
 def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synthetic: bool = False,
-                ranking: str | None = None) -> float | None:
+                ranking: str | None = None, system: str | None = "bot") -> float | None:
     """The paper's number (percent) for a run trained on ``train``, tested on ``test``, with ``tricks``.
+
+    ``system`` (``paper_system`` of the run) picks the paper: ``bot`` (Tables 1–3), ``mgn`` (its
+    one row, same domain), None (no paper number).
 
     ``ranking`` (an evaluation variant's "f_t Euclidean", "f_i cosine", ...) looks up Table 2,
     which has numbers only for the BNNeck model without center loss, same domain.
     None where the paper has no such number: synthetic data, a dataset other than Market/Duke, a
     trick set that is no row of Tables 1/3, or a metric other than R1/mAP (re-ranked: all tricks only).
     """
-    if synthetic:
+    if synthetic or system is None:
         return None
     src, dst = paper_dataset(train), paper_dataset(test)
     if src is None or dst is None:
@@ -78,6 +110,11 @@ def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synth
     if base_metric not in _INDEX:
         return None
     i = _INDEX[base_metric]
+    if system == "mgn":
+        row = (MGN_RERANK if rerank else MGN).get(src)
+        return row[i] if row and src == dst and not key and ranking is None else None
+    if system != "bot":
+        return None
     if ranking is not None:
         row2 = TABLE2.get(ranking)
         return row2[src][i] if row2 and src == dst and not rerank and key == TABLE2_TRICKS else None

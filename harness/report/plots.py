@@ -157,14 +157,15 @@ def plot_curves(curves: "pd.DataFrame", out: str | Path, *, final: dict[str, flo
 
 
 REFERENCE = {"cumulative": "previous step", "single": "the base",
-             "leave-one-out": "all tricks (below 0: the removed trick helps)"}
+             "leave-one-out": "all tricks (below 0: the removed trick helps)",
+             "steps": "the first step of the step list"}
 
 
 def ablation_deltas(frame: "pd.DataFrame", mode: str, metric: str = "mAP") -> "pd.DataFrame":
     """Δ ``metric`` (points) of each step against its reference, per test-set group.
 
     Reference: the previous row (cumulative), the first row = the base (single), the first row =
-    all tricks (leave-one-out: Δ < 0 means the removed trick helps). Columns: step, reference,
+    all tricks (leave-one-out: Δ < 0 means the removed trick helps), the first row (a step list). Columns: step, reference,
     group, delta, std (of the difference of independent means: √(s_a² + s_b²), 0 for one seed).
     """
     import pandas as pd

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from reidbench.harness.report.naming import RERANK_PREFIX, group_label, metric_label
-from reidbench.harness.report.paper import PAPER_CITATION, paper_value
+from reidbench.harness.report.paper import CITATIONS, paper_system, paper_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,7 +28,7 @@ STATS = ("mean", "std", "n")
 PAPER_STAT = "paper"
 DEFAULT_METRICS = ("R1", "mAP")
 TIDY_COLUMNS = ["row", "step", "position", "seed", "run_hash", "status", "train", "test_set", "group", "tricks",
-                "synthetic", "metric", "value", "variant", "ranking"]
+                "synthetic", "metric", "value", "variant", "ranking", "system"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class AblationContext:
     weights: str = "unknown"  # pretrained | scratch | mixed | unknown
     backbone: str | None = None
     statuses: dict[str, int] = field(default_factory=dict)  # run status → count of distinct runs
+    systems: tuple[str, ...] = ("bot",)  # the papers whose numbers --paper can show for these runs
+    step_list: str | None = None  # mode "steps": the base file's step list the rows come from
 
 
 def _same_domain_first(train: str, tests: Iterable[str]) -> tuple[str, ...]:
@@ -145,6 +147,8 @@ def _context(record: Any, runs: dict[str, Any]) -> AblationContext:
         data_kind=_kind([r.synthetic for r in done], "synthetic", "real"),
         weights=_kind([r.pretrained for r in done], "pretrained", "scratch"),
         backbone=(first_spec.get("model") or {}).get("backbone"), statuses=statuses,
+        systems=tuple(dict.fromkeys(s for s in (paper_system(r.spec) for r in known) if s)),
+        step_list=meta.get("step_list"),
     )
 
 
@@ -186,7 +190,7 @@ def _frame(record: Any, runs: dict[str, Any], values: dict[tuple[str, str, str, 
             tricks = ",".join(sorted(spec.get("tricks") or ()))
             common = (row_of[shown], shown, int(member["position"]), member.get("seed"), h,
                       run.status if run is not None else "missing", train)
-            tail = (variant, rankings.get((h, variant), ""))
+            tail = (variant, rankings.get((h, variant), ""), paper_system(spec) if run is not None else None)
             extra_tests = [t for (hh, vv, t) in by_run if hh == h and vv == variant and t not in tests]
             for test in (*tests, *extra_tests):
                 group = group_label(train, test)
@@ -250,7 +254,8 @@ def ablation_table(frame: "pd.DataFrame", metrics: Sequence[str] | None = None, 
     # Per (step, group): the trick set, dataset pair and synthetic flag the paper lookup needs.
     facts = (frame.groupby(["step", "group"], sort=False)
              .agg(train=("train", "first"), test_set=("test_set", "first"), tricks=("tricks", "first"),
-                  synthetic=("synthetic", "any"), variant=("variant", "first"), ranking=("ranking", "first")))
+                  synthetic=("synthetic", "any"), variant=("variant", "first"), ranking=("ranking", "first"),
+                  system=("system", "first")))
     cols = []
     for g, m, s in table.columns:
         cols.append((g, m, s))
@@ -264,7 +269,8 @@ def ablation_table(frame: "pd.DataFrame", metrics: Sequence[str] | None = None, 
         for m in metrics:
             # A variant row (Table 2) is looked up by how it ranks; default rows by their trick set alone.
             ranking = str(f["ranking"]) if f["variant"] else None
-            number = paper_value(f["train"], f["test_set"], tricks, m, synthetic=bool(f["synthetic"]), ranking=ranking)
+            number = paper_value(f["train"], f["test_set"], tricks, m, synthetic=bool(f["synthetic"]), ranking=ranking,
+                                 system=f["system"] if isinstance(f["system"], str) else None)
             out.loc[step, (g, m, PAPER_STAT)] = np.nan if number is None else number
     return out
 
@@ -321,7 +327,8 @@ def ablation_caption(context: AblationContext, metrics: Sequence[str], paper: bo
     """One paragraph saying what the numbers are (plain text; writers escape it)."""
     shown = ", ".join(dict.fromkeys(metric_label(m).replace(" (RR)", "") for m in metrics))
     mode = {"cumulative": "tricks added cumulatively", "single": "each trick alone on the base",
-            "leave-one-out": "all tricks and all but one"}.get(context.mode, context.mode)
+            "leave-one-out": "all tricks and all but one",
+            "steps": f"rows from step list {context.step_list}"}.get(context.mode, context.mode)
     parts = [f"{shown} (%) of ablation {context.name} (id {context.id}; {mode}), base {context.base}, "
              f"trained on {context.train}"]
     data = {"synthetic": "synthetic data", "real": "real data", "mixed": "synthetic and real data"}.get(
@@ -348,6 +355,6 @@ def ablation_caption(context: AblationContext, metrics: Sequence[str], paper: bo
     not_done = sum(v for k, v in context.statuses.items() if k != "done")
     if not_done:
         text += f" {MISSING}: run not done ({not_done} of {sum(context.statuses.values())})."
-    if paper:
-        text += f" Paper: {PAPER_CITATION}, Tables 1 and 3."
+    if paper and context.systems:
+        text += f" Paper: {'; '.join(CITATIONS[s] for s in context.systems)}."
     return text

@@ -13,6 +13,10 @@ the one place that does) and returns an ``nn.Module`` honouring the output contr
   their own learning rates by these names.
 - ``reid_info``: a plain dict describing what was built (recorded with the run).
 
+An entry also declares which generic ``model`` fields its builder reads (``model_fields``): a trick
+that changes one it ignores (BoT's ``bnneck`` sets ``model.neck``) is refused at plan time with
+one line naming the architecture, instead of training a copy of the base under another name.
+
 Adding one = a new module exporting ``ARCH`` + one line in ``_register_builtin``; a test or a user
 module can call ``register_architecture(entry)`` instead.
 """
@@ -25,12 +29,22 @@ from typing import Any, Callable
 from reidbench.models.registry import Registry
 
 
+MODEL_FIELDS = ("backbone", "pretrained", "weights_path", "last_stride", "neck")
+
+
 @dataclass(frozen=True)
 class Architecture:
     name: str
     summary: str
     build: Callable[[Any, int], Any]  # (model spec section, number of training identities) -> nn.Module
     params: type | None = None  # the architecture's own options (written flat in the model section)
+    # Generic model-section fields the builder reads (a trick changing another one does not apply).
+    model_fields: tuple[str, ...] = MODEL_FIELDS
+
+
+def unread_model_fields(arch: str, changed: Any) -> list[str]:
+    """Those of the ``changed`` model fields that architecture ``arch`` does not read."""
+    return [f for f in changed if f not in ARCHITECTURES.get(arch).model_fields]
 
 
 ARCHITECTURES: Registry[Architecture] = Registry("model.arch")
@@ -76,4 +90,5 @@ def _register_builtin() -> None:
 
 _register_builtin()
 
-__all__ = ["ARCHITECTURES", "Architecture", "arch_params", "build_architecture", "register_architecture"]
+__all__ = ["ARCHITECTURES", "MODEL_FIELDS", "Architecture", "arch_params", "build_architecture", "register_architecture",
+           "unread_model_fields"]

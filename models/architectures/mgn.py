@@ -4,7 +4,9 @@ Layout. A shared *trunk* (the backbone up to and including the first block of th
 last) feeds up to three *branches*, each with its own deep copy of the rest of the backbone, all
 copies starting from the same (ImageNet, when ``model.pretrained``) weights:
 
-- ``g`` (global): last stage strided as in the backbone (``global_stride`` 2), or unstrided.
+- ``g`` (global): last stage strided as in the backbone (``model.last_stride`` 2, the paper), or
+  unstrided with ``model.last_stride: 1`` — what fast-reid's ``LAST_STRIDE: 1`` does to its
+  global branch, and what BoT's ``stride`` trick means on MGN.
 - ``p2`` / ``p3`` (part-2 / part-3): last stage unstrided (the strided conv and the downsample of
   its first block get stride 1, no dilation), so their maps are twice the global one's (24×8 vs
   12×4 for a ResNet-50 at 384×128). Their maps are cut into 2 / 3 horizontal stripes.
@@ -55,15 +57,25 @@ of the disagreements in seed-systems §1.5 so that they can be ablated:
 - ``pool`` max (paper) | avg (seathiefwang's default) | gem (fast-reid; here with a fixed
   exponent ``gem_p``, 3.0, while fast-reid trains it).
 - ``reduction_dim`` 256; ``reduction_relu`` true (fast-reid: false); ``shared_reduction`` false
-  (GNAYUOHZ: true, one reduction for all eight vectors).
-- ``global_stride`` 2 (fast-reid: 1, its ``LAST_STRIDE: 1`` hits the global branch).
+  (GNAYUOHZ: true, one reduction for all eight vectors); ``reduction_bn`` true (false: the conv
+  alone — with ``neck: bnneck`` that is fast-reid's head, whose one BN after the conv is the neck).
 
-A later ``fastreid`` preset would be ``ce_on=reduced pool=gem reduction_relu=false
-global_stride=1`` plus what is not architecture here (BNNeck-style frozen BN bias, circle-softmax
-classifiers, soft-margin triplet on b1, b2, b3 and the part concatenations).
+Spec fields of the ``model`` section read besides the options: ``backbone``, ``pretrained``,
+``weights_path``, ``last_stride`` (the global branch's, above) and ``neck``:
 
-``model.neck`` is not read (the reductions are MGN's neck): both values build the same model.
-``model.last_stride`` must stay 2: the branches set their own strides (``global_stride``).
+- ``neck: plain`` (the paper): as above.
+- ``neck: bnneck`` (BoT's BNNeck carried over, as fast-reid's MGN heads do): every identity
+  classifier reads a BatchNorm1d (bias frozen at 0) of its input and has no bias — the 5 part
+  classifiers and, with ``ce_on: reduced``, the 3 global ones read ``f_*_bn`` = BN(reduced
+  feature); with ``ce_on: pooled`` the 3 global classifiers get a BN of their own on the pooled
+  C-d vector. The metric losses keep reading the pre-BN features (``f_g`` …, BoT's f_t) and the
+  test feature becomes the concatenation of the eight ``f_*_bn`` (BoT infers on f_i).
+
+The ``fastreid`` preset of ``experiments/mgn.yaml`` sets fast-reid's values: ``ce_on=reduced
+pool=gem reduction_relu=false reduction_bn=false last_stride=1 neck=bnneck`` (conv → neck BN, as
+its ``EmbeddingHead``), soft-margin triplet ×0.2 on the BN'd globals and on the part
+concatenations (``NECK_FEAT: after``), CE with label smoothing 0.1 ×1/8 each. Not reproduced:
+circle-softmax classifiers, a trained GeM exponent, IBN-a backbones, its solver and augmentations.
 """
 
 from __future__ import annotations
@@ -98,8 +110,8 @@ class MGNParams:
     gem_p: float = 3.0
     reduction_dim: int = 256
     reduction_relu: bool = True
+    reduction_bn: bool = True
     shared_reduction: bool = False
-    global_stride: int = 2
 
     def validate(self, where: str = "model") -> None:
         branches = list(self.branches)
@@ -120,8 +132,6 @@ class MGNParams:
                              f"{self.pool!r}; drop it")
         if self.reduction_dim < 1:
             raise ValueError(f"{where}.reduction_dim={self.reduction_dim!r} is invalid; valid: an integer >= 1")
-        if self.global_stride not in (1, 2):
-            raise ValueError(f"{where}.global_stride={self.global_stride!r} is invalid; valid: 1 or 2")
 
 
 # --------------------------------------------------------------------------- pooling
@@ -168,16 +178,17 @@ def pool_stripes(feature_map: torch.Tensor, count: int, pool: str, gem_p: float 
 
 
 class Reduction(nn.Module):
-    """B×C → 1×1 conv (no bias) → BN → ReLU (optional) → B×d: MGN's per-feature dimension reduction."""
+    """B×C → 1×1 conv (no bias) → BN (optional) → ReLU (optional) → B×d: MGN's per-feature dimension reduction."""
 
-    def __init__(self, in_dim: int, out_dim: int, relu: bool = True) -> None:
+    def __init__(self, in_dim: int, out_dim: int, relu: bool = True, bn: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_dim, out_dim, kernel_size=1, bias=False)
-        self.bn = nn.BatchNorm2d(out_dim)
+        self.bn = nn.BatchNorm2d(out_dim) if bn else nn.Identity()
         self.relu = nn.ReLU(inplace=True) if relu else nn.Identity()
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_in")
-        nn.init.normal_(self.bn.weight, mean=1.0, std=0.02)
-        nn.init.zeros_(self.bn.bias)
+        if bn:
+            nn.init.normal_(self.bn.weight, mean=1.0, std=0.02)
+            nn.init.zeros_(self.bn.bias)
 
     def forward(self, vector: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(vector[:, :, None, None]))).flatten(1)
@@ -193,26 +204,42 @@ class MGN(nn.Module):
     """Trunk → branches → pooled vectors → reductions (+ classifiers in training); see the module doc."""
 
     def __init__(self, trunk: nn.Module, branches: dict[str, nn.Module], channels: int, num_classes: int,
-                 params: MGNParams) -> None:
+                 params: MGNParams, bnneck: bool = False) -> None:
         super().__init__()
         self.params = params
+        self.bnneck = bnneck
         self.trunk = trunk
         self.branches = nn.ModuleDict(branches)
         keys = feature_keys(tuple(branches))
         dim = params.reduction_dim
         if params.shared_reduction:
-            self.reductions = nn.ModuleDict({"shared": Reduction(channels, dim, params.reduction_relu)})
+            self.reductions = nn.ModuleDict({"shared": Reduction(channels, dim, params.reduction_relu,
+                                                                 params.reduction_bn)})
         else:
-            self.reductions = nn.ModuleDict({k: Reduction(channels, dim, params.reduction_relu) for k in keys})
+            self.reductions = nn.ModuleDict({k: Reduction(channels, dim, params.reduction_relu, params.reduction_bn)
+                                             for k in keys})
+        # BNNeck: one BN per reduced feature (classifier input and test feature) and, for global
+        # classifiers on the pooled vectors, one per pooled vector (see the module doc).
+        self.necks = nn.ModuleDict()
+        self.pooled_necks = nn.ModuleDict()
+        if bnneck:
+            for k in keys:
+                self.necks[k] = _neck_bn(dim)
+            for b in branches:
+                if params.ce_on == "pooled":
+                    self.pooled_necks[b] = _neck_bn(channels)
         self.classifiers = nn.ModuleDict()
         for k in keys:
             in_dim = channels if (k in branches and params.ce_on == "pooled") else dim
-            classifier = nn.Linear(in_dim, num_classes)
+            classifier = nn.Linear(in_dim, num_classes, bias=not bnneck)
             nn.init.normal_(classifier.weight, mean=0.0, std=0.001)
-            nn.init.zeros_(classifier.bias)
+            if classifier.bias is not None:
+                nn.init.zeros_(classifier.bias)
             self.classifiers[k] = classifier
         self.feature_dims = {**{f"f_{k}": dim for k in keys}, **{f"f_{b}_pooled": channels for b in branches}}
-        self.test_feature = tuple(f"f_{k}" for k in keys)
+        if bnneck:
+            self.feature_dims.update({f"f_{k}_bn": dim for k in keys})
+        self.test_feature = tuple(f"f_{k}_bn" if bnneck else f"f_{k}" for k in keys)
 
     def branch_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each branch's final B×C×h×w map."""
@@ -237,13 +264,27 @@ class MGN(nn.Module):
             reduction = self.reductions["shared" if self.params.shared_reduction else key]
             reduced = reduction(vector)
             out[f"f_{key}"] = reduced
+            if self.bnneck:
+                reduced = out[f"f_{key}_bn"] = self.necks[key](reduced)
             is_global = key in self.branches
             if is_global:
                 out[f"f_{key}_pooled"] = vector
             if self.training:
-                ce_input = vector if (is_global and self.params.ce_on == "pooled") else reduced
+                if is_global and self.params.ce_on == "pooled":
+                    ce_input = self.pooled_necks[key](vector) if self.bnneck else vector
+                else:
+                    ce_input = reduced
                 out[f"logits_{key}"] = self.classifiers[key](ce_input)
         return out
+
+
+def _neck_bn(dim: int) -> nn.BatchNorm1d:
+    """BoT's BNNeck BN: weight 1, bias 0 and frozen (bot.md)."""
+    bn = nn.BatchNorm1d(dim)
+    nn.init.ones_(bn.weight)
+    nn.init.zeros_(bn.bias)
+    bn.bias.requires_grad_(False)
+    return bn
 
 
 # --------------------------------------------------------------------------- splitting a backbone
@@ -323,16 +364,13 @@ def build(model: Any, num_classes: int) -> MGN:
     from reidbench.models.backbones import build_backbone, unstride_last_stage
 
     params: MGNParams = arch_params(model)
-    if model.last_stride != 2:
-        raise ValueError(f"model.last_stride={model.last_stride!r} is not read by mgn (part branches are always "
-                         f"stride 1); use model.global_stride=1 for a stride-1 global branch")
     backbone, channels = build_backbone(model.backbone, pretrained=model.pretrained, weights_path=model.weights_path,
                                         last_stride=2)
     split = split_of(model.backbone, backbone)
 
     unstrided: list[str] = []
     stride1 = None  # a copy of the whole backbone with its last stage unstrided (part branches)
-    if any(b != "g" for b in params.branches) or params.global_stride == 1:
+    if any(b != "g" for b in params.branches) or model.last_stride == 1:
         stride1 = copy.deepcopy(backbone)
         unstrided = unstride_last_stage(stride1, model.backbone)
         outside = [n for n in unstrided if not _in_pieces(n, split.branch)]
@@ -343,20 +381,21 @@ def build(model: Any, num_classes: int) -> MGN:
     trunk = _take(backbone, split.trunk)
     branches: dict[str, nn.Module] = {}
     for b in params.branches:
-        source = backbone if (b == "g" and params.global_stride == 2) else stride1
+        source = backbone if (b == "g" and model.last_stride == 2) else stride1
         # Deep copies: every branch owns its parameters, all starting from the same weights.
         branches[b] = copy.deepcopy(_take(source, split.branch))
 
-    net = MGN(trunk, branches, channels, num_classes, params)
+    net = MGN(trunk, branches, channels, num_classes, params, bnneck=model.neck == "bnneck")
+    heads = ("reductions", "necks", "pooled_necks", "classifiers")
     groups = {
         "trunk": ("trunk",),
         "branches": ("branches",),
         "reductions": ("reductions",),
+        "necks": ("necks", "pooled_necks"),
         "classifiers": ("classifiers",),
     }
     # ``backbone``/``head`` alias the groups bot has, so stages and optimiser groups written for it apply.
-    groups.update(pretrained=("trunk", "branches"), new=("reductions", "classifiers"),
-                  backbone=("trunk", "branches"), head=("reductions", "classifiers"))
+    groups.update(pretrained=("trunk", "branches"), new=heads, backbone=("trunk", "branches"), head=heads)
     net.module_groups = groups
     info = backbone.reid_info
     net.reid_info = {
@@ -366,11 +405,12 @@ def build(model: Any, num_classes: int) -> MGN:
         "split": {"family": split.family, "trunk": [_piece_label(p) for p in split.trunk],
                   "branch": [_piece_label(p) for p in split.branch]},
         "branches": list(params.branches),
-        "unstrided": unstrided,  # in the part branches (and the global one with global_stride 1)
+        "unstrided": unstrided,  # in the part branches (and the global one with last_stride 1)
         "stripes": {b: STRIPES[b] for b in params.branches if STRIPES[b]},
         "stripe_rule": "first h % n stripes get one extra row",
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()},
-        "neck": "unused",
+        "neck": model.neck,
+        "global_stride": model.last_stride,
         "test_feature": list(net.test_feature),
     }
     return net
