@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from reidbench.harness.cli import ablate, components, data, evaluate, report, runs, study, train
+from reidbench.harness.cli import ablate, bases, components, data, evaluate, report, runs, study, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -23,7 +23,7 @@ def main() -> None:
 
 
 for command in (train.train, evaluate.evaluate, data.data, ablate.tricks_cmd, components.components, components.models,
-                ablate.ablate,
+                bases.bases, ablate.ablate,
                 runs.runs,
                 report.report, report.plot, study.study):
     main.add_command(command)

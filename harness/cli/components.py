@@ -62,6 +62,9 @@ def architecture_rows(backbone: str, num_classes: int) -> list[dict[str, Any]]:
     from reidbench.models.architectures import ARCHITECTURES, build_architecture
     from reidbench.models.objective import build_objective
 
+    from reidbench.harness.cli.bases import presets_by_arch
+
+    presets = presets_by_arch()
     rows = []
     for name, entry in ARCHITECTURES.items():
         torch.manual_seed(0)
@@ -76,7 +79,8 @@ def architecture_rows(backbone: str, num_classes: int) -> list[dict[str, Any]]:
         rows.append({"name": name, "summary": entry.summary, "backbone": backbone, "num_classes": num_classes,
                      "params": sum(p.numel() for p in model.parameters()) + loss_params,
                      "feature_dim": sum(model.feature_dims[t] for t in test), "test_feature": list(test),
-                     "variants": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}})
+                     "variants": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
+                     "model_fields": list(entry.model_fields), "presets": presets.get(name, [])})
     return rows
 
 
@@ -96,5 +100,7 @@ def models(backbone: str, num_classes: int, as_json: bool) -> None:
         return
     click.echo(f"{'arch':<8} {'params':>12} {'feature':>8}  options (defaults)   [{backbone}, {num_classes} classes]")
     for row in rows:
-        options = ", ".join(f"{k}={v}" for k, v in row["variants"].items()) or "neck=plain|bnneck"
+        options = ", ".join(f"{k}={v}" for k, v in row["variants"].items()) or "no options of its own"
         click.echo(f"{row['name']:<8} {row['params']:>12,} {row['feature_dim']:>8}  {options}")
+        click.echo(f"{'':<31}reads model.{', model.'.join(row['model_fields'])}"
+                   + (f"; presets {', '.join(row['presets'])}" if row["presets"] else ""))

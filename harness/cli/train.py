@@ -25,22 +25,33 @@ from reidbench.harness.cli.common import (
 @profile_option
 @epochs_option
 @click.option("--seed", type=int, default=None, help="Override train.seed.")
+@click.option("--preset", default=None, metavar="NAME", help="Apply the file's preset NAME (its presets: section).")
 @loader_workers_option()
 def train(spec_file: Path, data_items: tuple[str, ...], out_dir: Path | None, device: str,
-          profile: str | None, epochs: int | None, seed: int | None, loader_workers: int | None) -> None:
+          profile: str | None, epochs: int | None, seed: int | None, preset: str | None,
+          loader_workers: int | None) -> None:
     """Train and evaluate one run described by SPEC_FILE (YAML).
 
     Resumable: re-running the same command continues from the run folder's last checkpoint.
     """
-    _train(spec_file, data_items, out_dir, device, profile, epochs, seed, loader_workers)
+    _train(spec_file, data_items, out_dir, device, profile, epochs, seed, loader_workers, preset)
 
 
 @user_errors
 def _train(spec_file: Path, data_items: tuple[str, ...], out_dir: Path | None, device: str,
-           profile: str | None, epochs: int | None, seed: int | None, workers: int | None) -> None:
-    from reidbench.harness.spec import load_spec_file, replace_section, with_epochs
+           profile: str | None, epochs: int | None, seed: int | None, workers: int | None,
+           preset: str | None = None) -> None:
+    from reidbench.harness.cli.common import UserError
+    from reidbench.harness.spec import load_base_file, replace_section, with_epochs
+    from reidbench.harness.spec.patches import apply_patch, parse_presets
 
-    spec = load_spec_file(spec_file, profile)
+    spec, extras = load_base_file(spec_file, profile)
+    if preset is not None:
+        presets = parse_presets(extras.get("presets"), f"{spec_file.name}: presets")
+        if preset not in presets:
+            raise UserError(f"--preset {preset!r} is not a preset of {spec_file.name}; valid: "
+                            f"{', '.join(presets) or 'none defined (add a presets: section)'}")
+        spec = apply_patch(spec, presets[preset], presets=presets)
     if epochs is not None:
         spec = with_epochs(spec, epochs)
     if seed is not None:

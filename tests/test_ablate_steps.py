@@ -1,0 +1,137 @@
+"""``reidbench ablate --steps NAME`` and ``--preset NAME``: labelled-patch rows from a base file, end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from reidbench.harness.cli import main
+from reidbench.harness.store import Store
+
+TINY_BOT = """
+profile: cpu
+model: {backbone: "timm:test_resnet", pretrained: false}
+data: {train: tiny, test: [tiny], image_size: [32, 16], ids_per_batch: 3, imgs_per_id: 2, pad_px: 2}
+schedule: {max_epochs: 2, milestones: [2], warmup_epochs: 0}
+eval: {batch_size: 16}
+train: {seed: 0, checkpoint_every_epochs: 1}
+"""
+
+TINY_MGN = """
+profile: cpu
+model: {arch: mgn, backbone: "timm:test_resnet", pretrained: false, reduction_dim: 8}
+data: {train: tiny, test: [tiny], image_size: [48, 16], ids_per_batch: 3, imgs_per_id: 2, pad_px: 0}
+loss:
+  terms:
+    - {kind: ce, reads: "logits_*", combine: sum}
+    - {kind: triplet, reads: [f_g, f_p2, f_p3], combine: sum, margin: 1.2}
+optim: {name: sgd, base_lr: 0.01}
+schedule: {max_epochs: 2, milestones: [2], warmup_epochs: 0}
+eval: {batch_size: 16, flip: true}
+train: {seed: 0, checkpoint_every_epochs: 1}
+presets:
+  avg: {label: average pooling, set: {model.pool: avg}}
+ablations:
+  mini:
+    summary: a tiny component study
+    steps:
+      - {label: BoT baseline, base: BOT_PATH, keep: [data.image_size]}
+      - {label: G, set: {model.branches: [g]}, term: {triplet: {reads: [f_g]}}}
+      - {label: MGN}
+      - {label: MGN w/o triplet, drop: [triplet]}
+"""
+
+
+def _files(tmp_path: Path) -> Path:
+    bot = tmp_path / "tiny-bot.yaml"
+    bot.write_text(TINY_BOT)
+    mgn = tmp_path / "tiny-mgn.yaml"
+    mgn.write_text(TINY_MGN.replace("BOT_PATH", str(bot)))
+    return mgn
+
+
+def _args(base: Path, data: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["ablate", "--base", str(base), "--data", f"tiny={data}", "--profile", "cpu",
+            "--db", f"sqlite:///{tmp_path / 'r.db'}", "--runs-dir", str(tmp_path / "runs"), "--workers", "0",
+            "--device", "cpu", *extra]
+
+
+def test_a_step_list_trains_each_labelled_row_and_reports_it(tmp_path, tiny_market):
+    base = _files(tmp_path)
+    first = CliRunner().invoke(main, _args(base, tiny_market, tmp_path, "--steps", "mini"))
+    assert first.exit_code == 0, first.output
+    table = [line for line in first.output.splitlines()
+             if line.startswith(("BoT baseline", "G ", "MGN", "step"))]
+    assert [line.split("  ")[0].strip() for line in table[1:]] == ["BoT baseline", "G", "MGN", "MGN w/o triplet"]
+    assert "4 to run" in first.output
+
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    runs = {r.label: r for r in store.list_runs()}
+    assert runs["BoT baseline"].spec["model"].get("arch", "bot") == "bot"
+    assert runs["BoT baseline"].spec["data"]["image_size"] == [48, 16]  # keep: the MGN base's input size
+    assert runs["G"].spec["model"]["branches"] == ["g"]
+    assert [t["kind"] for t in runs["MGN w/o triplet"].spec["loss"]["terms"]] == ["ce"]
+    ablation = store.get_ablation("latest")
+    assert ablation.mode == "steps" and ablation.meta["step_list"] == "mini"
+
+    again = CliRunner().invoke(main, _args(base, tiny_market, tmp_path, "--steps", "mini"))
+    assert again.exit_code == 0 and "4 cached, 0 to run" in again.output
+
+    report = CliRunner().invoke(main, ["report", "--format", "markdown", "--db", f"sqlite:///{tmp_path / 'r.db'}"])
+    assert report.exit_code == 0, report.output
+    assert "rows from step list mini" in report.output
+    for label in ("BoT baseline", "MGN w/o triplet"):
+        assert label in report.output
+
+
+def test_a_preset_is_the_base_patched_and_dry_run_shows_what_each_step_changes(tmp_path, tiny_market):
+    base = _files(tmp_path)
+    result = CliRunner().invoke(main, _args(base, tiny_market, tmp_path, "--preset", "avg", "--add", "ls",
+                                            "--dry-run"))
+    assert result.exit_code == 0, result.output
+    assert "loss.terms: ce(logits_*){combine: sum} + triplet(f_g,f_p2,f_p3){combine: sum, margin: 1.2} → " \
+           "ce(logits_*){combine: sum, label_smoothing: 0.1}" in result.output
+    steps = CliRunner().invoke(main, _args(base, tiny_market, tmp_path, "--steps", "mini", "--dry-run"))
+    assert "model.branches: (default) → ['g']" in steps.output
+    assert "triplet(f_g){combine: sum, margin: 1.2}" in steps.output
+
+
+def test_step_list_and_preset_errors_are_one_line(tmp_path, tiny_market):
+    base = _files(tmp_path)
+    cases = [
+        (("--steps", "mini", "--add", "ls"), "--steps mini gives the rows itself: drop --add"),
+        (("--steps", "mini", "--mode", "single"), "--steps mini gives the rows itself: drop --mode"),
+        (("--steps", "nope"), "--steps 'nope' is not an ablation step list of tiny-mgn.yaml; valid: mini"),
+        (("--preset", "nope"), "--preset 'nope' is not a preset of tiny-mgn.yaml; valid: avg"),
+    ]
+    for extra, message in cases:
+        result = CliRunner().invoke(main, _args(base, tiny_market, tmp_path, *extra, "--dry-run"))
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_bases_lists_presets_step_lists_and_evaluations(tmp_path):
+    result = CliRunner().invoke(main, ["bases"])
+    assert result.exit_code == 0, result.output
+    assert "--preset fastreid: fast-reid's MGN" in result.output
+    assert "rows: BoT baseline | G | P2 | P3 | G+P2 | G+P3 | P2+P3 | MGN | MGN w/o triplet" in result.output
+    assert "--eval rerank, ft-euclidean" in result.output
+    one = CliRunner().invoke(main, ["bases", str(_files(tmp_path))])
+    assert one.exit_code == 0 and "--steps mini: a tiny component study" in one.output
+    assert "--preset avg: average pooling" in one.output
+
+
+def test_train_preset_unknown_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["train", str(_files(tmp_path)), "--preset", "nope"])
+    assert result.exit_code == 2 and "--preset 'nope' is not a preset of tiny-mgn.yaml; valid: avg" in result.output
+
+
+def test_models_json_lists_mgn_with_its_presets():
+    import json
+
+    result = CliRunner().invoke(main, ["models", "--backbone", "timm:test_resnet", "--num-classes", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert rows["mgn"]["presets"] == ["mgn:fastreid"] and "neck" in rows["mgn"]["model_fields"]
+    assert rows["mgn"]["feature_dim"] == 8 * 256
