@@ -129,7 +129,7 @@ def test_foreign_tables_in_the_same_file_are_left_alone(db):
         names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert con.execute("SELECT study_name FROM studies").fetchall() == [("bot",)]
     assert names - {"studies"} == {"rb_meta", "rb_runs", "rb_run_aliases", "rb_evaluations", "rb_metrics",
-                                   "rb_epochs", "rb_ablations", "rb_ablation_members"}
+                                   "rb_epochs", "rb_ablations", "rb_ablation_members", "rb_query_scores"}
 
 
 @pytest.mark.parametrize("url, fragment", [

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from reidbench.harness.store import Store, StoreError
+from reidbench.harness.store.tables import SCHEMA_VERSION
 from reidbench.harness.store import migrations
 
 FIXTURE = Path(__file__).parent / "fixtures" / "db-v1"
@@ -92,11 +93,12 @@ def test_upgrade_keeps_every_run_and_number(v1, tmp_path, capfd):
     store = Store("sqlite:///results.db")
     err = capfd.readouterr().err.strip().splitlines()
     (backup,) = _backups(v1)
-    assert err == [f"reidbench: upgraded results.db from schema 1 to 2 (backup: {backup}); 3 run(s) re-hashed; "
-                   "1 ablation(s) renamed; 3 run folder(s) rewritten, 0 missing"]
+    assert err == [f"reidbench: upgraded results.db from schema 1 to 3 (backup: {backup}); 3 run(s) re-hashed; "
+                   "1 ablation(s) renamed; 3 run folder(s) rewritten, 0 missing; 12 evaluation(s) without per-query "
+                   "results (filled in from saved features on demand)"]
     # The backup is a complete schema-1 database with the original rows.
     assert _dump(backup) == before
-    assert _version(v1 / "results.db") == "2"
+    assert _version(v1 / "results.db") == str(SCHEMA_VERSION)
 
     old_runs = _old_runs(original)
     old_metrics = _old_metrics(original)
@@ -148,7 +150,7 @@ def test_upgrade_keeps_every_run_and_number(v1, tmp_path, capfd):
     store.close()
     again = Store("sqlite:///results.db")
     assert capfd.readouterr().err == "" and _backups(v1) == [backup]
-    assert len(again.list_runs()) == 3 and _version(v1 / "results.db") == "2"
+    assert len(again.list_runs()) == 3 and _version(v1 / "results.db") == str(SCHEMA_VERSION)
 
 
 def test_upgraded_database_takes_new_results_and_deletes_cleanly(v1):
@@ -258,9 +260,8 @@ def test_runs_that_cannot_be_upgraded_are_kept_as_they_were(v1, tmp_path, monkey
     err = capfd.readouterr().err
     assert err.count("\n") == 1
     assert "1 run(s) re-hashed" in err and "0 run folder(s) rewritten, 1 missing" in err
-    assert err.rstrip().endswith(
-        f"2 run(s) kept as they were: {base_hash[:12]} (unknown trick 'x'), {bnneck_hash[:12]} "
-        "(the upgrade would lose metric tiny/mAP = 0.9896354166666667)")
+    assert (f"; 2 run(s) kept as they were: {base_hash[:12]} (unknown trick 'x'), {bnneck_hash[:12]} "
+            "(the upgrade would lose metric tiny/mAP = 0.9896354166666667);") in err
 
     old = _old_metrics(original)
     for kept in (base_hash, bnneck_hash):
@@ -303,7 +304,7 @@ def test_a_crash_inside_the_upgrade_leaves_schema_1_and_a_later_open_retries(v1,
     monkeypatch.setattr(migrations, "_upgrade_run", fake_upgrade)
     monkeypatch.setattr(migrations, "_upgrade_ablation_name", fake_ablation_name)
     store = Store("sqlite:///results.db")
-    assert _version(v1 / "results.db") == "2" and len(store.list_runs()) == 3
+    assert _version(v1 / "results.db") == str(SCHEMA_VERSION) and len(store.list_runs()) == 3
     assert all(r.run_hash.startswith("new-") for r in store.list_runs())
 
 
@@ -334,7 +335,7 @@ def test_concurrent_first_open_upgrades_once(v1, tmp_path):
         worker.join(timeout=60)
     assert [w.exitcode for w in workers] == [0, 0, 0]
     assert len(calls.read_text().splitlines()) == 3  # one upgrade call per run, from one process
-    assert len(_backups(v1)) == 1 and _version(v1 / "results.db") == "2"
+    assert len(_backups(v1)) == 1 and _version(v1 / "results.db") == str(SCHEMA_VERSION)
     assert len(Store("sqlite:///results.db").evaluations()) == 12
 
 
@@ -356,8 +357,8 @@ def test_json_backup_for_other_dialects(v1, tmp_path):
 
 def test_newer_database_is_still_refused_before_any_upgrade(v1):
     with sqlite3.connect(v1 / "results.db") as con:
-        con.execute("UPDATE rb_meta SET value = '3' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match="schema version 3 is newer than this reidbench supports"):
+        con.execute(f"UPDATE rb_meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1} is newer than this reidbench supports"):
         Store("sqlite:///results.db")
     assert _backups(v1) == []
 

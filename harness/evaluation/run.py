@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from reidbench.harness.evaluation.per_query import pack, to_text
 from reidbench.harness.evaluation.settings import EvaluationSettings
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
@@ -108,10 +109,11 @@ class ModelScorer:
         s = request.settings
         arrays, path = self.features(request.test_set, dataset, fingerprint, s.feature, s.flip, save=save)
         out = score(arrays["q_feats"], arrays["g_feats"], arrays["q_pids"], arrays["g_pids"], arrays["q_camids"],
-                    arrays["g_camids"], metric=s.metric, normalize=s.normalize, rerank=s.rerank)
+                    arrays["g_camids"], metric=s.metric, normalize=s.normalize, rerank=s.rerank, per_query=True)
         return {"key": s.key(fingerprint), "test_set": request.test_set, "test_fingerprint": fingerprint,
                 "variant": request.variant, "label": request.label, "settings": s.to_dict(),
                 "metrics": {k: float(out[k]) for k in METRIC_KEYS},
+                "per_query": to_text(pack(out["per_query"], arrays["q_pids"])),
                 "features_path": str(path) if path is not None else None,
                 "seconds": time.perf_counter() - t0}
 

@@ -47,6 +47,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     delete,
+    func,
     insert,
     inspect,
     select,
@@ -554,7 +555,22 @@ def _rewrite_run_folders(plans: list[_Plan]) -> str:
     return phrase + (f", {failed} not writable" if failed else "")
 
 
+# ---------------------------------------------------------------------- step 2 → 3
+
+def _to_v3(ctx: StepContext) -> None:
+    """A table for per-query results. Evaluations recorded before have none: reports fill them in
+    from the saved features when they need them (or say that they lack them)."""
+    # Plain DDL, frozen here: the same table (and foreign key) a new schema-3 database gets.
+    ctx.conn.execute(text(
+        "CREATE TABLE rb_query_scores (evaluation_id INTEGER NOT NULL PRIMARY KEY "
+        "REFERENCES rb_evaluations (id) ON DELETE CASCADE, num_queries INTEGER NOT NULL, "
+        f"payload {'BYTEA' if ctx.conn.dialect.name == 'postgresql' else 'BLOB'} NOT NULL)"))
+    count = ctx.conn.execute(select(func.count()).select_from(_EVALUATIONS)).scalar_one()
+    ctx.notes.append(f"{count} evaluation(s) without per-query results (filled in from saved features on demand)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "evaluations own the final metrics; run hashes identify the training only (old ones kept as "
                  "aliases)", _to_v2),
+    Migration(3, "per-query results of evaluations (rb_query_scores)", _to_v3),
 )

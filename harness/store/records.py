@@ -76,6 +76,7 @@ class EvaluationRecord:
     created_at: datetime
     finished_at: datetime | None
     error: str | None = None
+    has_per_query: bool = False  # per-query results stored (Store.query_scores)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ class ParsedEvaluation:
     seconds: float | None
     status: str = "done"
     error: str | None = None
+    per_query: bytes | None = None  # compressed npz (evaluation/per_query.py), validated
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,16 @@ def parse_evaluation(run_hash: str, raw: Mapping[str, Any], what: str = "evaluat
         if not isinstance(name, str) or not name or len(name) > NAME_CHARS:
             raise StoreError(f"run {run_hash[:12]}: {what} has metric name {name!r}; use a non-empty string")
     error = raw.get("error")
+    per_query = None
+    if raw.get("per_query") is not None:
+        from reidbench.harness.evaluation.per_query import from_text, unpack
+
+        try:
+            value = raw["per_query"]
+            per_query = bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else from_text(value)
+            unpack(per_query)
+        except ValueError as err:
+            raise StoreError(f"run {run_hash[:12]}: {what} field 'per_query': {err}") from None
     return ParsedEvaluation(
         key=key, test_set=test_set,
         test_fingerprint=_text(run_hash, raw, "test_fingerprint", what, limit=HASH_CHARS),
@@ -155,7 +166,7 @@ def parse_evaluation(run_hash: str, raw: Mapping[str, Any], what: str = "evaluat
         settings=dict(settings), metrics=tuple(metrics.items()),
         features_path=None if raw.get("features_path") is None else str(raw["features_path"]),
         seconds=_seconds(run_hash, raw, "seconds", what), status=status,
-        error=None if error is None else str(error),
+        error=None if error is None else str(error), per_query=per_query,
     )
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from reidbench.harness.store.records import EvaluationRecord, RunRecord
-from reidbench.harness.store.tables import Evaluation, Metric, Run, RunAlias
+from reidbench.harness.store.tables import Evaluation, Metric, QueryScores, Run, RunAlias
 
 IN_CHUNK = 500  # items per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 
@@ -52,12 +52,15 @@ def evaluation_records(s: Session, rows: Sequence[tuple[Evaluation, str]]) -> li
                 .where(Metric.evaluation_id.in_(chunk), Metric.step.is_(None)).order_by(Metric.id))
         for evaluation_id, name, value in s.execute(stmt):
             metrics[evaluation_id][name] = float(value)
+    with_queries: set[int] = set()
+    for chunk in chunks(list(metrics)):
+        with_queries.update(s.scalars(select(QueryScores.evaluation_id).where(QueryScores.evaluation_id.in_(chunk))))
     return [
         EvaluationRecord(
             run_hash=run_hash, key=e.key, test_set=e.test_set, test_fingerprint=e.test_fingerprint,
             variant=e.variant or "", settings=dict(e.settings or {}), status=e.status, metrics=metrics[e.id],
             features_path=e.features_path, seconds=e.seconds, created_at=e.created_at,
-            finished_at=e.finished_at, error=e.error,
+            finished_at=e.finished_at, error=e.error, has_per_query=e.id in with_queries,
         )
         for e, run_hash in rows
     ]

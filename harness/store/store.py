@@ -42,6 +42,7 @@ from reidbench.harness.store.tables import (
     Evaluation,
     Meta,
     Metric,
+    QueryScores,
     Run,
     RunAlias,
     UTCDateTime,
@@ -475,8 +476,20 @@ class Store:
         s.add_all(Metric(run_id=row.id, evaluation_id=evaluation.id, test_set=parsed.test_set, metric=name,
                          value=finite_metric(row.run_hash, parsed.test_set, name, value), step=None)
                   for name, value in parsed.metrics)
+        if existing is not None:  # per-query results of the replaced scoring would no longer match its metrics
+            s.execute(delete(QueryScores).where(QueryScores.evaluation_id == evaluation.id)
+                      .execution_options(synchronize_session=False))
+        if parsed.per_query is not None:
+            self._write_query_scores(s, evaluation.id, parsed.per_query)
         s.flush()
         return evaluation
+
+    @staticmethod
+    def _write_query_scores(s: Session, evaluation_id: int, payload: bytes) -> None:
+        from reidbench.harness.evaluation.per_query import unpack
+
+        count = int(unpack(payload)["ap"].shape[0])
+        s.merge(QueryScores(evaluation_id=evaluation_id, num_queries=count, payload=bytes(payload)))
 
     def _write_epochs(self, s: Session, row: Run, parsed: ParsedResult) -> None:
         s.add_all(Epoch(run_id=row.id, epoch=epoch, values=values) for epoch, values in parsed.epochs)
@@ -531,6 +544,9 @@ class Store:
         """Remove the run with its evaluations, metrics, epochs, aliases and ablation memberships."""
         with self._session(write=True) as s:
             row = self._run_row(s, run_hash)
+            owned = select(Evaluation.id).where(Evaluation.run_id == row.id).scalar_subquery()
+            s.execute(delete(QueryScores).where(QueryScores.evaluation_id.in_(owned))
+                      .execution_options(synchronize_session=False))
             for table in (Metric, Evaluation, Epoch, AblationMember, RunAlias):
                 s.execute(delete(table).where(table.run_id == row.id).execution_options(synchronize_session=False))
             s.delete(row)
@@ -564,6 +580,32 @@ class Store:
             if existing is not None:
                 written = self._write_evaluation(s, row, parsed, _utcnow(), existing=existing)
             return evaluation_records(s, [(written, row.run_hash)])[0]
+
+    def record_query_scores(self, run_hash: str, key: str, payload: bytes) -> None:
+        """Attach per-query results (``evaluation/per_query.pack``) to the stored evaluation ``key`` of a run.
+
+        How evaluations recorded without them are filled in later; the metrics are not touched.
+        """
+        _require_text(run_hash, "run_hash")
+        with self._session(write=True) as s:
+            row = self._run_row(s, run_hash)
+            evaluation = s.scalar(select(Evaluation).where(Evaluation.run_id == row.id, Evaluation.key == str(key)))
+            if evaluation is None:
+                raise StoreError(f"run {row.run_hash[:12]} has no evaluation {key!r}")
+            try:
+                self._write_query_scores(s, evaluation.id, payload)
+            except ValueError as err:
+                raise StoreError(f"run {row.run_hash[:12]} evaluation {key!r}: {err}") from None
+
+    def query_scores(self, run_hash: str, key: str) -> dict[str, Any] | None:
+        """The per-query arrays of evaluation ``key`` of a run (``evaluation/per_query``), None when not stored."""
+        from reidbench.harness.evaluation.per_query import unpack
+
+        with self._session() as s:
+            row = self._run_row(s, run_hash)
+            payload = s.scalar(select(QueryScores.payload).join(Evaluation, QueryScores.evaluation_id == Evaluation.id)
+                               .where(Evaluation.run_id == row.id, Evaluation.key == str(key)))
+        return None if payload is None else unpack(payload)
 
     def evaluations(self, run_hashes: Sequence[str] | None = None,
                     variant: str | None = None) -> list[EvaluationRecord]:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -26,7 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-SCHEMA_VERSION = 2  # 2: evaluations, run aliases, training fingerprint (migrations.py upgrades 1)
+# 2: evaluations, run aliases, training fingerprint; 3: per-query results (migrations.py upgrades older ones)
+SCHEMA_VERSION = 3
 RUN_STATUSES = ("pending", "running", "done", "failed")
 EVALUATION_STATUSES = ("done", "failed")
 NAME_CHARS = 200  # test set, metric, label and owner names
@@ -149,6 +151,21 @@ class Evaluation(Base):
     seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class QueryScores(Base):
+    """Per-query results of one evaluation (``harness/evaluation/per_query.py``: compressed npz bytes).
+
+    No row = the evaluation lacks them (recorded before schema 3, or by a caller that did not
+    keep them); reports fill them in from the evaluation's saved features on demand.
+    """
+
+    __tablename__ = "rb_query_scores"
+
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("rb_evaluations.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    num_queries: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Metric(Base):

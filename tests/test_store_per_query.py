@@ -1,0 +1,121 @@
+"""Per-query results: every new evaluation stores them; a schema-2 database is upgraded in place (backup
+first) with every number kept, and its evaluations get them from their saved features on demand."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from reidbench.harness.cli import main
+from reidbench.harness.evaluation.fill import fill_missing
+from reidbench.harness.evaluation.per_query import from_text, pack, to_text, unpack
+from reidbench.harness.store import Store, StoreError
+from reidbench.harness.store.tables import SCHEMA_VERSION
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "db-v2"
+
+
+def _aggregates(per_query: dict[str, np.ndarray]) -> dict[str, float]:
+    """R1, mAP, mINP by hand: means over the valid queries (rank 1 = a true match first)."""
+    valid = per_query["valid"]
+    return {"R1": float(np.mean(per_query["first_match_rank"][valid] == 1)),
+            "mAP": float(np.mean(per_query["ap"][valid].astype(np.float64))),
+            "mINP": float(np.mean(per_query["inp"][valid].astype(np.float64)))}
+
+
+def test_pack_round_trip_and_bad_payloads():
+    per_query = {"ap": [0.5, np.nan], "inp": [0.25, np.nan], "first_match_rank": [2, 0], "valid": [True, False]}
+    arrays = unpack(from_text(to_text(pack(per_query, [7, 9]))))
+    assert arrays["q_pids"].tolist() == [7, 9] and arrays["first_match_rank"].dtype == np.int32
+    assert arrays["ap"][0] == np.float32(0.5) and np.isnan(arrays["ap"][1])
+    with pytest.raises(ValueError, match="different lengths"):
+        pack({**per_query, "ap": [0.5]}, [7, 9])
+    with pytest.raises(ValueError, match="lack valid"):
+        pack({k: v for k, v in per_query.items() if k != "valid"}, [7, 9])
+    with pytest.raises(ValueError, match="starting with 'b64npz:'"):
+        from_text("npz:abc")
+    with pytest.raises(ValueError, match="not a readable npz"):
+        unpack(b"not an npz")
+
+
+def test_a_new_evaluation_stores_per_query_results_that_give_its_metrics(tmp_path, tiny_market, study_spec_file):
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    result = CliRunner().invoke(main, ["ablate", "--base", str(study_spec_file), "--add", "", "--data",
+                                       f"tiny={tiny_market}", "--profile", "cpu", "--epochs", "1", "--db", db,
+                                       "--runs-dir", str(tmp_path / "runs"), "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    store = Store(db)
+    (run,) = store.list_runs()
+    (evaluation,) = store.evaluations([run.run_hash])
+    assert evaluation.has_per_query
+    arrays = store.query_scores(run.run_hash, evaluation.key)
+    with np.load(evaluation.features_path) as npz:
+        assert arrays["q_pids"].tolist() == npz["q_pids"].tolist()
+    for metric, value in _aggregates(arrays).items():
+        assert value == pytest.approx(evaluation.metrics[metric], abs=1e-6)
+    # A payload that is not per-query results is refused, naming the field; nothing is written.
+    with pytest.raises(StoreError, match="per_query"):
+        store.record_evaluation(run.run_hash, {"key": "k", "test_set": "tiny", "metrics": {"R1": 0.5},
+                                               "per_query": "b64npz:AAAA"})
+    assert [e.key for e in store.evaluations([run.run_hash])] == [evaluation.key]
+    store.close()
+
+
+@pytest.fixture
+def v2(tmp_path, monkeypatch, market_folder_factory):
+    work = tmp_path / "project"
+    shutil.copytree(FIXTURE, work)
+    market_folder_factory(work / "data" / "tiny", num_train_ids=6, num_test_ids=40, cams=3, per_cam=2)
+    market_folder_factory(work / "data" / "tiny2", num_train_ids=6, num_test_ids=40, cams=3, per_cam=2, seed=1)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("REIDBENCH_DATA", str(tmp_path / "cache"))
+    return work
+
+
+def _values(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT r.run_hash, e.key, e.variant, e.test_set, m.metric, m.value FROM rb_metrics m "
+                           "JOIN rb_evaluations e ON e.id = m.evaluation_id JOIN rb_runs r ON r.id = e.run_id "
+                           "ORDER BY 1, 2, 5").fetchall()
+
+
+def test_a_schema_2_database_is_upgraded_in_place_and_filled_from_saved_features(v2, capfd):
+    before = _values(v2 / "results.db")
+    store = Store("sqlite:///results.db")
+    err = capfd.readouterr().err
+    backups = list(v2.glob("results.db.schema2-backup-*"))
+    assert len(backups) == 1 and f"from schema 2 to {SCHEMA_VERSION}" in err
+    assert "12 evaluation(s) without per-query results" in err
+    assert _values(backups[0]) == before  # the backup is the schema-2 database as it was
+    assert _values(v2 / "results.db") == before  # every number kept, bit for bit
+    evaluations = store.evaluations()
+    assert len(evaluations) == 12 and not any(e.has_per_query for e in evaluations)
+
+    report = CliRunner().invoke(main, ["report", "--format", "csv", "--db", "sqlite:///results.db"])
+    assert report.exit_code == 0 and report.output.strip() == (v2 / "report-v2.csv").read_text().strip()
+
+    # One run's features damaged: its evaluations stay without per-query results, and say why.
+    damaged = store.evaluations()[0]
+    folder = Path(store.find_run(damaged.run_hash).out_dir)
+    for path in folder.glob("features-*.npz"):
+        with np.load(path) as npz:
+            arrays = dict(npz)
+        arrays["q_feats"] = arrays["q_feats"][::-1].copy()  # the queries' features swapped around
+        np.savez(path, **arrays)
+    lacking = fill_missing(store, store.evaluations())
+    assert {run for run, _ in lacking} == {damaged.run_hash} and len(lacking) == 4
+    assert all("not the stored" in why for why in lacking.values())
+    assert _values(v2 / "results.db") == before  # filling in never changes a stored number
+    for e in store.evaluations():
+        assert e.has_per_query == (e.run_hash != damaged.run_hash)
+        if e.has_per_query:
+            arrays = store.query_scores(e.run_hash, e.key)
+            for metric, value in _aggregates(arrays).items():
+                assert value == pytest.approx(e.metrics[metric], abs=1e-6)
+    assert fill_missing(store, store.evaluations()) == lacking  # idempotent: nothing new to fill
+    store.close()
