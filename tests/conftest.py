@@ -101,3 +101,23 @@ def _one_torch_thread():
 def market_folder_factory():
     """``make_market_folder`` for tests (``--import-mode=importlib`` keeps conftest off sys.path)."""
     return make_market_folder
+
+
+def _same_numbers(csv_text: str, old_file: Path) -> bool:
+    """True when every column of ``old_file`` is in ``csv_text`` with the same cells (new columns may follow)."""
+    import io
+
+    import pandas as pd
+
+    new = pd.read_csv(io.StringIO(csv_text), dtype=str, keep_default_na=False)
+    old = pd.read_csv(old_file, dtype=str, keep_default_na=False)
+    missing = [c for c in old.columns if c not in new.columns]
+    assert not missing, f"columns gone from the report: {missing}"
+    assert new[list(old.columns)].equals(old), new[list(old.columns)].compare(old)
+    return True
+
+
+@pytest.fixture
+def same_numbers():
+    """Compare a report CSV with one written by older code: every old column kept, cell for cell."""
+    return _same_numbers

@@ -126,3 +126,14 @@ def loader_workers_option(name: str = "--workers") -> Callable[[Callable[..., An
 def runs_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
                         show_default=True, help="Where run folders (checkpoints, logs, features) go.")(fn)
+
+
+def interval_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--interval and --resamples: how a report's differences get their 95 % intervals (report/significance)."""
+    fn = click.option("--resamples", type=click.IntRange(1, None), default=1000, show_default=True,
+                      help="Bootstrap resamples (over query identities) for --interval bootstrap/auto.")(fn)
+    return click.option("--interval", "interval", type=click.Choice(["auto", "seeds", "bootstrap", "none"]),
+                        default="auto", show_default=True,
+                        help="Interval of each step's difference from its reference: paired t over seeds (needs 2+), "
+                             "paired bootstrap over query identities (1 seed is enough), auto (seeds when 2+), "
+                             "none.")(fn)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import click
 
-from reidbench.harness.cli.common import db_option, open_store, user_errors
+from reidbench.harness.cli.common import db_option, interval_options, open_store, user_errors
 
 TABLE_FORMATS = ("latex", "markdown", "csv", "html")
 _EXTENSION_FORMATS = {".tex": "latex", ".md": "markdown", ".markdown": "markdown", ".csv": "csv",
@@ -69,18 +69,22 @@ def _study_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: stdout].")
 @_study_options
+@interval_options
 @db_option
 def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, label: str, out: Path | None,
-           study: str | None, storage: str | None, runs_dir: Path, db_url: str | None) -> None:
+           study: str | None, storage: str | None, runs_dir: Path, interval: str, resamples: int,
+           db_url: str | None) -> None:
     """A paper-style table of one ablation: rows = steps, column groups = test sets.
 
     R1/mAP in percent with one decimal, mean±std over seeds, the best value per column in bold;
-    the caption says what the numbers are (data, profile, epochs, seeds, weights, re-ranking).
+    a † marks a step whose difference from its reference row has a 95 % interval excluding 0
+    (CSV: delta, ci_low, ci_high, significant columns); the caption says what the numbers are
+    (data, profile, epochs, seeds, weights, re-ranking, which interval).
     """
     if study:
         _report_study(study, storage, runs_dir, fmt, metrics, label, out, db_url)
     else:
-        _report(ablation, fmt, metrics, paper, label, out, db_url)
+        _report(ablation, fmt, metrics, paper, label, out, db_url, interval, resamples)
 
 
 def _study_points(store: Any, study: str, storage: str | None, runs_dir: Path, metrics: tuple[str, ...]):
@@ -126,7 +130,7 @@ def _report_study(study: str, storage: str | None, runs_dir: Path, fmt: str | No
 
 @user_errors
 def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, label: str, out: Path | None,
-            db_url: str | None) -> None:
+            db_url: str | None, interval: str = "auto", resamples: int = 1000) -> None:
     from reidbench.harness.report.naming import parse_metrics
     from reidbench.harness.report.tables import (
         ablation_caption,
@@ -148,6 +152,16 @@ def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, la
         click.echo("note: --paper: no row matches the paper (it reports Market-1501/DukeMTMC-reID R1/mAP only, "
                    "never synthetic data)", err=True)
     caption = ablation_caption(context, use_metrics, paper=with_paper)
+    if interval != "none":
+        from reidbench.harness.report.significance import ablation_intervals, interval_note
+        from reidbench.harness.report.tables import with_intervals
+
+        intervals = ablation_intervals(store, frame, context.mode, use_metrics, method=interval, resamples=resamples,
+                                       fingerprints=context.test_fingerprints,
+                                       log=lambda line: click.echo(line, err=True))
+        table = with_intervals(table, intervals)
+        note = interval_note(intervals, context.mode, resamples=resamples)
+        caption = f"{caption} {note}".strip()
     emit(render(table, use_fmt, caption=caption, label=label, title=f"reidbench ablation {context.name}"), out)
 
 

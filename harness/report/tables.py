@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 MISSING = "–"  # en dash: a cell whose run failed, is not done yet, or lacks the metric
 STATS = ("mean", "std", "n")
 PAPER_STAT = "paper"
+INTERVAL_STATS = ("delta", "ci_low", "ci_high", "significant")  # vs the row's reference (report/significance)
+DAGGER = "†"  # a difference whose interval excludes 0
 DEFAULT_METRICS = ("R1", "mAP")
 TIDY_COLUMNS = ["row", "step", "position", "seed", "run_hash", "status", "train", "test_set", "group", "tricks",
                 "synthetic", "metric", "value", "variant", "ranking", "system"]
@@ -51,6 +53,7 @@ class AblationContext:
     statuses: dict[str, int] = field(default_factory=dict)  # run status → count of distinct runs
     systems: tuple[str, ...] = ("bot",)  # the papers whose numbers --paper can show for these runs
     step_list: str | None = None  # mode "steps": the base file's step list the rows come from
+    test_fingerprints: dict[str, str] = field(default_factory=dict)  # the test data the ablation scored
 
 
 def _same_domain_first(train: str, tests: Iterable[str]) -> tuple[str, ...]:
@@ -149,6 +152,7 @@ def _context(record: Any, runs: dict[str, Any]) -> AblationContext:
         backbone=(first_spec.get("model") or {}).get("backbone"), statuses=statuses,
         systems=tuple(dict.fromkeys(s for s in (paper_system(r.spec) for r in known) if s)),
         step_list=meta.get("step_list"),
+        test_fingerprints={str(k): str(v) for k, v in (meta.get("test_fingerprints") or {}).items() if v},
     )
 
 
@@ -275,6 +279,30 @@ def ablation_table(frame: "pd.DataFrame", metrics: Sequence[str] | None = None, 
     return out
 
 
+def with_intervals(table: "pd.DataFrame", intervals: "pd.DataFrame") -> "pd.DataFrame":
+    """The table with, after each (group, metric)'s stats, the difference from the row's reference and its
+    interval (``report/significance.ablation_intervals``): delta, ci_low, ci_high (points) and
+    significant (1/0; NaN where the row has no reference or no interval could be computed)."""
+    import numpy as np
+    import pandas as pd
+
+    cols = []
+    pairs = list(dict.fromkeys((g, m) for g, m, _ in table.columns))
+    for g, m in pairs:
+        cols.extend(c for c in table.columns if c[:2] == (g, m))
+        cols.extend((g, m, s) for s in INTERVAL_STATS)
+    out = table.reindex(columns=pd.MultiIndex.from_tuples(cols, names=table.columns.names))
+    for r in intervals.itertuples():
+        if r.step not in out.index or (r.group, r.metric, "delta") not in out.columns:
+            continue
+        out.loc[r.step, (r.group, r.metric, "delta")] = r.delta
+        out.loc[r.step, (r.group, r.metric, "ci_low")] = r.ci_low
+        out.loc[r.step, (r.group, r.metric, "ci_high")] = r.ci_high
+        has = not (isinstance(r.ci_low, float) and np.isnan(r.ci_low))
+        out.loc[r.step, (r.group, r.metric, "significant")] = float(bool(r.significant)) if has else np.nan
+    return out
+
+
 def has_paper_numbers(table: "pd.DataFrame") -> bool:
     paper = [c for c in table.columns if c[-1] == PAPER_STAT]
     return bool(paper) and bool(table[paper].notna().to_numpy().any())
@@ -307,7 +335,10 @@ def display_cells(table: "pd.DataFrame", bold: bool = True) -> tuple["pd.DataFra
         means = table[(g, m, "mean")]
         std = table[(g, m, "std")] if "std" in stats_of[(g, m)] else pd.Series(math.nan, index=table.index)
         n = table[(g, m, "n")] if "n" in stats_of[(g, m)] else pd.Series(1, index=table.index)
-        text_cols[(g, label)] = [format_cell(a, b, c) for a, b, c in zip(means, std, n)]
+        cells = [format_cell(a, b, c) for a, b, c in zip(means, std, n)]
+        if "significant" in stats_of[(g, m)]:  # † on a difference whose interval excludes 0
+            cells = [c + DAGGER if flag == 1 else c for c, flag in zip(cells, table[(g, m, "significant")])]
+        text_cols[(g, label)] = cells
         rounded = means.round(1)
         marked = bold and rounded.notna().sum() >= 2
         top = rounded.max()

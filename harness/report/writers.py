@@ -23,7 +23,7 @@ _LATEX_SPECIALS = [
     ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}"),
 ]
 _LATEX_UNICODE = {"→": r"$\rightarrow$", "−": "$-$", "±": r"$\pm$", "×": r"$\times$", "–": "--", "—": "---",
-                  "λ": r"$\lambda$", "…": r"\dots{}"}
+                  "λ": r"$\lambda$", "…": r"\dots{}", "†": r"$^\dagger$"}
 
 
 def latex_escape(text: str) -> str:
@@ -101,6 +101,8 @@ def to_csv(table: "pd.DataFrame") -> str:
     for col in flat.columns:
         if col[-1] == "n":
             flat[col] = flat[col].fillna(0).astype(int)
+        if col[-1] == "significant":  # 1/0, empty where the row has no reference or no interval
+            flat[col] = flat[col].astype("Int64")
     flat.columns = [" ".join(str(x) for x in c) for c in table.columns]
     return flat.to_csv(float_format="%.4f")
 

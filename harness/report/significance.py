@@ -1,0 +1,163 @@
+"""Paired intervals for the comparisons an ablation table makes: is each step's effect larger than the noise?
+
+Every table row (a step) is compared with its *reference*: the step before (``cumulative``), the
+base (``single``, and the first row of a step list), all tricks (``leave-one-out``: a negative
+difference means the removed trick helps). For each test set and metric the difference
+``step − reference`` gets a 95 % interval (``harness/stats``):
+
+- ``seeds``: the t interval of the per-seed differences, paired by seed (needs ≥ 2 common seeds);
+- ``bootstrap``: a paired bootstrap over query identities of the two models' per-query results
+  (≥ 1,000 resamples, seeded), which needs one seed; with several seeds the queries of every
+  common seed are pooled, an identity's queries drawn together across seeds;
+- ``auto`` (default): seeds when there are ≥ 2 common seeds, else the bootstrap.
+
+Per-query results come from the store; evaluations recorded without them are filled in from
+their saved features first (``evaluation/fill``). Values are percentage points, like the table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from reidbench.harness.report.naming import RERANK_PREFIX
+from reidbench.harness.stats import BOOTSTRAP_METHOD, DEFAULT_RESAMPLES, T_METHOD, paired_bootstrap, paired_t_interval
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+METHODS = ("auto", "seeds", "bootstrap")
+COLUMNS = ["step", "reference", "group", "test_set", "metric", "delta", "ci_low", "ci_high", "significant",
+           "method", "n"]
+REFERENCE_WORDS = {"cumulative": "the step before", "single": "the base", "leave-one-out": "all tricks",
+                   "steps": "the first row"}
+
+
+def references(mode: str, steps: Sequence[str]) -> dict[str, str]:
+    """{step: the step it is compared with} in table order; the first row has no reference."""
+    if not steps:
+        return {}
+    if mode == "cumulative":
+        return {s: steps[i - 1] for i, s in enumerate(steps) if i > 0}
+    return {s: steps[0] for s in steps[1:]}
+
+
+def _bootstrap_metric(metric: str) -> tuple[str, str]:
+    """(evaluation variant, metric of that evaluation): ``rerank_mAP`` is the re-ranked evaluation's mAP."""
+    if metric.startswith(RERANK_PREFIX):
+        return "rerank", metric[len(RERANK_PREFIX):]
+    return "", metric
+
+
+class _PerQuery:
+    """Per-query arrays of (run, variant, test set), read (and filled in) once per report."""
+
+    def __init__(self, store: Any, hashes: Sequence[str], fingerprints: dict[str, str],
+                 log: Callable[[str], None] | None) -> None:
+        from reidbench.harness.evaluation.fill import fill_missing
+
+        self.store = store
+        wanted = [e for e in store.evaluations(list(hashes))
+                  if not (fingerprints.get(e.test_set) and e.test_fingerprint
+                          and e.test_fingerprint != fingerprints[e.test_set])]
+        self.lacking = fill_missing(store, wanted, log=log)
+        self.keys = {(e.run_hash, e.variant, e.test_set): e.key for e in wanted}
+        self._cache: dict[tuple[str, str, str], dict[str, np.ndarray] | None] = {}
+
+    def get(self, run_hash: str, variant: str, test_set: str) -> dict[str, np.ndarray] | None:
+        k = (run_hash, variant, test_set)
+        if k not in self._cache:
+            key = self.keys.get(k)
+            self._cache[k] = None if key is None or (run_hash, key) in self.lacking else \
+                self.store.query_scores(run_hash, key)
+        return self._cache[k]
+
+
+def _pooled(arrays: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
+
+
+def ablation_intervals(store: Any, frame: "pd.DataFrame", mode: str, metrics: Sequence[str], *,
+                       method: str = "auto", resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                       confidence: float = 0.95, fingerprints: dict[str, str] | None = None,
+                       log: Callable[[str], None] | None = None) -> "pd.DataFrame":
+    """One row per (step, test set, metric) with a reference: the difference and its interval (points).
+
+    Rows whose interval cannot be computed (a run not done, per-query results lacking, one seed
+    with ``method="seeds"``) keep NaN bounds, ``significant`` False and the reason in ``method``.
+    """
+    import pandas as pd
+
+    if method not in METHODS:
+        raise ValueError(f"interval method {method!r} is not valid; valid: {', '.join(METHODS)}")
+    default = frame[(frame["variant"] == "") & frame["metric"].notna()]
+    steps = list(dict.fromkeys(frame.sort_values("row")["step"][frame["variant"] == ""]))
+    refs = references(mode, steps)
+    # (step, test set) → {seed: run hash}; (step, test set, metric, seed) → value
+    runs: dict[tuple[str, str], dict[Any, str]] = {}
+    values: dict[tuple[str, str, str, Any], float] = {}
+    groups: dict[str, str] = {}
+    for r in default.itertuples():
+        runs.setdefault((r.step, r.test_set), {})[r.seed] = r.run_hash
+        values[(r.step, r.test_set, r.metric, r.seed)] = float(r.value)
+        groups[r.test_set] = r.group
+    per_query: _PerQuery | None = None
+    rows = []
+    for step, ref in refs.items():
+        for test_set, group in groups.items():
+            a_runs, b_runs = runs.get((ref, test_set), {}), runs.get((step, test_set), {})
+            for metric in metrics:
+                common = sorted(s for s in set(a_runs) & set(b_runs)
+                                if (ref, test_set, metric, s) in values and (step, test_set, metric, s) in values)
+                chosen = method if method != "auto" else ("seeds" if len(common) >= 2 else "bootstrap")
+                interval, why = None, ""
+                if chosen == "seeds":
+                    if len(common) >= 2:
+                        interval = paired_t_interval([values[(ref, test_set, metric, s)] for s in common],
+                                                     [values[(step, test_set, metric, s)] for s in common],
+                                                     confidence=confidence)
+                    else:
+                        why = f"{len(common)} common seed(s): a t interval needs 2"
+                else:
+                    if per_query is None:
+                        hashes = [h for d in runs.values() for h in d.values()]
+                        per_query = _PerQuery(store, list(dict.fromkeys(hashes)), fingerprints or {}, log)
+                    variant, base_metric = _bootstrap_metric(metric)
+                    pairs = [(per_query.get(a_runs[s], variant, test_set), per_query.get(b_runs[s], variant, test_set))
+                             for s in common]
+                    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+                    if not common:
+                        why = "no common finished seed"
+                    elif len(pairs) < len(common):
+                        why = "per-query results lacking (saved features gone)"
+                    else:
+                        a = _pooled([p[0] for p in pairs])
+                        b = _pooled([p[1] for p in pairs])
+                        interval = paired_bootstrap(a, b, a["q_pids"], metrics=(base_metric,), resamples=resamples,
+                                                    seed=seed, confidence=confidence)[base_metric]
+                if interval is None:
+                    delta = (np.mean([values[(step, test_set, metric, s)] - values[(ref, test_set, metric, s)]
+                                      for s in common]) if common else math.nan)
+                    rows.append((step, ref, group, test_set, metric, 100 * delta, math.nan, math.nan, False,
+                                 f"no interval: {why}", len(common)))
+                else:
+                    rows.append((step, ref, group, test_set, metric, 100 * interval.delta, 100 * interval.low,
+                                 100 * interval.high, bool(interval.significant), interval.method, interval.n))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def interval_note(intervals: "pd.DataFrame", mode: str, confidence: float = 0.95,
+                  resamples: int = DEFAULT_RESAMPLES) -> str:
+    """The caption sentence saying what † means and which interval the table shows."""
+    if intervals.empty:
+        return ""
+    used = [m for m in dict.fromkeys(intervals["method"]) if m in (T_METHOD, BOOTSTRAP_METHOD)]
+    how = " and ".join(f"{m}{f', {resamples:,} resamples' if m == BOOTSTRAP_METHOD else ''}" for m in used)
+    lacking = int((~intervals["method"].isin([T_METHOD, BOOTSTRAP_METHOD])).sum())
+    text = (f"† the difference from {REFERENCE_WORDS.get(mode, 'the reference row')} has a "
+            f"{round(100 * confidence)}% interval that excludes 0 ({how or 'no interval could be computed'}).")
+    if lacking:
+        text += f" {lacking} comparison(s) without an interval (see the CSV's method column)."
+    return text
