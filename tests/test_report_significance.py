@@ -1,0 +1,133 @@
+"""Report intervals against independent computations: a t interval computed by hand from a textbook
+quantile, a bootstrap interval equal to the statistics module's on the same per-query values, and
+CSV columns / daggers on an ablation whose differences are constructed to be (and not to be) significant."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from reidbench.harness.ablation.expand import expand
+from reidbench.harness.cli import main
+from reidbench.harness.evaluation.per_query import pack
+from reidbench.harness.report.significance import references
+from reidbench.harness.spec import RunSpec, replace_section
+from reidbench.harness.stats import paired_bootstrap
+from reidbench.harness.store import Store
+from reidbench.tricks import parse_trick_list
+
+T_975_2 = 4.302653  # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
+
+# mAP per step and seed (fractions): +warmup gains 0.10, 0.11, 0.12 (significant), +REA changes
+# by +0.05, -0.05, +0.01 (not significant).
+MAP = {"Baseline": (0.50, 0.52, 0.54), "+warmup": (0.60, 0.63, 0.66), "+REA": (0.65, 0.58, 0.67)}
+
+
+def _record(store, steps, values_of, per_query_of=None):
+    for s in steps:
+        store.ensure_run(s.run_hash, s.spec.to_dict(), s.label)
+        assert store.claim(s.run_hash, "test")
+        evaluation = {"key": "default-synth-a", "test_set": "synth-a", "variant": "",
+                      "metrics": values_of(s), "settings": {}}
+        if per_query_of is not None:
+            evaluation["per_query"] = per_query_of(s)
+        store.record_result(s.run_hash, "test", {
+            "run_hash": s.run_hash, "spec": s.spec.to_dict(), "evaluations": [evaluation],
+            "history": [{"epoch": 1, "losses": {"id": 1.0}, "lr": 1e-4, "images_per_s": 1.0, "extra": {}}],
+            "provenance": {"synth-a": {"name": "synth-a", "root": "/x", "format": "market", "synthetic": True}},
+            "model_info": {}, "environment": {}, "seconds_train": 1.0, "seconds_eval": 1.0, "out_dir": "/nonexistent"})
+    store.record_ablation("a", "bot", "cumulative", {"train": "synth-a", "test": ["synth-a"],
+                                                     "seeds": sorted({s.seed for s in steps})},
+                          [{"position": s.position, "run_hash": s.run_hash, "label": s.label, "step": s.step,
+                            "seed": s.seed} for s in steps])
+
+
+def _steps(seeds):
+    base = replace_section(RunSpec(profile="cpu"), "data", train="synth-a", test=("synth-a",))
+    return expand(base, parse_trick_list("warmup,rea"), "cumulative", list(seeds))
+
+
+def _csv(db: str, *extra: str) -> pd.DataFrame:
+    result = CliRunner().invoke(main, ["report", "--format", "csv", "--metrics", "map", "--db", db, *extra])
+    assert result.exit_code == 0, result.output
+    return pd.read_csv(io.StringIO(result.stdout), index_col=0)
+
+
+def test_references_per_mode():
+    steps = ["A", "B", "C"]
+    assert references("cumulative", steps) == {"B": "A", "C": "B"}
+    assert references("single", steps) == {"B": "A", "C": "A"}
+    assert references("leave-one-out", steps) == {"B": "A", "C": "A"}
+
+
+def test_three_seed_t_intervals_in_csv_and_daggers_in_markdown(tmp_path):
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    store = Store(db)
+    _record(store, _steps([0, 1, 2]), lambda s: {"R1": 0.9, "mAP": MAP[s.step][s.seed], "mINP": 0.3})
+    frame = _csv(db)
+    for step, ref, significant in (("+warmup", "Baseline", 1), ("+REA", "+warmup", 0)):
+        d = np.subtract(MAP[step], MAP[ref])
+        half = T_975_2 * d.std(ddof=1) / math.sqrt(3)
+        row = frame.loc[step]
+        assert row["synth-a mAP delta"] == pytest.approx(100 * d.mean(), abs=1e-4)
+        assert row["synth-a mAP ci_low"] == pytest.approx(100 * (d.mean() - half), abs=1e-3)
+        assert row["synth-a mAP ci_high"] == pytest.approx(100 * (d.mean() + half), abs=1e-3)
+        assert row["synth-a mAP significant"] == significant
+    assert math.isnan(frame.loc["Baseline", "synth-a mAP significant"])  # the first row has no reference
+
+    markdown = CliRunner().invoke(main, ["report", "--metrics", "map", "--db", db]).stdout
+    lines = {line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| ")}
+    assert "†" in lines["+warmup"] and "†" not in lines["+REA"] and "†" not in lines["Baseline"]
+    assert "† the difference from the step before has a 95% interval that excludes 0 (paired t over seeds)" in markdown
+    latex = CliRunner().invoke(main, ["report", "--format", "latex", "--metrics", "map", "--db", db]).stdout
+    assert r"$^\dagger$" in latex and "†" not in latex
+
+    none = _csv(db, "--interval", "none")
+    assert not any("delta" in c for c in none.columns)
+    store.close()
+
+
+def test_one_seed_bootstrap_interval_is_the_statistics_modules(tmp_path):
+    rng = np.random.default_rng(0)
+    q_pids = np.repeat(np.arange(30), 3)  # 30 identities × 3 queries
+    base_ap = rng.uniform(0.2, 0.8, q_pids.size)
+    gain = {"Baseline": 0.0, "+warmup": 0.15, "+REA": 0.15}  # +REA: +warmup plus noise only
+
+    def per_query(step):
+        ap = np.clip(base_ap + gain[step] + (0.0 if step != "+REA" else rng.normal(0, 0.01, q_pids.size)), 0, 1)
+        return {"ap": ap, "inp": ap / 2, "first_match_rank": np.where(ap > 0.5, 1, 3), "valid": np.ones_like(ap, bool)}
+
+    arrays = {step: per_query(step) for step in gain}
+
+    def metrics(s):
+        a = arrays[s.step]
+        return {"R1": float(np.mean(a["first_match_rank"] == 1)), "mAP": float(np.mean(a["ap"].astype(np.float32))),
+                "mINP": float(np.mean(a["inp"].astype(np.float32)))}
+
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    store = Store(db)
+    _record(store, _steps([0]), metrics, lambda s: pack(arrays[s.step], q_pids))
+    frame = _csv(db)
+    from reidbench.harness.evaluation.per_query import unpack
+
+    stored = {s: unpack(pack(arrays[s], q_pids)) for s in arrays}  # what the store holds (float32)
+    for step, ref in (("+warmup", "Baseline"), ("+REA", "+warmup")):
+        expected = paired_bootstrap(stored[ref], stored[step], q_pids, metrics=("mAP",), resamples=1000, seed=0)["mAP"]
+        row = frame.loc[step]
+        assert row["synth-a mAP ci_low"] == pytest.approx(100 * expected.low, abs=1e-4)
+        assert row["synth-a mAP ci_high"] == pytest.approx(100 * expected.high, abs=1e-4)
+        assert row["synth-a mAP significant"] == int(expected.significant)
+    assert frame.loc["+warmup", "synth-a mAP significant"] == 1 and frame.loc["+REA", "synth-a mAP significant"] == 0
+    markdown = CliRunner().invoke(main, ["report", "--metrics", "map", "--db", db]).stdout
+    assert "paired bootstrap over query identities, 1,000 resamples" in markdown
+
+    # Forcing the t interval with one seed: no interval, said so in the CSV's absence of bounds.
+    forced = _csv(db, "--interval", "seeds")
+    assert math.isnan(forced.loc["+warmup", "synth-a mAP ci_low"])
+    assert math.isnan(forced.loc["+warmup", "synth-a mAP significant"])
+    store.close()
