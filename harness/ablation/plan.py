@@ -218,11 +218,16 @@ def plan_values(plan: AblationPlan, store) -> dict[tuple[str, str, str, str], fl
     return values
 
 
-def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "mAP")) -> str:
+def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "mAP"), intervals=None) -> str:
     """Rows = steps (mean±std over seeds), then each variant's steps; columns = test set × metric.
 
-    Failed or missing cells show '–'.
+    Failed or missing cells show '–'. With ``intervals`` (``report/significance.ablation_intervals``)
+    a † marks each cell whose difference from the reference row has a 95 % interval excluding 0,
+    and a block under the table says, for every step, its effect on mAP and whether it exceeds the noise.
     """
+    marked = set()
+    if intervals is not None and len(intervals):
+        marked = {(r.step, r.test_set, r.metric) for r in intervals.itertuples() if r.significant}
     value = plan_values(plan, store)
     statuses = store.statuses(plan.unique_hashes())
     train = plan.base.data.train
@@ -241,7 +246,8 @@ def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "m
         cells = []
         for (t, m), title in zip(heads, titles):
             vals = [value[(s.run_hash, variant, t, m)] for s in members if (s.run_hash, variant, t, m) in value]
-            cells.append(f"{_fmt(vals):>{max(14, len(title) + 2)}}")
+            dagger = "†" if not variant and (label, t, m) in marked else ""
+            cells.append(f"{_fmt(vals) + dagger:>{max(14, len(title) + 2)}}")
         bad = [statuses.get(s.run_hash) for s in members if statuses.get(s.run_hash) != "done"]
         note = f"  ({', '.join(sorted(set(b or 'missing' for b in bad)))})" if bad else ""
         out.append(f"{label:<{width}}" + "".join(cells) + note)
@@ -256,4 +262,31 @@ def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "m
     if any(r is not None and r.synthetic for r in runs):
         notes.append("synthetic data")
     out.append(f"R1/mAP in %, {len(plan.seeds)} seed(s)" + (f"; {', '.join(notes)}" if notes else ""))
+    if intervals is not None and len(intervals):
+        out.extend(_effect_lines(plan, intervals, train))
     return "\n".join(out)
+
+
+def _effect_lines(plan: AblationPlan, intervals, train: str, metric: str = "mAP") -> list[str]:
+    """Per step: its effect on ``metric`` on each test set, the 95 % interval, and whether it exceeds the noise."""
+    from reidbench.harness.report.significance import REFERENCE_WORDS
+
+    rows = intervals[intervals["metric"] == metric]
+    if rows.empty:
+        return []
+    methods = [m for m in dict.fromkeys(rows["method"]) if not str(m).startswith("no interval")]
+    lines = [f"† differs from {REFERENCE_WORDS.get(plan.mode, 'the reference row')} beyond the noise: the 95% "
+             f"interval of the difference excludes 0 ({' / '.join(methods) or 'no interval computed'}).",
+             f"Effect of each step on {metric} (points, 95% interval):"]
+    width = max(len(s) for s in rows["step"])
+    for step in dict.fromkeys(rows["step"]):
+        parts = []
+        for r in rows[rows["step"] == step].itertuples():
+            where = r.test_set if r.test_set == train else f"{train}→{r.test_set}"
+            if r.ci_low != r.ci_low:  # NaN: no interval
+                parts.append(f"{where} {r.delta:+.1f} (no interval: {str(r.method).removeprefix('no interval: ')})")
+            else:
+                verdict = "exceeds the noise" if r.significant else "within the noise"
+                parts.append(f"{where} {r.delta:+.1f} [{r.ci_low:+.1f}, {r.ci_high:+.1f}] {verdict}")
+        lines.append(f"  {step:<{width}}  " + "; ".join(parts))
+    return lines

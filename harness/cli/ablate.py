@@ -27,6 +27,19 @@ from reidbench.harness.cli.common import (
 DEFAULT_ADD = "warmup,rea,ls,stride,bnneck,center"
 
 
+def _intervals(store, ablation_id: int, log):
+    """Each step's difference from its reference with a 95 % interval (None when it cannot be computed)."""
+    from reidbench.harness.report.significance import ablation_intervals
+    from reidbench.harness.report.tables import load_ablation
+
+    try:
+        frame, ctx = load_ablation(store, ablation_id)
+        return ablation_intervals(store, frame, ctx.mode, ("R1", "mAP"), fingerprints=ctx.test_fingerprints, log=log)
+    except (ValueError, KeyError) as exc:  # e.g. no run finished: the table says so already
+        log(f"no intervals: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        return None
+
+
 @click.command("tricks")
 def tricks_cmd() -> None:
     """List the registered tricks (paper order) with their summaries."""
@@ -159,9 +172,9 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
                          for v in variants],
             "train_fingerprint": plan.train_fingerprint, "test_fingerprints": dict(plan.test_fingerprints),
             "command": " ".join(sys.argv[1:])}
-    run_plan(plan, store, runner, runs_dir, device=device, num_workers=workers, data_paths=data_paths, meta=meta,
-             progress=None, log=log)
-    click.echo(ablation_table(plan, store))
+    ablation_id = run_plan(plan, store, runner, runs_dir, device=device, num_workers=workers, data_paths=data_paths,
+                           meta=meta, progress=None, log=log)
+    click.echo(ablation_table(plan, store, intervals=_intervals(store, ablation_id, log)))
     failed = [h for h, s in store.statuses(plan.unique_hashes()).items() if s != "done"]
     if failed:
         click.echo(f"{len(failed)} run(s) not done (see `reidbench runs list`); re-run the same command to retry",
