@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 MISSING = "–"  # en dash: a cell whose run failed, is not done yet, or lacks the metric
 STATS = ("mean", "std", "n")
 PAPER_STAT = "paper"
+OUTSIDE_STAT = "outside_paper"  # 1 when |measured − paper| > PAPER_SPREAD, 0 within, NaN without a paper number
+PAPER_SPREAD = 1.0  # points: the BoT author's stated run-to-run swing, the tolerance of a reproduction
+OUTSIDE_MARK = "*"
 INTERVAL_STATS = ("delta", "ci_low", "ci_high", "significant")  # vs the row's reference (report/significance)
 DAGGER = "†"  # a difference whose interval excludes 0
 DEFAULT_METRICS = ("R1", "mAP")
@@ -264,7 +267,7 @@ def ablation_table(frame: "pd.DataFrame", metrics: Sequence[str] | None = None, 
     for g, m, s in table.columns:
         cols.append((g, m, s))
         if s == STATS[-1]:
-            cols.append((g, m, PAPER_STAT))
+            cols.extend([(g, m, PAPER_STAT), (g, m, OUTSIDE_STAT)])
     out = table.reindex(columns=pd.MultiIndex.from_tuples(cols, names=table.columns.names))
     for (step, g), f in facts.iterrows():
         if step not in out.index:
@@ -276,6 +279,9 @@ def ablation_table(frame: "pd.DataFrame", metrics: Sequence[str] | None = None, 
             number = paper_value(f["train"], f["test_set"], tricks, m, synthetic=bool(f["synthetic"]), ranking=ranking,
                                  system=f["system"] if isinstance(f["system"], str) else None)
             out.loc[step, (g, m, PAPER_STAT)] = np.nan if number is None else number
+            mean = out.loc[step, (g, m, "mean")]
+            if number is not None and mean == mean:
+                out.loc[step, (g, m, OUTSIDE_STAT)] = float(abs(mean - number) > PAPER_SPREAD)
     return out
 
 
@@ -324,6 +330,7 @@ def display_cells(table: "pd.DataFrame", bold: bool = True) -> tuple["pd.DataFra
     Best = highest mean of a measured column at the printed precision (ties all marked); only
     columns with two or more values get a best.
     """
+    import numpy as np
     import pandas as pd
 
     text_cols: dict[tuple[str, str], list[str]] = {}
@@ -346,7 +353,9 @@ def display_cells(table: "pd.DataFrame", bold: bool = True) -> tuple["pd.DataFra
         if PAPER_STAT in stats_of[(g, m)]:
             paper = table[(g, m, PAPER_STAT)]
             if paper.notna().any():
-                text_cols[(g, f"{label} paper")] = [format_cell(v) for v in paper]
+                outside = table[(g, m, OUTSIDE_STAT)] if OUTSIDE_STAT in stats_of[(g, m)] else paper * np.nan
+                text_cols[(g, f"{label} paper")] = [format_cell(v) + (OUTSIDE_MARK if o == 1 else "")
+                                                    for v, o in zip(paper, outside)]
                 best_cols[(g, f"{label} paper")] = [False] * len(paper)
     columns = pd.MultiIndex.from_tuples(list(text_cols), names=["group", "column"])
     text = pd.DataFrame(list(zip(*text_cols.values())) or None, index=table.index, columns=columns)
@@ -387,5 +396,6 @@ def ablation_caption(context: AblationContext, metrics: Sequence[str], paper: bo
     if not_done:
         text += f" {MISSING}: run not done ({not_done} of {sum(context.statuses.values())})."
     if paper and context.systems:
-        text += f" Paper: {'; '.join(CITATIONS[s] for s in context.systems)}."
+        text += (f" Paper: {'; '.join(CITATIONS[s] for s in context.systems)}; {OUTSIDE_MARK}: the measured value "
+                 f"is more than {PAPER_SPREAD:.1f} point from the paper's (its author's stated run-to-run spread).")
     return text
