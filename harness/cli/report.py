@@ -82,7 +82,7 @@ def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, lab
     (data, profile, epochs, seeds, weights, re-ranking, which interval).
     """
     if study:
-        _report_study(study, storage, runs_dir, fmt, metrics, label, out, db_url)
+        _report_study(study, storage, runs_dir, fmt, metrics, label, out, db_url, interval, resamples)
     else:
         _report(ablation, fmt, metrics, paper, label, out, db_url, interval, resamples)
 
@@ -101,7 +101,8 @@ def _study_points(store: Any, study: str, storage: str | None, runs_dir: Path, m
 
 @user_errors
 def _report_study(study: str, storage: str | None, runs_dir: Path, fmt: str | None, metrics: str | None,
-                  label: str, out: Path | None, db_url: str | None) -> None:
+                  label: str, out: Path | None, db_url: str | None, interval: str = "auto",
+                  resamples: int = 1000) -> None:
     from reidbench.harness.report.naming import parse_metrics
     from reidbench.harness.report.points import describe_runs, sweep_table
     from reidbench.harness.report.writers import render
@@ -123,6 +124,16 @@ def _report_study(study: str, storage: str | None, runs_dir: Path, fmt: str | No
     for suffix, table in tables:
         caption = (f"{'/'.join(use_metrics)} (%) against {what}{suffix}, study {study}: {describe_runs(runs)}"
                    + (f". {notes}" if notes else ""))
+        if interval != "none":  # every point against the best one (of its table)
+            from reidbench.harness.report.significance import interval_note, study_intervals
+            from reidbench.harness.report.tables import with_intervals
+
+            size = suffix.removeprefix(" at ")
+            use = points[points["image_size"] == size] if suffix else points
+            intervals = study_intervals(store, use, "batch" if suffix else by, use_metrics, method=interval,
+                                        resamples=resamples, log=lambda line: click.echo(line, err=True))
+            table = with_intervals(table, intervals)
+            caption = f"{caption}. {interval_note(intervals, 'study', resamples=resamples)}".rstrip(". ") + "."
         parts.append(render(table, table_format(fmt, out), caption=caption, label=label + suffix.replace(" ", "-"),
                             title=f"reidbench study {study}"))
     emit("\n".join(parts), out)
@@ -294,16 +305,26 @@ def _curves(run_ref: str, out: Path, figsize: str | None, dpi: int, db_url: str 
 @plot.command("ablation")
 @click.option("--ablation", default="latest", show_default=True, metavar="ID|NAME|latest")
 @click.option("--metric", default="map", show_default=True, help="Metric whose difference is plotted.")
+@interval_options
 @_figure_options("ablation.png")
-def plot_ablation_cmd(ablation: str, metric: str, out: Path, figsize: str | None, dpi: int,
-                      db_url: str | None) -> None:
+def plot_ablation_cmd(ablation: str, metric: str, interval: str, resamples: int, out: Path, figsize: str | None,
+                      dpi: int, db_url: str | None) -> None:
     """Δ metric per trick: vs the previous step (cumulative), the base (single) or all tricks
-    (leave-one-out), one panel per test set."""
-    _ablation_plot(ablation, metric, out, figsize, dpi, db_url)
+    (leave-one-out), one panel per test set.
+
+    Error bars: the 95 % interval of each difference, ci_low..ci_high, asymmetric where the
+    interval is (--interval auto: a paired t interval over seeds with 2+ common seeds, else a
+    paired bootstrap over query identities of the per-query results). Coloured bars (green up,
+    red down): the interval excludes 0. Grey hatched bars: it includes 0 (not significant) or
+    none could be computed (the reason is printed). The legend says which interval was used.
+    --interval none: ±std-over-seeds error bars, green/red bars, no significance test.
+    """
+    _ablation_plot(ablation, metric, out, figsize, dpi, db_url, interval, resamples)
 
 
 @user_errors
-def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
+def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, dpi: int, db_url: str | None,
+                   interval: str = "auto", resamples: int = 1000) -> None:
     from reidbench.harness.report.figures import figure_format, parse_figsize
     from reidbench.harness.report.naming import parse_metrics
     from reidbench.harness.report.plots import REFERENCE, ablation_deltas, plot_ablation
@@ -314,14 +335,106 @@ def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, d
     (name,) = parse_metrics(metric)[:1]
     store = open_store(db_url)
     frame, ctx = load_ablation(store, _ablation_ref(ablation))
-    deltas = ablation_deltas(frame, ctx.mode, name)
+    if interval == "none":
+        deltas = ablation_deltas(frame, ctx.mode, name)
+    else:
+        from reidbench.harness.report.significance import ablation_intervals
+
+        intervals = ablation_intervals(store, frame, ctx.mode, [name], method=interval, resamples=resamples,
+                                       fingerprints=ctx.test_fingerprints,
+                                       log=lambda line: click.echo(line, err=True))
+        deltas = intervals[intervals["metric"] == name]
+        lacking = deltas[deltas["method"].astype(str).str.startswith("no interval")]
+        for why, rows in lacking.groupby("method", sort=False):
+            shown = ", ".join(f"{r.step} on {r.test_set}" for r in rows.itertuples())
+            click.echo(f"note: {why.removeprefix('no interval: ')}: no interval for {shown} (drawn hatched)",
+                       err=True)
     data = {"synthetic": "synthetic", "real": "real"}.get(ctx.data_kind, ctx.data_kind)
     epochs = f"{ctx.epochs} epochs" + (f" of {ctx.full_epochs}" if ctx.full_epochs else "") if ctx.epochs else ""
     title = (f"Δ {name} vs {REFERENCE.get(ctx.mode, 'reference')} — ablation {ctx.name} ({ctx.mode}), trained on "
              f"{ctx.train} ({data}), {', '.join(p for p in (f'profile {ctx.profile}', epochs) if p)}, "
              f"{len(ctx.seeds)} seed(s)")
-    path = plot_ablation(deltas, out, mode=ctx.mode, metric=name, title=title, figsize=size, dpi=dpi)
-    click.echo(f"wrote {path}")
+    path = plot_ablation(deltas, out, mode=ctx.mode, metric=name, title=title, resamples=resamples, figsize=size,
+                         dpi=dpi)
+    if interval == "none":
+        click.echo(f"wrote {path}")
+    else:
+        significant = int(deltas["significant"].astype(bool).sum())
+        click.echo(f"wrote {path} ({significant} of {len(deltas)} differences with a 95% interval excluding 0)")
+
+
+@plot.command("compare")
+@click.option("--runs", "runs", nargs=2, required=True, metavar="A B",
+              help="The two runs (hashes; a unique prefix is enough): B is compared with A.")
+@click.option("--test-on", "test_set", default=None, metavar="NAME",
+              help="Test set [default: the first both runs were evaluated on].")
+@click.option("--variant", default="", metavar="NAME",
+              help="Evaluation variant, e.g. rerank [default: each run's default evaluation].")
+@click.option("-n", "num_queries", type=click.IntRange(0, 32), default=4, show_default=True,
+              help="Most improved and most regressed queries shown as ranked lists (0: no ranked lists).")
+@click.option("--top", type=click.IntRange(1, 50), default=8, show_default=True, help="Gallery images per ranked list.")
+@click.option("--resamples", type=click.IntRange(1, None), default=1000, show_default=True,
+              help="Bootstrap resamples (over query identities) of the ΔmAP interval.")
+@click.option("--image-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Dataset folder, if its images moved since the runs were evaluated.")
+@_figure_options("compare.png")
+def plot_compare_cmd(runs: tuple[str, str], test_set: str | None, variant: str, num_queries: int, top: int,
+                     resamples: int, image_root: Path | None, out: Path, figsize: str | None, dpi: int,
+                     db_url: str | None) -> None:
+    """What changed between two stored runs on one test set, query by query.
+
+    \b
+    --out: per-query AP of run B (y) against run A (x), one point per valid
+      query, the diagonal B = A; green = B improved the query, red = B
+      regressed it, grey = unchanged. The title gives both mAPs, the counts
+      and ΔmAP with its 95 % paired bootstrap interval over query identities.
+    <out>-ranks.<ext> (e.g. compare-ranks.png): the -n most improved and -n
+      most regressed queries as ranked lists, two rows each (run A, run B):
+      the query then its top gallery images, green frame = same identity,
+      red = another; ranked from the runs' saved features as `plot ranks` does.
+
+    Per-query results missing from older evaluations are filled in from the runs' saved
+    features first. Both runs must have scored the same query list of the same test data.
+    Written files are listed on stdout; if the ranked lists cannot be drawn (features or
+    images gone) the scatter is still written and a note says why. --figsize sizes the scatter.
+    """
+    _compare(runs, test_set, variant, num_queries, top, resamples, image_root, out, figsize, dpi, db_url)
+
+
+@user_errors
+def _compare(runs: tuple[str, str], test_set: str | None, variant: str, num_queries: int, top: int, resamples: int,
+             image_root: Path | None, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
+    from reidbench.harness.report.compare import (
+        compare_queries,
+        load_pair,
+        plot_compare,
+        plot_compare_ranks,
+        ranks_path,
+        summary,
+    )
+    from reidbench.harness.report.figures import figure_format, parse_figsize
+
+    figure_format(out)
+    size = parse_figsize(figsize)
+    store = open_store(db_url)
+    pair = load_pair(store, runs[0], runs[1], test_set=test_set, variant=variant,
+                     log=lambda line: click.echo(line, err=True))
+    cmp = compare_queries(pair.a.per_query, pair.b.per_query, n=num_queries, resamples=resamples)
+    what = f"run B {pair.b.name} vs run A {pair.a.name} on {pair.test_set}" + (f" [{variant}]" if variant else "")
+    line = summary(pair, cmp)
+    path = plot_compare(pair, cmp, out, title=f"{what}: {line}", figsize=size, dpi=dpi)
+    click.echo(f"{what}: {line}")
+    click.echo(f"wrote {path} (per-query AP scatter)")
+    if num_queries == 0:
+        return
+    try:
+        ranks_out = plot_compare_ranks(pair, cmp, ranks_path(out), top=top, image_root=image_root, dpi=dpi,
+                                       title=f"Most improved and most regressed queries — {what}")
+    except (ValueError, FileNotFoundError) as err:
+        click.echo(f"note: ranked lists not drawn: {str(err).splitlines()[0]}", err=True)
+        return
+    click.echo(f"wrote {ranks_out} (ranked lists of the {len(cmp.most_improved)} most improved and "
+               f"{len(cmp.most_regressed)} most regressed queries, run A then run B)")
 
 
 @plot.command("ranks")

@@ -1,7 +1,9 @@
 """Figures: batch-size and image-size sweeps, training curves, Δ per trick of an ablation.
 
 Each ``plot_*`` takes plain frames/records (no store) and an output path, and returns the path;
-the ``*_frame``/``ablation_deltas`` helpers turn store contents into those frames.
+the ``*_frame``/``ablation_deltas`` helpers turn store contents into those frames. The ablation
+figure's error bars are the paired intervals of ``report/significance`` (``ablation_intervals``),
+or the std over seeds (``ablation_deltas``) when no interval is wanted.
 """
 
 from __future__ import annotations
@@ -190,35 +192,143 @@ def ablation_deltas(frame: "pd.DataFrame", mode: str, metric: str = "mAP") -> "p
     return pd.DataFrame(rows, columns=["step", "reference", "group", "delta", "std"])
 
 
-def plot_ablation(deltas: "pd.DataFrame", out: str | Path, *, mode: str, metric: str = "mAP", title: str = "",
-                  figsize: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI) -> Path:
-    """One panel per test set: a bar per step, green up / red down, labelled with its Δ."""
+UP_COLOR, DOWN_COLOR = "tab:green", "tab:red"
+NOT_SIGNIFICANT_COLOR = "0.72"  # grey: the interval includes 0, or there is none
+HATCH = "///"
+
+
+def interval_legend(deltas: "pd.DataFrame", *, resamples: int = 1000, confidence: float = 0.95) -> str:
+    """What the error bars of ``plot_ablation`` are, in one sentence (the legend's title)."""
+    from reidbench.harness.stats import BOOTSTRAP_METHOD, T_METHOD
+
+    if "ci_low" not in deltas.columns:
+        return ("Error bars: ±√(s²_step + s²_reference), s = std over seeds (--interval none: "
+                "no significance test)")
+    parts = []
+    methods = deltas["method"].astype(str)
+    if (methods == T_METHOD).any():
+        seeds = sorted({int(n) for n in deltas.loc[methods == T_METHOD, "n"]})
+        parts.append(f"{T_METHOD} ({'/'.join(map(str, seeds))} seeds)")
+    if (methods == BOOTSTRAP_METHOD).any():
+        parts.append(f"{BOOTSTRAP_METHOD}, {resamples:,} resamples")
+    how = "; ".join(parts) or "none could be computed"
+    text = f"Error bars: {round(100 * confidence)}% interval of the difference ({how}). "
+    text += "Hatched grey: the interval includes 0 (not significant)"
+    lacking = int(methods.str.startswith("no interval").sum())
+    if lacking:
+        text += f" or there is none ({lacking} bar(s))"
+    return text + "."
+
+
+def ablation_bars(deltas: "pd.DataFrame") -> "pd.DataFrame":
+    """What ``plot_ablation`` draws per bar: group, step, x, delta, err_low, err_high (the error bar's
+    ends, points; NaN: none), color, hatch ("" or ``HATCH``), label (the annotation).
+
+    ``deltas``: ``ablation_intervals`` rows of one metric (columns ci_low, ci_high, significant,
+    method) — bars whose interval excludes 0 in colour (green up, red down), the others grey and
+    hatched, error bars = the interval; or ``ablation_deltas`` (column std) — green/red bars with
+    ±std error bars.
+    """
+    import pandas as pd
+
+    with_intervals = "ci_low" in deltas.columns
+    if "metric" in deltas.columns and deltas["metric"].nunique() > 1:
+        raise ValueError(f"the differences hold several metrics ({', '.join(map(str, deltas['metric'].unique()))}); "
+                         "plot one at a time")
+    groups = list(dict.fromkeys(deltas["group"]))
+    steps = list(dict.fromkeys(deltas["step"]))
+    rows = []
+    for group in groups:
+        sub = deltas[deltas["group"] == group].drop_duplicates("step").set_index("step").reindex(steps)
+        for x, step in enumerate(steps):
+            d = float(sub.at[step, "delta"])
+            if with_intervals:
+                low, high = float(sub.at[step, "ci_low"]), float(sub.at[step, "ci_high"])
+                has = not (math.isnan(low) or math.isnan(high))
+                significant = has and (low > 0 or high < 0)
+                color = (UP_COLOR if low > 0 else DOWN_COLOR) if significant else NOT_SIGNIFICANT_COLOR
+                hatch = "" if significant else HATCH
+                if not has:
+                    low = high = math.nan
+            else:
+                std = sub.at[step, "std"]
+                std = 0.0 if pd.isna(std) else float(std)
+                low, high = (d - std, d + std) if not math.isnan(d) else (math.nan, math.nan)
+                color = NOT_SIGNIFICANT_COLOR if math.isnan(d) else (UP_COLOR if d >= 0 else DOWN_COLOR)
+                hatch = ""
+            rows.append((group, step, x, d, low, high, color, hatch, "n/a" if math.isnan(d) else f"{d:+.1f}"))
+    return pd.DataFrame(rows, columns=["group", "step", "x", "delta", "err_low", "err_high", "color", "hatch",
+                                       "label"])
+
+
+def draw_ablation(deltas: "pd.DataFrame", *, mode: str, metric: str = "mAP", title: str = "", note: str | None = None,
+                  resamples: int = 1000, confidence: float = 0.95, figsize: tuple[float, float] | None = None) -> Any:
+    """The figure of ``plot_ablation``, not saved (its axes hold the bars of ``ablation_bars`` in order)."""
+    from matplotlib.patches import Patch
+
     groups = list(dict.fromkeys(deltas["group"]))
     if not groups:
         raise ValueError("the ablation has a single row: there is no difference to plot")
     if deltas["delta"].isna().all():
         raise ValueError("no difference can be computed yet: no step and its reference both have results "
                          "(`reidbench report` shows which runs are not done)")
+    bars = ablation_bars(deltas)
     steps = list(dict.fromkeys(deltas["step"]))
     fig, axes = new_figure(1, len(groups), figsize, panel_size=(max(4.2, 0.75 * len(steps) + 1.5), 3.6))
     for c, group in enumerate(groups):
         ax = axes[0][c]
-        sub = deltas[deltas["group"] == group].set_index("step").reindex(steps)
-        heights = sub["delta"].fillna(0.0)
-        colors = ["0.75" if math.isnan(d) else ("tab:green" if d >= 0 else "tab:red") for d in sub["delta"]]
-        ax.bar(range(len(steps)), heights, yerr=sub["std"].fillna(0.0), color=colors, capsize=3)
+        sub = bars[bars["group"] == group]
+        ax.bar(sub["x"], sub["delta"].fillna(0.0), color=list(sub["color"]), hatch=None, edgecolor="0.35",
+               linewidth=0.6)
+        for patch, hatch in zip(ax.patches, sub["hatch"]):
+            patch.set_hatch(hatch or None)
+        ends = sub.dropna(subset=["err_low", "err_high"])
+        if not ends.empty:  # drawn from low to high exactly: an asymmetric interval stays asymmetric
+            mid = (ends["err_low"] + ends["err_high"]) / 2
+            ax.errorbar(ends["x"], mid, yerr=(ends["err_high"] - ends["err_low"]) / 2, fmt="none", ecolor="0.15",
+                        elinewidth=1.1, capsize=3)
         ax.axhline(0, color="0.2", linewidth=0.8)
-        for x, (d, e) in enumerate(zip(sub["delta"], sub["std"].fillna(0.0))):
-            if math.isnan(d):
-                ax.annotate("n/a", (x, 0), ha="center", va="bottom", fontsize=8, xytext=(0, 3),
+        for r in sub.itertuples():
+            if math.isnan(r.delta):
+                ax.annotate("n/a", (r.x, 0), ha="center", va="bottom", fontsize=8, xytext=(0, 3),
                             textcoords="offset points", color="0.4")
                 continue
-            up = d >= 0  # label beyond the error bar's end, so neither hides the other
-            ax.annotate(f"{d:+.1f}", (x, d + e if up else d - e), ha="center", va="bottom" if up else "top",
-                        fontsize=8, xytext=(0, 3 if up else -3), textcoords="offset points")
+            up = r.delta >= 0  # label beyond the error bar's end, so neither hides the other
+            end = (max(r.delta, r.err_high) if up else min(r.delta, r.err_low)) if not math.isnan(r.err_low) \
+                else r.delta
+            ax.annotate(r.label, (r.x, end), ha="center", va="bottom" if up else "top", fontsize=8,
+                        xytext=(0, 3 if up else -3), textcoords="offset points")
         ax.set_xticks(range(len(steps)), steps, rotation=30, ha="right")
         ax.set_ylabel(f"Δ {metric_label(metric)} (points)")
         ax.set_title(f"Test on {group}")
         ax.margins(y=0.15)
+    legend_title = note if note is not None else interval_legend(deltas, resamples=resamples, confidence=confidence)
+    if "ci_low" in deltas.columns:
+        handles = [Patch(facecolor=UP_COLOR, edgecolor="0.35", label="better, interval excludes 0"),
+                   Patch(facecolor=DOWN_COLOR, edgecolor="0.35", label="worse, interval excludes 0"),
+                   Patch(facecolor=NOT_SIGNIFICANT_COLOR, edgecolor="0.35", hatch=HATCH,
+                         label="interval includes 0 / no interval")]
+    else:
+        handles = [Patch(facecolor=UP_COLOR, label="better"), Patch(facecolor=DOWN_COLOR, label="worse")]
+    import textwrap
+
+    width = max(50, int(fig.get_figwidth() * 13))  # characters per line of the 8 pt legend title
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, title_fontsize=8,
+               title=textwrap.fill(legend_title, width), frameon=False)
     set_title(fig, title or f"Δ {metric_label(metric)} vs {REFERENCE.get(mode, 'reference')}")
+    return fig
+
+
+def plot_ablation(deltas: "pd.DataFrame", out: str | Path, *, mode: str, metric: str = "mAP", title: str = "",
+                  note: str | None = None, resamples: int = 1000, confidence: float = 0.95,
+                  figsize: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI) -> Path:
+    """One panel per test set: a bar per step = its difference from its reference, labelled with it.
+
+    With intervals (``ablation_intervals`` rows of one metric): error bars = the interval
+    (ci_low..ci_high), bars in colour when it excludes 0 (green up, red down), grey and hatched
+    when it includes 0 or there is none; the legend says which interval. With ``ablation_deltas``
+    (``--interval none``): ±std error bars, green up / red down. ``note`` replaces the legend's title.
+    """
+    fig = draw_ablation(deltas, mode=mode, metric=metric, title=title, note=note, resamples=resamples,
+                        confidence=confidence, figsize=figsize)
     return save_figure(fig, out, dpi)
