@@ -131,3 +131,21 @@ def test_one_seed_bootstrap_interval_is_the_statistics_modules(tmp_path):
     assert math.isnan(forced.loc["+warmup", "synth-a mAP ci_low"])
     assert math.isnan(forced.loc["+warmup", "synth-a mAP significant"])
     store.close()
+
+
+def test_study_points_are_compared_with_the_best_point():
+    from reidbench.harness.report.significance import study_intervals
+
+    # mAP (percent) of three P×K points over seeds 0..2 on one test set; 16×4 is the best.
+    values = {"8×4": (70.0, 71.0, 72.0), "16×4": (80.0, 82.0, 81.0), "32×4": (79.0, 82.5, 80.0)}
+    rows = [(f"{b}-{s}", s, b, "synth-a", "synth-a", "mAP", v) for b, vs in values.items() for s, v in enumerate(vs)]
+    points = pd.DataFrame(rows, columns=["run_hash", "seed", "batch", "test_set", "group", "metric", "value"])
+    out = study_intervals(None, points, "batch", ["mAP"], method="seeds")
+    assert set(out["reference"]) == {"16×4"} and sorted(out["step"]) == ["32×4", "8×4"]
+    for step in ("8×4", "32×4"):
+        d = np.subtract(values[step], values["16×4"])
+        half = T_975_2 * d.std(ddof=1) / math.sqrt(3)
+        row = out[out["step"] == step].iloc[0]
+        assert row["delta"] == pytest.approx(d.mean()) and row["ci_low"] == pytest.approx(d.mean() - half)
+        assert row["ci_high"] == pytest.approx(d.mean() + half)
+    assert out.set_index("step").loc["8×4", "significant"] and not out.set_index("step").loc["32×4", "significant"]

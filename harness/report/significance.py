@@ -32,7 +32,7 @@ METHODS = ("auto", "seeds", "bootstrap")
 COLUMNS = ["step", "reference", "group", "test_set", "metric", "delta", "ci_low", "ci_high", "significant",
            "method", "n"]
 REFERENCE_WORDS = {"cumulative": "the step before", "single": "the base", "leave-one-out": "all tricks",
-                   "steps": "the first row"}
+                   "steps": "the first row", "study": "the best point"}
 
 
 def references(mode: str, steps: Sequence[str]) -> dict[str, str]:
@@ -88,63 +88,99 @@ def ablation_intervals(store: Any, frame: "pd.DataFrame", mode: str, metrics: Se
     Rows whose interval cannot be computed (a run not done, per-query results lacking, one seed
     with ``method="seeds"``) keep NaN bounds, ``significant`` False and the reason in ``method``.
     """
+    default = frame[(frame["variant"] == "") & frame["metric"].notna()]
+    steps = list(dict.fromkeys(frame.sort_values("row")["step"][frame["variant"] == ""]))
+    runs, values, groups = _index(default.itertuples(), row="step", scale=1.0)
+    comparisons = [(step, ref, test_set, metric) for step, ref in references(mode, steps).items()
+                   for test_set in groups for metric in metrics]
+    return compare(store, runs, values, groups, comparisons, method=method, resamples=resamples, seed=seed,
+                   confidence=confidence, fingerprints=fingerprints, log=log)
+
+
+def study_intervals(store: Any, points: "pd.DataFrame", by: str, metrics: Sequence[str], *,
+                    method: str = "auto", resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                    confidence: float = 0.95, log: Callable[[str], None] | None = None) -> "pd.DataFrame":
+    """Every study point (a P×K or an image size) against the best point of each test set and metric.
+
+    ``points``: ``report/points.points_from_runs`` (values in percent). The best point (highest mean)
+    is its own reference and gets no row.
+    """
+    runs, values, groups = _index(points.itertuples(), row=by, scale=0.01)
+    comparisons = []
+    for test_set in groups:
+        for metric in metrics:
+            use = points[(points["test_set"] == test_set) & (points["metric"] == metric)]
+            if use.empty:
+                continue
+            means = use.groupby(by, sort=False)["value"].mean()
+            best = str(means.idxmax())
+            comparisons.extend((str(row), best, test_set, metric) for row in means.index if str(row) != best)
+    return compare(store, runs, values, groups, comparisons, method=method, resamples=resamples, seed=seed,
+                   confidence=confidence, log=log)
+
+
+def _index(rows: Any, row: str, scale: float) -> tuple[dict, dict, dict]:
+    """(row, test set) → {seed: run}, (row, test set, metric, seed) → value (fraction), test set → group."""
+    runs: dict[tuple[str, str], dict[Any, str]] = {}
+    values: dict[tuple[str, str, str, Any], float] = {}
+    groups: dict[str, str] = {}
+    for r in rows:
+        label = str(getattr(r, row))
+        runs.setdefault((label, r.test_set), {})[r.seed] = r.run_hash
+        values[(label, r.test_set, r.metric, r.seed)] = scale * float(r.value)
+        groups[r.test_set] = r.group
+    return runs, values, groups
+
+
+def compare(store: Any, runs: dict, values: dict, groups: dict, comparisons: Sequence[tuple[str, str, str, str]], *,
+            method: str = "auto", resamples: int = DEFAULT_RESAMPLES, seed: int = 0, confidence: float = 0.95,
+            fingerprints: dict[str, str] | None = None, log: Callable[[str], None] | None = None) -> "pd.DataFrame":
+    """The interval of each (row, reference, test set, metric) comparison; values are fractions, output points."""
     import pandas as pd
 
     if method not in METHODS:
         raise ValueError(f"interval method {method!r} is not valid; valid: {', '.join(METHODS)}")
-    default = frame[(frame["variant"] == "") & frame["metric"].notna()]
-    steps = list(dict.fromkeys(frame.sort_values("row")["step"][frame["variant"] == ""]))
-    refs = references(mode, steps)
-    # (step, test set) → {seed: run hash}; (step, test set, metric, seed) → value
-    runs: dict[tuple[str, str], dict[Any, str]] = {}
-    values: dict[tuple[str, str, str, Any], float] = {}
-    groups: dict[str, str] = {}
-    for r in default.itertuples():
-        runs.setdefault((r.step, r.test_set), {})[r.seed] = r.run_hash
-        values[(r.step, r.test_set, r.metric, r.seed)] = float(r.value)
-        groups[r.test_set] = r.group
     per_query: _PerQuery | None = None
     rows = []
-    for step, ref in refs.items():
-        for test_set, group in groups.items():
-            a_runs, b_runs = runs.get((ref, test_set), {}), runs.get((step, test_set), {})
-            for metric in metrics:
-                common = sorted(s for s in set(a_runs) & set(b_runs)
-                                if (ref, test_set, metric, s) in values and (step, test_set, metric, s) in values)
-                chosen = method if method != "auto" else ("seeds" if len(common) >= 2 else "bootstrap")
-                interval, why = None, ""
-                if chosen == "seeds":
-                    if len(common) >= 2:
-                        interval = paired_t_interval([values[(ref, test_set, metric, s)] for s in common],
-                                                     [values[(step, test_set, metric, s)] for s in common],
-                                                     confidence=confidence)
-                    else:
-                        why = f"{len(common)} common seed(s): a t interval needs 2"
-                else:
-                    if per_query is None:
-                        hashes = [h for d in runs.values() for h in d.values()]
-                        per_query = _PerQuery(store, list(dict.fromkeys(hashes)), fingerprints or {}, log)
-                    variant, base_metric = _bootstrap_metric(metric)
-                    pairs = [(per_query.get(a_runs[s], variant, test_set), per_query.get(b_runs[s], variant, test_set))
-                             for s in common]
-                    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-                    if not common:
-                        why = "no common finished seed"
-                    elif len(pairs) < len(common):
-                        why = "per-query results lacking (saved features gone)"
-                    else:
-                        a = _pooled([p[0] for p in pairs])
-                        b = _pooled([p[1] for p in pairs])
-                        interval = paired_bootstrap(a, b, a["q_pids"], metrics=(base_metric,), resamples=resamples,
-                                                    seed=seed, confidence=confidence)[base_metric]
-                if interval is None:
-                    delta = (np.mean([values[(step, test_set, metric, s)] - values[(ref, test_set, metric, s)]
-                                      for s in common]) if common else math.nan)
-                    rows.append((step, ref, group, test_set, metric, 100 * delta, math.nan, math.nan, False,
-                                 f"no interval: {why}", len(common)))
-                else:
-                    rows.append((step, ref, group, test_set, metric, 100 * interval.delta, 100 * interval.low,
-                                 100 * interval.high, bool(interval.significant), interval.method, interval.n))
+    for step, ref, test_set, metric in comparisons:
+        group = groups[test_set]
+        a_runs, b_runs = runs.get((ref, test_set), {}), runs.get((step, test_set), {})
+        common = sorted((s for s in set(a_runs) & set(b_runs)
+                         if (ref, test_set, metric, s) in values and (step, test_set, metric, s) in values), key=str)
+        chosen = method if method != "auto" else ("seeds" if len(common) >= 2 else "bootstrap")
+        interval, why = None, ""
+        if chosen == "seeds":
+            if len(common) >= 2:
+                interval = paired_t_interval([values[(ref, test_set, metric, s)] for s in common],
+                                             [values[(step, test_set, metric, s)] for s in common],
+                                             confidence=confidence)
+            else:
+                why = f"{len(common)} common seed(s): a t interval needs 2"
+        else:
+            if per_query is None:
+                hashes = [h for d in runs.values() for h in d.values()]
+                per_query = _PerQuery(store, list(dict.fromkeys(hashes)), fingerprints or {}, log)
+            variant, base_metric = _bootstrap_metric(metric)
+            pairs = [(per_query.get(a_runs[s], variant, test_set), per_query.get(b_runs[s], variant, test_set))
+                     for s in common]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            if not common:
+                why = "no common finished seed"
+            elif len(pairs) < len(common):
+                why = "per-query results lacking (saved features gone)"
+            else:
+                a = _pooled([p[0] for p in pairs])
+                b = _pooled([p[1] for p in pairs])
+                interval = paired_bootstrap(a, b, a["q_pids"], metrics=(base_metric,), resamples=resamples,
+                                            seed=seed, confidence=confidence)[base_metric]
+        if interval is None:
+            delta = (np.mean([values[(step, test_set, metric, s)] - values[(ref, test_set, metric, s)]
+                              for s in common]) if common else math.nan)
+            rows.append((step, ref, group, test_set, metric, 100 * delta, math.nan, math.nan, False,
+                         f"no interval: {why}", len(common)))
+        else:
+            rows.append((step, ref, group, test_set, metric, 100 * interval.delta, 100 * interval.low,
+                         100 * interval.high, bool(interval.significant), interval.method, interval.n))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
