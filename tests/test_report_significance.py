@@ -149,3 +149,20 @@ def test_study_points_are_compared_with_the_best_point():
         assert row["delta"] == pytest.approx(d.mean()) and row["ci_low"] == pytest.approx(d.mean() - half)
         assert row["ci_high"] == pytest.approx(d.mean() + half)
     assert out.set_index("step").loc["8×4", "significant"] and not out.set_index("step").loc["32×4", "significant"]
+
+
+def test_two_seed_t_intervals_in_csv(tmp_path):
+    # Two seeds: t_{0.975,1} = 12.706205. +warmup gains 0.100 and 0.101 (significant even so);
+    # +REA changes by +0.02 and -0.01 (not).
+    maps = {"Baseline": (0.500, 0.520), "+warmup": (0.600, 0.621), "+REA": (0.620, 0.611)}
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    store = Store(db)
+    _record(store, _steps([0, 1]), lambda s: {"R1": 0.9, "mAP": maps[s.step][s.seed], "mINP": 0.3})
+    frame = _csv(db)
+    for step, ref, significant in (("+warmup", "Baseline", 1), ("+REA", "+warmup", 0)):
+        d = np.subtract(maps[step], maps[ref])
+        half = 12.706205 * d.std(ddof=1) / math.sqrt(2)
+        assert frame.loc[step, "synth-a mAP ci_low"] == pytest.approx(100 * (d.mean() - half), abs=1e-3)
+        assert frame.loc[step, "synth-a mAP ci_high"] == pytest.approx(100 * (d.mean() + half), abs=1e-3)
+        assert frame.loc[step, "synth-a mAP significant"] == significant
+    store.close()
