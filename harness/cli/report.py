@@ -238,12 +238,16 @@ def _sweep(kind: str, ablation: str | None, runs: str | None, where: tuple[str, 
     check_sweep([r.spec for r in selected], fields, what)
     points = points_from_runs(store, [r.run_hash for r in selected], chosen)
     where_text = describe_runs(selected)
+    from reidbench.harness.report.significance import study_intervals
+
+    intervals = study_intervals(store, points, "batch" if kind == "batch" else "image_size", chosen,
+                                log=lambda line: click.echo(line, err=True))
     if kind == "batch":
         path = plot_batch_size(points, out, metrics=chosen, figsize=size, dpi=dpi,
-                               title=f"Batch size P×K — {where_text}")
+                               title=f"Batch size P×K — {where_text}", intervals=intervals)
     else:
         path = plot_image_size(points, out, metrics=chosen, figsize=size, dpi=dpi,
-                               title=f"Input image size — {where_text}")
+                               title=f"Input image size — {where_text}", intervals=intervals)
     click.echo(f"wrote {path} ({len(selected)} runs)")
 
 

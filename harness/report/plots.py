@@ -21,11 +21,33 @@ if TYPE_CHECKING:
 METRIC_COLORS = {"R1": "tab:blue", "mAP": "tab:orange", "mINP": "tab:green"}
 
 
-def _agg(points: "pd.DataFrame", keys: list[str]) -> "pd.DataFrame":
-    """Mean, sample std (0 for one seed) and count of ``value`` per ``keys``."""
+def _agg(points: "pd.DataFrame", keys: list[str], confidence: float = 0.95) -> "pd.DataFrame":
+    """Mean, sample std (0 for one seed), count and the half-width ``ci`` of the t interval of the mean
+    over seeds (mean ± t·s/√n; 0 for one seed) of ``value`` per ``keys``."""
+    from scipy import stats as scipy_stats
+
     out = points.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
     out["std"] = out["std"].fillna(0.0)
+    n = out["count"].clip(lower=1)
+    t = [scipy_stats.t.ppf(0.5 + confidence / 2, k - 1) if k > 1 else 0.0 for k in n]
+    out["ci"] = [tt * s / math.sqrt(k) for tt, s, k in zip(t, out["std"], n)]
     return out
+
+
+def _within_best(intervals: "pd.DataFrame | None", group: str, metric: str) -> set[str] | None:
+    """Points (row labels) whose difference from the best point has an interval including 0 — and the best.
+
+    None without intervals (nothing is marked)."""
+    if intervals is None or intervals.empty:
+        return None
+    sub = intervals[(intervals["group"] == group) & (intervals["metric"] == metric)]
+    if sub.empty:
+        return None
+    return set(sub.loc[~sub["significant"].astype(bool), "step"]) | set(sub["reference"])
+
+
+SWEEP_NOTE = ("error bars: 95% t interval of the mean over seeds; hollow markers: within the noise of the best "
+              "point (paired interval of the difference includes 0)")
 
 
 def _panels(points: "pd.DataFrame", metrics: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -37,9 +59,11 @@ def _panels(points: "pd.DataFrame", metrics: Sequence[str]) -> tuple[list[str], 
 
 
 def plot_batch_size(points: "pd.DataFrame", out: str | Path, *, metrics: Sequence[str] = ("R1", "mAP"),
-                    title: str = "", figsize: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI) -> Path:
+                    title: str = "", figsize: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI,
+                    intervals: "pd.DataFrame | None" = None) -> Path:
     """R1/mAP against K (images per identity), one line per P (identities per batch); rows = metrics,
-    columns = test sets; error bars = std over seeds."""
+    columns = test sets; error bars = 95 % t interval of the mean over seeds. With ``intervals``
+    (``significance.study_intervals``, rows "P×K"), points within the noise of the best are hollow."""
     import matplotlib.pyplot as plt
 
     groups, present = _panels(points, metrics)
@@ -56,8 +80,13 @@ def plot_batch_size(points: "pd.DataFrame", out: str | Path, *, metrics: Sequenc
                 sub = sub.sort_values("imgs_per_id")
                 if sub.empty:
                     continue
-                ax.errorbar(sub["imgs_per_id"], sub["mean"], yerr=sub["std"], marker="o", capsize=3,
+                ax.errorbar(sub["imgs_per_id"], sub["mean"], yerr=sub["ci"], marker="o", capsize=3,
                             color=color, label=f"P = {p}")
+                near = _within_best(intervals, group, metric)
+                if near is not None:  # hollow = within the noise of the best point
+                    hollow = sub[[f"{p}×{k}" in near for k in sub["imgs_per_id"]]]
+                    ax.plot(hollow["imgs_per_id"], hollow["mean"], linestyle="none", marker="o", markersize=7,
+                            markerfacecolor="white", markeredgecolor=color, zorder=3)
             ax.set_xticks(ks)
             ax.set_xlabel("K (images per identity)")
             ax.set_ylabel(f"{metric_label(metric)} (%)")
@@ -65,14 +94,17 @@ def plot_batch_size(points: "pd.DataFrame", out: str | Path, *, metrics: Sequenc
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:  # one legend for every panel, outside them: lines are never hidden
         fig.legend(handles, labels, loc="outside right center", title="identities\nper batch")
-    set_title(fig, title or "Batch size P×K")
+    set_title(fig, (title or "Batch size P×K") + "\n" + SWEEP_NOTE if intervals is not None else
+              (title or "Batch size P×K") + "\nerror bars: 95% t interval of the mean over seeds")
     return save_figure(fig, out, dpi)
 
 
 def plot_image_size(points: "pd.DataFrame", out: str | Path, *, metrics: Sequence[str] = ("R1", "mAP"),
-                    title: str = "", figsize: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI) -> Path:
+                    title: str = "", figsize: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI,
+                    intervals: "pd.DataFrame | None" = None) -> Path:
     """R1/mAP against input image size (ordered by pixel count), one panel per test set;
-    error bars = std over seeds."""
+    error bars = 95 % t interval of the mean over seeds. With ``intervals`` (rows "H×W"), bars
+    within the noise of the best size are hatched."""
     groups, present = _panels(points, metrics)
     stats = _agg(points, ["group", "metric", "image_h", "image_w", "image_size"])
     sizes = (stats[["image_h", "image_w", "image_size"]].drop_duplicates()
@@ -86,8 +118,13 @@ def plot_image_size(points: "pd.DataFrame", out: str | Path, *, metrics: Sequenc
         for i, metric in enumerate(present):
             sub = stats[(stats["group"] == group) & (stats["metric"] == metric)]
             xs = [x_of[s] - 0.4 + width * (i + 0.5) for s in sub["image_size"]]
-            ax.bar(xs, sub["mean"], width=width * 0.95, yerr=sub["std"], capsize=3,
-                   color=METRIC_COLORS.get(metric, f"C{i}"), label=metric_label(metric))
+            near = _within_best(intervals, group, metric)
+            bars = ax.bar(xs, sub["mean"], width=width * 0.95, yerr=sub["ci"], capsize=3,
+                          color=METRIC_COLORS.get(metric, f"C{i}"), label=metric_label(metric))
+            if near is not None:
+                for bar, size in zip(bars, sub["image_size"]):
+                    if size in near:
+                        bar.set_hatch("//")
             for x, v in zip(xs, sub["mean"]):
                 ax.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
                             textcoords="offset points")
@@ -97,7 +134,10 @@ def plot_image_size(points: "pd.DataFrame", out: str | Path, *, metrics: Sequenc
         ax.set_title(f"Test on {group}")
         if c == 0:
             ax.legend()
-    set_title(fig, title or "Input image size")
+    note = ("error bars: 95% t interval of the mean over seeds; hatched: within the noise of the best size "
+            "(paired interval of the difference includes 0)") if intervals is not None else \
+        "error bars: 95% t interval of the mean over seeds"
+    set_title(fig, (title or "Input image size") + "\n" + note)
     return save_figure(fig, out, dpi)
 
 
