@@ -37,7 +37,7 @@ def candidate_files(evaluation: Any, run: Any) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def _settings(evaluation: Any, run: Any) -> dict[str, Any]:
+def ranking_settings(evaluation: Any, run: Any) -> dict[str, Any]:
     """The evaluation's ranking settings; schema-1 evaluations stored none: the run's eval section."""
     if evaluation.settings:
         return dict(evaluation.settings)
@@ -51,7 +51,7 @@ def recompute(evaluation: Any, run: Any) -> tuple[bytes | None, str]:
     """(per-query payload, "") when the saved features reproduce the stored metrics; (None, why) otherwise."""
     from reidbench.harness.evaluation.protocol import score
 
-    settings = _settings(evaluation, run)
+    settings = ranking_settings(evaluation, run)
     reasons = []
     for path in candidate_files(evaluation, run):
         if not path.is_file():

@@ -254,10 +254,10 @@ def ranked_queries(side: Side, indices: Sequence[int], top: int) -> tuple[dict[i
     Only those queries are ranked. Raises ValueError when the features do not reproduce the stored
     per-query AP of these queries (another file, or a re-ranked evaluation).
     """
-    from reidbench.harness.evaluation.fill import _settings
+    from reidbench.harness.evaluation.fill import ranking_settings
     from reidbench.harness.report.ranks import load_features, rank_queries
 
-    settings = _settings(side.evaluation, side.run)
+    settings = ranking_settings(side.evaluation, side.run)
     if settings.get("rerank"):
         raise ValueError(f"run {side.run.short_hash}: ranked lists of a re-ranked evaluation are not drawn "
                          "(they would be ranked without re-ranking)")
