@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_rerank.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_mgn.py
 
 clean-venv:
 	rm -rf $(VENV)
