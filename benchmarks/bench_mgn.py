@@ -30,7 +30,6 @@ processes, whose load makes every figure here slower and noisier.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import resource
@@ -39,6 +38,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from limited import Limited  # benchmarks/limited.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = {"bot": ROOT / "experiments" / "bot.yaml", "mgn": ROOT / "experiments" / "mgn.yaml"}
@@ -60,19 +61,6 @@ def _sync(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class _Limited:
-    """The first ``steps`` batches of a loader, with a length (what train_one_epoch expects)."""
-
-    def __init__(self, loader, steps: int) -> None:
-        self.loader, self.steps = loader, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        return itertools.islice(iter(self.loader), self.steps)
 
 
 def _spec(arch: str, args):
@@ -109,7 +97,7 @@ class _Harness:
         self.epoch_no += 1
         if batches is None:
             self.real_loader.batch_sampler.set_epoch(self.epoch_no)
-            self.comps.loader = _Limited(self.real_loader, steps)
+            self.comps.loader = Limited(self.real_loader, steps)
         else:
             self.comps.loader = batches  # a list: a length, and the loader's 4-tuples
         seed_epoch(self.spec.train.seed, self.epoch_no)

@@ -11,29 +11,17 @@ Prints images/s and the fraction of step time spent waiting for the next batch f
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 
 import torch
+
+from limited import Limited  # benchmarks/limited.py (the script's folder is on sys.path)
 
 from reidbench.harness.data.named import load_named_dataset
 from reidbench.harness.spec import replace_section, spec_from_dict
 from reidbench.harness.train.build import build_training
 from reidbench.harness.train.loop import seed_epoch, train_one_epoch
 from reidbench.tricks import REGISTRY
-
-
-class _Limited:
-    """The first ``steps`` batches of a loader, with a length (what train_one_epoch expects)."""
-
-    def __init__(self, loader, steps: int) -> None:
-        self.loader, self.steps = loader, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        return itertools.islice(iter(self.loader), self.steps)
 
 
 def bench(name: str, backbone: str, image_size: tuple[int, int], dataset, steps: int, workers: int,
@@ -48,10 +36,10 @@ def bench(name: str, backbone: str, image_size: tuple[int, int], dataset, steps:
     comps = build_training(spec, dataset, device, workers, show_progress=False).components
     t_cache = time.perf_counter() - t0
     loader = comps.loader
-    comps.loader = _Limited(loader, 3)
+    comps.loader = Limited(loader, 3)
     loader.batch_sampler.set_epoch(1)
     train_one_epoch(comps, 1, 1)  # warm-up: allocator, cudnn autotune, worker start
-    comps.loader = _Limited(loader, steps)
+    comps.loader = Limited(loader, steps)
     seed_epoch(0, 2)
     loader.batch_sampler.set_epoch(2)
     stats = train_one_epoch(comps, 2, 2)
