@@ -292,9 +292,7 @@ def plot_compare_ranks(pair: Pair, cmp: QueryComparison, out: str | Path, *, top
                        figsize: tuple[float, float] | None = None, dpi: int = DEFAULT_DPI) -> Path:
     """Two rows per query (run A, then run B): the query (blue frame) and its top-k gallery images
     (green = same identity, red = another); the most improved queries first, then the most regressed."""
-    from PIL import Image
-
-    from reidbench.harness.report.ranks import resolve_image
+    from reidbench.harness.report.ranks import draw_cell, resolve_image
 
     shown = [("improved", i) for i in cmp.most_improved] + [("regressed", i) for i in cmp.most_regressed]
     if not shown:
@@ -324,22 +322,12 @@ def plot_compare_ranks(pair: Pair, cmp: QueryComparison, out: str | Path, *, top
         cells += [(str(arrays["g_paths"][i]), "tab:green" if m else "tab:red",
                    f"#{k + 1}  id {int(arrays['g_pids'][i])}") for k, (i, m) in enumerate(zip(r.gallery, r.matches))]
         for c in range(width):
-            ax = axes[row][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.grid(False)
             if c >= len(cells):
-                ax.set_axis_off()
+                draw_cell(axes[row][c], None)
                 continue
             path, color, text = cells[c]
-            with Image.open(files[path]) as img:
-                ax.imshow(img.convert("RGB"))
-            ax.set_aspect("auto")
-            for spine in ax.spines.values():
-                spine.set_visible(True)
-                spine.set_color(color)
-                spine.set_linewidth(4)
-            ax.set_title(text, fontsize=7 if c == 0 else 8, color=color if c else "black")
+            draw_cell(axes[row][c], files[path], color, text, title_color=color if c else "black",
+                      fontsize=7 if c == 0 else 8)
     set_title(fig, title or f"Most improved and most regressed queries on {pair.test_set}: run A then run B")
     return save_figure(fig, out, dpi)
 

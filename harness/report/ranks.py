@@ -33,6 +33,29 @@ class RankedQuery:
     matches: tuple[bool, ...]
 
 
+def draw_cell(ax, image_file, color: str = "black", title: str = "", *, title_color: str = "black",
+              fontsize: int = 8, xlabel: str | None = None) -> None:
+    """One image of a ranked list in ``ax``: the picture framed in ``color`` (None: an empty cell)."""
+    from PIL import Image
+
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    if image_file is None:
+        ax.set_axis_off()
+        return
+    with Image.open(image_file) as img:
+        ax.imshow(img.convert("RGB"))
+    ax.set_aspect("auto")
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_color(color)
+        spine.set_linewidth(4)
+    ax.set_title(title, fontsize=fontsize, color=title_color)
+    if xlabel:
+        ax.set_xlabel(xlabel, fontsize=6)
+
+
 def load_features(path: str | Path) -> dict[str, Any]:
     """The arrays of a features file; a missing file or key fails in one line naming it."""
     import numpy as np
@@ -156,8 +179,6 @@ def plot_ranks(chosen: Sequence[RankedQuery], g_paths: Sequence[str], g_pids: Se
                dpi: int = DEFAULT_DPI) -> Path:
     """One row per query: the query (blue frame) then its top-k gallery images (green = same
     identity, red = another), each titled with its file name and identity."""
-    from PIL import Image
-
     if not chosen:
         raise ValueError("no valid query to show (no query has a match in the gallery)")
     top = max(len(q.gallery) for q in chosen)
@@ -175,22 +196,11 @@ def plot_ranks(chosen: Sequence[RankedQuery], g_paths: Sequence[str], g_pids: Se
         cells += [(str(g_paths[i]), "tab:green" if m else "tab:red", f"#{k + 1}  id {int(g_pids[i])}")
                   for k, (i, m) in enumerate(zip(q.gallery, q.matches))]
         for c in range(top + 1):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.grid(False)
             if c >= len(cells):
-                ax.set_axis_off()
+                draw_cell(axes[r][c], None)
                 continue
             path, color, head = cells[c]
-            with Image.open(files[path]) as img:
-                ax.imshow(img.convert("RGB"))
-            ax.set_aspect("auto")
-            for spine in ax.spines.values():
-                spine.set_visible(True)
-                spine.set_color(color)
-                spine.set_linewidth(4)
-            ax.set_title(head, fontsize=8, color=color if c else "black")
-            ax.set_xlabel(Path(path).name, fontsize=6)
+            draw_cell(axes[r][c], files[path], color, head, title_color=color if c else "black",
+                      xlabel=Path(path).name)
     set_title(fig, title or "Ranked lists")
     return save_figure(fig, out, dpi)
