@@ -278,6 +278,9 @@ def _effect_lines(plan: AblationPlan, intervals, train: str, metric: str = "mAP"
     lines = [f"† differs from {REFERENCE_WORDS.get(plan.mode, 'the reference row')} beyond the noise: the 95% "
              f"interval of the difference excludes 0 ({' / '.join(methods) or 'no interval computed'}).",
              f"Effect of each step on {metric} (points, 95% interval):"]
+    if any("bootstrap" in str(m) for m in methods):  # say what this interval does not cover
+        lines.insert(1, "  (the bootstrap covers the choice of test queries, not training noise: --seeds 3 adds "
+                        "a t interval over seeds)")
     width = max(len(s) for s in rows["step"])
     for step in dict.fromkeys(rows["step"]):
         parts = []
