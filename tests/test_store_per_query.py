@@ -3,7 +3,6 @@ first) with every number kept, and its evaluations get them from their saved fea
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -67,14 +66,8 @@ def test_a_new_evaluation_stores_per_query_results_that_give_its_metrics(tmp_pat
 
 
 @pytest.fixture
-def v2(tmp_path, monkeypatch, market_folder_factory):
-    work = tmp_path / "project"
-    shutil.copytree(FIXTURE, work)
-    market_folder_factory(work / "data" / "tiny", num_train_ids=6, num_test_ids=40, cams=3, per_cam=2)
-    market_folder_factory(work / "data" / "tiny2", num_train_ids=6, num_test_ids=40, cams=3, per_cam=2, seed=1)
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("REIDBENCH_DATA", str(tmp_path / "cache"))
-    return work
+def v2(old_project):
+    return old_project(FIXTURE.name)
 
 
 def _values(db: Path) -> list[tuple]:

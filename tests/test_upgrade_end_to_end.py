@@ -7,7 +7,6 @@ are regenerated here byte for byte, so the upgrade can fingerprint the data the 
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -30,13 +29,8 @@ def _old_values(db: Path) -> dict[tuple[str, str, str], float]:
 
 
 def test_the_same_ablate_command_trains_nothing_and_report_prints_the_same_numbers(
-        tmp_path, monkeypatch, market_folder_factory, same_numbers):
-    work = tmp_path / "project"
-    shutil.copytree(FIXTURE, work)
-    market_folder_factory(work / "data" / "tiny", num_train_ids=6, num_test_ids=40, cams=3, per_cam=2)
-    market_folder_factory(work / "data" / "tiny2", num_train_ids=6, num_test_ids=40, cams=3, per_cam=2, seed=1)
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("REIDBENCH_DATA", str(tmp_path / "cache"))
+        old_project, same_numbers):
+    work = old_project(FIXTURE.name)
     old = _old_values(work / "results.db")
     old_hashes = sorted({h for h, _, _ in old})
 
