@@ -40,6 +40,14 @@ def _intervals(store, ablation_id: int, log):
         return None
 
 
+def _echo_speed(store, ablation_id: int) -> None:
+    """What each step costs in training speed (img/s against the first row)."""
+    from reidbench.harness.report.speed import speed_frame, speed_lines
+
+    for line in speed_lines(speed_frame(store, store.get_ablation(ablation_id))):
+        click.echo(line)
+
+
 @click.command("tricks")
 def tricks_cmd() -> None:
     """List the registered tricks (paper order) with their summaries."""
@@ -175,6 +183,7 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
     ablation_id = run_plan(plan, store, runner, runs_dir, device=device, num_workers=workers, data_paths=data_paths,
                            meta=meta, progress=None, log=log)
     click.echo(ablation_table(plan, store, intervals=_intervals(store, ablation_id, log)))
+    _echo_speed(store, ablation_id)
     failed = [h for h, s in store.statuses(plan.unique_hashes()).items() if s != "done"]
     if failed:
         click.echo(f"{len(failed)} run(s) not done (see `reidbench runs list`); re-run the same command to retry",

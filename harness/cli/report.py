@@ -65,14 +65,17 @@ def _study_options(fn: Callable[..., Any]) -> Callable[..., Any]:
               help="Comma-separated: r1,r5,r10,map,minp, rerank_<name> [default: r1,map (+ re-ranked if recorded)].")
 @click.option("--paper", is_flag=True,
               help="Add the paper's numbers (Luo et al. 2019, Tables 1 and 3) beside matching rows on Market/Duke.")
+@click.option("--speed", is_flag=True,
+              help="Instead of accuracy: each step's training speed (img/s, mean±std over seeds) and its ratio to "
+                   "the first row — what a component costs.")
 @click.option("--label", default="tab:ablation", show_default=True, help="LaTeX \\label of the table.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: stdout].")
 @_study_options
 @interval_options
 @db_option
-def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, label: str, out: Path | None,
-           study: str | None, storage: str | None, runs_dir: Path, interval: str, resamples: int,
+def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, speed: bool, label: str,
+           out: Path | None, study: str | None, storage: str | None, runs_dir: Path, interval: str, resamples: int,
            db_url: str | None) -> None:
     """A paper-style table of one ablation: rows = steps, column groups = test sets.
 
@@ -81,7 +84,9 @@ def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, lab
     (CSV: delta, ci_low, ci_high, significant columns); the caption says what the numbers are
     (data, profile, epochs, seeds, weights, re-ranking, which interval).
     """
-    if study:
+    if speed:
+        _report_speed(ablation, fmt, label, out, db_url)
+    elif study:
         _report_study(study, storage, runs_dir, fmt, metrics, label, out, db_url, interval, resamples)
     else:
         _report(ablation, fmt, metrics, paper, label, out, db_url, interval, resamples)
@@ -174,6 +179,23 @@ def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, la
         note = interval_note(intervals, context.mode, resamples=resamples)
         caption = f"{caption} {note}".strip()
     emit(render(table, use_fmt, caption=caption, label=label, title=f"reidbench ablation {context.name}"), out)
+
+
+@user_errors
+def _report_speed(ablation: str, fmt: str | None, label: str, out: Path | None, db_url: str | None) -> None:
+    from reidbench.harness.report.speed import FIRST_TIMED_EPOCH, hosts_of, speed_frame, speed_table
+    from reidbench.harness.report.writers import render
+
+    store = open_store(db_url)
+    record = store.get_ablation(_ablation_ref(ablation))
+    frame = speed_frame(store, record)
+    hosts = hosts_of(frame)
+    caption = (f"Training speed of ablation {record.name} (id {record.id}): images per second, median over epochs "
+               f"{FIRST_TIMED_EPOCH}..N of each run, mean±std over seeds; % of base = 100 × the ratio to the first row. "
+               f"Trained on {', '.join(sorted(hosts)) or 'unknown hosts'}"
+               + (" (several hosts: the ratios mix machines)." if len(hosts) > 1 else "."))
+    emit(render(speed_table(frame), table_format(fmt, out), caption=caption, label=label + "-speed",
+                title=f"reidbench ablation {record.name} speed"), out)
 
 
 # --------------------------------------------------------------------------- plots
