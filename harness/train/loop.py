@@ -3,8 +3,9 @@
 Reproducibility contract: every epoch starts from ``seed_epoch(seed, epoch)`` (torch, numpy and
 Python RNGs) and ``set_epoch(epoch)`` on the batch sampler, so an epoch's batches and
 augmentations depend only on (seed, epoch) and on the weights it starts from; which parameters
-an epoch trains depends only on its stage. A run resumed from an epoch-boundary checkpoint
-therefore ends with the same weights as an uninterrupted one (CPU), mid-stage included.
+an epoch trains, and with which loss terms, depends only on its stage. A run resumed from an
+epoch-boundary checkpoint therefore ends with the same weights as an uninterrupted one (CPU),
+mid-stage included.
 
 Hooks are objects with any of ``before_epoch(components, epoch)``, ``after_step(components,
 step, losses)`` and ``on_epoch_end(components, stats)``. Loss terms and samplers that need to
