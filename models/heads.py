@@ -3,6 +3,10 @@
 Both heads return named outputs: ``f_t`` (the pooled feature the metric losses see), ``f_i`` (the
 feature used at inference) and, in training mode, ``logits`` for the ID loss. In eval mode the
 classifier is skipped, since retrieval only needs features.
+
+``dropout`` > 0 puts standard (inverted) dropout between the feature and the classifier (Geng et
+al.'s "basenet → dropout → fc → softmax"); it touches only the logits, never f_t/f_i. At 0 no
+module is added, so the parameters, the state dict and the random stream are those of before.
 """
 
 from __future__ import annotations
@@ -18,21 +22,29 @@ def global_average_pool(feature_map: torch.Tensor) -> torch.Tensor:
     return nn.functional.adaptive_avg_pool2d(feature_map, 1).flatten(1)
 
 
+def _dropout(rate: float) -> nn.Module:
+    """Dropout before a classifier; the identity (no random draw at all) at rate 0."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout={rate!r} is not valid: a rate in [0, 1)")
+    return nn.Dropout(rate) if rate > 0 else nn.Identity()
+
+
 class PlainHead(nn.Module):
     """Baseline head: pooled f → Linear with bias; f is both f_t and f_i.
 
     The classifier keeps PyTorch's default init, as the BoT reference does without BNNeck.
     """
 
-    def __init__(self, in_dim: int, num_classes: int) -> None:
+    def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.classifier = nn.Linear(in_dim, num_classes)
+        self.dropout = _dropout(dropout)
 
     def forward(self, feature_map: torch.Tensor) -> dict[str, torch.Tensor]:
         feature = global_average_pool(feature_map)
         out = {"f_t": feature, "f_i": feature}
         if self.training:
-            out["logits"] = self.classifier(feature)
+            out["logits"] = self.classifier(self.dropout(feature))
         return out
 
 
@@ -43,7 +55,7 @@ class BNNeckHead(nn.Module):
     origin, which suits the cosine ranking used at inference. Classifier init N(0, 0.001²).
     """
 
-    def __init__(self, in_dim: int, num_classes: int) -> None:
+    def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.bottleneck = nn.BatchNorm1d(in_dim)
         nn.init.ones_(self.bottleneck.weight)
@@ -51,13 +63,14 @@ class BNNeckHead(nn.Module):
         self.bottleneck.bias.requires_grad_(False)
         self.classifier = nn.Linear(in_dim, num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, mean=0.0, std=0.001)
+        self.dropout = _dropout(dropout)
 
     def forward(self, feature_map: torch.Tensor) -> dict[str, torch.Tensor]:
         f_t = global_average_pool(feature_map)
         f_i = self.bottleneck(f_t)
         out = {"f_t": f_t, "f_i": f_i}
         if self.training:
-            out["logits"] = self.classifier(f_i)
+            out["logits"] = self.classifier(self.dropout(f_i))
         return out
 
 
@@ -71,9 +84,9 @@ def head_class(neck: str) -> type[nn.Module]:
     return HEADS[neck]
 
 
-def build_head(neck: str, in_dim: int, num_classes: int) -> nn.Module:
-    """Head for ``model.neck`` (``"plain"`` or ``"bnneck"``)."""
+def build_head(neck: str, in_dim: int, num_classes: int, dropout: float = 0.0) -> nn.Module:
+    """Head for ``model.neck`` (``"plain"`` or ``"bnneck"``); ``dropout`` before its classifier."""
     cls = head_class(neck)
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} must be ≥ 1 (the number of training identities)")
-    return cls(in_dim, num_classes)
+    return cls(in_dim, num_classes, dropout=dropout)

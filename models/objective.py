@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ class BoundTerm:
     reads: tuple[str, ...]
     combine: str
     weight: float
+    kind: str = ""
 
 
 def resolve_reads(patterns: Sequence[str], available: Sequence[str], label: str) -> list[str]:
@@ -51,9 +52,13 @@ class Objective(nn.Module):
         self.bound = tuple(bound)
         self.terms = nn.ModuleList(modules)
 
-    def forward(self, outputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, outputs: Mapping[str, torch.Tensor], labels: torch.Tensor,
+                active: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """{label: weighted loss}; with ``active`` (labels), only those terms are computed (a stage's losses)."""
         values: dict[str, torch.Tensor] = {}
         for spec, term in zip(self.bound, self.terms):
+            if active is not None and spec.label not in active:
+                continue
             names = resolve_reads(spec.reads, list(outputs), spec.label)
             if spec.combine == "concat" or len(names) == 1:
                 x = outputs[names[0]] if len(names) == 1 else torch.cat([outputs[n] for n in names], dim=1)
@@ -63,6 +68,17 @@ class Objective(nn.Module):
                 loss = parts.mean() if spec.combine == "mean" else parts.sum()
             values[spec.label] = spec.weight * loss
         return values
+
+    def labels_for(self, names: Sequence[str], where: str) -> frozenset[str]:
+        """Labels of the terms named by kind or label; a name matching none is a one-line error."""
+        found: set[str] = set()
+        for name in names:
+            hits = {b.label for b in self.bound if name in (b.kind, b.label)}
+            if not hits:
+                raise ValueError(f"{where}: {name!r} is no loss term of this run; its terms: "
+                                 f"{', '.join(f'{b.label} ({b.kind})' for b in self.bound)}")
+            found |= hits
+        return frozenset(found)
 
     def own_optimizers(self) -> list[OwnOptimizer]:
         found = []
@@ -115,5 +131,6 @@ def build_objective(terms: Sequence[Any], num_classes: int, feature_dims: Mappin
         context = TermContext(params=params, weight=float(term.weight), num_classes=num_classes,
                               input_dim=input_dim, progress=progress)
         modules.append(entry.build(context))
-        bound.append(BoundTerm(label=label, reads=reads, combine=term.combine, weight=float(term.weight)))
+        bound.append(BoundTerm(label=label, reads=reads, combine=term.combine, weight=float(term.weight),
+                               kind=term.kind))
     return Objective(bound, modules)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from reidbench.tricks import bnneck, center, ls, rea, stride, warmup
+from reidbench.tricks import bnneck, center, ls, rea, stride, two_step, warmup
 from reidbench.tricks.base import Trick
 
 REGISTRY: tuple[Trick, ...] = (
@@ -18,6 +18,7 @@ REGISTRY: tuple[Trick, ...] = (
     stride.TRICK,
     bnneck.TRICK,
     center.TRICK,
+    two_step.TRICK,
 )
 PAPER_ORDER: tuple[str, ...] = tuple(t.name for t in REGISTRY)
 

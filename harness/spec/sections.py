@@ -167,6 +167,8 @@ class GroupSpec:
             fail(f"{where}.match", list(self.match), "a list of module-group names (e.g. new) or parameter globs")
         if not self.lr_scale >= 0:
             fail(f"{where}.lr_scale", self.lr_scale, "a number >= 0")
+        if not all(isinstance(n, str) and n for n in self.losses):
+            fail(f"{where}.losses", list(self.losses), "loss term kinds or labels such as ce or id")
         if self.weight_decay is not None and self.weight_decay < 0:
             fail(f"{where}.weight_decay", self.weight_decay, "a number >= 0 or null")
 
@@ -237,6 +239,8 @@ class StageSpec:
 
     ``frozen`` / ``train_only`` name module groups of the architecture (``backbone``, ``new``,
     ``pretrained``, ...) or module-name globs; ``train_only`` freezes everything else.
+    ``losses`` names the loss terms (by kind, e.g. ``ce``, or label, e.g. ``id``) the stage trains
+    with; the others are not computed in it (no value, no gradient). Empty: every term.
     """
 
     epochs: int
@@ -244,6 +248,7 @@ class StageSpec:
     frozen: tuple[str, ...] = ()
     train_only: tuple[str, ...] = ()
     lr_scale: float = 1.0
+    losses: tuple[str, ...] = ()
 
     def validate(self, where: str) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -252,6 +257,8 @@ class StageSpec:
             fail(f"{where}.train_only", list(self.train_only), "either frozen or train_only, not both")
         if not self.lr_scale >= 0:
             fail(f"{where}.lr_scale", self.lr_scale, "a number >= 0")
+        if not all(isinstance(n, str) and n for n in self.losses):
+            fail(f"{where}.losses", list(self.losses), "loss term kinds or labels such as ce or id")
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,16 @@ def _matches(name: str, globs: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
-def stage_plan(spec: RunSpec, model: nn.Module) -> StagePlan:
-    """Which parameters each epoch freezes and the LR scale of each epoch, from ``spec.stages``."""
+def stage_plan(spec: RunSpec, model: nn.Module, objective: Any = None) -> StagePlan:
+    """Which parameters each epoch freezes, the LR scale and the loss terms of each epoch, from ``spec.stages``.
+
+    Freezing covers the model's parameters; a loss term's own (the verification head's FC) is
+    not frozen by a stage, but a stage whose ``losses`` leave the term out does not compute it,
+    so it gets no gradient there. ``objective`` is needed only when a stage names ``losses``.
+    """
     names = [n for n, _ in model.named_parameters()]
     stages = []
+    losses: list[frozenset[str] | None] = []
     first = 1
     groups = dict(getattr(model, "module_groups", {}))
     for i, stage in enumerate(spec.stages):
@@ -63,10 +69,15 @@ def stage_plan(spec: RunSpec, model: nn.Module) -> StagePlan:
             raise ValueError(f"{where}: {list(stage.frozen or stage.train_only)} matches no parameter of "
                              f"model.arch={spec.model.arch!r}; module groups: {', '.join(sorted(groups))}")
         stages.append((stage.name or f"stage{i + 1}", first, first + stage.epochs - 1, frozen, stage.lr_scale))
+        if stage.losses and objective is None:
+            raise ValueError(f"{where}.losses: the stage plan needs the objective to resolve loss term names")
+        losses.append(objective.labels_for(stage.losses, f"{where}.losses") if stage.losses else None)
         first += stage.epochs
     if not stages:
         stages.append(("all", 1, spec.schedule.max_epochs, frozenset(), 1.0))
-    return StagePlan(tuple(stages))
+    if all(x is None for x in losses):
+        return StagePlan(tuple(stages))
+    return StagePlan(tuple(stages), tuple(losses))
 
 
 def _schedule_kwargs(spec: RunSpec) -> dict[str, Any]:
@@ -141,7 +152,7 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
     if spec.train.channels_last:  # NHWC helps on CPU too (oneDNN: ~20% for MobileNetV2 on 2 cores)
         model.to(memory_format=torch.channels_last)
     objective.to(device)
-    stages = stage_plan(spec, model)
+    stages = stage_plan(spec, model, objective)
     optimizer = build_optimizer_for(spec, model, objective)
     scheduler = build_lr_scheduler(optimizer, spec, stages)
     amp_dtype, scaler = None, None

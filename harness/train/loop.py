@@ -3,8 +3,9 @@
 Reproducibility contract: every epoch starts from ``seed_epoch(seed, epoch)`` (torch, numpy and
 Python RNGs) and ``set_epoch(epoch)`` on the batch sampler, so an epoch's batches and
 augmentations depend only on (seed, epoch) and on the weights it starts from; which parameters
-an epoch trains depends only on its stage. A run resumed from an epoch-boundary checkpoint
-therefore ends with the same weights as an uninterrupted one (CPU), mid-stage included.
+an epoch trains, and with which loss terms, depends only on its stage. A run resumed from an
+epoch-boundary checkpoint therefore ends with the same weights as an uninterrupted one (CPU),
+mid-stage included.
 
 Hooks are objects with any of ``before_epoch(components, epoch)``, ``after_step(components,
 step, losses)`` and ``on_epoch_end(components, stats)``. Loss terms and samplers that need to
@@ -28,9 +29,13 @@ from reidbench.models.terms import TrainProgress
 
 @dataclass(frozen=True)
 class StagePlan:
-    """Stages as (name, first epoch, last epoch, frozen parameter names, LR scale), covering the run."""
+    """Stages as (name, first epoch, last epoch, frozen parameter names, LR scale), covering the run.
+
+    ``losses``: per stage, the labels of the loss terms it trains with (None: all); empty = all everywhere.
+    """
 
     stages: tuple[tuple[str, int, int, frozenset[str], float], ...]
+    losses: tuple[frozenset[str] | None, ...] = ()
 
     def index(self, epoch: int) -> int:
         for i, (_, first, last, _, _) in enumerate(self.stages):
@@ -46,6 +51,10 @@ class StagePlan:
 
     def lr_scale(self, epoch: int) -> float:
         return self.stages[self.index(epoch)][4]
+
+    def active_losses(self, epoch: int) -> frozenset[str] | None:
+        """Labels of the loss terms this epoch computes; None = all of them."""
+        return self.losses[self.index(epoch)] if self.losses else None
 
 
 @dataclass
@@ -195,7 +204,8 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
             outputs = c.model(imgs)
         # Losses in float32: the triplet distances and center terms are sensitive to half precision.
         outputs = {k: v.float() for k, v in outputs.items()}
-        terms = c.objective(outputs, pids)
+        active = c.stages.active_losses(epoch) if c.stages is not None else None
+        terms = c.objective(outputs, pids) if active is None else c.objective(outputs, pids, active=active)
         _step(c, torch.stack(list(terms.values())).sum())
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())

@@ -5,9 +5,10 @@ returning an ``nn.Module`` whose ``forward(x, labels)`` maps ONE model output (f
 logits) and the identity labels to a scalar loss. The objective (``models/objective.py``)
 resolves which outputs a term reads, combines several, and applies the weight.
 
-A term that owns parameters with an optimiser of their own (center loss's centres; later a
-verification head) exposes ``own_optimizer() -> OwnOptimizer``; its parameters then never go into
-the model's optimiser, and the training loop steps it without knowing what it is. A term may also
+A term that owns parameters with an optimiser of their own (center loss's centres) exposes
+``own_optimizer() -> OwnOptimizer``; its parameters then never go into the model's optimiser, and
+the training loop steps it without knowing what it is. Other term parameters (the verification
+head's FC) are trained by the main optimiser with the model's. A term may also
 read the training progress (``context.progress``: epoch, fraction of the run), e.g. a curriculum.
 
 Adding a kind = one new module exporting ``TERM`` + one line in ``_BUILTIN`` below; a test or a
@@ -75,9 +76,9 @@ def register_loss_term(entry: LossTermEntry, *, replace: bool = False) -> LossTe
 
 
 def _register_builtin() -> None:
-    from reidbench.models.terms import ce, center, triplet
+    from reidbench.models.terms import ce, center, triplet, verif
 
-    for module in (ce, triplet, center):
+    for module in (ce, triplet, center, verif):
         register_loss_term(module.TERM)
 
 
