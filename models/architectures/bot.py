@@ -73,7 +73,8 @@ def build(model: Any, num_classes: int):
     net.test_feature = "f_i" if model.neck == "bnneck" else "f_t"
     if new or heads != ("head",):
         net.module_groups = exact_groups(net, new, heads)
-        net.reid_info = {**net.reid_info, "inserted": [n for n in net.module_groups["new"] if n.startswith("backbone.")]}
+        inserted = [n for n in net.module_groups["new"] if n.startswith("backbone.")]
+        net.reid_info = {**net.reid_info, "inserted": inserted}
     else:
         net.module_groups = {"backbone": ("backbone",), "head": ("head",), "pretrained": ("backbone",),
                              "new": ("head",)}

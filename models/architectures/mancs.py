@@ -119,7 +119,8 @@ class Mancs(nn.Module):
         return out
 
 
-def exact_groups(net: nn.Module, new_in_backbone: list[nn.Module], heads: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+def exact_groups(net: nn.Module, new_in_backbone: list[nn.Module], heads: tuple[str, ...]
+                 ) -> dict[str, tuple[str, ...]]:
     """``pretrained`` = the backbone minus the modules added inside it; ``new`` = those + the heads."""
     from reidbench.models.groups import module_names, prefixes_excluding
 

@@ -75,9 +75,9 @@ def register_loss_term(entry: LossTermEntry, *, replace: bool = False) -> LossTe
 
 
 def _register_builtin() -> None:
-    from reidbench.models.terms import ce, center, triplet
+    from reidbench.models.terms import bce, ce, center, curriculum, focal, triplet
 
-    for module in (ce, triplet, center):
+    for module in (ce, triplet, center, focal, bce, curriculum):
         register_loss_term(module.TERM)
 
 
