@@ -106,12 +106,12 @@ def test_runs_commands_on_an_empty_database(tmp_path):
     assert missing.exit_code == 2 and "Traceback" not in missing.output
 
 
-def test_tricks_lists_all_six():
+def test_tricks_lists_bots_six_first_then_the_other_systems():
     result = _invoke("tricks")
     assert result.exit_code == 0
     names = [line.split()[0] for line in result.output.strip().splitlines()]
     assert names[:6] == ["warmup", "rea", "ls", "stride", "bnneck", "center"]  # BoT's six first, in paper order
-    assert "two-step" in names[6:]  # then the seed systems' tricks
+    assert {"two-step", "curriculum", "fab", "focal"} <= set(names[6:])  # then the seed systems' tricks
 
 
 def test_components_lists_every_registry_entry():

@@ -439,7 +439,7 @@ def test_real_geng_step_lists_dry_run_and_the_listings(tiny_market, tmp_path):
         assert result.exit_code == 0, result.output
         assert f"{rows} run(s)" in result.output
     tricks = CliRunner().invoke(main, ["tricks"])
-    assert any(line.startswith("two-step v1") for line in tricks.output.splitlines())
+    assert any(line.split()[:2] == ["two-step", "v1"] for line in tricks.output.splitlines())
     components = CliRunner().invoke(main, ["components"])
     assert any(line.split()[:1] == ["verif"] and "dropout='pairwise'" in line for line in components.output.splitlines())
     bot_row = [line for line in components.output.splitlines() if line.split()[:1] == ["bot"]]

@@ -1,4 +1,4 @@
-"""The trick registry: one module per trick, listed here in the paper's order.
+"""The trick registry: one module per trick; BoT's six in the paper's order, then those of other systems.
 
 Adding a trick = one new module exporting ``TRICK`` + one entry in ``REGISTRY``. Pure data: no
 torch import, so ``reidbench tricks`` and ``--dry-run`` stay instant.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from reidbench.tricks import bnneck, center, ls, rea, stride, two_step, warmup
+from reidbench.tricks import bnneck, center, curriculum, fab, focal, ls, rea, stride, two_step, warmup
 from reidbench.tricks.base import Trick
 
 REGISTRY: tuple[Trick, ...] = (
@@ -18,9 +18,15 @@ REGISTRY: tuple[Trick, ...] = (
     stride.TRICK,
     bnneck.TRICK,
     center.TRICK,
+    # Geng et al. (docs/geng.md)
     two_step.TRICK,
+    # Mancs (docs/mancs.md)
+    curriculum.TRICK,
+    fab.TRICK,
+    focal.TRICK,
 )
-PAPER_ORDER: tuple[str, ...] = tuple(t.name for t in REGISTRY)
+# The Bag of Tricks paper's six, in its order (Table 1); the tricks after them come from other systems.
+PAPER_ORDER: tuple[str, ...] = tuple(t.name for t in REGISTRY[:6])
 
 _BY_NAME: dict[str, Trick] = {t.name: t for t in REGISTRY}
 _ALIASES: dict[str, str] = {alias: t.name for t in REGISTRY for alias in (t.name, *t.aliases)}
@@ -29,7 +35,7 @@ _ALIASES: dict[str, str] = {alias: t.name for t in REGISTRY for alias in (t.name
 def get_trick(name: str) -> Trick:
     key = name.strip().lower()
     if key not in _ALIASES:
-        raise ValueError(f"unknown trick {name!r}; valid: {', '.join(PAPER_ORDER)}")
+        raise ValueError(f"unknown trick {name!r}; valid: {', '.join(t.name for t in REGISTRY)}")
     return _BY_NAME[_ALIASES[key]]
 
 

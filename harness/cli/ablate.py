@@ -53,9 +53,10 @@ def tricks_cmd() -> None:
     """List the registered tricks (paper order) with their summaries."""
     from reidbench.tricks import REGISTRY
 
+    width = max(8, *(len(t.name) for t in REGISTRY))
     for t in REGISTRY:
         aliases = f" (also: {', '.join(sorted(t.aliases))})" if t.aliases else ""
-        click.echo(f"{t.name:<8} v{t.version}  {t.summary}{aliases}")
+        click.echo(f"{t.name:<{width}} v{t.version}  {t.summary}{aliases}")
 
 
 @click.command()

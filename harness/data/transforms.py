@@ -139,10 +139,25 @@ class RandomErasing:
                 f"fill={self.fill}, max_attempts={self.max_attempts})")
 
 
-class TrainTransform:
-    """resize → hflip(p) → zero-pad → random crop → [0, 1] → normalise → random erasing (if p > 0).
+def resized_crop(image_size: Sequence[int], scale: Sequence[float], aspect: Sequence[float]) -> v2.RandomResizedCrop:
+    """Mancs' random crop: area fraction in ``scale``, **height/width** in ``aspect``, resized back to ``image_size``.
 
-    Call it on a PIL image or on the uint8 tensor from :func:`load_resized`.
+    torchvision's ``RandomResizedCrop`` states the ratio as width/height, so (2, 3) becomes
+    (1/3, 1/2); it draws the area uniformly and the ratio log-uniformly, tries 10 times and falls
+    back to a centre crop (the seed states only the ranges). Bilinear with antialiasing, on the
+    resized uint8 tensor.
+    """
+    lo, hi = float(aspect[0]), float(aspect[1])
+    return v2.RandomResizedCrop(_check_size(image_size), scale=(float(scale[0]), float(scale[1])),
+                                ratio=(1.0 / hi, 1.0 / lo), antialias=True)
+
+
+class TrainTransform:
+    """resize → [random resized crop] → hflip(p) → zero-pad → random crop → [0, 1] → normalise → erasing.
+
+    Call it on a PIL image or on the uint8 tensor from :func:`load_resized`. ``crop_scale`` (None:
+    off) turns on Mancs' random resized crop (:func:`resized_crop`) before the flip, as the seed
+    orders it: resize, crop, resize back, flip, erase.
     """
 
     def __init__(
@@ -153,6 +168,8 @@ class TrainTransform:
         random_erasing_prob: float = 0.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        crop_scale: Sequence[float] | None = None,
+        crop_aspect: Sequence[float] = (2.0, 3.0),
     ) -> None:
         self.image_size = _check_size(image_size)
         if not 0.0 <= flip_prob <= 1.0:
@@ -161,7 +178,9 @@ class TrainTransform:
             raise ValueError(f"pad_px must be >= 0, got {pad_px}")
         self.mean, self.std = tuple(mean), tuple(std)
         # v2.RandomCrop(padding=...) zero-pads then crops: the reference's Pad(10) + RandomCrop.
+        steps = [resized_crop(self.image_size, crop_scale, crop_aspect)] if crop_scale is not None else []
         self.geometric = v2.Compose([
+            *steps,
             v2.RandomHorizontalFlip(flip_prob),
             v2.RandomCrop(self.image_size, padding=pad_px or None, fill=0),
         ])
@@ -204,8 +223,10 @@ def build_train_transform(
     random_erasing_prob: float = 0.0,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    crop_scale: Sequence[float] | None = None,
+    crop_aspect: Sequence[float] = (2.0, 3.0),
 ) -> TrainTransform:
-    return TrainTransform(image_size, flip_prob, pad_px, random_erasing_prob, mean, std)
+    return TrainTransform(image_size, flip_prob, pad_px, random_erasing_prob, mean, std, crop_scale, crop_aspect)
 
 
 def build_test_transform(

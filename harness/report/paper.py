@@ -1,4 +1,4 @@
-"""The papers' numbers: Bag of Tricks (Luo et al. 2019, from the shared reference bot.md) and MGN.
+"""The papers' numbers: Bag of Tricks (Luo et al. 2019, from the shared reference bot.md), MGN and Mancs.
 
 A run is first matched to a *system* (``paper_system``): ``bot`` for the bot architecture, ``mgn``
 for exactly the paper's MGN (every branch, default options, the paper's two loss terms, no
@@ -6,6 +6,8 @@ trick). BoT rows are keyed by the set of tricks applied on top of Baseline-S, so
 matches a paper row whatever the ablation mode that produced it (a cumulative ``+REA`` = {warmup,
 rea}; a leave-one-out ``−REA`` = every trick but rea). MGN has one row (seed-systems.md §1.4; its
 ablation table was not retrieved, so a branch subset or an MGN with BoT's tricks shows none).
+Mancs likewise has one row (its numbers via BoT's Table 4, seed-systems.md §2.1), for exactly
+experiments/mancs.yaml's model, loss terms and random erasing (its ablation rows show none).
 Values are percent, as printed in the papers.
 """
 
@@ -20,7 +22,9 @@ ALL_TRICKS = frozenset(PAPER_TRICK_ORDER)
 PAPER_CITATION = "Luo et al., Bag of Tricks and A Strong Baseline for Deep Person Re-identification, CVPRW 2019"
 MGN_CITATION = ("Wang et al., Learning Discriminative Features with Multiple Granularities for Person "
                 "Re-Identification, ACM MM 2018")
-CITATIONS = {"bot": f"{PAPER_CITATION}, Tables 1 and 3", "mgn": MGN_CITATION}
+MANCS_CITATION = ("Wang et al., Mancs: A Multi-task Attentional Network with Curriculum Sampling for Person "
+                  "Re-identification, ECCV 2018 (numbers as quoted in BoT's Table 4)")
+CITATIONS = {"bot": f"{PAPER_CITATION}, Tables 1 and 3", "mgn": MGN_CITATION, "mancs": MANCS_CITATION}
 
 # MGN, same domain: (R1, mAP) per dataset; re-ranked numbers from the abstract (Market only).
 MGN: dict[str, tuple[float, float]] = {"market": (95.7, 86.9), "duke": (88.7, 78.4)}
@@ -30,13 +34,37 @@ _MGN_TERMS = ({"kind": "ce", "reads": "logits_*", "weight": 1.0, "combine": "sum
               {"kind": "triplet", "reads": ["f_g", "f_p2", "f_p3"], "weight": 1.0, "combine": "sum", "margin": 1.2})
 
 
+# Mancs, same domain: (R1, mAP); and the spec a run must have to be compared with it.
+MANCS: dict[str, tuple[float, float]] = {"market": (93.1, 82.3), "duke": (84.9, 71.8)}
+_MANCS_TERMS = ({"kind": "curriculum_triplet", "name": "rank", "reads": "f_rank", "weight": 1.0},
+                {"kind": "focal", "name": "cls", "reads": "logits", "weight": 1.0},
+                {"kind": "bce", "name": "att", "reads": "logits_att", "weight": 0.2})
+_MANCS_REA = 0.5
+
+
+def _mancs_system(spec: dict) -> str | None:
+    model = spec.get("model") or {}
+    generic = {"arch", "backbone", "pretrained", "weights_path", "last_stride", "neck"}  # neck: not read by mancs
+    if any(k not in generic for k in model) or model.get("last_stride", 2) != 2:
+        return None  # a Mancs option changed (no FAB, no PReLU, pooling, ...): not the paper's model
+    if (spec.get("data") or {}).get("random_erasing_prob", 0.0) != _MANCS_REA:
+        return None  # its "w/o REA" ablation row
+    terms = [{k: v for k, v in t.items() if v is not None and k != "combine"}
+             for t in (spec.get("loss") or {}).get("terms") or []]
+    return "mancs" if terms == [dict(t) for t in _MANCS_TERMS] else None
+
+
 def paper_system(spec: dict) -> str | None:
-    """Which paper's numbers a stored run (its spec as plain data) is comparable with: bot, mgn or None."""
+    """Which paper's numbers a stored run (its spec as plain data) is comparable with: bot, mgn, mancs or None."""
     model = spec.get("model") or {}
     arch = model.get("arch", "bot")
     if arch == "bot":
         return "bot"
-    if arch != "mgn" or spec.get("tricks"):
+    if spec.get("tricks"):
+        return None
+    if arch == "mancs":
+        return _mancs_system(spec)
+    if arch != "mgn":
         return None
     generic = {"arch", "backbone", "pretrained", "weights_path", "last_stride", "neck"}
     if any(k not in generic for k in model) or model.get("neck", "plain") != "plain" or model.get("last_stride", 2) != 2:
@@ -91,8 +119,8 @@ def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synth
                 ranking: str | None = None, system: str | None = "bot") -> float | None:
     """The paper's number (percent) for a run trained on ``train``, tested on ``test``, with ``tricks``.
 
-    ``system`` (``paper_system`` of the run) picks the paper: ``bot`` (Tables 1–3), ``mgn`` (its
-    one row, same domain), None (no paper number).
+    ``system`` (``paper_system`` of the run) picks the paper: ``bot`` (Tables 1–3), ``mgn`` or
+    ``mancs`` (one row each, same domain), None (no paper number).
 
     ``ranking`` (an evaluation variant's "f_t Euclidean", "f_i cosine", ...) looks up Table 2,
     which has numbers only for the BNNeck model without center loss, same domain.
@@ -112,6 +140,9 @@ def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synth
     i = _INDEX[base_metric]
     if system == "mgn":
         row = (MGN_RERANK if rerank else MGN).get(src)
+        return row[i] if row and src == dst and not key and ranking is None else None
+    if system == "mancs":
+        row = None if rerank else MANCS.get(src)
         return row[i] if row and src == dst and not key and ranking is None else None
     if system != "bot":
         return None

@@ -65,6 +65,12 @@ class ModelSpec:
             fail(f"{where}.backbone", self.backbone, "a backbone name such as resnet50")
 
 
+def _pair(value: Any, where: str) -> tuple[float, float]:
+    if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        fail(where, list(value), "two numbers [low, high]")
+    return float(value[0]), float(value[1])
+
+
 @dataclass(frozen=True)
 class DataSpec:
     # The training set's *name*; its identity in the run hash is the data fingerprint instead.
@@ -77,6 +83,10 @@ class DataSpec:
     flip_prob: float = 0.5
     pad_px: int = 10
     random_erasing_prob: float = 0.0
+    # Random resized crop before the flip (Mancs): area fraction range of the crop (None = off) and
+    # its height/width range; the crop is resized back to image_size.
+    crop_scale: tuple[float, float] | None = None
+    crop_aspect: tuple[float, float] = (2.0, 3.0)
     sampler: str = "pk"  # batch sampler registry name (harness/data/samplers)
     sampler_options: Options = ()  # the sampler's own parameters (non-default values only)
 
@@ -96,6 +106,16 @@ class DataSpec:
             fail(f"{where}.pad_px", self.pad_px, "an integer >= 0")
         if not self.test:
             fail(f"{where}.test", list(self.test), "a non-empty list of dataset names")
+        if self.crop_scale is not None:
+            lo, hi = _pair(self.crop_scale, f"{where}.crop_scale")
+            if not 0.0 < lo <= hi <= 1.0:
+                fail(f"{where}.crop_scale", list(self.crop_scale),
+                     "[low, high] area fractions with 0 < low <= high <= 1, or null (no random resized crop)")
+        lo, hi = _pair(self.crop_aspect, f"{where}.crop_aspect")
+        if not 0.0 < lo <= hi:
+            fail(f"{where}.crop_aspect", list(self.crop_aspect), "[low, high] height/width ratios with 0 < low <= high")
+        if self.crop_scale is None and tuple(self.crop_aspect) != (2.0, 3.0):
+            fail(f"{where}.crop_aspect", list(self.crop_aspect), "only read with data.crop_scale set; drop it")
 
     @property
     def batch_size(self) -> int:

@@ -167,7 +167,8 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         train_set.train, image_size=tuple(data.image_size), ids_per_batch=data.ids_per_batch,
         imgs_per_id=data.imgs_per_id, seed=spec.train.seed, flip_prob=data.flip_prob, pad_px=data.pad_px,
         random_erasing_prob=data.random_erasing_prob, num_workers=workers, cache=True,
-        pin_memory=device.type == "cuda", batch_sampler=sampler,
+        pin_memory=device.type == "cuda", batch_sampler=sampler, crop_scale=data.crop_scale,
+        crop_aspect=data.crop_aspect,
     )
     components = TrainComponents(
         model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, loader=loader, device=device,
@@ -180,4 +181,9 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
     info["test_feature"] = list((model.test_feature,) if isinstance(model.test_feature, str) else model.test_feature)
     info["feature_dims"] = dict(model.feature_dims)
     info["loss_terms"] = [b.label for b in objective.bound]
+    # Terms that resolve something at build time (a curriculum's rescaled t0/t1) say what they use.
+    details = {b.label: m.describe() for b, m in zip(objective.bound, objective.terms)
+               if callable(getattr(m, "describe", None))}
+    if details:
+        info["loss_term_details"] = details
     return Built(components, info)

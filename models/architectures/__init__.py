@@ -82,10 +82,11 @@ def build_architecture(model: Any, num_classes: int) -> Any:
 
 
 def _register_builtin() -> None:
-    from reidbench.models.architectures import bot, mgn
+    from reidbench.models.architectures import bot, mancs, mgn
 
     register_architecture(bot.ARCH)
     register_architecture(mgn.ARCH)
+    register_architecture(mancs.ARCH)
 
 
 _register_builtin()
