@@ -274,3 +274,129 @@ def test_cpu_sync_batchnorm_equals_batchnorm_over_the_global_batch(two_rank_epoc
         # each rank's weight gradient is its share; DDP's average over 2 ranks x 2 = the whole
     total = ranks[0]["bn_weight_grad"] + ranks[1]["bn_weight_grad"]
     assert torch.allclose(total, bn.weight.grad, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- through the CLI
+
+
+def _ablate_args(spec: Path, data: Path, root: Path, *extra: str) -> list[str]:
+    return ["ablate", "--base", str(spec), "--add", "", "--data", f"tiny={data}", "--profile", "cpu",
+            "--db", f"sqlite:///{root / 'results.db'}", "--runs-dir", str(root / "runs"), "--workers", "0",
+            "--device", "cpu", *extra]
+
+
+def _cli(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "reidbench.harness.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def two_process_ablation(tiny_market, ddp_spec_file, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp-ablate")
+    t0 = time.perf_counter()
+    done = subprocess.run(_cli(_ablate_args(ddp_spec_file, tiny_market, root, "--gpus-per-run", "2")),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, done, time.perf_counter() - t0
+
+
+def test_a_two_process_ablation_records_one_result_under_the_one_process_hash(two_process_ablation, tiny_market,
+                                                                               ddp_spec_file):
+    root, done, _ = two_process_ablation
+    runs = Store(f"sqlite:///{root / 'results.db'}").list_runs()
+    assert len(runs) == 1 and runs[0].status == "done" and runs[0].attempts == 1
+    run = runs[0]
+    assert run.model_info["distributed"] == {"world_size": 2, "backend": "gloo", "per_rank_batch": [2, 2],
+                                             "sync_bn": "head", "sync_bn_layers": 1}
+    assert run.device.endswith("×2 (gloo)")
+    assert [h["images"] for h in json.loads((Path(run.out_dir) / "result.json").read_text())["history"]] == [24] * 3
+    # the same command with one process plans the very same run: already done, nothing to train
+    again = CliRunner().invoke(main, _ablate_args(ddp_spec_file, tiny_market, root))
+    assert again.exit_code == 0, again.output
+    assert "1 cached, 0 to run" in again.output
+    assert Store(f"sqlite:///{root / 'results.db'}").list_runs()[0].attempts == 1
+    # rank 0 alone wrote the run folder's log
+    log = (Path(run.out_dir) / "train.log").read_text()
+    assert log.count(": training bot/") == 1 and "2 gloo processes" in log and log.count("epoch   1/3") == 1
+
+
+def test_a_killed_two_process_run_resumes_from_its_checkpoint(two_process_ablation, tiny_market, ddp_spec_file,
+                                                              tmp_path):
+    full_root, _, _ = two_process_ablation
+    full = Store(f"sqlite:///{full_root / 'results.db'}").list_runs()[0]
+    args = _cli(_ablate_args(ddp_spec_file, tiny_market, tmp_path, "--gpus-per-run", "2"))
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = tmp_path / "runs" / full.run_hash[:12] / CHECKPOINT_NAME
+    deadline = time.time() + 180
+    while time.time() < deadline and not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher, torchrun and both ranks
+    proc.wait()
+    assert ckpt.exists(), "the run died before its first checkpoint"
+    killed_at = load_checkpoint(ckpt)["epoch"]
+    assert killed_at < 3, "the run finished before it could be killed; the test proves nothing"
+    time.sleep(0.5)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming after epoch {killed_at}/3" in done.stderr
+    runs = Store(f"sqlite:///{tmp_path / 'results.db'}").list_runs()
+    assert len(runs) == 1 and runs[0].status == "done" and runs[0].run_hash == full.run_hash
+    assert runs[0].attempts == 2
+    # resumed on (seed, epoch)-determined batches: the uninterrupted run's weights
+    assert _same(load_checkpoint(ckpt)["model"], load_checkpoint(Path(full.out_dir) / CHECKPOINT_NAME)["model"])
+
+
+def test_ids_per_batch_that_does_not_split_is_refused_before_anything_runs(tiny_market, ddp_spec_file, tmp_path):
+    result = CliRunner().invoke(main, _ablate_args(ddp_spec_file, tiny_market, tmp_path, "--gpus-per-run", "3",
+                                                   "--dry-run"))
+    assert result.exit_code == 2
+    assert "--gpus-per-run 3: data.ids_per_batch=4" in result.output and "valid process counts: 1, 2, 4" in result.output
+
+
+def test_a_raising_epoch_callback_stops_the_ranks(tiny_market, ddp_spec_file, tmp_path):
+    from reidbench.harness.execution.torchrun import execute_distributed
+    from reidbench.harness.train.runner import RESULT_NAME, RuntimeOptions
+
+    class Pruned(Exception):
+        pass
+
+    seen = []
+
+    def prune(epoch: int, stats: dict) -> None:
+        seen.append((epoch, stats["images"]))
+        raise Pruned(f"pruned after epoch {epoch}")
+
+    runtime = RuntimeOptions(out_dir=tmp_path / "run", device="cpu", num_workers=0,
+                             data_paths={"tiny": str(tiny_market)}, progress=False, log=lambda s: None,
+                             on_epoch=prune)
+    t0 = time.perf_counter()
+    with pytest.raises(Pruned, match="after epoch 1"):
+        execute_distributed(load_spec_file(ddp_spec_file), runtime, 2)
+    assert seen == [(1, 24)]
+    assert time.perf_counter() - t0 < 120
+    assert not (tmp_path / "run" / RESULT_NAME).exists()
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["epoch"] in (1, 2)
+
+
+# ---------------------------------------------------------------------------------------------- executors
+
+
+def test_executors_hand_each_run_its_group_of_gpus(monkeypatch, tmp_path):
+    from reidbench.harness.execution import executors
+    from reidbench.harness.execution.jobs import Job, JobOutcome
+
+    assert executors.gpu_groups(["0", "1", "2", "3"], 2) == [("0", "1"), ("2", "3")]
+    with pytest.raises(ValueError, match="3 GPU\\(s\\) do not split into runs of --gpus-per-run 2"):
+        executors.gpu_groups(["0", "1", "2"], 2)
+    seen = []
+    monkeypatch.setattr(executors, "run_job", lambda job, log=None: seen.append(job) or JobOutcome(job.run_hash, "done"))
+    job = Job(run_hash="ab" * 32, label="x", spec_json="{}", trick_versions={}, db_url="sqlite://", out_dir="o")
+    executors.LocalExecutor(gpus=["2", "3"], gpus_per_run=2).run([job])
+    executors.LocalExecutor(gpus_per_run=2).run([job])
+    executors.LocalExecutor(gpus=["5"]).run([job])
+    assert [(j.gpus_per_run, j.visible_gpus, j.device) for j in seen] == [
+        (2, ("2", "3"), "cuda"), (2, (), "auto"), (1, (), "cuda:5")]
+    with pytest.raises(ValueError, match="1 GPU\\(s\\) for --gpus-per-run 2"):
+        executors.LocalExecutor(gpus=["0"], gpus_per_run=2)
+    pytest.importorskip("submitit")
+    pool = executors.SubmititExecutor("submitit", tmp_path, gpus=["0", "1", "2", "3"], gpus_per_run=2)
+    assert pool.slots == [(0, 1), (2, 3)]

@@ -3,8 +3,8 @@
 Reads the job the launcher wrote (``torchrun.RankJob``), joins the process group (NCCL on
 ``cuda:LOCAL_RANK``, gloo on CPU) and calls ``runner.execute`` as this rank. A failure leaves its
 first line in ``ddp-error-rank<r>.txt`` for the launcher, then re-raises (torchrun stops the
-other ranks). A rank whose launcher died (killed with its heartbeat) stops too, so no orphan
-keeps writing to a run folder that a new owner resumes.
+other ranks). A rank whose launcher or torchrun agent died stops too (at once on Linux), so no
+orphan keeps writing to a run folder that a new owner resumes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,31 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def _watch_launcher(pid: int, every_s: float = 2.0) -> None:
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this rank the moment torchrun's agent dies (SIGKILLed with the launcher).
+
+    torchrun starts every rank in a session of its own, so killing the launcher's process group
+    does not reach the ranks; without this they would train on, orphaned, into a folder a new
+    owner is resuming.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the agent died before the call
+        os._exit(1)
+
+
+def _watch_launcher(pid: int, every_s: float = 0.5) -> None:
+    """Stop when the launcher (the run's owner, holding its claim) is gone, even if the agent survived it."""
+
     def watch() -> None:
         while True:
             time.sleep(every_s)
@@ -49,6 +73,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m reidbench.harness.execution.ddp_rank JOB_FILE (started by torchrun)")
     job = pickle.loads(Path(argv[0]).read_bytes())
     out_dir = Path(job.out_dir)
+    _die_with_parent()
     _watch_launcher(int(os.environ.get(LAUNCHER_PID_ENV, "0") or 0))
     rank = int(os.environ.get("RANK", "0"))
     try:

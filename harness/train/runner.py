@@ -310,11 +310,14 @@ class _Run:
         seconds_eval = time.perf_counter() - t1
 
         env = environment(device)
-        if self.dist is not None:  # recorded, never hashed: the run is the same whatever the process count
-            env["distributed"] = {"world_size": self.dist.world_size, "backend": self.dist.backend,
-                                  "per_rank_batch": [spec.data.ids_per_batch // self.dist.world_size,
-                                                     spec.data.imgs_per_id],
-                                  "sync_bn": spec.train.sync_bn, "sync_bn_layers": self.synced_bn_layers}
+        if self.dist is not None:
+            # Recorded, never hashed: the run is the same whatever the process count. The store keeps
+            # model_info and the device line (not the whole environment), so it goes into both.
+            info = {"world_size": self.dist.world_size, "backend": self.dist.backend,
+                    "per_rank_batch": [spec.data.ids_per_batch // self.dist.world_size, spec.data.imgs_per_id],
+                    "sync_bn": spec.train.sync_bn, "sync_bn_layers": self.synced_bn_layers}
+            env["distributed"] = model_info["distributed"] = info
+            env["device"] = f"{env['device']} ×{self.dist.world_size} ({self.dist.backend})"
         result = RunResult(
             run_hash=self.rhash, spec=spec, metrics=metrics_by_test(evaluations), history=history,
             provenance=provenance, model_info=model_info, environment=env,
