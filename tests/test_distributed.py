@@ -350,6 +350,11 @@ def test_ids_per_batch_that_does_not_split_is_refused_before_anything_runs(tiny_
                                                    "--dry-run"))
     assert result.exit_code == 2
     assert "--gpus-per-run 3: data.ids_per_batch=4" in result.output and "valid process counts: 1, 2, 4" in result.output
+    study = CliRunner().invoke(main, ["study", "--base", str(ddp_spec_file), "--tricks", "none", "--data",
+                                      f"tiny={tiny_market}", "--batches", "4x2,3x2", "--gpus-per-run", "2",
+                                      "--dry-run", "--db", f"sqlite:///{tmp_path / 's.db'}", "--runs-dir",
+                                      str(tmp_path / "runs"), "--device", "cpu"])
+    assert study.exit_code == 2 and "data.ids_per_batch=3 identities" in study.output
 
 
 def test_a_raising_epoch_callback_stops_the_ranks(tiny_market, ddp_spec_file, tmp_path):
