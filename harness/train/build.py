@@ -182,8 +182,9 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         from reidbench.harness.train.distributed import gather_outputs, wrap_ddp
         from reidbench.harness.train.loop import TrainForward
 
+        freezing = len(stages.stages) > 1 or any(frozen for _, _, _, frozen, _ in stages.stages)
         components.step_forward = wrap_ddp(TrainForward(model, objective, amp_dtype, gather=gather_outputs), device,
-                                           stages_change_parameters=len(stages.stages) > 1 or bool(stages.stages[0][3]))
+                                           stages_change_parameters=freezing)
         components.dist = dist
     info = dict(getattr(model, "reid_info", {}) or {})
     info.setdefault("pretrained_source", None)
