@@ -10,11 +10,13 @@ import click
 from reidbench.harness.cli.common import (
     EXIT_PROBLEMS,
     UserError,
+    check_gpus_per_run,
     data_option,
     db_option,
     default_profile,
     device_option,
     epochs_option,
+    gpus_per_run_option,
     loader_workers_option,
     open_store,
     parse_data_options,
@@ -79,7 +81,9 @@ def tricks_cmd() -> None:
 @epochs_option
 @profile_option
 @click.option("--executor", type=click.Choice(["local", "submitit", "slurm"]), default="local", show_default=True)
-@click.option("--gpus", default=None, metavar="LIST", help="GPU ids for the slot pool, e.g. 0,1,2,3.")
+@click.option("--gpus", default=None, metavar="LIST",
+              help="GPU ids for the slot pool, e.g. 0,1,2,3 (with --gpus-per-run G: cut into groups of G).")
+@gpus_per_run_option
 @click.option("--timeout-min", type=int, default=24 * 60, show_default=True, help="Per-job time limit (submitit/slurm).")
 @device_option
 @loader_workers_option()
@@ -91,15 +95,15 @@ def tricks_cmd() -> None:
 @click.option("--dry-run", is_flag=True, help="Print each run's label, hash, changes and cache status; train nothing.")
 def ablate(base: str, add: str | None, mode: str | None, steps_name: str | None, preset: str | None, seeds: int | None, seed: int | None, train_on: str | None,
            test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None, executor: str,
-           gpus: str | None, timeout_min: int, device: str, loader_workers: int | None, runs_dir: Path,
-           db_url: str | None, evals: str | None, dry_run: bool) -> None:
+           gpus: str | None, gpus_per_run: int, timeout_min: int, device: str, loader_workers: int | None,
+           runs_dir: Path, db_url: str | None, evals: str | None, dry_run: bool) -> None:
     """Train the base and the base patched step by step with tricks; print the ablation table.
 
     Every run is cached in the results database by its spec hash: re-running trains only what is
     missing (failed runs are retried, killed runs resume from their checkpoint).
     """
     _ablate(base, add, mode, seeds, seed, train_on, test_on, data_items, epochs, profile, executor, gpus,
-            timeout_min, device, loader_workers, runs_dir, db_url, dry_run, evals, steps_name, preset)
+            timeout_min, device, loader_workers, runs_dir, db_url, dry_run, evals, steps_name, preset, gpus_per_run)
 
 
 @user_errors
@@ -107,7 +111,7 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
             test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None,
             executor_kind: str, gpus: str | None, timeout_min: int, device: str, workers: int | None,
             runs_dir: Path, db_url: str | None, dry_run: bool, evals: str | None = None, steps_name: str | None = None,
-            preset: str | None = None) -> None:
+            preset: str | None = None, gpus_per_run: int = 1) -> None:
     from reidbench.harness.ablation.plan import ablation_table, dry_run_lines, plan_ablation, run_plan
     from reidbench.harness.evaluation.settings import parse_variants
     from reidbench.harness.ablation.expand import STEPS_MODE
@@ -165,6 +169,7 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
     seed_list = list(range(seeds)) if seeds is not None else [seed if seed is not None else spec.train.seed]
     plan = plan_ablation(spec, base_file.stem, tricks, mode, seed_list, data_paths=data_paths, variants=variants,
                          step_list=step_list, presets=presets, load_base=load_other)
+    check_gpus_per_run([s.spec for s in plan.steps], gpus_per_run)
     store = open_store(db_url)
     if dry_run:
         for line in dry_run_lines(plan, store.statuses(plan.unique_hashes())):
@@ -174,7 +179,8 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
 
     log = lambda line: click.echo(line, err=True)  # noqa: E731
     gpu_list = [g for g in (gpus or "").split(",") if g.strip()]
-    runner = build_executor(executor_kind, runs_dir / "_submitit", gpus=gpu_list, timeout_min=timeout_min, log=log)
+    runner = build_executor(executor_kind, runs_dir / "_submitit", gpus=gpu_list, timeout_min=timeout_min, log=log,
+                            gpus_per_run=gpus_per_run)
     meta = {"profile": spec.profile, "epochs": spec.schedule.max_epochs, "full_epochs": spec.full_epochs,
             "tricks": [t.name for t in tricks], "step_list": steps_name, "preset": preset, "train": train_name, "test": list(tests), "seeds": seed_list,
             "variants": [{"name": v.name, "label": v.label, "settings": dict(v.changes), "steps": list(v.steps)}

@@ -123,6 +123,22 @@ def loader_workers_option(name: str = "--workers") -> Callable[[Callable[..., An
     return deco
 
 
+def gpus_per_run_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--gpus-per-run", "gpus_per_run", type=click.IntRange(1, None), default=1, show_default=True,
+                        help="Train each run on G processes with torchrun/DDP (NCCL on G GPUs; gloo with G CPU "
+                             "processes without CUDA). P×K stays the global batch: P must divide by G. Recorded, "
+                             "not hashed (docs/distributed.md).")(fn)
+
+
+def check_gpus_per_run(specs: Sequence[Any], gpus_per_run: int) -> None:
+    """Every planned spec's P splits between the G processes; else one line, before anything trains."""
+    if gpus_per_run > 1:
+        from reidbench.harness.train.distributed import check_batch_split
+
+        for spec in specs:
+            check_batch_split(spec.data.ids_per_batch, gpus_per_run)
+
+
 def runs_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
                         show_default=True, help="Where run folders (checkpoints, logs, features) go.")(fn)

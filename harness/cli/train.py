@@ -10,6 +10,7 @@ from reidbench.harness.cli.common import (
     data_option,
     device_option,
     epochs_option,
+    gpus_per_run_option,
     loader_workers_option,
     parse_data_options,
     profile_option,
@@ -27,20 +28,21 @@ from reidbench.harness.cli.common import (
 @click.option("--seed", type=int, default=None, help="Override train.seed.")
 @click.option("--preset", default=None, metavar="NAME", help="Apply the file's preset NAME (its presets: section).")
 @loader_workers_option()
+@gpus_per_run_option
 def train(spec_file: Path, data_items: tuple[str, ...], out_dir: Path | None, device: str,
           profile: str | None, epochs: int | None, seed: int | None, preset: str | None,
-          loader_workers: int | None) -> None:
+          loader_workers: int | None, gpus_per_run: int) -> None:
     """Train and evaluate one run described by SPEC_FILE (YAML).
 
     Resumable: re-running the same command continues from the run folder's last checkpoint.
     """
-    _train(spec_file, data_items, out_dir, device, profile, epochs, seed, loader_workers, preset)
+    _train(spec_file, data_items, out_dir, device, profile, epochs, seed, loader_workers, preset, gpus_per_run)
 
 
 @user_errors
 def _train(spec_file: Path, data_items: tuple[str, ...], out_dir: Path | None, device: str,
            profile: str | None, epochs: int | None, seed: int | None, workers: int | None,
-           preset: str | None = None) -> None:
+           preset: str | None = None, gpus_per_run: int = 1) -> None:
     from reidbench.harness.cli.common import UserError
     from reidbench.harness.spec import load_base_file, replace_section, with_epochs
     from reidbench.harness.spec.patches import apply_patch, parse_presets
@@ -68,5 +70,14 @@ def _train(spec_file: Path, data_items: tuple[str, ...], out_dir: Path | None, d
         num_workers=workers,
         data_paths=data_paths,
     )
-    result = execute(spec, runtime)
+    if gpus_per_run > 1:
+        from reidbench.harness.execution.torchrun import DistributedRunFailed, execute_distributed
+
+        try:
+            result = execute_distributed(spec, runtime, gpus_per_run)
+        except DistributedRunFailed as exc:  # the failing rank printed its traceback above
+            click.echo(f"reidbench: error: {exc}; run the same command again to resume", err=True)
+            raise SystemExit(1) from None
+    else:
+        result = execute(spec, runtime)
     click.echo(result.summary_table())

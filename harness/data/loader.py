@@ -182,6 +182,40 @@ class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
             yield list(zip(batch, seeds))
 
 
+class RankShardBatchSampler(Sampler[list[Any]]):
+    """One rank's share of every global batch: the ``rank``-th of ``world_size`` equal, contiguous slices.
+
+    Wraps the :class:`SeededBatchSampler` of the *global* batches, so every sample keeps the
+    augmentation seed it has in the single-process run: the ranks' batches of a step, concatenated
+    in rank order, are exactly the single-process batch. A P×K batch is grouped by identity in draw
+    order, so with P divisible by ``world_size`` each rank gets P/world_size whole identities × K
+    images and no image is on two ranks. A batch whose length does not split evenly is an error.
+    """
+
+    def __init__(self, batch_sampler: Any, rank: int, world_size: int) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} of world size {world_size} is not valid")
+        self.batch_sampler, self.rank, self.world_size = batch_sampler, rank, world_size
+
+    @property
+    def epoch(self) -> int:
+        return getattr(self.batch_sampler, "epoch", 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        for batch in self.batch_sampler:
+            if len(batch) % self.world_size:
+                raise ValueError(f"a batch of {len(batch)} samples does not split into {self.world_size} equal "
+                                 "per-rank shares")
+            share = len(batch) // self.world_size
+            yield batch[self.rank * share:(self.rank + 1) * share]
+
+
 def _worker_context(num_workers: int, cached: bool, requested: str | None) -> str | None:
     if requested is not None or num_workers == 0 or not cached:
         return requested
@@ -208,12 +242,16 @@ def build_train_loader(
     batch_sampler: Any = None,
     crop_scale: Sequence[float] | None = None,
     crop_aspect: Sequence[float] = (2.0, 3.0),
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """P×K training loader (or ``batch_sampler``'s batches, from the sampler registry); call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch.
 
     Batches are ``(images float32 B×3×H×W, pids int64, camids int64, indices int64)`` with
     ``B = ids_per_batch·imgs_per_id``; ``len(loader)`` is the exact batch count of the current
     epoch. Workers are persistent; the reproducibility contract is in the module docstring.
+    With ``world_size`` > 1 the batches are the *global* ones and this loader yields rank
+    ``rank``'s share of each (:class:`RankShardBatchSampler`): B/world_size samples per batch.
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -221,9 +259,12 @@ def build_train_loader(
     transform = build_train_transform(image_size, flip_prob, pad_px, random_erasing_prob, mean, std, crop_scale,
                                       crop_aspect)
     dataset = ImageDataset(records, image_size, transform, cache=cache, progress=progress)
+    seeded: Any = SeededBatchSampler(sampler, seed)
+    if world_size > 1:
+        seeded = RankShardBatchSampler(seeded, rank, world_size)
     return DataLoader(
         dataset,
-        batch_sampler=SeededBatchSampler(sampler, seed),
+        batch_sampler=seeded,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,

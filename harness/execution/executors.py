@@ -15,17 +15,40 @@ from reidbench.harness.execution.jobs import Job, JobOutcome, run_job
 EXECUTORS = ("local", "submitit", "slurm")
 
 
-class LocalExecutor:
-    """Runs jobs one after another in this process (on the first of ``gpus`` when given)."""
+def gpu_groups(gpus: Sequence[str], gpus_per_run: int) -> list[tuple[str, ...]]:
+    """``gpus`` cut into groups of ``gpus_per_run`` (one run each); an error when they do not divide."""
+    if gpus_per_run < 1:
+        raise ValueError(f"--gpus-per-run {gpus_per_run} is not valid: an integer >= 1")
+    if len(gpus) % gpus_per_run:
+        raise ValueError(f"--gpus {','.join(map(str, gpus))}: {len(gpus)} GPU(s) do not split into runs of "
+                         f"--gpus-per-run {gpus_per_run}; give a multiple of {gpus_per_run}")
+    return [tuple(gpus[i:i + gpus_per_run]) for i in range(0, len(gpus), gpus_per_run)]
 
-    def __init__(self, gpus: Sequence[str] = (), log: Callable[[str], None] | None = None) -> None:
+
+class LocalExecutor:
+    """Runs jobs one after another from this process: on the first of ``gpus`` when given, or, with
+    ``gpus_per_run`` G > 1, on G processes (torchrun) using the first G of ``gpus``."""
+
+    def __init__(self, gpus: Sequence[str] = (), log: Callable[[str], None] | None = None,
+                 gpus_per_run: int = 1) -> None:
         self.gpus = tuple(gpus)
         self.log = log
+        self.gpus_per_run = gpus_per_run
+        if gpus_per_run < 1:
+            raise ValueError(f"--gpus-per-run {gpus_per_run} is not valid: an integer >= 1")
+        if gpus_per_run > 1 and self.gpus and len(self.gpus) < gpus_per_run:
+            raise ValueError(f"--gpus {','.join(self.gpus)}: {len(self.gpus)} GPU(s) for --gpus-per-run {gpus_per_run}; "
+                             f"give at least {gpus_per_run}")
 
     def run(self, jobs: Sequence[Job]) -> list[JobOutcome]:
         outcomes = []
         for i, job in enumerate(jobs):
-            if self.gpus:
+            if self.gpus_per_run > 1:
+                job = dataclasses.replace(job, gpus_per_run=self.gpus_per_run,
+                                          visible_gpus=self.gpus[:self.gpus_per_run])
+                if self.gpus:
+                    job = dataclasses.replace(job, device="cuda")
+            elif self.gpus:
                 job = dataclasses.replace(job, device=f"cuda:{self.gpus[0]}")
             if self.log:
                 self.log(f"[{i + 1}/{len(jobs)}] {job.label}  run {job.run_hash[:12]}")
@@ -42,18 +65,19 @@ def _submitit_entry(job: Job) -> JobOutcome:
 
 
 class SubmititExecutor:
-    """Fans jobs out with submitit, one job per run and one GPU per job.
+    """Fans jobs out with submitit, one job per run and ``gpus_per_run`` (default 1) GPUs per job.
 
     ``kind="submitit"``: submitit's LocalExecutor (job processes on this machine). GPUs come from a
-    slot pool: at most one running job per id in ``gpus``, each seeing only its own GPU
-    (CUDA_VISIBLE_DEVICES); without GPUs, ``max_parallel`` CPU jobs at a time (default 1, because
-    one training run already uses every core). ``kind="slurm"``: one Slurm job array with
-    ``gpus_per_node=1`` and at most ``max_parallel`` (default: number of ``gpus``, else 4) tasks at once.
+    slot pool: ``gpus`` cut into groups of ``gpus_per_run``, at most one running job per group, each
+    seeing only its own GPUs (CUDA_VISIBLE_DEVICES); without GPUs, ``max_parallel`` CPU jobs at a
+    time (default 1, because one training run already uses every core). ``kind="slurm"``: one Slurm
+    job array with ``gpus_per_node=gpus_per_run`` (one task per job: the job starts its ranks with
+    torchrun) and at most ``max_parallel`` (default: number of GPU groups, else 4) tasks at once.
     """
 
     def __init__(self, kind: str, folder: str | Path, gpus: Sequence[str] = (), timeout_min: int = 24 * 60,
                  slurm_partition: str | None = None, max_parallel: int | None = None,
-                 log: Callable[[str], None] | None = None, poll_s: float = 1.0) -> None:
+                 log: Callable[[str], None] | None = None, poll_s: float = 1.0, gpus_per_run: int = 1) -> None:
         try:
             import submitit
         except ImportError:
@@ -63,14 +87,16 @@ class SubmititExecutor:
         self.kind, self.log, self.poll_s = kind, log, poll_s
         self.folder = Path(folder)
         self.gpus = tuple(int(g) for g in gpus)
+        self.gpus_per_run = gpus_per_run
+        groups = gpu_groups(self.gpus, gpus_per_run)
         if kind == "submitit":
             self.executor = submitit.LocalExecutor(folder=str(self.folder))
             self.executor.update_parameters(timeout_min=timeout_min)
-            self.slots: list[int | None] = list(self.gpus) or [None] * max(1, max_parallel or 1)
+            self.slots: list[tuple[int, ...] | None] = list(groups) or [None] * max(1, max_parallel or 1)
         else:
             self.executor = submitit.AutoExecutor(folder=str(self.folder), cluster="slurm")
-            params = {"timeout_min": timeout_min, "gpus_per_node": 1, "tasks_per_node": 1,
-                      "slurm_array_parallelism": max_parallel or len(self.gpus) or 4}
+            params = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_run, "tasks_per_node": 1,
+                      "slurm_array_parallelism": max_parallel or len(groups) or 4}
             if slurm_partition:
                 params["slurm_partition"] = slurm_partition
             self.executor.update_parameters(**params)
@@ -88,6 +114,7 @@ class SubmititExecutor:
     def run(self, jobs: Sequence[Job]) -> list[JobOutcome]:
         if not jobs:
             return []
+        jobs = [dataclasses.replace(j, gpus_per_run=self.gpus_per_run) for j in jobs]
         if self.kind == "slurm":
             handles = self.executor.map_array(_submitit_entry, list(jobs))
             if self.log:
@@ -108,12 +135,13 @@ class SubmititExecutor:
                 slot = free.pop(0)
                 if slot is None:
                     self.executor.update_parameters(gpus_per_node=0, visible_gpus=())
-                else:
-                    self.executor.update_parameters(gpus_per_node=1, visible_gpus=(slot,))
+                else:  # the job sees only its GPUs, as cuda:0..G-1
+                    self.executor.update_parameters(gpus_per_node=len(slot), visible_gpus=slot)
                     job = dataclasses.replace(job, device="cuda")
                 handle = self.executor.submit(_submitit_entry, job)
                 if self.log:
-                    where = "CPU" if slot is None else f"GPU {slot}"
+                    where = ("CPU" if self.gpus_per_run == 1 else f"{self.gpus_per_run} CPU processes") \
+                        if slot is None else f"GPU {','.join(map(str, slot))}"
                     self.log(f"[{index + 1}/{len(jobs)}] {job.label}: job {handle.job_id} on {where}")
                 running.append((index, job, handle, slot))
             still = []
@@ -130,9 +158,9 @@ class SubmititExecutor:
 
 
 def build_executor(kind: str, folder: str | Path, gpus: Sequence[str] = (), timeout_min: int = 24 * 60,
-                   log: Callable[[str], None] | None = None):
+                   log: Callable[[str], None] | None = None, gpus_per_run: int = 1):
     if kind == "local":
-        return LocalExecutor(gpus=gpus, log=log)
+        return LocalExecutor(gpus=gpus, log=log, gpus_per_run=gpus_per_run)
     if kind in ("submitit", "slurm"):
-        return SubmititExecutor(kind, folder, gpus=gpus, timeout_min=timeout_min, log=log)
+        return SubmititExecutor(kind, folder, gpus=gpus, timeout_min=timeout_min, log=log, gpus_per_run=gpus_per_run)
     raise ValueError(f"--executor {kind!r} is not valid: {', '.join(EXECUTORS)}")

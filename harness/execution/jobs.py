@@ -63,6 +63,8 @@ class Job:
     progress: bool | None = None
     variants: tuple = ()  # evaluation variants (harness.evaluation.settings.Variant) besides the default
     legacy_hashes: tuple[str, ...] = ()  # earlier hashes of the run (its folder may carry them)
+    gpus_per_run: int = 1  # > 1: trained by that many processes through torchrun (execution/torchrun.py)
+    visible_gpus: tuple[str, ...] = ()  # GPU ids those processes use (CUDA_VISIBLE_DEVICES); () = all visible
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,13 @@ def run_job(job: Job, log: Callable[[str], None] | None = None, store=None,
                              on_epoch=on_epoch, variants=tuple(job.variants), legacy_hashes=tuple(job.legacy_hashes))
     try:
         with _Heartbeat(store, job.run_hash, owner, HEARTBEAT_EVERY_S):
-            result = execute(spec, runtime, job.trick_versions, expected_hash=job.run_hash)
+            if job.gpus_per_run > 1:  # this process stays the owner; the ranks never open the store
+                from reidbench.harness.execution.torchrun import execute_distributed
+
+                result = execute_distributed(spec, runtime, job.gpus_per_run, job.trick_versions,
+                                             expected_hash=job.run_hash, visible_gpus=job.visible_gpus)
+            else:
+                result = execute(spec, runtime, job.trick_versions, expected_hash=job.run_hash)
         store.record_result(job.run_hash, owner, result.to_dict())
     except KeyboardInterrupt:
         store.release(job.run_hash, owner)

@@ -29,6 +29,7 @@ METRICS = ("euclidean", "sqeuclidean", "cosine")
 AMP_MODES = ("off", "bf16", "fp16")
 COMBINES = ("mean", "sum", "concat")
 SCHEDULE_UNITS = ("epochs", "fraction")
+SYNC_BN = ("head", "all", "off")
 
 Options = tuple[tuple[str, Any], ...]  # a component's non-default parameters, sorted by key
 
@@ -312,10 +313,18 @@ class TrainSpec:
     channels_last: bool = True  # NHWC activations (faster convolutions on CUDA and on CPU)
     deterministic: bool = False
     checkpoint_every_epochs: int = field(default=1, metadata=UNHASHED)
+    # Which BatchNorm layers compute their statistics over the global batch when one run trains on
+    # several processes (--gpus-per-run G > 1): head = those the architecture adds on top of the
+    # pretrained backbone (its "new" module group: BoT's BNNeck BN, MGN's reductions and necks),
+    # all = every one (the single-process semantics), off = none. With one process all three train
+    # identically. Hashed only when not "head" (docs/distributed.md).
+    sync_bn: str = "head"
 
     def validate(self, where: str = "train") -> None:
         if self.amp not in AMP_MODES:
             fail(f"{where}.amp", self.amp, " or ".join(AMP_MODES))
+        if self.sync_bn not in SYNC_BN:
+            fail(f"{where}.sync_bn", self.sync_bn, " or ".join(SYNC_BN))
         if self.checkpoint_every_epochs < 1:
             fail(f"{where}.checkpoint_every_epochs", self.checkpoint_every_epochs, "an integer >= 1")
 

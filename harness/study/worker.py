@@ -276,6 +276,7 @@ class WorkerConfig:
     torch_threads: int | None = None
     sampler_seed: int = 0
     tag: str = ""  # prefix of this worker's log lines
+    gpus_per_run: int = 1  # > 1: each trial's run trains on that many processes (torchrun)
 
 
 class _PruneHook:
@@ -319,7 +320,8 @@ class TrialRunner:
         return Job(run_hash=run_hash, label=label, spec_json=spec.to_json(),
                    trick_versions=dict(trick_versions(spec.tricks)), db_url=self.store.url,
                    out_dir=str(Path(self.config.runs_dir) / run_hash[:12]), device=self.config.device,
-                   num_workers=self.config.loader_workers, data_paths=dict(self.config.data_paths), progress=False)
+                   num_workers=self.config.loader_workers, data_paths=dict(self.config.data_paths), progress=False,
+                   gpus_per_run=self.config.gpus_per_run)
 
     def __call__(self, trial: Any) -> float:
         self.current = trial.number

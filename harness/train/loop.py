@@ -7,6 +7,10 @@ an epoch trains, and with which loss terms, depends only on its stage. A run res
 epoch-boundary checkpoint therefore ends with the same weights as an uninterrupted one (CPU),
 mid-stage included.
 
+One step's forward — the model under autocast, its outputs in float32, the objective — is one
+module, :class:`TrainForward`, so a distributed run wraps it whole in DDP (``components.step_forward``,
+see ``train/distributed.py``); a single-process run calls it as it is.
+
 Hooks are objects with any of ``before_epoch(components, epoch)``, ``after_step(components,
 step, losses)`` and ``on_epoch_end(components, stats)``. Loss terms and samplers that need to
 know where training is read ``components.train_progress`` (epoch, step, fraction of the run).
@@ -75,6 +79,9 @@ class TrainComponents:
     grad_clip_norm: float | None = None
     stages: StagePlan | None = None
     train_progress: TrainProgress = field(default_factory=TrainProgress)
+    # Distributed runs: the DDP-wrapped TrainForward and this rank's DistContext (None: one process).
+    step_forward: nn.Module | None = None
+    dist: Any = None
     _trainable: dict[str, bool] = field(default_factory=dict, repr=False)
 
 
@@ -104,6 +111,32 @@ class EpochStats:
         if self.stage is not None:
             out["stage"] = self.stage
         return out
+
+
+class TrainForward(nn.Module):
+    """(images, labels) → named weighted loss terms: one training step's forward.
+
+    The model runs under autocast (``amp_dtype``, CUDA); the losses are computed in float32 (the
+    triplet distances and center terms are sensitive to half precision). ``gather`` (distributed
+    runs) turns this rank's outputs and labels into the global batch's before the objective.
+    """
+
+    def __init__(self, model: nn.Module, objective: nn.Module, amp_dtype: torch.dtype | None = None,
+                 gather: Any = None) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+        self.amp_dtype, self.gather = amp_dtype, gather
+
+    def forward(self, imgs: torch.Tensor, pids: torch.Tensor, active: Any = None) -> dict[str, torch.Tensor]:
+        """``active``: the loss terms this stage computes (None = all; see ``StagePlan``)."""
+        autocast = (torch.autocast(device_type=imgs.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        with autocast:
+            outputs = self.model(imgs)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        if self.gather is not None:
+            outputs, pids = self.gather(outputs, pids)
+        return self.objective(outputs, pids) if active is None else self.objective(outputs, pids, active=active)
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
@@ -191,6 +224,8 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
     c.train_progress.epoch, c.train_progress.step = epoch, 0
     c.train_progress.max_epochs, c.train_progress.steps_per_epoch = max_epochs, total or 0
     bar = tqdm(total=total, desc=f"epoch {epoch}/{max_epochs}", disable=not c.progress, leave=False, unit="batch")
+    forward = c.step_forward if c.step_forward is not None else TrainForward(c.model, c.objective, c.amp_dtype)
+    ranks = c.dist.world_size if c.dist is not None else 1  # images counted over the global batch
     start = time.perf_counter()
     for (imgs, pids, _camids, _idx), waited in _timed(c.loader):
         wait += waited
@@ -198,19 +233,13 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
         if c.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         pids = pids.to(c.device, non_blocking=True)
-        autocast = (torch.autocast(device_type=c.device.type, dtype=c.amp_dtype) if c.amp_dtype is not None
-                    else contextlib.nullcontext())
-        with autocast:
-            outputs = c.model(imgs)
-        # Losses in float32: the triplet distances and center terms are sensitive to half precision.
-        outputs = {k: v.float() for k, v in outputs.items()}
         active = c.stages.active_losses(epoch) if c.stages is not None else None
-        terms = c.objective(outputs, pids) if active is None else c.objective(outputs, pids, active=active)
+        terms = forward(imgs, pids) if active is None else forward(imgs, pids, active=active)
         _step(c, torch.stack(list(terms.values())).sum())
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         steps += 1
-        images += imgs.shape[0]
+        images += imgs.shape[0] * ranks
         c.train_progress.step = steps
         for hook in hooks:
             if hasattr(hook, "after_step"):

@@ -45,6 +45,9 @@ class RuntimeOptions:
     variants: Sequence[Any] = ()
     # Earlier hashes of this run (a database upgrade re-keyed it): its folder and checkpoint may carry them.
     legacy_hashes: Sequence[str] = ()
+    # This process's rank in a distributed run (train.distributed.DistContext, set by the torchrun
+    # launcher, harness/execution/torchrun.py); None = the whole run in this process.
+    distributed: Any = None
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,9 @@ def select_device(name: str):
     return torch.device(name)
 
 
-def default_workers(device_type: str) -> int:
-    cores = os.cpu_count() or 1
+def default_workers(device_type: str, processes: int = 1) -> int:
+    """Loader workers for one training process; ``processes`` training processes share the machine's cores."""
+    cores = max(1, (os.cpu_count() or 1) // max(1, processes))
     # On a small CPU machine the training step already uses every core; worker processes would
     # only compete with it. The loader's in-memory cache keeps per-batch work small.
     if device_type == "cpu" and cores <= 4:
@@ -177,11 +181,15 @@ def identify(spec: RunSpec, data_paths: Mapping[str, str], trick_versions: Mappi
 
 
 def execute(spec: RunSpec, runtime: RuntimeOptions, trick_versions: Mapping[str, int] | None = None,
-            expected_hash: str | None = None) -> RunResult:
+            expected_hash: str | None = None) -> RunResult | None:
     """Train (or resume) and evaluate ``spec``; returns its evaluations on every test set.
 
     ``expected_hash`` (what a planner computed earlier) must still match: data that changed
     between planning and training is an error, never a silently different run.
+
+    In a distributed run (``runtime.distributed``, one call per rank) every rank trains; rank 0
+    alone writes the run folder (log, checkpoints, features, result) and evaluates; the other
+    ranks return None once training ends.
     """
     rhash, fingerprint = identify(spec, runtime.data_paths, trick_versions)
     if expected_hash is not None and expected_hash != rhash:
@@ -193,8 +201,10 @@ def execute(spec: RunSpec, runtime: RuntimeOptions, trick_versions: Mapping[str,
     if cached is not None:
         log(f"run {rhash[:12]}: already done, results from {out_dir / RESULT_NAME}")
         return cached
-    _check_run_folder(out_dir, spec, rhash, runtime.legacy_hashes)
-    progress = sys.stderr.isatty() if runtime.progress is None else runtime.progress
+    main = runtime.distributed is None or runtime.distributed.is_main
+    if main:
+        _check_run_folder(out_dir, spec, rhash, runtime.legacy_hashes)
+    progress = main and (sys.stderr.isatty() if runtime.progress is None else runtime.progress)
     return _Run(spec, rhash, fingerprint, out_dir, runtime, log, progress).execute()
 
 
@@ -223,13 +233,17 @@ class _Run:
         self.progress = progress
         self._log_file = out_dir / "train.log"
         self._log_sink = log
+        self.dist = runtime.distributed
+        self.main = self.dist is None or self.dist.is_main
 
     def log(self, line: str) -> None:
+        if not self.main:  # one log per run: rank 0's
+            return
         self._log_sink(line)
         with open(self._log_file, "a") as fh:
             fh.write(line + "\n")
 
-    def execute(self) -> RunResult:
+    def execute(self) -> RunResult | None:
         from reidbench.harness.execution.environment import environment
         from reidbench.harness.train.build import build_training
         from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state
@@ -242,11 +256,14 @@ class _Run:
                                                   self.progress)
         self.provenance = provenance
         train_set = self.datasets[spec.data.train]
-        workers = self.runtime.num_workers if self.runtime.num_workers is not None else default_workers(device.type)
+        ranks = self.dist.world_size if self.dist is not None else 1
+        workers = (self.runtime.num_workers if self.runtime.num_workers is not None
+                   else default_workers(device.type, ranks))
         self.workers, self.device = workers, device
 
-        built = build_training(spec, train_set, device, workers, self.progress)
+        built = build_training(spec, train_set, device, workers, self.progress, dist=self.dist)
         components, model_info = built.components, built.model_info
+        self.synced_bn_layers = model_info.pop("sync_bn_layers", 0)
         model_info["num_classes"] = train_set.num_train_pids
         self.model_info = model_info
         ckpt_path = self.out_dir / CHECKPOINT_NAME
@@ -262,14 +279,21 @@ class _Run:
             self.log(f"run {self.rhash[:12]}: resuming after epoch {start_epoch}/{spec.schedule.max_epochs}"
                      + (f" (stage {state['stage']})" if state.get("stage") else ""))
         else:
+            where = (f"{ranks} {self.dist.backend} processes ({device.type}), "
+                     f"{spec.data.ids_per_batch // ranks}×{spec.data.imgs_per_id} images each per step"
+                     if self.dist is not None else str(device))
             self.log(f"run {self.rhash[:12]}: training {spec.model.arch}/{spec.model.backbone} on {spec.data.train} "
-                     f"({len(train_set.train)} images, {train_set.num_train_pids} ids) on {device}, "
+                     f"({len(train_set.train)} images, {train_set.num_train_pids} ids) on {where}, "
                      f"{spec.schedule.max_epochs} epochs, {workers} loader workers")
 
-        hooks: list[Any] = [_HistoryHook(self, history), _CheckpointHook(self, history)]
-        if self.runtime.on_epoch is not None:
-            hooks.append(_CallbackHook(self.runtime.on_epoch))
+        hooks: list[Any] = []
+        if self.main:  # rank 0 alone keeps the history, checkpoints and reports epochs
+            hooks += [_HistoryHook(self, history), _CheckpointHook(self, history)]
+            if self.runtime.on_epoch is not None:
+                hooks.append(_CallbackHook(self.runtime.on_epoch))
         run_training(components, start_epoch, spec.schedule.max_epochs, spec.train.seed, hooks)
+        if not self.main:
+            return None
         seconds_train = sum(float(h.get("seconds", 0.0)) for h in history)  # across resumes
 
         t1 = time.perf_counter()
@@ -285,9 +309,18 @@ class _Run:
             self.log(f"run {self.rhash[:12]}: {spec.data.train}→{request.test_set}{tag}: {line}")
         seconds_eval = time.perf_counter() - t1
 
+        env = environment(device)
+        if self.dist is not None:
+            # Recorded, never hashed: the run is the same whatever the process count. The store keeps
+            # model_info and the device line (not the whole environment), so it goes into both.
+            info = {"world_size": self.dist.world_size, "backend": self.dist.backend,
+                    "per_rank_batch": [spec.data.ids_per_batch // self.dist.world_size, spec.data.imgs_per_id],
+                    "sync_bn": spec.train.sync_bn, "sync_bn_layers": self.synced_bn_layers}
+            env["distributed"] = model_info["distributed"] = info
+            env["device"] = f"{env['device']} ×{self.dist.world_size} ({self.dist.backend})"
         result = RunResult(
             run_hash=self.rhash, spec=spec, metrics=metrics_by_test(evaluations), history=history,
-            provenance=provenance, model_info=model_info, environment=environment(device),
+            provenance=provenance, model_info=model_info, environment=env,
             seconds_train=seconds_train, seconds_eval=seconds_eval, out_dir=str(self.out_dir),
             evaluations=evaluations, train_fingerprint=self.fingerprint,
         )
