@@ -2,6 +2,9 @@
 
 Adding a trick = one new module exporting ``TRICK`` + one entry in ``REGISTRY``. Pure data: no
 torch import, so ``reidbench tricks`` and ``--dry-run`` stay instant.
+
+``PAPER_ORDER`` is the Bag of Tricks' six, in its Table 1 order (``ablate``'s default); the AGW /
+fast-reid tricks follow them in ``REGISTRY`` (docs/agw.md).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from reidbench.tricks import bnneck, center, ls, rea, stride, warmup
+from reidbench.tricks import autoaug, circle, cosine, freeze, gem, non_local, soft_margin, wrt
 from reidbench.tricks.base import Trick
 
 REGISTRY: tuple[Trick, ...] = (
@@ -18,8 +22,10 @@ REGISTRY: tuple[Trick, ...] = (
     stride.TRICK,
     bnneck.TRICK,
     center.TRICK,
+    # AGW / fast-reid (docs/agw.md)
+    gem.TRICK, non_local.TRICK, wrt.TRICK, soft_margin.TRICK, circle.TRICK, cosine.TRICK, freeze.TRICK, autoaug.TRICK,
 )
-PAPER_ORDER: tuple[str, ...] = tuple(t.name for t in REGISTRY)
+PAPER_ORDER: tuple[str, ...] = tuple(t.name for t in REGISTRY[:6])
 
 _BY_NAME: dict[str, Trick] = {t.name: t for t in REGISTRY}
 _ALIASES: dict[str, str] = {alias: t.name for t in REGISTRY for alias in (t.name, *t.aliases)}
@@ -28,7 +34,7 @@ _ALIASES: dict[str, str] = {alias: t.name for t in REGISTRY for alias in (t.name
 def get_trick(name: str) -> Trick:
     key = name.strip().lower()
     if key not in _ALIASES:
-        raise ValueError(f"unknown trick {name!r}; valid: {', '.join(PAPER_ORDER)}")
+        raise ValueError(f"unknown trick {name!r}; valid: {', '.join(t.name for t in REGISTRY)}")
     return _BY_NAME[_ALIASES[key]]
 
 

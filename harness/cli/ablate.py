@@ -47,7 +47,7 @@ def tricks_cmd() -> None:
 
     for t in REGISTRY:
         aliases = f" (also: {', '.join(sorted(t.aliases))})" if t.aliases else ""
-        click.echo(f"{t.name:<8} v{t.version}  {t.summary}{aliases}")
+        click.echo(f"{t.name:<11} v{t.version}  {t.summary}{aliases}")
 
 
 @click.command()

@@ -206,6 +206,7 @@ def build_train_loader(
     std: Sequence[float] = IMAGENET_STD,
     multiprocessing_context: str | None = None,
     batch_sampler: Any = None,
+    autoaug_prob: float = 0.0,
 ) -> DataLoader:
     """P×K training loader (or ``batch_sampler``'s batches, from the sampler registry); call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch.
 
@@ -216,7 +217,7 @@ def build_train_loader(
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     sampler = batch_sampler or PKSampler([r.pid for r in records], ids_per_batch, imgs_per_id, seed)
-    transform = build_train_transform(image_size, flip_prob, pad_px, random_erasing_prob, mean, std)
+    transform = build_train_transform(image_size, flip_prob, pad_px, random_erasing_prob, mean, std, autoaug_prob)
     dataset = ImageDataset(records, image_size, transform, cache=cache, progress=progress)
     return DataLoader(
         dataset,

@@ -66,7 +66,23 @@ def stage_plan(spec: RunSpec, model: nn.Module) -> StagePlan:
         first += stage.epochs
     if not stages:
         stages.append(("all", 1, spec.schedule.max_epochs, frozenset(), 1.0))
-    return StagePlan(tuple(stages))
+    warm_epochs, warm_frozen = _freeze_warmup(spec, names, groups)
+    return StagePlan(tuple(stages), warm_frozen=warm_frozen, warm_epochs=warm_epochs)
+
+
+def _freeze_warmup(spec: RunSpec, names: Sequence[str], groups: dict[str, Sequence[str]]
+                   ) -> tuple[float, frozenset[str]]:
+    """(epochs, parameter names) of the freeze-backbone warm-up (``schedule.freeze_epochs``), or (0, {})."""
+    sched = spec.schedule
+    if not sched.freeze_epochs:
+        return 0.0, frozenset()
+    globs = module_globs(sched.freeze_modules, groups, "schedule.freeze_modules")
+    frozen = frozenset(n for n in names if _matches(n, globs))
+    if not frozen:
+        raise ValueError(f"schedule.freeze_modules={list(sched.freeze_modules)} matches no parameter of "
+                         f"model.arch={spec.model.arch!r}; module groups: {', '.join(sorted(groups))}")
+    epochs = sched.freeze_epochs * (sched.max_epochs if sched.unit == "fraction" else 1)
+    return float(epochs), frozen
 
 
 def _schedule_kwargs(spec: RunSpec) -> dict[str, Any]:
@@ -156,7 +172,7 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         train_set.train, image_size=tuple(data.image_size), ids_per_batch=data.ids_per_batch,
         imgs_per_id=data.imgs_per_id, seed=spec.train.seed, flip_prob=data.flip_prob, pad_px=data.pad_px,
         random_erasing_prob=data.random_erasing_prob, num_workers=workers, cache=True,
-        pin_memory=device.type == "cuda", batch_sampler=sampler,
+        pin_memory=device.type == "cuda", batch_sampler=sampler, autoaug_prob=data.autoaug_prob,
     )
     components = TrainComponents(
         model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, loader=loader, device=device,

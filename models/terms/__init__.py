@@ -75,9 +75,9 @@ def register_loss_term(entry: LossTermEntry, *, replace: bool = False) -> LossTe
 
 
 def _register_builtin() -> None:
-    from reidbench.models.terms import ce, center, triplet
+    from reidbench.models.terms import ce, center, circle, triplet
 
-    for module in (ce, triplet, center):
+    for module in (ce, triplet, center, circle):
         register_loss_term(module.TERM)
 
 
