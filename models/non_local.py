@@ -26,7 +26,9 @@ stage's last blocks get a block after them — AGW's ``non_layers = [0, 2, 3, 0]
 each of the last 2 blocks of ResNet ``layer2`` and the last 3 of ``layer3`` (the survey calls
 those stages 3 and 4, counting the stem as stage 1). On MobileNetV2 the same counts mean the last
 2 blocks of the stride-8 group (``features.5``, ``features.6``, 32 channels) and the last 3 of the
-stride-16 group (``features.11`` … ``features.13``, 96 channels).
+stride-16 group (``features.11`` … ``features.13``, 96 channels). A stage with fewer blocks than
+asked gets one after each of its blocks (ResNet-18: layer3.0 and layer3.1 for the 3 asked); the
+model info records the blocks each was inserted after (``nonlocal_after``).
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ class NonLocalBlock(nn.Module):
 
 def insert_non_local(backbone: nn.Module, counts: tuple[int, ...], channels: str = "one",
                      where: str = "model.nonlocal_layers") -> list[str]:
-    """Insert a block after each of the last ``counts[i]`` blocks of stage i+1; returns their names.
+    """Insert a block after each of the last ``counts[i]`` blocks of stage i+1 (all of its blocks if it
+    has fewer); returns the inserted modules' names.
 
     Call after loading pretrained weights. Each block's width is the output width of the block it
     follows (one probe forward, before any insertion).
@@ -99,10 +102,9 @@ def insert_non_local(backbone: nn.Module, counts: tuple[int, ...], channels: str
     stages = backbone_stages(backbone)
     targets: list[str] = []
     for stage, count in zip(stages, counts):
-        if count > len(stage.blocks):
-            raise ValueError(f"{where}={list(counts)}: {stage.name} of this backbone has {len(stage.blocks)} "
-                             f"blocks, {count} asked")
-        targets.extend(stage.blocks[len(stage.blocks) - count:])
+        # A stage shorter than asked (ResNet-18's 2-block layer3, timm's test ResNet) gets a block
+        # after each of its blocks; the names returned (recorded in the model info) say where.
+        targets.extend(stage.blocks[max(0, len(stage.blocks) - count):])
     if not targets:
         return []
     widths = _output_widths(backbone, targets)
