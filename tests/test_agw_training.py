@@ -298,6 +298,12 @@ def test_agw_paper_numbers():
     assert paper_system(agw) == "agw"
     bot_gem = get_trick("gem").apply(load_spec_file(BOT, "paper")).to_dict()
     assert paper_system(bot_gem) == "bot"
+    from reidbench.harness.spec import replace_section
+
+    half = load_spec_file(AGW, "paper")
+    half = replace_section(half, "model", options=tuple(sorted({**dict(half.model.options),
+                                                                "nonlocal_channels": "half"}.items())))
+    assert paper_system(half.to_dict()) is None  # no published number for the C/2 variant
     assert [paper_value("market", "market", (), m, system="agw") for m in ("R1", "mAP", "mINP")] == [95.1, 87.8, 65.0]
     assert [paper_value("duke", "duke", (), m, system="agw") for m in ("R1", "mAP", "mINP")] == [89.0, 79.6, 45.7]
     assert paper_value("market", "duke", (), "R1", system="agw") is None

@@ -8,7 +8,7 @@ rea}; a leave-one-out ``−REA`` = every trick but rea). MGN has one row (seed-s
 ablation table was not retrieved, so a branch subset or an MGN with BoT's tricks shows none).
 AGW (Ye et al.'s survey baseline, seed-systems.md §6) is a bot-architecture run with exactly its
 nine tricks (BoT's six + nonlocal, gem, wrt: experiments/agw.yaml, or ``ablate --base bot --add``
-them all); its row has R1, mAP and mINP (the survey reports mINP; ask ``report --metrics
+them all) and no other model option (the C/2 non-local variant has no published number); its row has R1, mAP and mINP (the survey reports mINP; ask ``report --metrics
 r1,map,minp`` to see it). Values are percent, as printed in the papers.
 """
 
@@ -30,6 +30,7 @@ CITATIONS = {"bot": f"{PAPER_CITATION}, Tables 1 and 3", "mgn": MGN_CITATION, "a
 # AGW, same domain: (R1, mAP, mINP) per dataset (mangye16/ReID-Survey README, ResNet-50).
 AGW_TRICKS = frozenset({*PAPER_TRICK_ORDER, "nonlocal", "gem", "wrt"})
 AGW: dict[str, tuple[float, float, float]] = {"market": (95.1, 87.8, 65.0), "duke": (89.0, 79.6, 45.7)}
+_AGW_OPTIONS = {"pool": "gem", "gem_learnable": True, "nonlocal_layers": [0, 2, 3, 0]}  # as a stored spec writes them
 
 # MGN, same domain: (R1, mAP) per dataset; re-ranked numbers from the abstract (Market only).
 MGN: dict[str, tuple[float, float]] = {"market": (95.7, 86.9), "duke": (88.7, 78.4)}
@@ -44,7 +45,12 @@ def paper_system(spec: dict) -> str | None:
     model = spec.get("model") or {}
     arch = model.get("arch", "bot")
     if arch == "bot":
-        return "agw" if frozenset(spec.get("tricks") or ()) == AGW_TRICKS else "bot"
+        if frozenset(spec.get("tricks") or ()) != AGW_TRICKS:
+            return "bot"
+        generic = {"arch", "backbone", "pretrained", "weights_path", "last_stride", "neck"}
+        options = {k: v for k, v in model.items() if k not in generic}
+        # AGW's model exactly (a C/2 non-local or a cosine classifier on top is another model)
+        return "agw" if options == _AGW_OPTIONS else None
     if arch != "mgn" or spec.get("tricks"):
         return None
     generic = {"arch", "backbone", "pretrained", "weights_path", "last_stride", "neck"}
