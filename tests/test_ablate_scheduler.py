@@ -177,9 +177,10 @@ def _check_105_cached_runs(tiny_spec_file, tmp_path) -> float:
     """Plan an ablation whose 105 runs are all done; nothing may be scheduled. Returns the seconds taken."""
     from reidbench.harness.ablation.plan import plan_ablation, run_plan
     from reidbench.harness.spec import load_spec_file
-    from reidbench.tricks import REGISTRY
+    from reidbench.tricks import PAPER_ORDER, parse_trick_list
 
-    plan = plan_ablation(load_spec_file(tiny_spec_file), "tiny", REGISTRY, "cumulative", list(range(15)))
+    six = parse_trick_list(PAPER_ORDER)  # BoT's six: 7 rows × 15 seeds
+    plan = plan_ablation(load_spec_file(tiny_spec_file), "tiny", six, "cumulative", list(range(15)))
     store = Store(f"sqlite:///{tmp_path / 'r.db'}")
     for s in plan.steps:  # record 105 finished runs without training them
         store.ensure_run(s.run_hash, s.spec.to_dict(), s.step)
@@ -194,7 +195,7 @@ def _check_105_cached_runs(tiny_spec_file, tmp_path) -> float:
             raise AssertionError(f"{len(jobs)} cached runs were scheduled again")
 
     t0 = time.perf_counter()
-    plan = plan_ablation(load_spec_file(tiny_spec_file), "tiny", REGISTRY, "cumulative", list(range(15)))
+    plan = plan_ablation(load_spec_file(tiny_spec_file), "tiny", six, "cumulative", list(range(15)))
     run_plan(plan, store, MustNotRun(), tmp_path / "runs", device="cpu", num_workers=0, data_paths={}, meta={},
              progress=False, log=lambda s: None)
     return time.perf_counter() - t0
