@@ -21,14 +21,14 @@ from reidbench.harness.data.named import load_named_dataset
 from reidbench.harness.spec import replace_section, spec_from_dict
 from reidbench.harness.train.build import build_training
 from reidbench.harness.train.loop import seed_epoch, train_one_epoch
-from reidbench.tricks import REGISTRY
+from reidbench.tricks import PAPER_ORDER, parse_trick_list
 
 BOT_TRICKS = REGISTRY[:6]  # BoT's six; later tricks (two-step freezes the backbone) would change what is timed
 
 
 def bench(name: str, backbone: str, image_size: tuple[int, int], dataset, steps: int, workers: int,
           device: torch.device, pretrained: bool) -> None:
-    # The bot base with every trick, built exactly as a run builds it (registries, objective, sampler).
+    # The bot base with BoT's six tricks, built exactly as a run builds it (registries, objective, sampler).
     spec = spec_from_dict({"model": {"backbone": backbone, "pretrained": pretrained},
                            "data": {"train": "bench", "test": ["bench"], "image_size": list(image_size)}})
     for trick in BOT_TRICKS:

@@ -41,6 +41,8 @@ def build_model(
     *,
     stem_relu: bool = True,
     dropout: float = 0.0,
+    pool: nn.Module | None = None,
+    classifier: str = "linear",
 ) -> ReidModel:
     """Build a ReidModel.
 
@@ -48,12 +50,13 @@ def build_model(
     identities; ``neck``: ``"plain"`` or ``"bnneck"``; ``last_stride``: 2, or 1 for the "stride"
     trick; ``pretrained``/``weights_path``: ImageNet start (offline, see ``pretrained.py``);
     ``stem_relu=False`` reproduces the reference ResNet stem without ReLU; ``dropout``: standard
-    dropout before the identity classifier (0 = none, the default).
+    dropout before the identity classifier (0 = none, the default); ``pool`` (None: global average
+    pooling) and ``classifier`` (``linear`` or ``cosine``) are the head's (``heads.py``).
     """
     head_class(neck)  # fail on a bad neck name before the (slow) backbone build
     net, feat_dim = build_backbone(backbone, pretrained=pretrained, weights_path=weights_path,
                                    last_stride=last_stride, stem_relu=stem_relu)
-    head = build_head(neck, feat_dim, num_classes, dropout=dropout)
+    head = build_head(neck, feat_dim, num_classes, pool=pool, classifier=classifier, dropout=dropout)
     reid_info = dict(net.reid_info)
     reid_info["neck"] = neck
     return ReidModel(net, head, feat_dim, reid_info)

@@ -1,7 +1,8 @@
 """Losses with the BoT reference semantics (bot.md "Other semantics" and "center").
 
 - ``id_loss``: cross-entropy with optional label smoothing (the "ls" trick).
-- ``TripletLoss``: batch-hard triplet on un-normalised features, Euclidean (not squared) distance.
+- ``TripletLoss``: batch-hard triplet on un-normalised features, Euclidean (not squared) distance;
+  with ``mining="weighted"`` AGW's weighted regularised triplet (``weighted_example_mining``).
 - ``CenterLoss``: squared distance to learnable class centres, with the reference's separate
   centre optimiser (``build_center_optimizer`` + ``center_sgd_step``).
 """
@@ -19,6 +20,8 @@ __all__ = [
     "center_sgd_step",
     "euclidean_distances",
     "id_loss",
+    "softmax_weights",
+    "weighted_example_mining",
 ]
 
 
@@ -43,27 +46,68 @@ def euclidean_distances(features: torch.Tensor) -> torch.Tensor:
     return squared.clamp(min=1e-12).sqrt()
 
 
+def softmax_weights(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """AGW's / fast-reid's ``softmax_weights``: a softmax of ``values`` over the entries where ``mask`` is 1.
+
+    Exactly the reference's arithmetic, quirks included: the shift is the row maximum of
+    ``values * mask`` (the masked-out entries count as 0 there, so for negated distances the shift
+    is 0, not the largest kept value) and the normaliser gets ``+ 1e-6``. With un-normalised
+    features and large distances (exp(−d) summed over the negatives below ~1e-5, i.e. d ≳ 15) the
+    negative weights therefore sum to noticeably less than 1 — as in the published code.
+    """
+    max_v = torch.max(values * mask, dim=1, keepdim=True)[0]
+    diff = values - max_v
+    z = torch.sum(torch.exp(diff) * mask, dim=1, keepdim=True) + 1e-6
+    return torch.exp(diff) * mask / z
+
+
+def weighted_example_mining(distances: torch.Tensor, same_label: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ w_ap·d_ap, Σ w_an·d_an) per anchor: softmax weights of d_ap over its positives (itself
+    included, as the reference's mask is) and of −d_an over its negatives (AGW's WRT)."""
+    is_pos = same_label.to(distances.dtype)
+    is_neg = (~same_label).to(distances.dtype)
+    dist_ap = distances * is_pos
+    dist_an = distances * is_neg
+    weights_ap = softmax_weights(dist_ap, is_pos)
+    weights_an = softmax_weights(-dist_an, is_neg)
+    return (dist_ap * weights_ap).sum(dim=1), (dist_an * weights_an).sum(dim=1)
+
+
+MINING = ("hard", "weighted")
+
+
 class TripletLoss(nn.Module):
-    """Batch-hard triplet loss.
+    """Batch-hard (or AGW's weighted) triplet loss.
 
     For each anchor: hardest positive = max distance over items with its label, the anchor itself
     included (so an identity seen once gets d_ap ≈ 1e-6); hardest negative = min distance over
     other labels. With a margin m: mean(relu(d_ap − d_an + m)); with ``margin=None``: the soft
     margin mean(softplus(d_ap − d_an)). An anchor without any negative contributes 0.
     Selection uses masks (masked_fill + max/min), so gradients flow to the chosen pairs.
+
+    ``mining="weighted"`` replaces the hardest positive and negative by softmax-weighted averages
+    (``weighted_example_mining``); with ``margin=None`` that is AGW's weighted regularised triplet
+    (WRT), SoftMargin(Σ w_an·d_an − Σ w_ap·d_ap), which has no margin parameter.
     """
 
-    def __init__(self, margin: float | None = 0.3) -> None:
+    def __init__(self, margin: float | None = 0.3, mining: str = "hard") -> None:
         super().__init__()
         if margin is not None and margin < 0:
             raise ValueError(f"triplet margin={margin} must be ≥ 0 or None (soft margin)")
+        if mining not in MINING:
+            raise ValueError(f"triplet mining={mining!r} is invalid; valid: {', '.join(MINING)}")
         self.margin = margin
+        self.mining = mining
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         distances = euclidean_distances(features)
         same_label = labels[:, None] == labels[None, :]
-        hardest_positive = distances.masked_fill(~same_label, float("-inf")).max(dim=1).values
-        hardest_negative = distances.masked_fill(same_label, float("inf")).min(dim=1).values
+        if self.mining == "weighted":
+            hardest_positive, hardest_negative = weighted_example_mining(distances, same_label)
+        else:
+            hardest_positive = distances.masked_fill(~same_label, float("-inf")).max(dim=1).values
+            hardest_negative = distances.masked_fill(same_label, float("inf")).min(dim=1).values
         gap = hardest_positive - hardest_negative
         if self.margin is None:
             return F.softplus(gap).mean()

@@ -39,7 +39,7 @@ def test_adding_a_trick_the_base_already_has_is_an_error(trick, base):
 
 def test_the_six_tricks_set_the_reference_values(base):
     spec = base
-    for t in parse_trick_list(PAPER_ORDER):
+    for t in parse_trick_list(PAPER_ORDER):  # BoT's six (the registry also holds AGW's, some conflicting)
         spec = t.apply(spec)
     assert spec.schedule.warmup_epochs == 10 and spec.schedule.warmup_factor == 0.01
     assert spec.data.random_erasing_prob == 0.5

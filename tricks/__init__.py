@@ -2,13 +2,19 @@
 
 Adding a trick = one new module exporting ``TRICK`` + one entry in ``REGISTRY``. Pure data: no
 torch import, so ``reidbench tricks`` and ``--dry-run`` stay instant.
+
+``PAPER_ORDER`` is the Bag of Tricks' six, in its Table 1 order (``ablate``'s default); the AGW /
+fast-reid tricks follow them in ``REGISTRY`` (docs/agw.md).
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from reidbench.tricks import bnneck, center, curriculum, fab, focal, ls, rea, stride, two_step, warmup
+from reidbench.tricks import bnneck, center, ls, rea, stride, warmup
+from reidbench.tricks import two_step
+from reidbench.tricks import curriculum, fab, focal
+from reidbench.tricks import autoaug, circle, cosine, freeze, gem, non_local, soft_margin, wrt
 from reidbench.tricks.base import Trick
 
 REGISTRY: tuple[Trick, ...] = (
@@ -24,6 +30,8 @@ REGISTRY: tuple[Trick, ...] = (
     curriculum.TRICK,
     fab.TRICK,
     focal.TRICK,
+    # AGW / fast-reid (docs/agw.md)
+    gem.TRICK, non_local.TRICK, wrt.TRICK, soft_margin.TRICK, circle.TRICK, cosine.TRICK, freeze.TRICK, autoaug.TRICK,
 )
 # The Bag of Tricks paper's six, in its order (Table 1); the tricks after them come from other systems.
 PAPER_ORDER: tuple[str, ...] = tuple(t.name for t in REGISTRY[:6])

@@ -72,3 +72,54 @@ def set_term_options(spec: RunSpec, kind: str, trick: str, **options: object) ->
 def add_term(spec: RunSpec, term: object) -> RunSpec:
     """Append a loss term (after the base's, so term labels and order stay stable)."""
     return dataclasses.replace(spec, loss=dataclasses.replace(spec.loss, terms=(*spec.loss.terms, term)))
+
+
+def set_model_options(spec: RunSpec, trick: str, **options: object) -> RunSpec:
+    """Set options of the spec's architecture (``model.pool`` …), refusing an architecture without them.
+
+    A value equal to the option's default is removed (options are sparse), and the result is
+    validated by the architecture's parameter dataclass.
+    """
+    from reidbench.harness.spec import replace_section, with_options
+    from reidbench.models.architectures import ARCHITECTURES
+    from reidbench.models.registry import build_params
+
+    arch = spec.model.arch
+    params_type = ARCHITECTURES.get(arch).params
+    known = {f.name for f in dataclasses.fields(params_type)} if params_type is not None else set()
+    missing = [k for k in options if k not in known]
+    if missing:
+        raise ValueError(f"trick {trick!r} does not apply to model.arch={arch!r}: it has no option "
+                         f"model.{missing[0]}")
+    defaults = params_type()
+    changes = {k: (None if v == getattr(defaults, k) else v) for k, v in options.items()}
+    merged = with_options(spec.model.options, **changes)
+    build_params(params_type, dict(merged), "model")
+    return replace_section(spec, "model", options=merged)
+
+
+def replace_terms(spec: RunSpec, terms: tuple) -> RunSpec:
+    """The spec with ``loss.terms`` replaced."""
+    return dataclasses.replace(spec, loss=dataclasses.replace(spec.loss, terms=tuple(terms)))
+
+
+def set_triplet_options(spec: RunSpec, trick: str, **options: object) -> RunSpec:
+    """Set options on every ``triplet`` term, None included (``margin: None`` = soft margin).
+
+    Unlike ``set_term_options`` a None is a value here, not a removal; a value equal to the
+    option's default is removed, as loading a spec file would.
+    """
+    from reidbench.models.terms.triplet import TripletParams
+
+    if not any(t.kind == "triplet" for t in spec.loss.terms):
+        raise ValueError(f"trick {trick!r} changes the triplet term, and the base has none (its terms: "
+                         f"{', '.join(t.kind for t in spec.loss.terms)})")
+    defaults = TripletParams()
+    terms = []
+    for t in spec.loss.terms:
+        if t.kind == "triplet":
+            merged = {**dict(t.options), **options}
+            merged = {k: v for k, v in merged.items() if v != getattr(defaults, k)}
+            t = dataclasses.replace(t, options=tuple(sorted(merged.items())))
+        terms.append(t)
+    return replace_terms(spec, tuple(terms))

@@ -244,6 +244,7 @@ def build_train_loader(
     crop_aspect: Sequence[float] = (2.0, 3.0),
     rank: int = 0,
     world_size: int = 1,
+    autoaug_prob: float = 0.0,
 ) -> DataLoader:
     """P×K training loader (or ``batch_sampler``'s batches, from the sampler registry); call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch.
 
@@ -256,8 +257,8 @@ def build_train_loader(
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     sampler = batch_sampler or PKSampler([r.pid for r in records], ids_per_batch, imgs_per_id, seed)
-    transform = build_train_transform(image_size, flip_prob, pad_px, random_erasing_prob, mean, std, crop_scale,
-                                      crop_aspect)
+    transform = build_train_transform(image_size, flip_prob, pad_px, random_erasing_prob, mean, std,
+                                      crop_scale=crop_scale, crop_aspect=crop_aspect, autoaug_prob=autoaug_prob)
     dataset = ImageDataset(records, image_size, transform, cache=cache, progress=progress)
     seeded: Any = SeededBatchSampler(sampler, seed)
     if world_size > 1:

@@ -1,7 +1,8 @@
 """Image transforms with the Bag-of-Tricks reference semantics, split into two stages.
 
 Reference train pipeline (PIL): resize → horizontal flip → zero-pad → random crop → to [0, 1]
-→ normalise → random erasing. Test: resize → to [0, 1] → normalise.
+→ normalise → random erasing. Test: resize → to [0, 1] → normalise. The ``autoaug`` trick
+(fast-reid's SBS) adds ImageNet AutoAugment with a probability as the first random step.
 
 Resize comes first and is deterministic, so it is a separate stage, :func:`load_resized`
 (decode + Pillow bilinear resize, exactly what ``torchvision.transforms.Resize`` does to a PIL
@@ -152,12 +153,25 @@ def resized_crop(image_size: Sequence[int], scale: Sequence[float], aspect: Sequ
                                 ratio=(1.0 / hi, 1.0 / lo), antialias=True)
 
 
+def build_autoaugment(probability: float) -> v2.RandomApply:
+    """torchvision's ImageNet AutoAugment policy, applied with ``probability`` (fast-reid's
+    ``RandomApply([AutoAugment()], p=AUTOAUG.PROB)``; its SBS config uses 0.1)."""
+    if not 0.0 < probability <= 1.0:
+        raise ValueError(f"autoaug probability must be in (0, 1], got {probability}")
+    return v2.RandomApply([v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)], p=probability)
+
+
 class TrainTransform:
-    """resize → [random resized crop] → hflip(p) → zero-pad → random crop → [0, 1] → normalise → erasing.
+    """resize → [AutoAugment(p)] → [random resized crop] → hflip(p) → zero-pad → random crop → [0, 1]
+    → normalise → random erasing (if p > 0).
 
     Call it on a PIL image or on the uint8 tensor from :func:`load_resized`. ``crop_scale`` (None:
     off) turns on Mancs' random resized crop (:func:`resized_crop`) before the flip, as the seed
-    orders it: resize, crop, resize back, flip, erase.
+    orders it: resize, crop, resize back, flip, erase. AutoAugment (``autoaug_prob`` > 0) runs on
+    the resized uint8 image, before flip and crop. fast-reid applies it to the decoded image
+    *before* resizing; here the resize is the cached stage, so the policy's geometric operations
+    (shear, translate, rotate: relative to the image size) see the resized image — the same
+    operations, interpolated at the training resolution.
     """
 
     def __init__(
@@ -170,6 +184,7 @@ class TrainTransform:
         std: Sequence[float] = IMAGENET_STD,
         crop_scale: Sequence[float] | None = None,
         crop_aspect: Sequence[float] = (2.0, 3.0),
+        autoaug_prob: float = 0.0,
     ) -> None:
         self.image_size = _check_size(image_size)
         if not 0.0 <= flip_prob <= 1.0:
@@ -185,14 +200,21 @@ class TrainTransform:
             v2.RandomCrop(self.image_size, padding=pad_px or None, fill=0),
         ])
         self.erasing = RandomErasing(random_erasing_prob, fill=self.mean) if random_erasing_prob > 0 else None
+        if not 0.0 <= autoaug_prob <= 1.0:
+            raise ValueError(f"autoaug_prob must be in [0, 1], got {autoaug_prob}")
+        self.autoaug = build_autoaugment(autoaug_prob) if autoaug_prob > 0 else None
 
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        image = self.geometric(_as_resized_uint8(image, self.image_size))
+        image = _as_resized_uint8(image, self.image_size)
+        if self.autoaug is not None:
+            image = self.autoaug(image)
+        image = self.geometric(image)
         image = to_normalized_float(image, self.mean, self.std)
         return self.erasing(image) if self.erasing is not None else image
 
     def __repr__(self) -> str:
-        return f"TrainTransform(image_size={self.image_size}, {self.geometric}, erasing={self.erasing})"
+        auto = f"autoaug={self.autoaug}, " if self.autoaug is not None else ""
+        return f"TrainTransform(image_size={self.image_size}, {auto}{self.geometric}, erasing={self.erasing})"
 
 
 class TestTransform:
@@ -225,8 +247,10 @@ def build_train_transform(
     std: Sequence[float] = IMAGENET_STD,
     crop_scale: Sequence[float] | None = None,
     crop_aspect: Sequence[float] = (2.0, 3.0),
+    autoaug_prob: float = 0.0,
 ) -> TrainTransform:
-    return TrainTransform(image_size, flip_prob, pad_px, random_erasing_prob, mean, std, crop_scale, crop_aspect)
+    return TrainTransform(image_size, flip_prob, pad_px, random_erasing_prob, mean, std, crop_scale=crop_scale,
+                          crop_aspect=crop_aspect, autoaug_prob=autoaug_prob)
 
 
 def build_test_transform(

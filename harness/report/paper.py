@@ -1,4 +1,4 @@
-"""The papers' numbers: Bag of Tricks (Luo et al. 2019, from the shared reference bot.md), MGN and Mancs.
+"""The papers' numbers: Bag of Tricks (Luo et al. 2019, from the shared reference bot.md), MGN, Mancs and AGW.
 
 A run is first matched to a *system* (``paper_system``): ``bot`` for the bot architecture, ``mgn``
 for exactly the paper's MGN (every branch, default options, the paper's two loss terms, no
@@ -8,7 +8,10 @@ rea}; a leave-one-out ``−REA`` = every trick but rea). MGN has one row (seed-s
 ablation table was not retrieved, so a branch subset or an MGN with BoT's tricks shows none).
 Mancs likewise has one row (its numbers via BoT's Table 4, seed-systems.md §2.1), for exactly
 experiments/mancs.yaml's model, loss terms and random erasing (its ablation rows show none).
-Values are percent, as printed in the papers.
+AGW (Ye et al.'s survey baseline, seed-systems.md §6) is a bot-architecture run with exactly its
+nine tricks (BoT's six + nonlocal, gem, wrt: experiments/agw.yaml, or ``ablate --base bot --add``
+them all) and no other model option (the C/2 non-local variant has no published number); its row has R1, mAP
+and mINP (the survey reports mINP; ask ``report --metrics r1,map,minp`` to see it). Values are percent, as printed in the papers.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ MGN_CITATION = ("Wang et al., Learning Discriminative Features with Multiple Gra
                 "Re-Identification, ACM MM 2018")
 MANCS_CITATION = ("Wang et al., Mancs: A Multi-task Attentional Network with Curriculum Sampling for Person "
                   "Re-identification, ECCV 2018 (numbers as quoted in BoT's Table 4)")
-CITATIONS = {"bot": f"{PAPER_CITATION}, Tables 1 and 3", "mgn": MGN_CITATION, "mancs": MANCS_CITATION}
+AGW_CITATION = ("Ye et al., Deep Learning for Person Re-identification: A Survey and Outlook, TPAMI 2021 "
+                "(AGW; ReID-Survey README)")
+CITATIONS = {"bot": f"{PAPER_CITATION}, Tables 1 and 3", "mgn": MGN_CITATION, "mancs": MANCS_CITATION,
+             "agw": AGW_CITATION}
+
+# AGW, same domain: (R1, mAP, mINP) per dataset (mangye16/ReID-Survey README, ResNet-50).
+AGW_TRICKS = frozenset({*PAPER_TRICK_ORDER, "nonlocal", "gem", "wrt"})
+AGW: dict[str, tuple[float, float, float]] = {"market": (95.1, 87.8, 65.0), "duke": (89.0, 79.6, 45.7)}
+_AGW_OPTIONS = {"pool": "gem", "gem_learnable": True, "nonlocal_layers": [0, 2, 3, 0]}  # as a stored spec writes them
 
 # MGN, same domain: (R1, mAP) per dataset; re-ranked numbers from the abstract (Market only).
 MGN: dict[str, tuple[float, float]] = {"market": (95.7, 86.9), "duke": (88.7, 78.4)}
@@ -55,11 +66,16 @@ def _mancs_system(spec: dict) -> str | None:
 
 
 def paper_system(spec: dict) -> str | None:
-    """Which paper's numbers a stored run (its spec as plain data) is comparable with: bot, mgn, mancs or None."""
+    """Which paper's numbers a stored run (its spec as plain data) is comparable with: bot, agw, mgn, mancs or None."""
     model = spec.get("model") or {}
     arch = model.get("arch", "bot")
     if arch == "bot":
-        return "bot"
+        if frozenset(spec.get("tricks") or ()) != AGW_TRICKS:
+            return "bot"
+        generic = {"arch", "backbone", "pretrained", "weights_path", "last_stride", "neck"}
+        options = {k: v for k, v in model.items() if k not in generic}
+        # AGW's model exactly (a C/2 non-local or a cosine classifier on top is another model)
+        return "agw" if options == _AGW_OPTIONS else None
     if spec.get("tricks"):
         return None
     if arch == "mancs":
@@ -112,7 +128,7 @@ TABLE2: dict[str, dict[str, tuple[float, float]]] = {
     "f_i cosine": {"market": (94.1, 85.7), "duke": (86.2, 75.9)},
 }
 
-_INDEX = {"R1": 0, "mAP": 1}
+_INDEX = {"R1": 0, "mAP": 1, "mINP": 2}  # mINP: AGW only (the BoT and MGN papers do not report it)
 
 
 def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synthetic: bool = False,
@@ -120,7 +136,8 @@ def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synth
     """The paper's number (percent) for a run trained on ``train``, tested on ``test``, with ``tricks``.
 
     ``system`` (``paper_system`` of the run) picks the paper: ``bot`` (Tables 1–3), ``mgn`` or
-    ``mancs`` (one row each, same domain), None (no paper number).
+    ``mancs`` (one row each, same domain), ``agw`` (its one row, same domain, with mINP), None (no
+    paper number).
 
     ``ranking`` (an evaluation variant's "f_t Euclidean", "f_i cosine", ...) looks up Table 2,
     which has numbers only for the BNNeck model without center loss, same domain.
@@ -138,6 +155,11 @@ def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synth
     if base_metric not in _INDEX:
         return None
     i = _INDEX[base_metric]
+    if system == "agw":
+        row_agw = AGW.get(src)
+        return row_agw[i] if row_agw and src == dst and not rerank and ranking is None else None
+    if i > 1:
+        return None  # mINP: only AGW publishes it
     if system == "mgn":
         row = (MGN_RERANK if rerank else MGN).get(src)
         return row[i] if row and src == dst and not key and ranking is None else None

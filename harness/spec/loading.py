@@ -324,8 +324,8 @@ def with_epochs(spec: RunSpec, epochs: int) -> RunSpec:
     """Shorten (or lengthen) the run to ``epochs``; the original length is kept in ``full_epochs``.
 
     Epoch-stated schedules scale milestones and warmup proportionally (never to epoch 1, which
-    would be no warmup or a decay before any training at the base rate); fraction-stated ones
-    need nothing. Stages keep their proportions (each at least one epoch; the last absorbs
+    would be no warmup or a decay before any training at the base rate), the cosine delay and the
+    freeze warm-up likewise; fraction-stated ones need nothing. Stages keep their proportions (each at least one epoch; the last absorbs
     rounding).
     """
     if epochs < 1:
@@ -343,6 +343,8 @@ def with_epochs(spec: RunSpec, epochs: int) -> RunSpec:
         if "delay_epochs" in options:
             options["delay_epochs"] = int(round(options["delay_epochs"] * scale))
             changes["options"] = tuple(sorted(options.items()))
+        if sched.freeze_epochs:  # fractional epochs, honoured to the iteration: scaled, not rounded to whole epochs
+            changes["freeze_epochs"] = round(sched.freeze_epochs * scale, 4)
     stages = spec.stages
     if stages:
         if epochs < len(stages):

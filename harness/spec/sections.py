@@ -90,6 +90,10 @@ class DataSpec:
     crop_aspect: tuple[float, float] = (2.0, 3.0)
     sampler: str = "pk"  # batch sampler registry name (harness/data/samplers)
     sampler_options: Options = ()  # the sampler's own parameters (non-default values only)
+    # --- AGW / fast-reid ---
+    # ImageNet AutoAugment applied with this probability, first of the random transforms (the
+    # ``autoaug`` trick: 0.1, fast-reid's SBS; harness/data/transforms.py).
+    autoaug_prob: float = 0.0
 
     def validate(self, where: str = "data") -> None:
         h, w = self.image_size
@@ -99,7 +103,7 @@ class DataSpec:
             fail(f"{where}.ids_per_batch", self.ids_per_batch, "an integer >= 2")
         if self.imgs_per_id < 1:
             fail(f"{where}.imgs_per_id", self.imgs_per_id, "an integer >= 1")
-        for name in ("flip_prob", "random_erasing_prob"):
+        for name in ("flip_prob", "random_erasing_prob", "autoaug_prob"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 fail(f"{where}.{name}", p, "a probability in [0, 1]")
@@ -231,6 +235,12 @@ class ScheduleSpec:
     warmup_factor: float = 0.01
     unit: str = "epochs"  # epochs | fraction: how milestones, warmup and delay are stated
     options: Options = ()  # the schedule's own parameters (cosine: delay_epochs, min_factor; poly: power)
+    # --- AGW / fast-reid ---
+    # Freeze-backbone warm-up (fast-reid's FREEZE_ITERS / FREEZE_LAYERS): the module groups or
+    # globs in ``freeze_modules`` get no update and keep their BatchNorm statistics for the first
+    # ``freeze_epochs`` of the run (in ``unit``; fractional, honoured to the iteration).
+    freeze_epochs: float = 0
+    freeze_modules: tuple[str, ...] = ("backbone",)
 
     def validate(self, where: str = "schedule") -> None:
         if self.max_epochs < 1:
@@ -252,6 +262,15 @@ class ScheduleSpec:
                 fail(f"{where}.warmup_epochs", self.warmup_epochs, "a fraction of the run in [0, 1)")
         if not 0 < self.warmup_factor <= 1:
             fail(f"{where}.warmup_factor", self.warmup_factor, "a value in (0, 1]")
+        # --- AGW / fast-reid ---
+        limit = self.max_epochs if self.unit == "epochs" else 1
+        if isinstance(self.freeze_epochs, bool) or not 0 <= self.freeze_epochs < limit:
+            fail(f"{where}.freeze_epochs", self.freeze_epochs,
+                 f"a number of epochs >= 0 and below max_epochs={self.max_epochs}" if self.unit == "epochs"
+                 else "a fraction of the run in [0, 1)")
+        if not self.freeze_modules or not all(isinstance(m, str) and m for m in self.freeze_modules):
+            fail(f"{where}.freeze_modules", list(self.freeze_modules),
+                 "a non-empty list of module-group names (e.g. backbone) or module-name globs")
 
 
 @dataclass(frozen=True)

@@ -75,9 +75,24 @@ def stage_plan(spec: RunSpec, model: nn.Module, objective: Any = None) -> StageP
         first += stage.epochs
     if not stages:
         stages.append(("all", 1, spec.schedule.max_epochs, frozenset(), 1.0))
-    if all(x is None for x in losses):
-        return StagePlan(tuple(stages))
-    return StagePlan(tuple(stages), tuple(losses))
+    warm_epochs, warm_frozen = _freeze_warmup(spec, names, groups)
+    losses_per_stage = () if all(x is None for x in losses) else tuple(losses)
+    return StagePlan(tuple(stages), losses_per_stage, warm_frozen=warm_frozen, warm_epochs=warm_epochs)
+
+
+def _freeze_warmup(spec: RunSpec, names: Sequence[str], groups: dict[str, Sequence[str]]
+                   ) -> tuple[float, frozenset[str]]:
+    """(epochs, parameter names) of the freeze-backbone warm-up (``schedule.freeze_epochs``), or (0, {})."""
+    sched = spec.schedule
+    if not sched.freeze_epochs:
+        return 0.0, frozenset()
+    globs = module_globs(sched.freeze_modules, groups, "schedule.freeze_modules")
+    frozen = frozenset(n for n in names if _matches(n, globs))
+    if not frozen:
+        raise ValueError(f"schedule.freeze_modules={list(sched.freeze_modules)} matches no parameter of "
+                         f"model.arch={spec.model.arch!r}; module groups: {', '.join(sorted(groups))}")
+    epochs = sched.freeze_epochs * (sched.max_epochs if sched.unit == "fraction" else 1)
+    return float(epochs), frozen
 
 
 def _schedule_kwargs(spec: RunSpec) -> dict[str, Any]:
@@ -181,7 +196,7 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         imgs_per_id=data.imgs_per_id, seed=spec.train.seed, flip_prob=data.flip_prob, pad_px=data.pad_px,
         random_erasing_prob=data.random_erasing_prob, num_workers=workers, cache=True,
         pin_memory=device.type == "cuda", batch_sampler=sampler, crop_scale=data.crop_scale,
-        crop_aspect=data.crop_aspect,
+        crop_aspect=data.crop_aspect, autoaug_prob=data.autoaug_prob,
         rank=dist.rank if dist is not None else 0, world_size=dist.world_size if dist is not None else 1,
     )
     components = TrainComponents(
@@ -194,7 +209,9 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         from reidbench.harness.train.distributed import gather_outputs, wrap_ddp
         from reidbench.harness.train.loop import TrainForward
 
-        freezing = len(stages.stages) > 1 or any(frozen for _, _, _, frozen, _ in stages.stages) or bool(stages.losses)
+        # Parameters that sit out some steps (frozen, or read only by an inactive loss) need DDP's unused-parameter scan.
+        freezing = (len(stages.stages) > 1 or any(frozen for _, _, _, frozen, _ in stages.stages)
+                    or bool(stages.losses) or stages.warm_epochs > 0)
         components.step_forward = wrap_ddp(TrainForward(model, objective, amp_dtype, gather=gather_outputs), device,
                                            stages_change_parameters=freezing)
         components.dist = dist

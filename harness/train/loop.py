@@ -36,10 +36,15 @@ class StagePlan:
     """Stages as (name, first epoch, last epoch, frozen parameter names, LR scale), covering the run.
 
     ``losses``: per stage, the labels of the loss terms it trains with (None: all); empty = all everywhere.
+    ``warm_frozen`` are also frozen while training is less than ``warm_epochs`` epochs in (a
+    fractional count, compared step by step: fast-reid's freeze-backbone warm-up; see
+    ``frozen_at``).
     """
 
     stages: tuple[tuple[str, int, int, frozenset[str], float], ...]
     losses: tuple[frozenset[str] | None, ...] = ()
+    warm_frozen: frozenset[str] = frozenset()
+    warm_epochs: float = 0.0
 
     def index(self, epoch: int) -> int:
         for i, (_, first, last, _, _) in enumerate(self.stages):
@@ -52,6 +57,20 @@ class StagePlan:
 
     def frozen(self, epoch: int) -> frozenset[str]:
         return self.stages[self.index(epoch)][3]
+
+    def frozen_at(self, epoch: int, step: int = 0, steps_in_epoch: int = 0) -> frozenset[str]:
+        """Parameters frozen for the step with 0-based index ``step`` of 1-based ``epoch``.
+
+        The warm-up freeze holds while ``(epoch - 1) + step / steps_in_epoch < warm_epochs``: with
+        n steps per epoch, exactly the first ceil(warm_epochs * n) steps of the run (a loader of
+        unknown length counts whole epochs). It depends only on (epoch, step), so a resumed run
+        freezes the same steps.
+        """
+        stage = self.frozen(epoch)
+        if self.warm_epochs <= 0 or not self.warm_frozen:
+            return stage
+        done = (epoch - 1) + (step / steps_in_epoch if steps_in_epoch else 0.0)
+        return stage | self.warm_frozen if done < self.warm_epochs else stage
 
     def lr_scale(self, epoch: int) -> float:
         return self.stages[self.index(epoch)][4]
@@ -83,6 +102,7 @@ class TrainComponents:
     step_forward: nn.Module | None = None
     dist: Any = None
     _trainable: dict[str, bool] = field(default_factory=dict, repr=False)
+    _frozen_now: frozenset[str] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -159,8 +179,9 @@ def _timed(loader: Iterable[Any]) -> Iterator[tuple[Any, float]]:
         yield batch, time.perf_counter() - t0
 
 
-def apply_stage(c: TrainComponents, epoch: int) -> None:
-    """Freeze this epoch's frozen parameters (no update) and put their modules' BatchNorm in eval mode.
+def apply_stage(c: TrainComponents, epoch: int, step: int = 0, steps_in_epoch: int = 0) -> None:
+    """Freeze this epoch's (and step's: ``StagePlan.frozen_at``) frozen parameters (no update) and put
+    their modules' BatchNorm in eval mode. Call with the model in training mode.
 
     Parameters frozen by construction (e.g. the BNNeck bias) stay frozen in every stage.
     """
@@ -168,7 +189,8 @@ def apply_stage(c: TrainComponents, epoch: int) -> None:
         return
     if not c._trainable:
         c._trainable = {n: p.requires_grad for n, p in c.model.named_parameters()}
-    frozen = c.stages.frozen(epoch)
+    frozen = c.stages.frozen_at(epoch, step, steps_in_epoch)
+    c._frozen_now = frozen
     for name, parameter in c.model.named_parameters():
         parameter.requires_grad_(c._trainable[name] and name not in frozen)
     if not frozen:
@@ -215,12 +237,13 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
 
     c.model.train()
     c.objective.train()
-    apply_stage(c, epoch)
+    total = len(c.loader) if hasattr(c.loader, "__len__") else None
+    apply_stage(c, epoch, 0, total or 0)
+    warm = c.stages is not None and c.stages.warm_epochs > 0
     sums: dict[str, float] = {}
     steps = images = 0
     wait = 0.0
     lr = c.optimizer.param_groups[0]["lr"]
-    total = len(c.loader) if hasattr(c.loader, "__len__") else None
     c.train_progress.epoch, c.train_progress.step = epoch, 0
     c.train_progress.max_epochs, c.train_progress.steps_per_epoch = max_epochs, total or 0
     bar = tqdm(total=total, desc=f"epoch {epoch}/{max_epochs}", disable=not c.progress, leave=False, unit="batch")
@@ -229,6 +252,9 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
     start = time.perf_counter()
     for (imgs, pids, _camids, _idx), waited in _timed(c.loader):
         wait += waited
+        if warm and c.stages.frozen_at(epoch, steps, total or 0) != c._frozen_now:
+            c.model.train()  # the warm-up freeze ends mid-epoch: its BatchNorm layers train again
+            apply_stage(c, epoch, steps, total or 0)
         imgs = imgs.to(c.device, non_blocking=True)
         if c.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)

@@ -111,6 +111,8 @@ def multistep_multiplier(epoch: int, max_epochs: int, p: MultiStepParams) -> flo
 
 # --- cosine --------------------------------------------------------------------------------------
 
+DELAY_FROM = ("warmup", "start")
+
 
 @dataclass(frozen=True)
 class CosineParams:
@@ -121,12 +123,18 @@ class CosineParams:
     delay_epochs: float = 0  # fast-reid's "delay", in epochs: held at the full LR after the warmup
     min_factor: float = 0.0  # fast-reid's ETA_MIN_LR / BASE_LR
     unit: str = "epochs"
+    # --- AGW / fast-reid ---
+    # Where the delay counts from: "warmup" (after it, the original reading) or "start" (from
+    # epoch 1, overlapping the warmup: fast-reid's T_max = max_epoch - max(warmup, delay)).
+    delay_from: str = "warmup"
 
     def __post_init__(self) -> None:
         _check_warmup("cosine", self.unit, self.warmup_epochs, self.warmup_factor)
         resolve_epochs(self.delay_epochs, 1, self.unit, where="cosine.delay_epochs")
         if not 0.0 <= self.min_factor < 1.0:
             raise ValueError(f"cosine.min_factor={self.min_factor!r} is not valid: a value in [0, 1)")
+        if self.delay_from not in DELAY_FROM:
+            raise ValueError(f"cosine.delay_from={self.delay_from!r} is not valid: {' or '.join(DELAY_FROM)}")
 
 
 def cosine_multiplier(epoch: int, max_epochs: int, p: CosineParams) -> float:
@@ -142,10 +150,14 @@ def cosine_multiplier(epoch: int, max_epochs: int, p: CosineParams) -> float:
     the delay counts after the warmup, not from epoch 1 (fast-reid's delay D with warmup W is
     ``delay_epochs = max(0, D - W)`` here). With T=10, W=2, delay 3: 0.505, 1, 1, 1, 1, then
     (1 + cos(k*pi/6)) / 2 for k = 1..5 = 0.9330, 0.75, 0.5, 0.25, 0.0670.
+
+    ``delay_from="start"`` counts the delay from epoch 1 as fast-reid does: E = max(W, 1, delay),
+    so fast-reid's D is written as it is (the ``cosine`` trick's reading).
     """
     _check_epoch(epoch, max_epochs)
     warmup = resolve_epochs(p.warmup_epochs, max_epochs, p.unit)
-    last_full = max(warmup, 1) + resolve_epochs(p.delay_epochs, max_epochs, p.unit)
+    delay = resolve_epochs(p.delay_epochs, max_epochs, p.unit)
+    last_full = max(warmup, 1, delay) if p.delay_from == "start" else max(warmup, 1) + delay
     if epoch <= last_full:
         decay = 1.0
     else:

@@ -10,7 +10,9 @@ the one place that does) and returns an ``nn.Module`` honouring the output contr
 - ``test_feature``: the default test feature — one output name or a tuple concatenated in order.
 - ``module_groups``: {group name: submodule names}; at least ``pretrained`` (initialised from
   ImageNet) and ``new`` (initialised here). Stages freeze groups and the optimiser gives groups
-  their own learning rates by these names.
+  their own learning rates by these names. Blocks inserted into the backbone with
+  ``models/stages.insert_after`` are moved from ``pretrained`` to ``new`` here, for every
+  architecture (``models/groups.py``).
 - ``reid_info``: a plain dict describing what was built (recorded with the run).
 
 An entry also declares which generic ``model`` fields its builder reads (``model_fields``): a trick
@@ -78,7 +80,20 @@ def build_architecture(model: Any, num_classes: int) -> Any:
     if not hasattr(net, "reid_info"):
         net.reid_info = {}
     net.reid_info.setdefault("arch", model.arch)
+    _separate_inserted(net)
     return net
+
+
+def _separate_inserted(net: Any) -> None:
+    """Blocks inserted into pretrained modules (``models/stages.insert_after``) belong to ``new``, not
+    ``pretrained`` (``models/groups.py``); recorded in ``reid_info["inserted"]``."""
+    from reidbench.models.groups import separate_inserted
+    from reidbench.models.stages import inserted_modules
+
+    inserted = inserted_modules(net)
+    if inserted:
+        net.module_groups = separate_inserted(net.module_groups, net, inserted)
+        net.reid_info["inserted"] = list(inserted)
 
 
 def _register_builtin() -> None:

@@ -1,4 +1,4 @@
-"""``bot``: backbone → global average pooling → plain or BNNeck head (the Bag of Tricks model).
+"""``bot``: backbone → global pooling → plain or BNNeck head (the Bag of Tricks model).
 
 Outputs ``f_t`` (pooled, what the metric losses see), ``f_i`` (after the BNNeck; equal to f_t
 with the plain head) and, in training, ``logits``. The test feature is ``f_i`` with the BNNeck,
@@ -8,15 +8,28 @@ Options (``BotParams``, written flat in the ``model`` section). Every default bu
 exactly as before the options existed — same modules, same weights for a seed, same hashes — so no
 stored run changes.
 
-- ``dropout`` (Geng et al., docs/geng.md): standard dropout with this rate between the feature and
-  the identity classifier (f_t with the plain head, f_i with the BNNeck); only the logits see it.
+Geng et al. (docs/geng.md):
 
-Mancs' blocks (models/architectures/mancs.py, docs/mancs.md), usable on bot:
+- ``dropout``: standard dropout with this rate between the feature and the identity classifier
+  (f_t with the plain head, f_i with the BNNeck); only the logits see it.
+
+Mancs' blocks (models/architectures/mancs.py, docs/mancs.md):
 
 - ``fab`` (false): fully attentional blocks after the last block of ``fab_stages`` (stage2..4),
   channel reduction ``fab_reduction`` (16); with ``fab_supervision`` (true) the model also
   outputs ``f_att`` and, in training, ``logits_att`` (the attention branch; a ``bce`` term reads it).
 - ``prelu`` (false): PReLU in place of the backbone's last ReLU.
+
+AGW / fast-reid (docs/agw.md):
+
+- ``pool`` avg (BoT) | max | gem; ``gem_p`` 3.0 and ``gem_learnable`` false (AGW: true, p starts
+  at 3 and is trained; fast-reid's AGW config: fixed) are read with ``pool: gem`` only.
+- ``nonlocal_layers`` [0, 0, 0, 0]: non-local blocks after the last n blocks of stage1..stage4
+  (AGW: [0, 2, 3, 0]); ``nonlocal_channels`` one (as published) | half (C/2)
+  (``models/non_local.py``). Inserted after the ImageNet weights are loaded; they are in the
+  ``new`` module group.
+- ``classifier`` linear (BoT) | cosine: the head outputs ``cosine`` instead of ``logits``, for
+  the ``circle`` loss term (fast-reid's circle softmax).
 """
 
 from __future__ import annotations
@@ -30,6 +43,8 @@ from reidbench.models.architectures import Architecture
 from reidbench.models.architectures.mancs import LAST_THREE, apply_backbone_options, check_fab_fields, exact_groups
 from reidbench.models.build import ReidModel
 
+__all__ = ["ARCH", "BotParams", "build"]
+
 
 @dataclass(frozen=True)
 class BotParams:
@@ -41,11 +56,41 @@ class BotParams:
     fab_reduction: int = 16
     fab_supervision: bool = True
     prelu: bool = False
+    # --- AGW / fast-reid ---
+    pool: str = "avg"
+    gem_p: float = 3.0
+    gem_learnable: bool = False
+    nonlocal_layers: tuple[int, ...] = (0, 0, 0, 0)
+    nonlocal_channels: str = "one"
+    classifier: str = "linear"
 
     def validate(self, where: str = "model") -> None:
+        from reidbench.models.heads import CLASSIFIERS
+        from reidbench.models.non_local import AGW_COUNTS, CHANNEL_CHOICES
+        from reidbench.models.pooling import POOLS
+
+        # --- Geng et al. ---
         if isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{where}.dropout={self.dropout!r} is invalid; valid: a rate in [0, 1)")
+        # --- Mancs ---
         check_fab_fields(self, where)
+        # --- AGW / fast-reid ---
+        if self.pool not in POOLS:
+            raise ValueError(f"{where}.pool={self.pool!r} is invalid; valid: {', '.join(POOLS)}")
+        if not self.gem_p > 0:
+            raise ValueError(f"{where}.gem_p={self.gem_p!r} is invalid; valid: a number > 0")
+        if self.pool != "gem" and (self.gem_p != BotParams.gem_p or self.gem_learnable):
+            field = "gem_p" if self.gem_p != BotParams.gem_p else "gem_learnable"
+            raise ValueError(f"{where}.{field} is only read with {where}.pool=gem, not {self.pool!r}; drop it")
+        counts = list(self.nonlocal_layers)
+        if len(counts) != 4 or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts):
+            raise ValueError(f"{where}.nonlocal_layers={counts} is invalid; valid: 4 integers >= 0, blocks per "
+                             f"stage (AGW: {list(AGW_COUNTS)})")
+        if self.nonlocal_channels not in CHANNEL_CHOICES:
+            raise ValueError(f"{where}.nonlocal_channels={self.nonlocal_channels!r} is invalid; valid: "
+                             f"{', '.join(CHANNEL_CHOICES)}")
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"{where}.classifier={self.classifier!r} is invalid; valid: {', '.join(CLASSIFIERS)}")
 
 
 class AttentiveReidModel(ReidModel):
@@ -65,11 +110,20 @@ def build(model: Any, num_classes: int):
     from reidbench.models.architectures import arch_params
     from reidbench.models.attention import AttentionSupervision
     from reidbench.models.build import build_model
+    from reidbench.models.non_local import insert_non_local
+    from reidbench.models.pooling import build_pool
 
     params: BotParams = arch_params(model)
+    defaults = BotParams()
+    # None keeps the head's original average pooling (so a default spec builds the same module tree).
+    pool = None if params.pool == "avg" else build_pool(params.pool, params.gem_p, params.gem_learnable)
     net = build_model(model.backbone, num_classes=num_classes, neck=model.neck, last_stride=model.last_stride,
-                      pretrained=model.pretrained, weights_path=model.weights_path, dropout=params.dropout)
-    # Inserted after the pretrained weights are loaded (and after the head, so the head's init is unchanged).
+                      pretrained=model.pretrained, weights_path=model.weights_path, pool=pool,
+                      classifier=params.classifier, dropout=params.dropout)
+    # Blocks go in after the ImageNet weights are in (build_backbone loaded them) and after the head,
+    # so the head's initial weights do not depend on whether blocks are inserted: non-local blocks
+    # (inside stages) first, then Mancs' FABs (after stages) and PReLU.
+    inserted = insert_non_local(net.backbone, tuple(params.nonlocal_layers), params.nonlocal_channels)
     new = apply_backbone_options(net.backbone, params)
     heads: tuple[str, ...] = ("head",)
     if params.fab and params.fab_supervision:
@@ -80,16 +134,25 @@ def build(model: Any, num_classes: int):
         net.feature_dims["f_att"] = net.attention.dim
     net.test_feature = "f_i" if model.neck == "bnneck" else "f_t"
     if new or heads != ("head",):
+        # Mancs' groups; non-local blocks are moved to `new` by build_architecture (models/groups.py).
         net.module_groups = exact_groups(net, new, heads)
-        inserted = [n for n in net.module_groups["new"] if n.startswith("backbone.")]
-        net.reid_info = {**net.reid_info, "inserted": inserted}
+        net.reid_info = {**net.reid_info,
+                         "inserted": [n for n in net.module_groups["new"] if n.startswith("backbone.")]}
     else:
         net.module_groups = {"backbone": ("backbone",), "head": ("head",), "pretrained": ("backbone",),
                              "new": ("head",)}
-    if params.dropout:  # recorded only when set, so the stored description of a BoT model is unchanged
+    # Recorded only when set, so the stored description of a BoT model is unchanged.
+    if params.dropout:
         net.reid_info["classifier_dropout"] = params.dropout
+    changed = {k: getattr(params, k) for k in ("pool", "gem_p", "gem_learnable", "nonlocal_channels", "classifier")
+               if getattr(params, k) != getattr(defaults, k)}
+    if changed or inserted:
+        net.reid_info["options"] = {**changed, **({"nonlocal_layers": list(params.nonlocal_layers)} if inserted else {})}
+    if inserted:
+        net.reid_info["nonlocal_after"] = [name.rsplit(".extra", 1)[0] for name in inserted]
     return net
 
 
-ARCH = Architecture(name="bot", summary="backbone + global average pooling + plain or BNNeck head (f_t, f_i, logits)",
+ARCH = Architecture(name="bot", summary="backbone + global pooling + plain or BNNeck head (f_t, f_i, logits); "
+                                        "options: dropout (Geng), FAB/PReLU (Mancs), GeM, non-local, cosine (AGW)",
                     build=build, params=BotParams)

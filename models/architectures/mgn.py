@@ -54,11 +54,24 @@ of the disagreements in seed-systems §1.5 so that they can be ablated:
 - ``branches`` (g, p2, p3): a subset, in this order; only those are built and output.
 - ``ce_on`` pooled: the global classifiers read the C-d pooled vectors (paper); ``reduced`` reads
   the reduced ones (seathiefwang, GNAYUOHZ, fast-reid).
-- ``pool`` max (paper) | avg (seathiefwang's default) | gem (fast-reid; here with a fixed
-  exponent ``gem_p``, 3.0, while fast-reid trains it).
+- ``pool`` max (paper) | avg (seathiefwang's default) | gem (fast-reid) with exponent ``gem_p``
+  (3.0), fixed unless ``gem_learnable`` (fast-reid trains it: one p per pooled vector, 8 in all,
+  as its 8 heads each have a ``GeneralizedMeanPoolingP``; ``models/pooling.py``).
 - ``reduction_dim`` 256; ``reduction_relu`` true (fast-reid: false); ``shared_reduction`` false
   (GNAYUOHZ: true, one reduction for all eight vectors); ``reduction_bn`` true (false: the conv
   alone — with ``neck: bnneck`` that is fast-reid's head, whose one BN after the conv is the neck).
+
+AGW / fast-reid options (docs/agw.md), off by default:
+
+- ``nonlocal_layers`` [0, 0, 0, 0] and ``nonlocal_channels`` one | half: AGW's non-local blocks
+  (``models/non_local.py``), inserted into the backbone before it is split, so blocks in the
+  trunk are shared and those in the branch part are copied into every branch (AGW's [0, 2, 3, 0]
+  on a ResNet: after layer2.2 and layer2.3 in the trunk, after layer3.3–3.5 in each branch).
+  fast-reid's MGN rebuilds its branches from ``layer3[1:]`` and ``layer4`` and so silently drops
+  the backbone's non-local blocks even though its config enables them.
+- ``classifier`` linear | cosine: every classifier becomes a cosine classifier and outputs
+  ``cosine_<key>`` instead of ``logits_<key>``, for the ``circle`` loss term (fast-reid's MGN
+  uses circle softmax on its 8 heads).
 
 Spec fields of the ``model`` section read besides the options: ``backbone``, ``pretrained``,
 ``weights_path``, ``last_stride`` (the global branch's, above) and ``neck``:
@@ -89,6 +102,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from reidbench.models.heads import CosineClassifier
+
+from reidbench.models import pooling as _pooling
 from reidbench.models.architectures import Architecture
 
 __all__ = ["ARCH", "MGN", "MGNParams", "Reduction", "build", "pool_map", "pool_stripes", "stripe_bounds"]
@@ -97,7 +113,7 @@ BRANCHES = ("g", "p2", "p3")
 STRIPES = {"g": 0, "p2": 2, "p3": 3}  # horizontal stripes cut from each branch's map
 CE_ON = ("pooled", "reduced")
 POOLS = ("max", "avg", "gem")
-GEM_EPS = 1e-6  # GeM clamps activations to stay differentiable at 0 (fast-reid uses the same)
+GEM_EPS = _pooling.GEM_EPS  # GeM clamps activations to stay differentiable at 0 (fast-reid uses the same)
 SUPPORTED = ("resnet18, resnet34, resnet50, resnet101, timm ResNets (e.g. timm:test_resnet), mobilenetv2, "
              "efficientnet_lite0")
 
@@ -112,6 +128,11 @@ class MGNParams:
     reduction_relu: bool = True
     reduction_bn: bool = True
     shared_reduction: bool = False
+    # --- AGW / fast-reid ---
+    gem_learnable: bool = False
+    nonlocal_layers: tuple[int, ...] = (0, 0, 0, 0)
+    nonlocal_channels: str = "one"
+    classifier: str = "linear"
 
     def validate(self, where: str = "model") -> None:
         branches = list(self.branches)
@@ -132,6 +153,21 @@ class MGNParams:
                              f"{self.pool!r}; drop it")
         if self.reduction_dim < 1:
             raise ValueError(f"{where}.reduction_dim={self.reduction_dim!r} is invalid; valid: an integer >= 1")
+        # --- AGW / fast-reid ---
+        from reidbench.models.heads import CLASSIFIERS
+        from reidbench.models.non_local import AGW_COUNTS, CHANNEL_CHOICES
+
+        if self.gem_learnable and self.pool != "gem":
+            raise ValueError(f"{where}.gem_learnable is only read with {where}.pool=gem, not {self.pool!r}; drop it")
+        counts = list(self.nonlocal_layers)
+        if len(counts) != 4 or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts):
+            raise ValueError(f"{where}.nonlocal_layers={counts} is invalid; valid: 4 integers >= 0, blocks per "
+                             f"stage (AGW: {list(AGW_COUNTS)})")
+        if self.nonlocal_channels not in CHANNEL_CHOICES:
+            raise ValueError(f"{where}.nonlocal_channels={self.nonlocal_channels!r} is invalid; valid: "
+                             f"{', '.join(CHANNEL_CHOICES)}")
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"{where}.classifier={self.classifier!r} is invalid; valid: {', '.join(CLASSIFIERS)}")
 
 
 # --------------------------------------------------------------------------- pooling
@@ -163,9 +199,7 @@ def pool_map(feature_map: torch.Tensor, pool: str, gem_p: float = 3.0) -> torch.
     if pool == "avg":
         return feature_map.mean(dim=(2, 3))
     if pool == "gem":
-        # float32: x**p overflows half precision under autocast.
-        x = feature_map.float().clamp(min=GEM_EPS).pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p)
-        return x.to(feature_map.dtype)
+        return _pooling.gem(feature_map, gem_p)  # float32 inside: x**p overflows half precision
     raise ValueError(f"pool={pool!r} is invalid; valid: {', '.join(POOLS)}")
 
 
@@ -229,13 +263,21 @@ class MGN(nn.Module):
                 if params.ce_on == "pooled":
                     self.pooled_necks[b] = _neck_bn(channels)
         self.classifiers = nn.ModuleDict()
+        self.logit_prefix = "logits" if params.classifier == "linear" else "cosine"
         for k in keys:
             in_dim = channels if (k in branches and params.ce_on == "pooled") else dim
+            if params.classifier == "cosine":
+                self.classifiers[k] = CosineClassifier(in_dim, num_classes)
+                continue
             classifier = nn.Linear(in_dim, num_classes, bias=not bnneck)
             nn.init.normal_(classifier.weight, mean=0.0, std=0.001)
             if classifier.bias is not None:
                 nn.init.zeros_(classifier.bias)
             self.classifiers[k] = classifier
+        if params.pool == "gem" and params.gem_learnable:
+            # One trained exponent per pooled vector (fast-reid: a GeneralizedMeanPoolingP per head).
+            self.pools = nn.ModuleDict({k: _pooling.GeneralizedMeanPooling(params.gem_p, learnable=True)
+                                        for k in keys})
         self.feature_dims = {**{f"f_{k}": dim for k in keys}, **{f"f_{b}_pooled": channels for b in branches}}
         if bnneck:
             self.feature_dims.update({f"f_{k}_bn": dim for k in keys})
@@ -249,6 +291,13 @@ class MGN(nn.Module):
     def pool_features(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{``g``/``p2``/``p3``: whole-map vector, ``p2_1`` … ``p3_3``: stripe vectors} for the maps given."""
         p = self.params
+        if hasattr(self, "pools"):  # learnable GeM: each vector has its own exponent
+            pooled = {name: self.pools[name](m) for name, m in maps.items()}
+            for name, m in maps.items():
+                for i, (a, b) in enumerate(stripe_bounds(m.shape[-2], STRIPES[name]) if STRIPES[name] else [],
+                                           start=1):
+                    pooled[f"{name}_{i}"] = self.pools[f"{name}_{i}"](m[:, :, a:b])
+            return pooled
         pooled = {name: pool_map(m, p.pool, p.gem_p) for name, m in maps.items()}
         for name, m in maps.items():
             if not STRIPES[name]:
@@ -274,7 +323,7 @@ class MGN(nn.Module):
                     ce_input = self.pooled_necks[key](vector) if self.bnneck else vector
                 else:
                     ce_input = reduced
-                out[f"logits_{key}"] = self.classifiers[key](ce_input)
+                out[f"{self.logit_prefix}_{key}"] = self.classifiers[key](ce_input)
         return out
 
 
@@ -362,11 +411,15 @@ def _in_pieces(module_name: str, pieces: tuple[Piece, ...]) -> bool:
 def build(model: Any, num_classes: int) -> MGN:
     from reidbench.models.architectures import arch_params
     from reidbench.models.backbones import build_backbone, unstride_last_stage
+    from reidbench.models.non_local import insert_non_local
 
     params: MGNParams = arch_params(model)
     backbone, channels = build_backbone(model.backbone, pretrained=model.pretrained, weights_path=model.weights_path,
                                         last_stride=2)
     split = split_of(model.backbone, backbone)
+    # Before splitting and copying: trunk blocks are shared, branch blocks copied into each branch.
+    nonlocal_after = [n.rsplit(".extra", 1)[0] for n in
+                      insert_non_local(backbone, tuple(params.nonlocal_layers), params.nonlocal_channels)]
 
     unstrided: list[str] = []
     stride1 = None  # a copy of the whole backbone with its last stage unstrided (part branches)
@@ -386,7 +439,7 @@ def build(model: Any, num_classes: int) -> MGN:
         branches[b] = copy.deepcopy(_take(source, split.branch))
 
     net = MGN(trunk, branches, channels, num_classes, params, bnneck=model.neck == "bnneck")
-    heads = ("reductions", "necks", "pooled_necks", "classifiers")
+    heads = ("reductions", "necks", "pooled_necks", "classifiers", *(("pools",) if hasattr(net, "pools") else ()))
     groups = {
         "trunk": ("trunk",),
         "branches": ("branches",),
@@ -413,6 +466,8 @@ def build(model: Any, num_classes: int) -> MGN:
         "global_stride": model.last_stride,
         "test_feature": list(net.test_feature),
     }
+    if nonlocal_after:
+        net.reid_info["nonlocal_after"] = nonlocal_after
     return net
 
 

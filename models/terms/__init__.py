@@ -76,9 +76,9 @@ def register_loss_term(entry: LossTermEntry, *, replace: bool = False) -> LossTe
 
 
 def _register_builtin() -> None:
-    from reidbench.models.terms import bce, ce, center, curriculum, focal, triplet, verif
+    from reidbench.models.terms import bce, ce, center, circle, curriculum, focal, triplet, verif
 
-    for module in (ce, triplet, center, focal, bce, curriculum, verif):
+    for module in (ce, triplet, center, focal, bce, curriculum, verif, circle):
         register_loss_term(module.TERM)
 
 

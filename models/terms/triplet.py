@@ -1,4 +1,8 @@
-"""``triplet``: batch-hard triplet loss with a margin or the soft margin (bot.md)."""
+"""``triplet``: batch-hard triplet loss with a margin or the soft margin (bot.md).
+
+``mining: weighted`` (with ``margin: null``) is AGW's weighted regularised triplet, the ``wrt``
+trick (docs/agw.md); the ``soft-margin`` trick sets ``margin: null`` with hard mining (fast-reid).
+"""
 
 from __future__ import annotations
 
@@ -13,15 +17,21 @@ from reidbench.models.terms import LossTermEntry, TermContext
 @dataclass(frozen=True)
 class TripletParams:
     margin: float | None = 0.3  # None = soft margin log(1 + exp(d_ap - d_an))
+    # --- AGW / fast-reid ---
+    mining: str = "hard"  # hard (batch-hard) | weighted (softmax-weighted positives/negatives: AGW's WRT)
 
     def validate(self, where: str) -> None:
+        from reidbench.models.losses import MINING
+
         if self.margin is not None and self.margin < 0:
             raise ValueError(f"{where}.margin={self.margin!r} is not valid: a value >= 0 or null (soft margin)")
+        if self.mining not in MINING:
+            raise ValueError(f"{where}.mining={self.mining!r} is not valid: {' or '.join(MINING)}")
 
 
 def build(context: TermContext) -> nn.Module:
-    return TripletLoss(margin=context.params.margin)
+    return TripletLoss(margin=context.params.margin, mining=context.params.mining)
 
 
-TERM = LossTermEntry(name="triplet", summary="batch-hard triplet on un-normalised features, Euclidean distance",
+TERM = LossTermEntry(name="triplet", summary="batch-hard (or AGW's weighted) triplet on un-normalised features, Euclidean distance",
                      build=build, params=TripletParams)
