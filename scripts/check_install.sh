@@ -4,9 +4,9 @@
 #   2. `pip install <wheel>` alone (default dependencies from the package index) into a new venv;
 #   3. `reidbench ablate --profile cpu --dry-run` (the default ablation's plan, with a fresh data
 #      cache: the embedded sets are fingerprinted from their recipe, generated only to train), then
-#      a tiny real `reidbench train` and a
-#      two-run `reidbench ablate` on small synthetic sets, each one epoch, with the cpu profile's
-#      ImageNet MobileNetV2 — checking that the weights were found offline and are recorded;
+#      a tiny real `reidbench train` and a two-run `reidbench ablate` on small synthetic sets, one
+#      epoch each, with the cpu profile's ImageNet MobileNetV2: the weights must be found offline
+#      and recorded (result.json, and the report's caption names them);
 #   4. `pip install '<wheel>[tensorboard,mlflow]'`: TensorBoard event files appear in a new run
 #      folder and `reidbench runs export --to mlflow` writes the runs to a local sqlite store;
 #   5. the sdist installs too (--no-deps: its dependencies are those of step 2).
