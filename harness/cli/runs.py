@@ -75,25 +75,68 @@ def _runs_show(run_hash: str, db_url: str | None) -> None:
 
 
 @runs.command("export")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--to", "target", type=click.Choice(["table", "mlflow"]), default="table", show_default=True,
+              help="table: one row per (run, test set, variant, metric) as CSV/JSON; mlflow: every run with its "
+                   "params, curves, final metrics and tags into an MLflow tracking server, ablations as parent runs "
+                   "(needs the mlflow extra).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
+              help="--to table: the file format.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output file [default: stdout].")
+              help="--to table: output file [default: stdout].")
+@click.option("--ablation", "ablation_ref", default=None, metavar="ID|NAME|latest",
+              help="Only this ablation's runs (--to mlflow: under their parent run) [default: every run; "
+                   "--to mlflow: every ablation and every run in none].")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="--to mlflow: where [default: $MLFLOW_TRACKING_URI, else MLflow's default, sqlite:///mlflow.db "
+                   "with MLflow 3].")
+@click.option("--experiment", default="reidbench", show_default=True, help="--to mlflow: MLflow experiment name.")
 @db_option
-def runs_export(fmt: str, out_file: Path | None, db_url: str | None) -> None:
-    """Every final metric as one row per (run, test set, metric)."""
-    _runs_export(fmt, out_file, db_url)
+def runs_export(target: str, fmt: str, out_file: Path | None, ablation_ref: str | None, tracking_uri: str | None,
+                experiment: str, db_url: str | None) -> None:
+    """Export the results: final metrics as a table, or everything to MLflow.
+
+    Re-exporting to MLflow creates nothing twice: runs exported before are found by their
+    reidbench.export_key tag and updated in place or left alone.
+    """
+    if target == "mlflow":
+        _runs_export_mlflow(out_file, ablation_ref, tracking_uri, experiment, db_url)
+    else:
+        _runs_export(fmt, out_file, ablation_ref, db_url)
 
 
 @user_errors
-def _runs_export(fmt: str, out_file: Path | None, db_url: str | None) -> None:
+def _runs_export(fmt: str, out_file: Path | None, ablation_ref: str | None, db_url: str | None) -> None:
     store = open_store(db_url)
-    frame = store.to_frame()
+    hashes = None
+    if ablation_ref is not None:
+        hashes = list(dict.fromkeys(m["run_hash"] for m in store.get_ablation(ablation_ref).members))
+    frame = store.to_frame(hashes)
     text = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=1, date_format="iso")
     if out_file:
         out_file.write_text(text)
         click.echo(f"wrote {len(frame)} rows to {out_file}", err=True)
     else:
         click.echo(text)
+
+
+@user_errors
+def _runs_export_mlflow(out_file: Path | None, ablation_ref: str | None, tracking_uri: str | None, experiment: str,
+                        db_url: str | None) -> None:
+    from reidbench.harness.tracking.mlflow_export import export_to_mlflow, mlflow_client
+
+    if out_file is not None:
+        raise ValueError("--out is for --to table; --to mlflow writes to --tracking-uri")
+    store = open_store(db_url)
+    client, uri = mlflow_client(tracking_uri)
+    try:
+        summary = export_to_mlflow(store, client, uri, experiment, ablation_ref)
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(exc, MlflowException):  # e.g. a file: store MLflow 3 refuses, a server that cannot be reached
+            raise ValueError(f"--tracking-uri {uri}: {str(exc.message).splitlines()[0]}") from None
+        raise
+    click.echo(summary.line())
 
 
 @runs.command("delete")

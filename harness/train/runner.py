@@ -1,7 +1,8 @@
 """Run one spec end to end: data → model → resumable training → its evaluations on every test set.
 
 The run folder holds ``spec.json``, ``checkpoint.pt`` (every N epochs and at the end, with the
-stage it was in), ``train.log``, ``features-<test>-<feature>.npz`` and, once everything
+stage it was in), ``train.log``, ``features-<test>-<feature>.npz``, TensorBoard event files
+(``harness/tracking/tensorboard.py``, when the package is installed) and, once everything
 succeeded, ``result.json``. A run killed at any moment and started again with the same spec
 resumes from its last checkpoint; one whose ``result.json`` exists returns it without training.
 ``evaluate_stored`` scores a finished run's checkpoint with new evaluation settings, never
@@ -48,6 +49,9 @@ class RuntimeOptions:
     # This process's rank in a distributed run (train.distributed.DistContext, set by the torchrun
     # launcher, harness/execution/torchrun.py); None = the whole run in this process.
     distributed: Any = None
+    # TensorBoard event files in the run folder (harness/tracking/tensorboard.py): None = when the
+    # tensorboard package is installed (a log line says so, once per process, when it is not), False = never.
+    tensorboard: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,9 @@ class RunResult:
                     tag = f"  +{e.get('label') or e['variant']}"
                     lines.append(f"{tag[:14]:<14}" + "".join(f"{100 * e['metrics'][k]:8.1f}" for k in METRIC_KEYS))
         return "\n".join(lines)
+
+
+_NOTED: set[str] = set()  # notes said once per process (a missing optional package)
 
 
 def _stderr_log(line: str) -> None:
@@ -235,6 +242,7 @@ class _Run:
         self._log_sink = log
         self.dist = runtime.distributed
         self.main = self.dist is None or self.dist.is_main
+        self.board: Any = None  # the TensorBoard hook, while training and evaluating
 
     def log(self, line: str) -> None:
         if not self.main:  # one log per run: rank 0's
@@ -244,6 +252,13 @@ class _Run:
             fh.write(line + "\n")
 
     def execute(self) -> RunResult | None:
+        try:
+            return self._execute()
+        finally:
+            if self.board is not None:  # also when training failed: what it logged stays readable
+                self.board.close()
+
+    def _execute(self) -> RunResult | None:
         from reidbench.harness.execution.environment import environment
         from reidbench.harness.train.build import build_training
         from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state
@@ -287,8 +302,11 @@ class _Run:
                      f"{spec.schedule.max_epochs} epochs, {workers} loader workers")
 
         hooks: list[Any] = []
-        if self.main:  # rank 0 alone keeps the history, checkpoints and reports epochs
-            hooks += [_HistoryHook(self, history), _CheckpointHook(self, history)]
+        if self.main:  # rank 0 alone keeps the history, checkpoints, writes TensorBoard and reports epochs
+            self.board = self._tensorboard(start_epoch + 1)
+            # TensorBoard before the checkpoint: an epoch logged but not checkpointed is purged on resume,
+            # whereas one checkpointed but not logged would stay missing from the curves.
+            hooks += [_HistoryHook(self, history), *([self.board] if self.board else []), _CheckpointHook(self, history)]
             if self.runtime.on_epoch is not None:
                 hooks.append(_CallbackHook(self.runtime.on_epoch))
         run_training(components, start_epoch, spec.schedule.max_epochs, spec.train.seed, hooks)
@@ -308,6 +326,8 @@ class _Run:
             tag = f" [{request.label or request.variant}]" if request.variant else ""
             self.log(f"run {self.rhash[:12]}: {spec.data.train}→{request.test_set}{tag}: {line}")
         seconds_eval = time.perf_counter() - t1
+        if self.board is not None:
+            self.board.log_final(spec.schedule.max_epochs, evaluations)
 
         env = environment(device)
         if self.dist is not None:
@@ -328,6 +348,21 @@ class _Run:
         tmp.write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
         os.replace(tmp, self.out_dir / RESULT_NAME)
         return result
+
+    def _tensorboard(self, first_epoch: int) -> Any:
+        """This run's TensorBoard hook, or None: switched off, or the package missing (said once per process)."""
+        from reidbench.harness.tracking.tensorboard import (INSTALL_HINT, TensorBoardHook, run_text,
+                                                            tensorboard_available)
+
+        if self.runtime.tensorboard is False:
+            return None
+        if not tensorboard_available():
+            if "tensorboard" not in _NOTED:
+                _NOTED.add("tensorboard")
+                self.log(f"TensorBoard logs off: the tensorboard package is not installed ({INSTALL_HINT})")
+            return None
+        return TensorBoardHook(self.out_dir, first_epoch,
+                               run_text(self.rhash, self.spec.to_dict(), self.provenance, self.model_info))
 
     def _variants(self) -> list[Any]:
         from reidbench.harness.evaluation.settings import default_variants

@@ -1,0 +1,79 @@
+"""TensorBoard logs of one run, written into its run folder while it trains.
+
+``tensorboard --logdir runs/`` then shows every run (named by its folder, the short hash) with the
+scalars of ``tracking.scalars``: each epoch's loss terms, LR, throughput and data-wait fraction,
+the periodic evaluation, and the final metrics of every test set and evaluation variant. A text
+entry ``run`` holds the hash, tricks, data and weights provenance.
+
+A resumed run opens its writer with ``purge_step`` = the first epoch it trains again: TensorBoard
+then drops what an interrupted attempt had logged from that epoch on, so no epoch appears twice
+(the killed attempt may have logged epochs after its last checkpoint). Each epoch is flushed at
+once, so a live run and a killed one both show what they trained.
+
+Needs the ``tensorboard`` package (``pip install 'reidbench[tensorboard]'``); without it the
+runner logs one line and trains without TensorBoard logs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from reidbench.harness.tracking.scalars import epoch_scalars, final_scalars
+
+INSTALL_HINT = "pip install 'reidbench[tensorboard]'"
+
+
+def tensorboard_available() -> bool:
+    """True when torch.utils.tensorboard can write (it needs the tensorboard package)."""
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class TensorBoardHook:
+    """Training-loop hook (``on_epoch_end``) plus ``log_final`` and ``close``; see the module doc."""
+
+    def __init__(self, log_dir: Path, first_epoch: int, run_text: str | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: on resume, events of this epoch and later from an interrupted attempt are discarded.
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=first_epoch)
+        if run_text:
+            self.writer.add_text("run", run_text, global_step=first_epoch)
+            self.writer.flush()
+
+    def on_epoch_end(self, c: Any, stats: Any) -> None:
+        from reidbench.harness.store.results import flatten_epoch
+
+        self.log_epoch(stats.epoch, flatten_epoch(stats.to_dict()))
+
+    def log_epoch(self, epoch: int, values: Mapping[str, Any]) -> None:
+        for tag, value in epoch_scalars(values).items():
+            self.writer.add_scalar(tag, value, global_step=epoch)
+        self.writer.flush()
+
+    def log_final(self, step: int, evaluations: Iterable[Mapping[str, Any]]) -> None:
+        for tag, value in final_scalars(evaluations).items():
+            self.writer.add_scalar(tag, value, global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def run_text(run_hash: str, spec: Mapping[str, Any], provenance: Mapping[str, Any],
+             model_info: Mapping[str, Any]) -> str:
+    """Markdown shown under the run's TEXT tab: what the numbers are (hash, tricks, data, weights)."""
+    tricks = ", ".join(spec.get("tricks") or ()) or "none"
+    data = ", ".join(f"{name} ({'synthetic' if (p or {}).get('synthetic') else 'real'})"
+                     for name, p in provenance.items()) or "unknown"
+    weights = model_info.get("pretrained_source") or "none (trained from scratch)"
+    schedule = spec.get("schedule") or {}
+    epochs = f"{schedule.get('max_epochs')} epochs"
+    if spec.get("full_epochs") and schedule.get("max_epochs", 0) < spec["full_epochs"]:
+        epochs += f" (shortened from {spec['full_epochs']})"
+    lines = [f"run {run_hash}", f"profile {spec.get('profile')}; tricks: {tricks}", f"data: {data}",
+             f"backbone {(spec.get('model') or {}).get('backbone')}, ImageNet weights: {weights}", epochs,
+             "spec: " + json.dumps(spec, sort_keys=True)]
+    return "  \n".join(lines)

@@ -1,0 +1,129 @@
+"""TensorBoard logs: every epoch scalar, periodic and final metric of a run, read back from the event
+files and compared with what the results database stored; a resumed run logs each epoch once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install 'reidbench[tensorboard]')")
+
+import yaml  # noqa: E402
+
+from reidbench.harness.evaluation.settings import Variant  # noqa: E402
+from reidbench.harness.spec import spec_from_dict  # noqa: E402
+from reidbench.harness.store import Store  # noqa: E402
+from reidbench.harness.train.runner import RuntimeOptions, execute  # noqa: E402
+
+# 4 epochs, a checkpoint every 2, the periodic evaluation every 2 (epoch 2; the last epoch's is the final one).
+SPEC = """
+profile: cpu
+model: {backbone: "timm:test_resnet", pretrained: false, last_stride: 2, neck: plain}
+data: {train: tiny, test: [tiny], image_size: [32, 16], ids_per_batch: 3, imgs_per_id: 2, pad_px: 2}
+schedule: {max_epochs: 4, milestones: [3], warmup_epochs: 0}
+eval: {batch_size: 16, every_epochs: 2}
+train: {seed: 0, checkpoint_every_epochs: 2}
+"""
+COSINE = Variant(name="cos", changes=(("metric", "cosine"),), label="cosine")
+
+
+def _events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})  # 0 = keep every event
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _record(tmp_path: Path, result) -> Store:
+    store = Store(f"sqlite:///{tmp_path / 'results.db'}")
+    store.ensure_run(result.run_hash, result.spec.to_dict(), "tb")
+    assert store.claim(result.run_hash, "test")
+    store.record_result(result.run_hash, "test", result.to_dict())
+    return store
+
+
+def _check_against_store(store: Store, run_hash: str, events: dict[str, list[tuple[int, float]]]) -> None:
+    epochs = store.epochs(run_hash)
+    assert [e.epoch for e in epochs] == [1, 2, 3, 4]
+    by_epoch = {e.epoch: e.values for e in epochs}
+    terms = sorted(k for k in by_epoch[1] if k.startswith("loss/"))
+    assert terms, "the store has no loss terms"
+    expected: dict[str, list[tuple[int, float]]] = {
+        "lr": [(n, v["lr"]) for n, v in by_epoch.items()],
+        "images_per_s": [(n, v["images_per_s"]) for n, v in by_epoch.items()],
+        "seconds": [(n, v["seconds"]) for n, v in by_epoch.items()],
+        "data_wait_fraction": [(n, v["data_wait_seconds"] / v["seconds"]) for n, v in by_epoch.items()],
+        "loss/total": [(n, sum(v[t] for t in terms)) for n, v in by_epoch.items()],
+    }
+    for term in terms:
+        expected[term] = [(n, v[term]) for n, v in by_epoch.items()]
+    # the periodic mAP/R1 of epoch 2, then the final default evaluation at the last epoch, under one tag
+    final = {(e.test_set, e.variant): e.metrics for e in store.evaluations([run_hash])}
+    assert set(final) == {("tiny", ""), ("tiny", "cos")}
+    for metric in ("mAP", "R1"):
+        expected[f"tiny/{metric}"] = [(2, by_epoch[2][f"tiny/{metric}"]), (4, final["tiny", ""][metric])]
+    for metric in ("R5", "R10", "mINP"):
+        expected[f"tiny/{metric}"] = [(4, final["tiny", ""][metric])]
+    for metric, value in final["tiny", "cos"].items():
+        expected[f"tiny/cos/{metric}"] = [(4, value)]
+    assert set(events) == set(expected)
+    for tag, points in expected.items():
+        assert [s for s, _ in events[tag]] == [s for s, _ in points], tag
+        # event files store float32
+        assert [v for _, v in events[tag]] == pytest.approx([v for _, v in points], rel=1e-6, abs=1e-7), tag
+
+
+def _options(tmp_path: Path, tiny_market: Path, **extra) -> RuntimeOptions:
+    return RuntimeOptions(out_dir=tmp_path / "run", device="cpu", num_workers=0, data_paths={"tiny": str(tiny_market)},
+                          progress=False, log=lambda s: None, variants=(COSINE,), **extra)
+
+
+def test_event_files_hold_every_epoch_and_final_metric_of_the_store(tiny_market, tmp_path):
+    result = execute(spec_from_dict(yaml.safe_load(SPEC)), _options(tmp_path, tiny_market))
+    store = _record(tmp_path, result)
+    _check_against_store(store, result.run_hash, _events(tmp_path / "run"))
+
+
+def test_a_resumed_run_logs_each_epoch_once(tiny_market, tmp_path, monkeypatch):
+    import reidbench.harness.train.loop as loop
+
+    real = loop.train_one_epoch
+
+    def crash_on_epoch_4(c, epoch, max_epochs, hooks=()):
+        if epoch == 4:
+            raise RuntimeError("simulated crash")
+        return real(c, epoch, max_epochs, hooks)
+
+    spec = spec_from_dict(yaml.safe_load(SPEC))
+    monkeypatch.setattr(loop, "train_one_epoch", crash_on_epoch_4)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        execute(spec, _options(tmp_path, tiny_market))
+    # epoch 3 was logged but not checkpointed (checkpoint every 2): the resume trains it again
+    assert [s for s, _ in _events(tmp_path / "run")["lr"]] == [1, 2, 3]
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    result = execute(spec, _options(tmp_path, tiny_market))
+    assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 2
+    store = _record(tmp_path, result)
+    _check_against_store(store, result.run_hash, _events(tmp_path / "run"))
+
+
+def test_switched_off_or_missing_package_writes_no_event_file(tiny_market, tmp_path, monkeypatch):
+    import reidbench.harness.train.runner as runner
+    import reidbench.harness.tracking.tensorboard as board
+
+    spec = spec_from_dict(yaml.safe_load(SPEC.replace("max_epochs: 4", "max_epochs: 1").replace("[3]", "[1]")))
+    execute(spec, _options(tmp_path / "off", tiny_market, tensorboard=False))
+    assert not list((tmp_path / "off" / "run").glob("events.out.tfevents.*"))
+
+    monkeypatch.setattr(board, "tensorboard_available", lambda: False)
+    monkeypatch.setattr(runner, "_NOTED", set())
+    lines: list[str] = []
+    options = RuntimeOptions(out_dir=tmp_path / "missing", device="cpu", num_workers=0,
+                             data_paths={"tiny": str(tiny_market)}, progress=False, log=lines.append)
+    execute(spec, options)
+    assert not list((tmp_path / "missing").glob("events.out.tfevents.*"))
+    notes = [line for line in lines if "TensorBoard" in line]
+    assert notes == ["TensorBoard logs off: the tensorboard package is not installed "
+                     "(pip install 'reidbench[tensorboard]')"]
