@@ -140,3 +140,196 @@ def old_project(tmp_path, monkeypatch, market_folder_factory):
         return work
 
     return make
+
+
+# --------------------------------------------------------------------------- real services
+# A PostgreSQL server and a one-node Slurm cluster, started by the test session itself in
+# temporary folders and stopped at its end (docs/services.md). Debian's packages are installed by
+# scripts/test_services.sh (`make test` runs it; a fixture runs it too when pytest is started
+# directly) as root or with passwordless sudo. Where a service cannot be had, the tests that need
+# it are skipped with the exact reason (listed at the end of the run: -rs in setup.cfg).
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICES_SCRIPT = REPO_ROOT / "scripts" / "test_services.sh"
+INSTALL_TIMEOUT_S = 900
+SERVICE_USER = "postgres"  # PostgreSQL refuses to run as root; Debian's package creates this user
+
+
+def _install_service(service: str) -> str:
+    """``scripts/test_services.sh SERVICE`` (it never fails); what it said, for a skip reason."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["bash", str(SERVICES_SCRIPT), service], capture_output=True, text=True,
+                              timeout=INSTALL_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"{SERVICES_SCRIPT.name} {service}: {err}"
+    return " ".join((done.stdout + done.stderr).split())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return f"(no {path.name})"
+
+
+def _postgres_bindir() -> Path | None:
+    """Debian's /usr/lib/postgresql/<newest>/bin, else the folder of an initdb on PATH."""
+    import shutil
+
+    def version(initdb: Path) -> int:
+        name = initdb.parent.parent.name
+        return int(name) if name.isdigit() else 0
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=version)
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster: initdb in a temporary folder, trust auth, 127.0.0.1:port.
+
+    As root the cluster belongs to the ``postgres`` user (else ``nobody``): PostgreSQL refuses to
+    run as root. Its folder is made outside pytest's (root-only) temporary tree for that reason.
+    """
+
+    SUPERUSER = "reidbench"
+
+    def __init__(self, bindir: Path) -> None:
+        import pwd
+        import tempfile
+
+        self.bindir = bindir
+        self.port = _free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="reidbench-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.run_as: dict = {}
+        if os.geteuid() == 0:
+            try:
+                account = pwd.getpwnam(SERVICE_USER)
+            except KeyError:
+                account = pwd.getpwnam("nobody")
+            os.chown(self.root, account.pw_uid, account.pw_gid)
+            self.run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        import subprocess
+
+        done = subprocess.run([str(self.bindir / args[0]), *args[1:]], capture_output=True, text=True,
+                              timeout=timeout, cwd=self.root, stdin=subprocess.DEVNULL, **self.run_as)
+        if done.returncode != 0:
+            said = " ".join((done.stderr or done.stdout).split())[-400:]
+            raise RuntimeError(f"{args[0]} exited {done.returncode}: {said}; server log: {_tail(self.log)}")
+
+    def start(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", self.SUPERUSER, "--auth=trust", "-E", "UTF8",
+                  "--no-sync", "--no-instructions")
+        with open(self.data / "postgresql.conf", "a") as conf:
+            # A scratch server: no durability work, enough connections for the multi-process tests.
+            conf.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{self.root}'\nmax_connections = 300\nfsync = off\n"
+                       "synchronous_commit = off\nfull_page_writes = off\n")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        import shutil
+
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop")
+        except Exception:
+            pass  # never started, or already gone: the folder goes anyway
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, database: str) -> str:
+        # A plain postgresql:// URL on purpose: the store picks the installed driver (psycopg 3).
+        return f"postgresql://{self.SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def _admin(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.SUPERUSER, dbname="postgres",
+                             autocommit=True) as con:
+            con.execute(statement)
+
+    def create_database(self) -> str:
+        """A new, empty database; its URL."""
+        import uuid
+
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        self._admin(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        name = url.rsplit("/", 1)[1]
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # ends connections left open
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A running PostgreSQL server for the whole session, or a skip that says why there is none."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("PostgreSQL tests: psycopg is not installed (pip install 'reidbench[postgres]')")
+    bindir = _postgres_bindir()
+    said = ""
+    if bindir is None:
+        said = _install_service("postgres")
+        bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip(f"PostgreSQL tests: no PostgreSQL server binaries (initdb) and none could be installed: {said}")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+    except Exception as err:  # noqa: BLE001 - every reason becomes the skip reason
+        server.stop()
+        pytest.skip(f"PostgreSQL tests: the server in {bindir} could not be started: {err}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> str:
+    """A fresh, empty results database: an SQLite file, then a database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'results.db'}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
+
+
+def _run_sql(url: str, statement: str, **params):
+    """One statement on the database at ``url`` (any dialect), outside the store's code: the rows,
+    or the number of rows changed."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from reidbench.harness.store.engine import driver_url
+
+    engine = create_engine(driver_url(url), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(statement), params)
+            return [tuple(row) for row in result] if result.returns_rows else result.rowcount
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def run_sql():
+    """``run_sql(url, "SELECT ...", name=value)``: raw SQL beside the store, on SQLite or PostgreSQL."""
+    return _run_sql
