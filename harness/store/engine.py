@@ -87,7 +87,24 @@ def build_engine(url: URL, busy_timeout_s: float) -> Engine:
         raise StoreError(f"{shown}: invalid database URL ({_first_line(err)})") from None
     if is_sqlite(url):
         _configure_sqlite(engine, busy_timeout_s)
+    elif url.get_backend_name() == "postgresql":
+        _configure_postgresql(engine, busy_timeout_s)
     return engine
+
+
+def _configure_postgresql(engine: Engine, busy_timeout_s: float) -> None:
+    """A statement that waits longer than ``busy_timeout_s`` for a lock fails (as on SQLite)
+    instead of waiting forever, e.g. behind a transaction someone left open in psql."""
+    lock_ms = max(1, int(round(busy_timeout_s * 1000)))  # 0 would mean "wait forever"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET lock_timeout = {lock_ms}")
+        finally:
+            cursor.close()
+        dbapi_connection.commit()  # a session setting, kept only once its transaction commits
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
@@ -121,11 +138,14 @@ def translate(err: BaseException, url: URL, busy_timeout_s: float) -> StoreError
     shown = describe(url)
     message = _first_line(err)
     lowered = message.lower()
-    if "database is locked" in lowered or "database table is locked" in lowered:
+    if "database is locked" in lowered or "database table is locked" in lowered or "lock timeout" in lowered:
         return StoreError(
             f"{shown} is locked by another process (waited {busy_timeout_s:g} s for its write to finish); "
             "retry later or raise busy_timeout_s"
         )
+    if any(text in lowered for text in ("connection to server", "could not translate host name",
+                                        "failed to resolve host")):  # libpq, psycopg 3
+        return StoreError(f"{shown}: cannot connect to the database server ({message})")
     if "not a database" in lowered:
         return StoreError(f"{shown}: not a reidbench results database (file is not a database)")
     if "unable to open database file" in lowered:
