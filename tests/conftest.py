@@ -333,3 +333,46 @@ def _run_sql(url: str, statement: str, **params):
 def run_sql():
     """``run_sql(url, "SELECT ...", name=value)``: raw SQL beside the store, on SQLite or PostgreSQL."""
     return _run_sql
+
+
+def _copy_sqlite_database(sqlite_path: Path, url: str) -> None:
+    """Lay an SQLite results database (a fixture written by older code) into the empty PostgreSQL
+    database ``url`` as that code would have created it there: its own DDL with PostgreSQL's types
+    (SERIAL ids, TIMESTAMP for DATETIME), the same rows and ids, the id sequences past them."""
+    import re
+    import sqlite3
+
+    from sqlalchemy import MetaData, create_engine, text
+
+    from reidbench.harness.store.engine import driver_url
+
+    with sqlite3.connect(sqlite_path) as con:
+        ddl = [sql for (sql,) in con.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
+                                             "AND name NOT LIKE 'sqlite_%' ORDER BY rowid")]
+    source = create_engine(f"sqlite:///{sqlite_path}")
+    target = create_engine(driver_url(url))
+    try:
+        with target.begin() as conn:
+            for sql in ddl:
+                sql = re.sub(r"\bid INTEGER NOT NULL", "id SERIAL NOT NULL", sql)
+                conn.exec_driver_sql(re.sub(r"\bDATETIME\b", "TIMESTAMP WITHOUT TIME ZONE", sql))
+        old, new = MetaData(), MetaData()
+        old.reflect(source)
+        new.reflect(target)
+        with source.connect() as src, target.begin() as dst:
+            for table in old.sorted_tables:
+                rows = [dict(row._mapping) for row in src.execute(table.select())]
+                if rows:
+                    dst.execute(new.tables[table.name].insert(), rows)
+                if "id" in table.c:
+                    dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                                     f"(SELECT coalesce(max(id), 0) + 1 FROM {table.name}), false)"))
+    finally:
+        source.dispose()
+        target.dispose()
+
+
+@pytest.fixture(scope="session")
+def copy_sqlite_database():
+    """``copy_sqlite_database(path, postgresql_url)``: an old SQLite fixture database laid into PostgreSQL."""
+    return _copy_sqlite_database
