@@ -347,17 +347,20 @@ def _copy_sqlite_database(sqlite_path: Path, url: str) -> None:
     from reidbench.harness.store.engine import driver_url
 
     with sqlite3.connect(sqlite_path) as con:
-        ddl = [sql for (sql,) in con.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
-                                             "AND name NOT LIKE 'sqlite_%' ORDER BY rowid")]
+        ddl = {(kind, name): sql for kind, name, sql in con.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'")}
     source = create_engine(f"sqlite:///{sqlite_path}")
     target = create_engine(driver_url(url))
     try:
-        with target.begin() as conn:
-            for sql in ddl:
-                sql = re.sub(r"\bid INTEGER NOT NULL", "id SERIAL NOT NULL", sql)
-                conn.exec_driver_sql(re.sub(r"\bDATETIME\b", "TIMESTAMP WITHOUT TIME ZONE", sql))
         old, new = MetaData(), MetaData()
         old.reflect(source)
+        # tables in foreign-key order (an upgraded file lists a referencing table first), then indexes
+        ordered = [ddl["table", t.name] for t in old.sorted_tables] + [
+            sql for (kind, _), sql in ddl.items() if kind == "index"]
+        with target.begin() as conn:
+            for sql in ordered:
+                sql = re.sub(r"\bid INTEGER NOT NULL", "id SERIAL NOT NULL", sql)
+                conn.exec_driver_sql(re.sub(r"\bDATETIME\b", "TIMESTAMP WITHOUT TIME ZONE", sql))
         new.reflect(target)
         with source.connect() as src, target.begin() as dst:
             for table in old.sorted_tables:
