@@ -379,3 +379,165 @@ def _copy_sqlite_database(sqlite_path: Path, url: str) -> None:
 def copy_sqlite_database():
     """``copy_sqlite_database(path, postgresql_url)``: an old SQLite fixture database laid into PostgreSQL."""
     return _copy_sqlite_database
+
+
+SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "srun")
+
+
+def _slurm_tool(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
+class SlurmCluster:
+    """A one-node Slurm cluster in a temporary folder: munged (own key and socket), slurmctld and
+    slurmd (own slurm.conf, state and spool folders, free local ports), each a child process.
+
+    Chosen to run in a container or VM without systemd or cgroup delegation: proctrack/linuxproc,
+    task/none, no accounting storage (so no slurmdbd; reidbench watches jobs with squeue),
+    ReturnToService=2, the daemons run in the foreground (-D) as this user (SlurmUser/SlurmdUser).
+    ``env``: the environment whose Slurm commands talk to this cluster (SLURM_CONF).
+    """
+
+    PARTITION = "reidbench"
+
+    def __init__(self, root: Path) -> None:
+        import getpass
+        import socket
+
+        self.root = root
+        self.node = socket.gethostname().split(".")[0]  # slurmctld must run on SlurmctldHost
+        self.user = getpass.getuser()
+        self.conf = root / "slurm.conf"
+        self.socket = root / "munge" / "munge.socket"
+        self.procs: list = []
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+        self.env["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+
+    def _daemon(self, *args: str, log: str) -> None:
+        import subprocess
+
+        with open(self.root / "log" / log, "ab") as out:
+            self.procs.append(subprocess.Popen([_slurm_tool(args[0]) or args[0], *args[1:]], stdout=out,
+                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+                                               cwd=self.root))
+
+    def _wait(self, what: str, ready, timeout_s: float, log: str) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            dead = [p.args[0] for p in self.procs if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"{Path(dead[0]).name} exited; {log}: {_tail(self.root / 'log' / log)}")
+            time.sleep(0.2)
+        raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s; {log}: {_tail(self.root / 'log' / log)}")
+
+    def start(self) -> None:
+        for folder in ("munge", "state", "spool", "log"):
+            (self.root / folder).mkdir(mode=0o700)
+        key = self.root / "munge" / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        self._daemon("munged", "--foreground", "--force", f"--socket={self.socket}", f"--key-file={key}",
+                     f"--pid-file={self.root / 'munge' / 'munged.pid'}", f"--seed-file={self.root / 'munge' / 'seed'}",
+                     f"--log-file={self.root / 'log' / 'munged.log'}", log="munged.out")
+        self._wait("munged", self.socket.exists, 20, "munged.log")
+        cpus = os.cpu_count() or 1
+        self.conf.write_text(f"""\
+ClusterName=reidbench-test
+SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+SlurmUser={self.user}
+SlurmdUser={self.user}
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={self.socket}
+StateSaveLocation={self.root / 'state'}
+SlurmdSpoolDir={self.root / 'spool'}
+SlurmctldPidFile={self.root / 'slurmctld.pid'}
+SlurmdPidFile={self.root / 'slurmd.pid'}
+SlurmctldLogFile={self.root / 'log' / 'slurmctld.log'}
+SlurmdLogFile={self.root / 'log' / 'slurmd.log'}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+SwitchType=switch/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+KillWait=2
+MinJobAge=600
+SlurmctldTimeout=30
+SlurmdTimeout=30
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+PartitionName={self.PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
+""")
+        self._daemon("slurmctld", "-D", "-c", "-i", log="slurmctld.out")
+        self._daemon("slurmd", "-D", log="slurmd.out")
+        self._wait("the node", lambda: self.node_state() == "idle", 60, "slurmd.log")
+
+    def command(self, *args: str, timeout: float = 60):
+        import subprocess
+
+        return subprocess.run([_slurm_tool(args[0]) or args[0], *args[1:]], capture_output=True, text=True,
+                              timeout=timeout, env=self.env, stdin=subprocess.DEVNULL)
+
+    def node_state(self) -> str:
+        done = self.command("sinfo", "--noheader", "--Node", "--format=%T")
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    def active_jobs(self) -> list[str]:
+        """Ids (array tasks one by one) of the pending and running jobs."""
+        return self.command("squeue", "--noheader", "--array", "--format=%i").stdout.split()
+
+    def states(self, array_id: str) -> dict[str, str]:
+        """Every task of a job array (finished ones too) → its state."""
+        done = self.command("squeue", "--noheader", "--array", "--states=all", "--format=%i %T", f"--jobs={array_id}")
+        return dict(line.split() for line in done.stdout.splitlines() if line.strip())
+
+    def stop(self) -> None:
+        import time
+
+        jobs = self.active_jobs() if self.procs else []
+        if jobs:
+            self.command("scancel", *jobs)
+            deadline = time.monotonic() + 20
+            while self.active_jobs() and time.monotonic() < deadline:
+                time.sleep(0.5)
+        for proc in reversed(self.procs):  # slurmd, slurmctld, then munged
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except Exception:  # noqa: BLE001 - it must go, one way or the other
+                proc.kill()
+                proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running one-node Slurm cluster for the session, or a skip that says why there is none."""
+    missing = [tool for tool in SLURM_TOOLS if _slurm_tool(tool) is None]
+    said = ""
+    if missing:
+        said = _install_service("slurm")
+        missing = [tool for tool in SLURM_TOOLS if _slurm_tool(tool) is None]
+    if missing:
+        pytest.skip(f"Slurm tests: {', '.join(missing)} not found and could not be installed "
+                    f"(Debian: slurm-wlm, munge): {said}")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+    except Exception as err:  # noqa: BLE001 - every reason becomes the skip reason
+        cluster.stop()
+        pytest.skip(f"Slurm tests: a one-node cluster could not be started here: {err}")
+    yield cluster
+    cluster.stop()

@@ -221,3 +221,12 @@ def test_rerunning_a_cached_ablation_takes_under_ten_seconds(done_ablation, tiny
     t0 = time.perf_counter()
     result = CliRunner().invoke(main, _args(tiny_spec_file, tiny_market, db, runs))
     assert result.exit_code == 0 and time.perf_counter() - t0 < 10
+
+def test_slurm_executor_without_slurm_commands_is_a_one_line_error(tiny_market, tiny_spec_file, tmp_path):
+    pytest.importorskip("submitit")
+    args = _args(tiny_spec_file, tiny_market, tmp_path / "r.db", tmp_path / "runs", "--executor", "slurm")
+    bare = dict(os.environ, PATH=str(tmp_path / "empty"))  # no sbatch anywhere
+    result = subprocess.run(_cli(args), capture_output=True, text=True, timeout=300, env=bare)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        "reidbench: error: --executor slurm needs the Slurm commands on PATH (sbatch, squeue, srun not found)"

@@ -192,3 +192,22 @@ def test_ensure_run_racing_another_insert_returns_the_stored_run(store):
     record = got["record"]
     assert (record.label, record.spec, record.status) == ("theirs", {"k": 2}, "pending")
     assert [r.run_hash for r in store.list_runs()].count(other) == 1
+
+
+def test_a_lost_claim_is_failed_only_for_its_own_attempt(store):
+    """What an executor does when a job died silently (scancel, kill -9): fail the run it claimed."""
+    from reidbench.harness.execution.jobs import Job, fail_lost_claim
+
+    job = Job(run_hash=H, label="base", spec_json="{}", trick_versions={}, db_url=store.url, out_dir="/x",
+              claim_tag="a1b2c3d4")
+    assert not fail_lost_claim(job, "job 7_0 CANCELLED")  # not claimed at all: stays pending
+    assert store.get_run(H).status == "pending"
+    assert store.claim(H, "node-2:4242:ffff0000")  # another attempt holds it
+    assert not fail_lost_claim(job, "job 7_0 CANCELLED") and store.get_run(H).status == "running"
+    store.release(H, "node-2:4242:ffff0000")
+    assert store.claim(H, "node-1:99:a1b2c3d4")  # this attempt's claim (its tag ends the owner)
+    assert not fail_lost_claim(Job(**{**job.__dict__, "claim_tag": ""}), "x")  # untagged: never guessed
+    assert fail_lost_claim(job, "job 7_0 CANCELLED")
+    run = store.get_run(H)
+    assert (run.status, run.error, run.owner) == ("failed", "job 7_0 CANCELLED", "node-1:99:a1b2c3d4")
+    assert store.claim(H, "node-1:100:0000beef")  # the next invocation retries it

@@ -165,7 +165,8 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
 
     log = lambda line: click.echo(line, err=True)  # noqa: E731
     gpu_list = [g for g in (gpus or "").split(",") if g.strip()]
-    runner = build_executor(executor_kind, runs_dir / "_submitit", gpus=gpu_list, timeout_min=timeout_min, log=log)
+    runner = build_executor(executor_kind, runs_dir / "_submitit", gpus=gpu_list, timeout_min=timeout_min, log=log,
+                            device=device)
     meta = {"profile": spec.profile, "epochs": spec.schedule.max_epochs, "full_epochs": spec.full_epochs,
             "tricks": [t.name for t in tricks], "step_list": steps_name, "preset": preset, "train": train_name, "test": list(tests), "seeds": seed_list,
             "variants": [{"name": v.name, "label": v.label, "settings": dict(v.changes), "steps": list(v.steps)}
