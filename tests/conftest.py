@@ -205,6 +205,7 @@ class PostgresServer:
     """
 
     SUPERUSER = "reidbench"
+    PREFIX = "reidbench-pg-"
 
     def __init__(self, bindir: Path) -> None:
         import pwd
@@ -212,7 +213,8 @@ class PostgresServer:
 
         self.bindir = bindir
         self.port = _free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="reidbench-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix=self.PREFIX))
+        (self.root / "session.pid").write_text(str(os.getpid()))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.run_as: dict = {}
@@ -251,6 +253,23 @@ class PostgresServer:
         except Exception:
             pass  # never started, or already gone: the folder goes anyway
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def stop_abandoned(self) -> None:
+        """Stop the servers of earlier test sessions that were killed before their teardown."""
+        import tempfile
+
+        for session in Path(tempfile.gettempdir()).glob(self.PREFIX + "*/session.pid"):
+            try:
+                os.kill(int(session.read_text()), 0)
+                continue  # that session is still running
+            except ProcessLookupError:
+                pass
+            except (ValueError, OSError):
+                continue
+            old = object.__new__(PostgresServer)
+            old.bindir, old.root, old.data, old.log, old.run_as = (
+                self.bindir, session.parent, session.parent / "data", session.parent / "server.log", self.run_as)
+            old.stop()
 
     def url(self, database: str) -> str:
         # A plain postgresql:// URL on purpose: the store picks the installed driver (psycopg 3).
@@ -291,6 +310,7 @@ def postgres_server():
     if bindir is None:
         pytest.skip(f"PostgreSQL tests: no PostgreSQL server binaries (initdb) and none could be installed: {said}")
     server = PostgresServer(bindir)
+    server.stop_abandoned()
     try:
         server.start()
     except Exception as err:  # noqa: BLE001 - every reason becomes the skip reason
@@ -415,26 +435,32 @@ class SlurmCluster:
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         self.env["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
 
-    def _daemon(self, *args: str, log: str) -> None:
+    def _daemon(self, *args: str) -> None:
+        """Start ``args[0]`` in the foreground as a child; its output goes to log/<name>.out."""
         import subprocess
 
-        with open(self.root / "log" / log, "ab") as out:
+        with open(self.root / "log" / f"{args[0]}.out", "ab") as out:
             self.procs.append(subprocess.Popen([_slurm_tool(args[0]) or args[0], *args[1:]], stdout=out,
                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
                                                cwd=self.root))
 
-    def _wait(self, what: str, ready, timeout_s: float, log: str) -> None:
+    def _said(self, name: str) -> str:
+        """The end of what daemon ``name`` logged (its log file, else its output)."""
+        log = self.root / "log" / f"{name}.log"
+        return f"{log.name}: {_tail(log if log.exists() else log.with_suffix('.out'))}"
+
+    def _wait(self, what: str, ready, timeout_s: float, name: str) -> None:
         import time
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if ready():
                 return
-            dead = [p.args[0] for p in self.procs if p.poll() is not None]
+            dead = [Path(p.args[0]).name for p in self.procs if p.poll() is not None]
             if dead:
-                raise RuntimeError(f"{Path(dead[0]).name} exited; {log}: {_tail(self.root / 'log' / log)}")
+                raise RuntimeError(f"{dead[0]} exited; {self._said(dead[0])}")
             time.sleep(0.2)
-        raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s; {log}: {_tail(self.root / 'log' / log)}")
+        raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s; {self._said(name)}")
 
     def start(self) -> None:
         for folder in ("munge", "state", "spool", "log"):
@@ -444,8 +470,8 @@ class SlurmCluster:
         key.chmod(0o400)
         self._daemon("munged", "--foreground", "--force", f"--socket={self.socket}", f"--key-file={key}",
                      f"--pid-file={self.root / 'munge' / 'munged.pid'}", f"--seed-file={self.root / 'munge' / 'seed'}",
-                     f"--log-file={self.root / 'log' / 'munged.log'}", log="munged.out")
-        self._wait("munged", self.socket.exists, 20, "munged.log")
+                     f"--log-file={self.root / 'log' / 'munged.log'}")
+        self._wait("munged", self.socket.exists, 20, "munged")
         cpus = os.cpu_count() or 1
         self.conf.write_text(f"""\
 ClusterName=reidbench-test
@@ -470,6 +496,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 SwitchType=switch/none
+MailProg=/bin/true
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -481,9 +508,9 @@ SlurmdTimeout=30
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
 PartitionName={self.PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
-        self._daemon("slurmctld", "-D", "-c", "-i", log="slurmctld.out")
-        self._daemon("slurmd", "-D", log="slurmd.out")
-        self._wait("the node", lambda: self.node_state() == "idle", 60, "slurmd.log")
+        self._daemon("slurmctld", "-D", "-c", "-i")
+        self._daemon("slurmd", "-D")
+        self._wait("the node", lambda: self.node_state() == "idle", 60, "slurmd")
 
     def command(self, *args: str, timeout: float = 60):
         import subprocess
