@@ -462,7 +462,32 @@ class SlurmCluster:
             time.sleep(0.2)
         raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s; {self._said(name)}")
 
+    @staticmethod
+    def stop_abandoned() -> None:
+        """Stop the daemons of earlier test sessions that were killed before their teardown."""
+        import signal
+        import tempfile
+
+        for session in Path(tempfile.gettempdir()).glob("pytest-of-*/pytest-*/slurm*/session.pid"):
+            try:
+                os.kill(int(session.read_text()), 0)
+                continue  # that session is still running
+            except ProcessLookupError:
+                pass
+            except (ValueError, OSError):
+                continue
+            root = session.parent
+            for pid_file in (root / "slurmd.pid", root / "slurmctld.pid", root / "munge" / "munged.pid"):
+                try:
+                    pid = int(pid_file.read_text().split()[0])
+                    if pid_file.stem in Path(f"/proc/{pid}/cmdline").read_text():  # not a recycled pid
+                        os.kill(pid, signal.SIGTERM)
+                except (OSError, ValueError, IndexError):
+                    pass
+            session.unlink(missing_ok=True)
+
     def start(self) -> None:
+        (self.root / "session.pid").write_text(str(os.getpid()))
         for folder in ("munge", "state", "spool", "log"):
             (self.root / folder).mkdir(mode=0o700)
         key = self.root / "munge" / "munge.key"
@@ -560,6 +585,7 @@ def slurm_cluster(tmp_path_factory):
     if missing:
         pytest.skip(f"Slurm tests: {', '.join(missing)} not found and could not be installed "
                     f"(Debian: slurm-wlm, munge): {said}")
+    SlurmCluster.stop_abandoned()
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
     try:
         cluster.start()
