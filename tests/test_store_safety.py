@@ -213,6 +213,7 @@ def test_an_unreachable_postgresql_server_is_a_one_line_error():
     assert "\n" not in message
 
 
+@pytest.mark.postgres
 def test_a_missing_postgresql_database_is_a_one_line_error(postgres_server):
     with pytest.raises(StoreError) as info:
         Store(postgres_server.url("no_such_database"))
