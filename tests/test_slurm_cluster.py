@@ -105,3 +105,14 @@ def test_a_gpu_request_on_a_cluster_without_gpus_is_a_one_line_error(slurm_clust
     assert last == ("reidbench: error: Slurm refused the job array: sbatch: error: Invalid generic resource (gres) "
                     "specification (a cluster without GPUs: pass --device cpu)")
     assert "Traceback" not in done.stderr and slurm_cluster.active_jobs() == []
+
+
+def test_sbatch_input_variables_choose_the_partition(slurm_cluster, tiny_market, study_spec_file, tmp_path):
+    """No partition/account options of our own: sbatch reads SBATCH_PARTITION, SBATCH_ACCOUNT, ... itself."""
+    command = _ablate(study_spec_file, tiny_market, f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "runs", 1, "")
+    env = dict(slurm_cluster.env, SBATCH_PARTITION="no-such-partition")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "reidbench: error: Slurm refused the job array: sbatch: error: invalid partition specified: "
+        "no-such-partition sbatch: error: Batch job submission failed: Invalid partition name specified")
