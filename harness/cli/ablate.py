@@ -69,7 +69,10 @@ def tricks_cmd() -> None:
 @data_option
 @epochs_option
 @profile_option
-@click.option("--executor", type=click.Choice(["local", "submitit", "slurm"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "submitit", "slurm"]), default="local", show_default=True,
+              help="local: in this process; submitit: job processes on this machine; slurm: one job array "
+                   "(sbatch's SBATCH_PARTITION, SBATCH_ACCOUNT, ... apply; --device cpu asks for no GPU). "
+                   "See docs/services.md.")
 @click.option("--gpus", default=None, metavar="LIST", help="GPU ids for the slot pool, e.g. 0,1,2,3.")
 @click.option("--timeout-min", type=int, default=24 * 60, show_default=True, help="Per-job time limit (submitit/slurm).")
 @device_option
