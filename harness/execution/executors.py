@@ -63,9 +63,11 @@ class SubmititExecutor:
     ``max_parallel`` (default: number of ``gpus``, else 4) tasks at once.
     """
 
-    # After Slurm says a job ended, how long its result file may take to show up (a shared file
-    # system's attribute cache) before the job counts as dead.
+    # After Slurm says a job completed (or forgot it), how long its result file may take to show up
+    # (a shared file system's attribute cache) before the job counts as dead; after any other end
+    # (cancelled, failed, timed out, ...) a result can only come from a job that was finishing anyway.
     result_grace_s = 15.0
+    ended_grace_s = 3.0
 
     def __init__(self, kind: str, folder: str | Path, gpus: Sequence[str] = (), timeout_min: int = 24 * 60,
                  slurm_partition: str | None = None, max_parallel: int | None = None,
@@ -147,7 +149,8 @@ class SubmititExecutor:
                 if state is None or state not in SLURM_ENDED + ("gone from the queue",):
                     continue  # pending, running, completing, or squeue did not answer this time
                 since, _ = ended_at.setdefault(index, (now, state))
-                if now - since > self.result_grace_s:
+                grace = self.result_grace_s if state in ("COMPLETED", "gone from the queue") else self.ended_grace_s
+                if now - since > grace:
                     outcomes[index] = self._outcome(job, handle, ended=state)
             if len(outcomes) < len(jobs):
                 time.sleep(self.poll_s)
