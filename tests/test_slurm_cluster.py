@@ -2,8 +2,8 @@
 conftest.py: Debian's slurm-wlm and munge, started by the test session in a temporary folder).
 
 A job array of tiny runs lands in the results database; a job cancelled with ``scancel`` is
-recorded as failed and resumes on the next invocation, without training from scratch. Skipped, with the reason,
-where no cluster can be started (docs/services.md says what the fixture needs).
+recorded as failed and resumes on the next invocation, without training from scratch. Skipped,
+with the reason, where no cluster can be started (docs/services.md says what the fixture needs).
 """
 
 from __future__ import annotations
