@@ -1,4 +1,7 @@
-"""`reidbench ablate` end to end on a tiny dataset: caching, failures, kills, concurrency, executors."""
+"""`reidbench ablate` end to end on a tiny dataset: caching, failures, kills, concurrency, executors.
+
+Two concurrent ablate processes also share a real PostgreSQL database (``db_url`` in conftest.py);
+the Slurm executor is in test_slurm_cluster.py."""
 
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ from reidbench.harness.cli import main
 from reidbench.harness.store import Store
 
 
-def _args(spec: Path, data: Path, db: Path, runs: Path, *extra: str, add: str = "bnneck") -> list[str]:
+def _args(spec: Path, data: Path, db: Path | str, runs: Path, *extra: str, add: str = "bnneck") -> list[str]:
+    """``db``: an SQLite file, or any database URL."""
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
     return ["ablate", "--base", str(spec), "--add", add, "--data", f"tiny={data}", "--profile", "cpu",
-            "--epochs", "2", "--db", f"sqlite:///{db}", "--runs-dir", str(runs), "--workers", "0", "--device", "cpu",
+            "--epochs", "2", "--db", url, "--runs-dir", str(runs), "--workers", "0", "--device", "cpu",
             *extra]
 
 
@@ -99,12 +104,12 @@ def test_a_failed_run_is_recorded_and_retried(tiny_market, tiny_spec_file, tmp_p
     assert store.find_run(failed[0].run_hash).attempts == 2
 
 
-def test_two_concurrent_ablate_processes_train_each_run_once(tiny_market, tiny_spec_file, tmp_path):
-    args = _args(tiny_spec_file, tiny_market, tmp_path / "r.db", tmp_path / "runs")
+def test_two_concurrent_ablate_processes_train_each_run_once(tiny_market, tiny_spec_file, tmp_path, db_url):
+    args = _args(tiny_spec_file, tiny_market, db_url, tmp_path / "runs")
     procs = [subprocess.Popen(_cli(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=400) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    store = Store(db_url)
     recs = store.list_runs()
     assert len(recs) == 2 and all(r.status == "done" and r.attempts == 1 for r in recs)
     for r in recs:
@@ -217,3 +222,12 @@ def test_rerunning_a_cached_ablation_takes_under_ten_seconds(done_ablation, tiny
     t0 = time.perf_counter()
     result = CliRunner().invoke(main, _args(tiny_spec_file, tiny_market, db, runs))
     assert result.exit_code == 0 and time.perf_counter() - t0 < 10
+
+def test_slurm_executor_without_slurm_commands_is_a_one_line_error(tiny_market, tiny_spec_file, tmp_path):
+    pytest.importorskip("submitit")
+    args = _args(tiny_spec_file, tiny_market, tmp_path / "r.db", tmp_path / "runs", "--executor", "slurm")
+    bare = dict(os.environ, PATH=str(tmp_path / "empty"))  # no sbatch anywhere
+    result = subprocess.run(_cli(args), capture_output=True, text=True, timeout=300, env=bare)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        "reidbench: error: --executor slurm needs the Slurm commands on PATH (sbatch, squeue, srun not found)"

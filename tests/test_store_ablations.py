@@ -1,4 +1,4 @@
-"""Store: ablations recorded as ordered member runs, found by id, name or "latest"."""
+"""Store: ablations recorded as ordered member runs, found by id, name or "latest" (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ RUNS = [f"{i:064x}" for i in range(4)]
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:
-    s = Store(f"sqlite:///{tmp_path / 'results.db'}")
+def store(db_url) -> Store:
+    s = Store(db_url)
     for i, h in enumerate(RUNS):
         s.ensure_run(h, {"i": i}, f"run{i}")
     return s

@@ -1,9 +1,9 @@
-"""Store: the run life cycle (claim, heartbeat, release, failure) and concurrent claiming."""
+"""Store: the run life cycle (claim, heartbeat, release, failure) and concurrent claiming, on an
+SQLite file and on a real PostgreSQL database (``db_url`` in conftest.py)."""
 
 from __future__ import annotations
 
 import multiprocessing
-import sqlite3
 import textwrap
 
 import pytest
@@ -20,21 +20,21 @@ def _result(rhash: str) -> dict:
 
 
 @pytest.fixture
-def db(tmp_path):
-    return tmp_path / "results.db"
-
-
-@pytest.fixture
-def store(db) -> Store:
-    s = Store(f"sqlite:///{db}")
+def store(db_url) -> Store:
+    s = Store(db_url)
     s.ensure_run(H, {"k": 1}, "base")
     return s
 
 
-def _age_heartbeat(db, rhash: str) -> None:
-    """Pretend the owner stopped beating long ago (raw SQL, independent of the store's code)."""
-    with sqlite3.connect(db) as con:
-        con.execute("UPDATE rb_runs SET heartbeat_at = '2000-01-01 00:00:00.000000' WHERE run_hash = ?", (rhash,))
+@pytest.fixture
+def age_heartbeat(store, run_sql):
+    def age(rhash: str) -> None:
+        """Pretend the owner stopped beating long ago (raw SQL, independent of the store's code)."""
+        changed = run_sql(store.url, "UPDATE rb_runs SET heartbeat_at = '2000-01-01 00:00:00.000000' "
+                                     "WHERE run_hash = :h", h=rhash)
+        assert changed == 1
+
+    return age
 
 
 def test_pending_run_is_claimed_once(store):
@@ -54,11 +54,11 @@ def test_heartbeat_only_for_the_owner(store):
     assert not store.heartbeat(H, "b")
 
 
-def test_stale_claim_is_taken_over(store, db):
+def test_stale_claim_is_taken_over(store, age_heartbeat):
     assert store.claim(H, "a")
     first_start = store.get_run(H).started_at
     assert not store.claim(H, "b", stale_after_s=120.0)  # fresh heartbeat
-    _age_heartbeat(db, H)
+    age_heartbeat(H)
     assert store.claim(H, "b", stale_after_s=120.0)
     run = store.get_run(H)
     assert (run.owner, run.attempts, run.started_at) == ("b", 2, first_start)
@@ -70,10 +70,10 @@ def test_stale_claim_is_taken_over(store, db):
     assert (run.status, run.owner, run.error) == ("running", "b", None)
 
 
-def test_done_run_is_never_claimed(store, db):
+def test_done_run_is_never_claimed(store, age_heartbeat):
     assert store.claim(H, "a")
     store.record_result(H, "a", _result(H))
-    _age_heartbeat(db, H)
+    age_heartbeat(H)
     assert not store.claim(H, "b", stale_after_s=0.0)
     assert store.get_run(H).status == "done"
 
@@ -122,8 +122,8 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def test_two_processes_claim_each_run_exactly_once(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'results.db'}"
+def test_two_processes_claim_each_run_exactly_once(db_url, tmp_path, monkeypatch):
+    url = db_url
     hashes = [f"{i:064x}" for i in range(20)]
     # The worker lives in its own module so spawned children can import it by name.
     (tmp_path / "claim_worker.py").write_text(WORKER)
@@ -152,3 +152,62 @@ def test_two_processes_claim_each_run_exactly_once(tmp_path, monkeypatch):
         run = store.get_run(h)
         assert run.attempts == 1 and run.status == "running"
         assert h in claimed[run.owner]
+
+
+def test_ensure_run_racing_another_insert_returns_the_stored_run(store):
+    """Another process inserts the same run and commits while ``ensure_run`` writes: PostgreSQL
+    makes our INSERT wait for it and then fail on the unique hash (the savepoint path); SQLite
+    makes our write transaction wait, then find the row. Either way the stored run comes back."""
+    import threading
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    from reidbench.harness.store.engine import driver_url
+
+    other = "d" * 64
+    engine = create_engine(driver_url(store.url))
+    try:
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            conn.execute(text("INSERT INTO rb_runs (run_hash, label, status, spec, created_at, attempts) "
+                              "VALUES (:h, 'theirs', 'pending', '{\"k\": 2}', '2024-01-01 00:00:00', 0)"), {"h": other})
+            got = {}
+
+            def ensure() -> None:
+                try:
+                    got["record"] = store.ensure_run(other, {"k": 3}, "ours")
+                except Exception as err:  # noqa: BLE001 - shown by the assertion below
+                    got["error"] = err
+
+            racer = threading.Thread(target=ensure)
+            racer.start()
+            time.sleep(1.0)  # our ensure_run is now waiting on the uncommitted row (or write lock)
+            assert racer.is_alive()
+            transaction.commit()
+            racer.join(timeout=30)
+    finally:
+        engine.dispose()
+    assert "error" not in got, got
+    record = got["record"]
+    assert (record.label, record.spec, record.status) == ("theirs", {"k": 2}, "pending")
+    assert [r.run_hash for r in store.list_runs()].count(other) == 1
+
+
+def test_a_lost_claim_is_failed_only_for_its_own_attempt(store):
+    """What an executor does when a job died silently (scancel, kill -9): fail the run it claimed."""
+    from reidbench.harness.execution.jobs import Job, fail_lost_claim
+
+    job = Job(run_hash=H, label="base", spec_json="{}", trick_versions={}, db_url=store.url, out_dir="/x",
+              claim_tag="a1b2c3d4")
+    assert not fail_lost_claim(job, "job 7_0 CANCELLED")  # not claimed at all: stays pending
+    assert store.get_run(H).status == "pending"
+    assert store.claim(H, "node-2:4242:ffff0000")  # another attempt holds it
+    assert not fail_lost_claim(job, "job 7_0 CANCELLED") and store.get_run(H).status == "running"
+    store.release(H, "node-2:4242:ffff0000")
+    assert store.claim(H, "node-1:99:a1b2c3d4")  # this attempt's claim (its tag ends the owner)
+    assert not fail_lost_claim(Job(**{**job.__dict__, "claim_tag": ""}), "x")  # untagged: never guessed
+    assert fail_lost_claim(job, "job 7_0 CANCELLED")
+    run = store.get_run(H)
+    assert (run.status, run.error, run.owner) == ("failed", "job 7_0 CANCELLED", "node-1:99:a1b2c3d4")
+    assert store.claim(H, "node-1:100:0000beef")  # the next invocation retries it

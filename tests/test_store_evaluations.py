@@ -1,8 +1,7 @@
-"""Store: evaluations as first-class rows — recorded with a result, upserted later, queried by variant."""
+"""Store: evaluations as first-class rows — recorded with a result, upserted later, queried by variant
+(SQLite and PostgreSQL)."""
 
 from __future__ import annotations
-
-import sqlite3
 
 import pytest
 
@@ -28,8 +27,8 @@ def _result(evaluations: list[dict] | None = None) -> dict:
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:
-    return Store(f"sqlite:///{tmp_path / 'results.db'}")
+def store(db_url) -> Store:
+    return Store(db_url)
 
 
 def test_result_with_evaluations_and_metrics_by_variant(store):
@@ -64,7 +63,7 @@ def test_result_with_evaluations_and_metrics_by_variant(store):
     assert row.test_set == "synth-a" and row.value == 0.5
 
 
-def test_record_evaluation_adds_and_replaces_one_evaluation(store, tmp_path):
+def test_record_evaluation_adds_and_replaces_one_evaluation(store, run_sql):
     store.record_result(H, None, _result())
     flip = _evaluation("synth-b", "flip", R1=0.25, mAP=0.125, mINP=0.0625)
     added = store.record_evaluation(H, flip)
@@ -82,8 +81,7 @@ def test_record_evaluation_adds_and_replaces_one_evaluation(store, tmp_path):
     # recording the run's result again replaces every evaluation, later ones included
     store.record_result(H, None, _result([_evaluation("synth-a")]))
     assert [e.key for e in store.evaluations()] == ["default:synth-a"]
-    with sqlite3.connect(tmp_path / "results.db") as con:
-        assert con.execute("SELECT count(*) FROM rb_metrics").fetchone()[0] == 2
+    assert run_sql(store.url, "SELECT count(*) FROM rb_metrics") == [(2,)]
 
 
 def test_record_evaluation_refuses_bad_input_and_writes_nothing(store):

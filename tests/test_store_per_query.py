@@ -1,8 +1,11 @@
 """Per-query results: every new evaluation stores them; a schema-2 database is upgraded in place (backup
-first) with every number kept, and its evaluations get them from their saved features on demand."""
+first) with every number kept, and its evaluations get them from their saved features on demand.
+
+Tests that take ``db_url`` or ``v2_url`` run on SQLite and on a real PostgreSQL database (conftest.py)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -42,8 +45,8 @@ def test_pack_round_trip_and_bad_payloads():
         unpack(b"not an npz")
 
 
-def test_a_new_evaluation_stores_per_query_results_that_give_its_metrics(tmp_path, tiny_market, study_spec_file):
-    db = f"sqlite:///{tmp_path / 'r.db'}"
+def test_a_new_evaluation_stores_per_query_results_that_give_its_metrics(tmp_path, db_url, tiny_market, study_spec_file):
+    db = db_url
     result = CliRunner().invoke(main, ["ablate", "--base", str(study_spec_file), "--add", "", "--data",
                                        f"tiny={tiny_market}", "--profile", "cpu", "--epochs", "1", "--db", db,
                                        "--runs-dir", str(tmp_path / "runs"), "--workers", "0", "--device", "cpu"])
@@ -70,22 +73,40 @@ def v2(old_project):
     return old_project(FIXTURE.name)
 
 
+@pytest.fixture
+def v2_url(v2, db_url, copy_sqlite_database) -> str:
+    """The schema-2 database to open: the fixture's SQLite file, or the same tables and rows on PostgreSQL."""
+    if db_url.startswith("sqlite"):
+        return "sqlite:///results.db"
+    copy_sqlite_database(v2 / "results.db", db_url)
+    return db_url
+
+
+VALUES = ("SELECT r.run_hash, e.key, e.variant, e.test_set, m.metric, m.value FROM rb_metrics m "
+          "JOIN rb_evaluations e ON e.id = m.evaluation_id JOIN rb_runs r ON r.id = e.run_id ORDER BY 1, 2, 5")
+
+
 def _values(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as con:
-        return con.execute("SELECT r.run_hash, e.key, e.variant, e.test_set, m.metric, m.value FROM rb_metrics m "
-                           "JOIN rb_evaluations e ON e.id = m.evaluation_id JOIN rb_runs r ON r.id = e.run_id "
-                           "ORDER BY 1, 2, 5").fetchall()
+        return con.execute(VALUES).fetchall()
 
 
-def test_a_schema_2_database_is_upgraded_in_place_and_filled_from_saved_features(v2, capfd, same_numbers):
-    before = _values(v2 / "results.db")
-    store = Store("sqlite:///results.db")
+def test_a_schema_2_database_is_upgraded_in_place_and_filled_from_saved_features(v2, v2_url, run_sql, capfd,
+                                                                                 same_numbers):
+    before = _values(v2 / "results.db")  # the fixture's numbers (also what was laid into PostgreSQL)
+    assert run_sql(v2_url, VALUES) == before
+    store = Store(v2_url)
     err = capfd.readouterr().err
-    backups = list(v2.glob("results.db.schema2-backup-*"))
+    backups = list(v2.glob("results.db.schema2-backup-*" if v2_url.startswith("sqlite")
+                           else "reidbench-backup-schema2-*.json"))
     assert len(backups) == 1 and f"from schema 2 to {SCHEMA_VERSION}" in err
     assert "12 evaluation(s) without per-query results" in err
-    assert _values(backups[0]) == before  # the backup is the schema-2 database as it was
-    assert _values(v2 / "results.db") == before  # every number kept, bit for bit
+    if v2_url.startswith("sqlite"):
+        assert _values(backups[0]) == before  # the backup is the schema-2 database as it was
+    else:  # a JSON dump of every table: the metrics' values, bit for bit
+        dumped = json.loads(backups[0].read_text())["tables"]
+        assert sorted(float(m["value"]).hex() for m in dumped["rb_metrics"]) == sorted(v[5].hex() for v in before)
+    assert run_sql(v2_url, VALUES) == before  # every number kept, bit for bit
     evaluations = store.evaluations()
     assert len(evaluations) == 12 and not any(e.has_per_query for e in evaluations)
 
@@ -100,7 +121,7 @@ def test_a_schema_2_database_is_upgraded_in_place_and_filled_from_saved_features
     lacking = fill_missing(store, store.evaluations())
     assert {run for run, _ in lacking} == {damaged.run_hash} and len(lacking) == 4
     assert all("not the stored" in why for why in lacking.values())
-    assert _values(v2 / "results.db") == before  # filling in never changes a stored number
+    assert run_sql(v2_url, VALUES) == before  # filling in never changes a stored number
     for e in store.evaluations():
         assert e.has_per_query == (e.run_hash != damaged.run_hash)
         if e.has_per_query:
@@ -110,7 +131,7 @@ def test_a_schema_2_database_is_upgraded_in_place_and_filled_from_saved_features
     assert fill_missing(store, store.evaluations()) == lacking  # idempotent: nothing new to fill
 
     # The report: the old numbers, column for column, plus the intervals of the comparisons it could make.
-    report = CliRunner().invoke(main, ["report", "--format", "csv", "--db", "sqlite:///results.db"])
+    report = CliRunner().invoke(main, ["report", "--format", "csv", "--db", v2_url])
     assert report.exit_code == 0 and same_numbers(report.stdout, v2 / "report-v2.csv")
     assert "tiny mAP significant" in report.stdout.splitlines()[0]
     store.close()

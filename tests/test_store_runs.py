@@ -1,9 +1,12 @@
-"""Store: result round trip, ensure_run, lookups, listing, deletion and status queries."""
+"""Store: result round trip, ensure_run, lookups, listing, deletion and status queries.
+
+Every test that takes ``store`` runs twice: on an SQLite file and on a real PostgreSQL database
+(``db_url`` in conftest.py).
+"""
 
 from __future__ import annotations
 
 import pickle
-import sqlite3
 import time
 from datetime import timezone
 
@@ -40,11 +43,11 @@ def _result(pretrained_source: str | None = None, map_a: float = 0.4) -> tuple[s
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:
-    return Store(f"sqlite:///{tmp_path / 'results.db'}")
+def store(db_url) -> Store:
+    return Store(db_url)
 
 
-def test_full_result_round_trip(store, tmp_path):
+def test_full_result_round_trip(store, run_sql):
     rhash, raw = _result()
     store.ensure_run(rhash, raw["spec"], "baseline")
     assert store.claim(rhash, "worker-1")
@@ -77,10 +80,10 @@ def test_full_result_round_trip(store, tmp_path):
                                "data_wait_seconds": 0.25, "images_per_s": 80.0, "synth-a/mAP": 0.125,
                                "synth-a/R1": 0.25}),
     ]
-    # Times are stored as UTC: the raw column equals the record's UTC wall time.
-    with sqlite3.connect(tmp_path / "results.db") as raw_db:
-        stored = raw_db.execute("SELECT finished_at FROM rb_runs").fetchone()[0]
-    assert stored.startswith(again.finished_at.strftime("%Y-%m-%d %H:%M:%S"))
+    # Times are stored as UTC: the raw column (text on SQLite, a timestamp on PostgreSQL) equals
+    # the record's UTC wall time.
+    ((stored,),) = run_sql(store.url, "SELECT finished_at FROM rb_runs")
+    assert str(stored).startswith(again.finished_at.strftime("%Y-%m-%d %H:%M:%S"))
 
 
 def test_recording_again_replaces_metrics_and_pretrained_flag(store):
@@ -142,7 +145,7 @@ def test_list_runs_newest_first_and_filtered(store):
         store.list_runs(status="finished")
 
 
-def test_delete_run_removes_its_rows(store, tmp_path):
+def test_delete_run_removes_its_rows(store, run_sql):
     rhash, raw = _result()
     store.record_result(rhash, None, raw)
     store.ensure_run("b" * 64, {}, "other")
@@ -150,9 +153,8 @@ def test_delete_run_removes_its_rows(store, tmp_path):
                                                                  "step": "base", "seed": 0}])
     store.delete_run(rhash)
     assert store.find_run(rhash) is None and store.metrics() == []
-    with sqlite3.connect(tmp_path / "results.db") as raw_db:
-        counts = [raw_db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                  for t in ("rb_metrics", "rb_epochs", "rb_ablation_members", "rb_runs")]
+    counts = [run_sql(store.url, f"SELECT count(*) FROM {t}")[0][0]
+              for t in ("rb_metrics", "rb_epochs", "rb_ablation_members", "rb_runs")]
     assert counts == [0, 0, 0, 1]
     with pytest.raises(StoreError, match="no run"):
         store.delete_run(rhash)

@@ -3,21 +3,28 @@
 The spec side of the upgrade (new hash, new spec, evaluations from the old metric names) is a fake
 here, patched in through ``migrations._upgrade_run``: what is tested is the store's part — backup,
 one transaction, aliases, merges, bit-identical numbers, run folders, concurrency.
+
+Tests that take ``v1_url`` run twice: on the SQLite file itself, and on a real PostgreSQL database
+that holds the same schema-1 tables and rows (``copy_sqlite_database`` in conftest.py), where the
+backup is a JSON dump and concurrent openers queue on an advisory lock.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import shutil
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from reidbench.harness.store import Store, StoreError
+from reidbench.harness.store.engine import describe, driver_url, parse_url
 from reidbench.harness.store.tables import SCHEMA_VERSION
 from reidbench.harness.store import migrations
 
@@ -57,18 +64,60 @@ def v1(tmp_path, monkeypatch):
     return work
 
 
-def _dump(db: Path) -> dict[str, list[tuple]]:
-    with sqlite3.connect(db) as con:
-        return {t: con.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in TABLES}
+@pytest.fixture
+def v1_url(v1, db_url, copy_sqlite_database) -> str:
+    """The schema-1 database to open: the fixture's SQLite file, or the same tables and rows on PostgreSQL."""
+    if db_url.startswith("sqlite"):
+        return "sqlite:///results.db"
+    copy_sqlite_database(v1 / "results.db", db_url)
+    return db_url
 
 
-def _version(db: Path) -> str:
-    with sqlite3.connect(db) as con:
-        return con.execute("SELECT value FROM rb_meta WHERE key = 'schema_version'").fetchone()[0]
+def _query(db: Path | str, sql: str) -> list[dict]:
+    """Rows (column → value) of ``sql`` on an SQLite file or at a database URL, outside the store's code."""
+    engine = create_engine(f"sqlite:///{db}" if isinstance(db, Path) else driver_url(db))
+    try:
+        with engine.connect() as conn:
+            return [dict(row) for row in conn.execute(text(sql)).mappings()]
+    finally:
+        engine.dispose()
 
 
-def _backups(folder: Path) -> list[Path]:
-    return sorted(folder.glob("results.db.schema1-backup-*"))
+def _dump(db: Path | str) -> dict[str, list[dict]]:
+    return {t: _query(db, f"SELECT * FROM {t} ORDER BY 1") for t in TABLES}
+
+
+def _version(db: Path | str) -> str:
+    return _query(db, "SELECT value FROM rb_meta WHERE key = 'schema_version'")[0]["value"]
+
+
+def _is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def _backups(folder: Path, url: str = "sqlite:///results.db") -> list[Path]:
+    """SQLite: copies of the file beside it; other dialects: JSON dumps in the current folder."""
+    return sorted(folder.glob("results.db.schema1-backup-*" if _is_sqlite(url) else "reidbench-backup-schema1-*.json"))
+
+
+def _backup_rows(backup: Path, url: str) -> dict[str, list[dict]]:
+    """The backup's rows as ``_dump`` gives them (a JSON dump holds times as ISO strings)."""
+    if _is_sqlite(url):
+        return _dump(backup)
+    dumped = json.loads(backup.read_text())
+    assert dumped["schema_version"] == 1
+    return {t: sorted(dumped["tables"][t], key=lambda row: next(iter(row.values())) if t == "rb_meta" else row["id"])
+            for t in TABLES}
+
+
+def _jsonable(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Times as datetimes whatever held them: SQLite's text, PostgreSQL's timestamps, JSON's ISO strings."""
+    def value(v):
+        if isinstance(v, str) and re.fullmatch(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?", v):
+            return datetime.fromisoformat(v)
+        return v
+
+    return {t: [{k: value(v) for k, v in row.items()} for row in found] for t, found in rows.items()}
 
 
 def _old_runs(original: Path) -> dict[int, tuple[str, str]]:
@@ -85,20 +134,21 @@ def _old_metrics(original: Path) -> dict[str, list[tuple[str, str, float]]]:
     return out
 
 
-def test_upgrade_keeps_every_run_and_number(v1, tmp_path, capfd):
+def test_upgrade_keeps_every_run_and_number(v1, v1_url, tmp_path, capfd):
     original = tmp_path / "original.db"
-    before = _dump(original)
-    assert before["rb_meta"] == [("schema_version", "1")] and len(before["rb_runs"]) == 3
+    before = _dump(v1_url)
+    assert before["rb_meta"] == [{"key": "schema_version", "value": "1"}] and len(before["rb_runs"]) == 3
+    assert _jsonable(before) == _jsonable(_dump(original))  # PostgreSQL: the fixture's rows, as they were
 
-    store = Store("sqlite:///results.db")
+    store = Store(v1_url)
     err = capfd.readouterr().err.strip().splitlines()
-    (backup,) = _backups(v1)
-    assert err == [f"reidbench: upgraded results.db from schema 1 to 3 (backup: {backup}); 3 run(s) re-hashed; "
-                   "1 ablation(s) renamed; 3 run folder(s) rewritten, 0 missing; 12 evaluation(s) without per-query "
-                   "results (filled in from saved features on demand)"]
-    # The backup is a complete schema-1 database with the original rows.
-    assert _dump(backup) == before
-    assert _version(v1 / "results.db") == str(SCHEMA_VERSION)
+    (backup,) = _backups(v1, v1_url)
+    assert err == [f"reidbench: upgraded {describe(parse_url(v1_url))} from schema 1 to 3 (backup: {backup}); "
+                   "3 run(s) re-hashed; 1 ablation(s) renamed; 3 run folder(s) rewritten, 0 missing; 12 evaluation(s) "
+                   "without per-query results (filled in from saved features on demand)"]
+    # The backup holds the original rows: a complete schema-1 database (SQLite) or a JSON dump of it.
+    assert _jsonable(_backup_rows(backup, v1_url)) == _jsonable(before)
+    assert _version(v1_url) == str(SCHEMA_VERSION)
 
     old_runs = _old_runs(original)
     old_metrics = _old_metrics(original)
@@ -148,13 +198,13 @@ def test_upgrade_keeps_every_run_and_number(v1, tmp_path, capfd):
 
     # A second open does nothing: no line, no second backup.
     store.close()
-    again = Store("sqlite:///results.db")
-    assert capfd.readouterr().err == "" and _backups(v1) == [backup]
-    assert len(again.list_runs()) == 3 and _version(v1 / "results.db") == str(SCHEMA_VERSION)
+    again = Store(v1_url)
+    assert capfd.readouterr().err == "" and _backups(v1, v1_url) == [backup]
+    assert len(again.list_runs()) == 3 and _version(v1_url) == str(SCHEMA_VERSION)
 
 
-def test_upgraded_database_takes_new_results_and_deletes_cleanly(v1):
-    store = Store("sqlite:///results.db")
+def test_upgraded_database_takes_new_results_and_deletes_cleanly(v1, v1_url):
+    store = Store(v1_url)
     old_hash = _old_runs(v1.parent / "original.db")[1][0]
     # Several evaluations of one test set: the old one-row-per-(run, test set, metric) index is gone.
     store.record_evaluation(old_hash, {"key": "flip:tiny", "test_set": "tiny", "variant": "flip",
@@ -163,14 +213,17 @@ def test_upgraded_database_takes_new_results_and_deletes_cleanly(v1):
         ("R1", 0.5), ("mAP", 0.25)]
     store.delete_run(old_hash)
     assert store.find_run(old_hash) is None and store.find_run("new-" + old_hash) is None
-    with sqlite3.connect(v1 / "results.db") as con:
-        counts = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                  for t in ("rb_runs", "rb_run_aliases", "rb_evaluations", "rb_metrics")]
+    counts = [_query(v1_url, f"SELECT count(*) AS n FROM {t}")[0]["n"]
+              for t in ("rb_runs", "rb_run_aliases", "rb_evaluations", "rb_metrics")]
     assert counts == [2, 2, 8, 40]
+    # New rows get new ids after the old ones (PostgreSQL: the id sequences were carried along).
+    added = store.record_result("f" * 64, None, {"run_hash": "f" * 64, "spec": {}, "history": [],
+                                                 "metrics": {"tiny": {"R1": 1.0}}})
+    assert added.status == "done" and len(store.list_runs()) == 3
 
 
 def _schema(url: str) -> dict:
-    found = inspect(create_engine(url))
+    found = inspect(create_engine(driver_url(url)))
     out = {}
     for table in found.get_table_names():
         out[table] = (
@@ -181,28 +234,46 @@ def _schema(url: str) -> dict:
     return out
 
 
-def test_upgraded_schema_matches_a_new_database(v1, tmp_path):
-    Store("sqlite:///results.db")
-    Store(f"sqlite:///{tmp_path / 'new.db'}")
-    upgraded, new = _schema("sqlite:///results.db"), _schema(f"sqlite:///{tmp_path / 'new.db'}")
+def test_upgraded_schema_matches_a_new_database(v1, v1_url, tmp_path, request):
+    new_url = f"sqlite:///{tmp_path / 'new.db'}"
+    if not _is_sqlite(v1_url):
+        server = request.getfixturevalue("postgres_server")
+        new_url = server.create_database()
+        request.addfinalizer(lambda: server.drop_database(new_url))
+    Store(v1_url)
+    Store(new_url)
+    upgraded, new = _schema(v1_url), _schema(new_url)
     assert set(upgraded) == set(new)
     for table in new:
         columns, indexes, uniques = upgraded[table]
         assert sorted(columns) == sorted(new[table][0]), table
-        assert indexes == new[table][1], table
-        # the one leftover: SQLite cannot drop a table-level UNIQUE, and it never fires for step NULL rows
+        # the one leftover: schema 1's table-level UNIQUE (SQLite cannot drop it; it never fires for
+        # step NULL rows); PostgreSQL lists it among the indexes too
+        assert [i for i in indexes if i[0] != "uq_rb_metrics"] == new[table][1], table
         assert [u for u in uniques if u[0] != "uq_rb_metrics"] == new[table][2], table
-    with sqlite3.connect(v1 / "results.db") as con:
-        fks = con.execute("SELECT \"table\", on_delete FROM pragma_foreign_key_list('rb_metrics')").fetchall()
+    if _is_sqlite(v1_url):  # SQLAlchemy does not read ON DELETE of a column added by ALTER TABLE there
+        with sqlite3.connect(v1 / "results.db") as con:
+            fks = con.execute("SELECT \"table\", on_delete FROM pragma_foreign_key_list('rb_metrics')").fetchall()
+    else:
+        fks = [(fk["referred_table"], fk["options"].get("ondelete"))
+               for fk in inspect(create_engine(driver_url(v1_url))).get_foreign_keys("rb_metrics")]
     assert sorted(fks) == [("rb_evaluations", "CASCADE"), ("rb_runs", "CASCADE")]
 
 
-def test_runs_that_map_to_one_training_are_merged(v1, tmp_path, monkeypatch, capfd):
+def _execute(url: str, sql: str) -> None:
+    engine = create_engine(driver_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql))
+    finally:
+        engine.dispose()
+
+
+def test_runs_that_map_to_one_training_are_merged(v1, v1_url, tmp_path, monkeypatch, capfd):
     original = tmp_path / "original.db"
     runs = _old_runs(original)
     base_hash, bnneck_hash, center_hash = runs[1][0], runs[2][0], runs[3][0]
-    with sqlite3.connect(v1 / "results.db") as con:  # the first one failed: the done one is kept
-        con.execute("UPDATE rb_runs SET status = 'failed' WHERE id = 1")
+    _execute(v1_url, "UPDATE rb_runs SET status = 'failed' WHERE id = 1")  # the first one failed: the done one is kept
 
     def merging(run_hash, spec, provenance, metrics):
         upgraded = fake_upgrade(run_hash, spec, provenance, metrics)
@@ -214,7 +285,7 @@ def test_runs_that_map_to_one_training_are_merged(v1, tmp_path, monkeypatch, cap
         return upgraded
 
     monkeypatch.setattr(migrations, "_upgrade_run", merging)
-    store = Store("sqlite:///results.db")
+    store = Store(v1_url)
     assert "1 run(s) merged into a run with the same training" in capfd.readouterr().err
     merged = store.get_run("merged")
     assert merged.label == "+BNNeck" and merged.status == "done"
@@ -240,7 +311,7 @@ def test_runs_that_map_to_one_training_are_merged(v1, tmp_path, monkeypatch, cap
         assert written["run_hash"] == "merged" and written["legacy_run_hashes"] == [old_hash]
 
 
-def test_runs_that_cannot_be_upgraded_are_kept_as_they_were(v1, tmp_path, monkeypatch, capfd):
+def test_runs_that_cannot_be_upgraded_are_kept_as_they_were(v1, v1_url, tmp_path, monkeypatch, capfd):
     original = tmp_path / "original.db"
     runs = _old_runs(original)
     base_hash, bnneck_hash, center_hash = runs[1][0], runs[2][0], runs[3][0]
@@ -256,7 +327,7 @@ def test_runs_that_cannot_be_upgraded_are_kept_as_they_were(v1, tmp_path, monkey
     monkeypatch.setattr(migrations, "_upgrade_run", partial)
     shutil.rmtree(v1 / "runs" / center_hash[:12])
     before_spec = (v1 / "runs" / base_hash[:12] / "spec.json").read_bytes()
-    store = Store("sqlite:///results.db")
+    store = Store(v1_url)
     err = capfd.readouterr().err
     assert err.count("\n") == 1
     assert "1 run(s) re-hashed" in err and "0 run folder(s) rewritten, 1 missing" in err
@@ -276,8 +347,8 @@ def test_runs_that_cannot_be_upgraded_are_kept_as_they_were(v1, tmp_path, monkey
 
 
 @pytest.mark.parametrize("where", ["run", "ablation"])
-def test_a_crash_inside_the_upgrade_leaves_schema_1_and_a_later_open_retries(v1, tmp_path, monkeypatch, where):
-    before = _dump(tmp_path / "original.db")
+def test_a_crash_inside_the_upgrade_leaves_schema_1_and_a_later_open_retries(v1, v1_url, monkeypatch, where):
+    before = _dump(v1_url)
     calls = []
 
     def crashing_run(**kwargs):
@@ -292,23 +363,23 @@ def test_a_crash_inside_the_upgrade_leaves_schema_1_and_a_later_open_retries(v1,
     monkeypatch.setattr(migrations, "_upgrade_run" if where == "run" else "_upgrade_ablation_name",
                         crashing_run if where == "run" else crashing_name)
     with pytest.raises(RuntimeError, match="power cut"):
-        Store("sqlite:///results.db")
-    assert _dump(v1 / "results.db") == before  # schema 1, every row as it was
-    with sqlite3.connect(v1 / "results.db") as con:
-        assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'rb_evaluations'").fetchone()[0] == 0
-        assert "train_fingerprint" not in {r[1] for r in con.execute("PRAGMA table_info(rb_runs)")}
-    assert len(_backups(v1)) == 1 and not list(v1.glob("*.partial"))
+        Store(v1_url)
+    assert _dump(v1_url) == before  # schema 1, every row as it was
+    found = inspect(create_engine(driver_url(v1_url)))  # and its tables: the DDL was rolled back too
+    assert not found.has_table("rb_evaluations")
+    assert "train_fingerprint" not in {c["name"] for c in found.get_columns("rb_runs")}
+    assert len(_backups(v1, v1_url)) == 1 and not list(v1.glob("*.partial"))
     for folder in (v1 / "runs").iterdir():
         assert (folder / "spec.json").read_bytes() == (FIXTURE / "runs" / folder.name / "spec.json").read_bytes()
 
     monkeypatch.setattr(migrations, "_upgrade_run", fake_upgrade)
     monkeypatch.setattr(migrations, "_upgrade_ablation_name", fake_ablation_name)
-    store = Store("sqlite:///results.db")
-    assert _version(v1 / "results.db") == str(SCHEMA_VERSION) and len(store.list_runs()) == 3
+    store = Store(v1_url)
+    assert _version(v1_url) == str(SCHEMA_VERSION) and len(store.list_runs()) == 3
     assert all(r.run_hash.startswith("new-") for r in store.list_runs())
 
 
-def _open_concurrently(folder: str, barrier, calls_file: str) -> None:
+def _open_concurrently(folder: str, url: str, barrier, calls_file: str) -> None:
     def counting(**kwargs):
         with open(calls_file, "a") as handle:
             handle.write(kwargs["run_hash"] + "\n")
@@ -320,27 +391,28 @@ def _open_concurrently(folder: str, barrier, calls_file: str) -> None:
 
     os.chdir(folder)
     barrier.wait(timeout=20)
-    store = Store("sqlite:///results.db")
+    store = Store(url)
     assert len(store.list_runs()) == 3 and all(r.run_hash.startswith("new-") for r in store.list_runs())
 
 
-def test_concurrent_first_open_upgrades_once(v1, tmp_path):
+def test_concurrent_first_open_upgrades_once(v1, v1_url, tmp_path):
     ctx = multiprocessing.get_context("fork")  # fast, and the children inherit the imported store
     barrier = ctx.Barrier(3)
     calls = tmp_path / "calls.txt"
-    workers = [ctx.Process(target=_open_concurrently, args=(str(v1), barrier, str(calls))) for _ in range(3)]
+    workers = [ctx.Process(target=_open_concurrently, args=(str(v1), v1_url, barrier, str(calls))) for _ in range(3)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(timeout=60)
     assert [w.exitcode for w in workers] == [0, 0, 0]
     assert len(calls.read_text().splitlines()) == 3  # one upgrade call per run, from one process
-    assert len(_backups(v1)) == 1 and _version(v1 / "results.db") == str(SCHEMA_VERSION)
-    assert len(Store("sqlite:///results.db").evaluations()) == 12
+    assert len(_backups(v1, v1_url)) == 1 and _version(v1_url) == str(SCHEMA_VERSION)
+    assert len(Store(v1_url).evaluations()) == 12
 
 
 def test_json_backup_for_other_dialects(v1, tmp_path):
-    """PostgreSQL & co. get a JSON dump of every rb_ table in the current folder (run here on SQLite)."""
+    """PostgreSQL & co. get a JSON dump of every rb_ table in the current folder (here on SQLite; on
+    PostgreSQL in test_upgrade_keeps_every_run_and_number)."""
     engine = create_engine("sqlite:///results.db")
     with engine.connect() as conn:
         path = Path(migrations._json_backup(conn, 1, v1))
@@ -352,25 +424,24 @@ def test_json_backup_for_other_dialects(v1, tmp_path):
     for table in TABLES:
         assert len(dumped["tables"][table]) == len(before[table])
     values = sorted(float(row["value"]).hex() for row in dumped["tables"]["rb_metrics"])
-    assert values == sorted(row[4].hex() for row in before["rb_metrics"])
+    assert values == sorted(row["value"].hex() for row in before["rb_metrics"])
 
 
-def test_newer_database_is_still_refused_before_any_upgrade(v1):
-    with sqlite3.connect(v1 / "results.db") as con:
-        con.execute(f"UPDATE rb_meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
+def test_newer_database_is_still_refused_before_any_upgrade(v1, v1_url):
+    _execute(v1_url, f"UPDATE rb_meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1} is newer than this reidbench supports"):
-        Store("sqlite:///results.db")
-    assert _backups(v1) == []
+        Store(v1_url)
+    assert _backups(v1, v1_url) == []
 
 
-def test_runs_show_prints_aliases_fingerprint_and_evaluations(v1):
+def test_runs_show_prints_aliases_fingerprint_and_evaluations(v1, v1_url):
     from click.testing import CliRunner
 
     from reidbench.harness.cli import main
 
     old_hash = _old_runs(v1.parent / "original.db")[2][0]
-    Store("sqlite:///results.db")
-    result = CliRunner().invoke(main, ["runs", "show", old_hash[:10], "--db", "sqlite:///results.db"])
+    Store(v1_url)
+    result = CliRunner().invoke(main, ["runs", "show", old_hash[:10], "--db", v1_url])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
     assert shown["run_hash"] == "new-" + old_hash and shown["aliases"] == [old_hash]
@@ -379,11 +450,11 @@ def test_runs_show_prints_aliases_fingerprint_and_evaluations(v1):
         ("tiny", "fp-tiny", "", {"rerank": False}), ("tiny", "fp-tiny", "rerank", {"rerank": True}),
         ("tiny2", "fp-tiny2", "", {"rerank": False}), ("tiny2", "fp-tiny2", "rerank", {"rerank": True})]
     assert shown["metrics"]["tiny"] == shown["evaluations"][0]["metrics"]
-    listed = CliRunner().invoke(main, ["runs", "list", "--db", "sqlite:///results.db"])
+    listed = CliRunner().invoke(main, ["runs", "list", "--db", v1_url])
     assert listed.exit_code == 0 and "tiny: R1 100.0" in listed.output
 
 
-def test_new_hashes_may_swap_with_old_ones(v1, tmp_path, monkeypatch):
+def test_new_hashes_may_swap_with_old_ones(v1, v1_url, tmp_path, monkeypatch):
     """A new hash equal to another run's old hash (UNIQUE column): rows are parked first, then named."""
     runs = _old_runs(tmp_path / "original.db")
     first, second = runs[1][0], runs[2][0]
@@ -399,7 +470,7 @@ def test_new_hashes_may_swap_with_old_ones(v1, tmp_path, monkeypatch):
 
     monkeypatch.setattr(migrations, "_upgrade_run", swapping)
     monkeypatch.setattr(migrations, "_upgrade_ablation_name", refusing)
-    store = Store("sqlite:///results.db")
+    store = Store(v1_url)
     labels = {r.run_hash: r.label for r in store.list_runs()}
     assert labels[second] == runs[1][1] and labels[first] == runs[2][1]
     with sqlite3.connect(tmp_path / "original.db") as con:

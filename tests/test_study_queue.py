@@ -1,5 +1,8 @@
 """How study trials are handed out, without training: the grid queue, surplus trials, dead workers,
-pruning, and where a study is stored."""
+pruning, and where a study is stored.
+
+Tests that take ``storage`` run on a journal file (what local workers on SQLite use) and on Optuna's
+tables in a real PostgreSQL database (what workers on several machines use; conftest.py)."""
 
 from __future__ import annotations
 
@@ -42,15 +45,30 @@ def _plan(sampler: str = "grid", trials: int | None = None, name: str = "q"):
     return plan_study(base, "tiny", (), space, "map", trials, name=name)
 
 
+# Trials asked by hand here (the workers ask inside study.optimize, which beats for them).
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+@pytest.fixture(params=["journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def storage(request, tmp_path):
+    """``storage(name)``: where study ``name`` lives, a journal file or a fresh PostgreSQL database."""
+    if request.param == "journal":
+        return lambda name: journal_url(tmp_path / f"{name}.log")
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    request.addfinalizer(lambda: server.drop_database(url))
+    return lambda name: url
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
 
 
-def test_grid_is_queued_once_and_failed_points_again(tmp_path: Path) -> None:
+def test_grid_is_queued_once_and_failed_points_again(storage) -> None:
     plan = _plan()
-    url = journal_url(tmp_path / "q.log")
+    url = storage("q")
     study = prepare_study(plan, url)
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.user_attrs["grid_point"] for t in waiting) == [0, 1, 2, 3]
@@ -75,9 +93,9 @@ def test_a_study_of_that_name_for_another_setup_is_refused(tmp_path: Path) -> No
         create_or_load(other, url)
 
 
-def test_surplus_trials_beyond_the_grid_or_budget(tmp_path: Path) -> None:
+def test_surplus_trials_beyond_the_grid_or_budget(storage) -> None:
     plan = _plan()
-    study = prepare_study(plan, journal_url(tmp_path / "q.log"))
+    study = prepare_study(plan, storage("q"))
     popped = [study.ask() for _ in range(4)]
     assert not any(_is_surplus(t, plan) for t in popped)
     assert not has_work(study, plan)
@@ -89,7 +107,7 @@ def test_surplus_trials_beyond_the_grid_or_budget(tmp_path: Path) -> None:
     assert dup.user_attrs["grid_point"] == 0 and _is_surplus(dup, plan)
 
     tpe = _plan("tpe", trials=2, name="t")
-    study = prepare_study(tpe, journal_url(tmp_path / "t.log"))
+    study = prepare_study(tpe, storage("t"))
     first, second = study.ask(), study.ask()
     assert has_work(study, tpe) is False
     assert not _is_surplus(first, tpe) and not _is_surplus(second, tpe)
@@ -99,9 +117,9 @@ def test_surplus_trials_beyond_the_grid_or_budget(tmp_path: Path) -> None:
     assert not _is_surplus(third, tpe)
 
 
-def test_dead_workers_trials_are_failed_and_requeued(tmp_path: Path) -> None:
+def test_dead_workers_trials_are_failed_and_requeued(storage) -> None:
     plan = _plan()
-    study = prepare_study(plan, journal_url(tmp_path / "q.log"))
+    study = prepare_study(plan, storage("q"))
     trial = study.ask()
     trial.suggest_categorical("batch", ["3x2", "2x3"])
     trial.set_user_attr("worker", f"{socket.gethostname()}:{_dead_pid()}:deadbeef")
@@ -135,11 +153,13 @@ def test_prune_hook_reports_and_stops_below_the_median() -> None:
     assert bad.pruned_at == 1
 
 
-def test_storage_choice(tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path / 'results.db'}"
+def test_storage_choice(tmp_path: Path, db_url) -> None:
+    db = db_url
     runs = tmp_path / "runs"
     assert choose_storage("s", db, runs) == db
-    assert choose_storage("s", db, runs, workers=2) == journal_url(journal_path(runs, "s"))
+    # several local workers: a journal file beside an SQLite database, the database itself on PostgreSQL
+    several = journal_url(journal_path(runs, "s")) if db.startswith("sqlite") else db
+    assert choose_storage("s", db, runs, workers=2) == several
     assert choose_storage("s", "postgresql://u@h/db", runs, workers=4) == "postgresql://u@h/db"
     assert choose_storage("s", db, runs, storage="x.log") == journal_url(Path("x.log"))
     assert normalize_storage("journal:a/b.log") == journal_url(Path("a/b.log"))

@@ -1,5 +1,9 @@
 """Studies under failure and concurrency: a SIGKILLed study resumes without repeating trials or
-retraining finished runs; two worker processes share one study without duplicate trials."""
+retraining finished runs; two worker processes share one study without duplicate trials.
+
+Both run with the results database (and so Optuna's tables) on SQLite and on a real PostgreSQL
+server (``db_url`` in conftest.py): with two workers, SQLite hands Optuna a journal file, while
+PostgreSQL keeps the study in the database itself, Optuna's documented distributed setup."""
 
 from __future__ import annotations
 
@@ -17,10 +21,10 @@ from reidbench.harness.cli.study import study
 from reidbench.harness.store import Store
 from reidbench.harness.study.storage import journal_path, journal_url, list_studies, open_storage
 
-def _args(root: Path, data: Path, spec: Path, name: str, batches: str, *extra: str) -> list[str]:
+def _args(root: Path, data: Path, spec: Path, name: str, batches: str, db_url: str, *extra: str) -> list[str]:
     return ["--base", str(spec), "--tricks", "none", "--space", "batch-size", "--batches", batches,
             "--data", f"tiny={data}", "--train-on", "tiny", "--test-on", "tiny", "--epochs", "1", "--profile", "cpu",
-            "--device", "cpu", "--loader-workers", "0", "--db", f"sqlite:///{root / 'results.db'}",
+            "--device", "cpu", "--loader-workers", "0", "--db", db_url,
             "--runs-dir", str(root / "runs"), "--name", name, *extra]
 
 
@@ -31,12 +35,12 @@ def _by_point(trials) -> dict[str, list]:
     return out
 
 
-def test_killed_study_resumes_without_repeating_trials(tiny_market, study_spec_file, tmp_path):
-    args = _args(tmp_path, tiny_market, study_spec_file, "killed", "3x2,2x3,2x2,3x1")
+def test_killed_study_resumes_without_repeating_trials(tiny_market, study_spec_file, tmp_path, db_url):
+    args = _args(tmp_path, tiny_market, study_spec_file, "killed", "3x2,2x3,2x2,3x1", db_url)
     code = "import sys; from reidbench.harness.cli.study import study; sys.exit(study())"
     err = open(tmp_path / "study.err", "w")
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=err)
-    url = f"sqlite:///{tmp_path / 'results.db'}"
+    url = db_url
     try:
         deadline = time.time() + 120
         storage = None
@@ -82,16 +86,21 @@ def test_killed_study_resumes_without_repeating_trials(tiny_market, study_spec_f
     assert len(runs) == 4 and all(r.status == "done" and r.attempts <= 2 for r in runs)
 
 
-def test_two_workers_share_a_study_without_duplicates(tiny_market, study_spec_file, tmp_path):
-    result = CliRunner().invoke(study, _args(tmp_path, tiny_market, study_spec_file, "shared", "3x2,2x3,2x2,3x1", "--workers", "2"))
+def test_two_workers_share_a_study_without_duplicates(tiny_market, study_spec_file, tmp_path, db_url):
+    result = CliRunner().invoke(study, _args(tmp_path, tiny_market, study_spec_file, "shared", "3x2,2x3,2x2,3x1",
+                                             db_url, "--workers", "2"))
     assert result.exit_code == 0, result.output
     journal = journal_path(tmp_path / "runs", "shared")
-    assert journal.exists()  # several workers on an SQLite database: Optuna's journal file
-    storage = open_storage(journal_url(journal))
+    if db_url.startswith("sqlite"):
+        assert journal.exists()  # several workers on an SQLite database: Optuna's journal file
+        storage = open_storage(journal_url(journal))
+    else:
+        assert not journal.exists() and list_studies(db_url) == ["shared"]  # in the PostgreSQL database itself
+        storage = open_storage(db_url)
     trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
     assert sorted(t.params["batch"] for t in trials) == ["2x2", "2x3", "3x1", "3x2"]
     assert all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes took trials
-    runs = Store(f"sqlite:///{tmp_path / 'results.db'}").list_runs()
+    runs = Store(db_url).list_runs()
     assert len(runs) == 4 and all(r.status == "done" and r.attempts == 1 for r in runs)
     assert sorted(r.run_hash for r in runs) == sorted(t.user_attrs["run_hash"] for t in trials)

@@ -80,7 +80,10 @@ def tricks_cmd() -> None:
 @data_option
 @epochs_option
 @profile_option
-@click.option("--executor", type=click.Choice(["local", "submitit", "slurm"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "submitit", "slurm"]), default="local", show_default=True,
+              help="local: in this process; submitit: job processes on this machine; slurm: one job array "
+                   "(sbatch's SBATCH_PARTITION, SBATCH_ACCOUNT, ... apply; --device cpu asks for no GPU). "
+                   "See docs/services.md.")
 @click.option("--gpus", default=None, metavar="LIST",
               help="GPU ids for the slot pool, e.g. 0,1,2,3 (with --gpus-per-run G: cut into groups of G).")
 @gpus_per_run_option
@@ -180,7 +183,7 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
     log = lambda line: click.echo(line, err=True)  # noqa: E731
     gpu_list = [g for g in (gpus or "").split(",") if g.strip()]
     runner = build_executor(executor_kind, runs_dir / "_submitit", gpus=gpu_list, timeout_min=timeout_min, log=log,
-                            gpus_per_run=gpus_per_run)
+                            gpus_per_run=gpus_per_run, device=device)
     meta = {"profile": spec.profile, "epochs": spec.schedule.max_epochs, "full_epochs": spec.full_epochs,
             "tricks": [t.name for t in tricks], "step_list": steps_name, "preset": preset, "train": train_name, "test": list(tests), "seeds": seed_list,
             "variants": [{"name": v.name, "label": v.label, "settings": dict(v.changes), "steps": list(v.steps)}

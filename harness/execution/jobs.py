@@ -23,8 +23,9 @@ HEARTBEAT_EVERY_S = 20.0
 STALE_AFTER_S = 120.0
 
 
-def new_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def new_owner(tag: str = "") -> str:
+    """``host:pid:tag`` of this process; ``tag`` (default: random) tells one attempt from another."""
+    return f"{socket.gethostname()}:{os.getpid()}:{tag or uuid.uuid4().hex[:8]}"
 
 
 def owner_is_dead_here(owner: str | None) -> bool:
@@ -65,6 +66,7 @@ class Job:
     legacy_hashes: tuple[str, ...] = ()  # earlier hashes of the run (its folder may carry them)
     gpus_per_run: int = 1  # > 1: trained by that many processes through torchrun (execution/torchrun.py)
     visible_gpus: tuple[str, ...] = ()  # GPU ids those processes use (CUDA_VISIBLE_DEVICES); () = all visible
+    claim_tag: str = ""  # ends the owner name of this attempt's claim, so the submitter can find it (fail_lost_claim)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def run_job(job: Job, log: Callable[[str], None] | None = None, store=None,
     from reidbench.harness.store import Store
 
     store = store or Store(job.db_url)
-    owner = new_owner()
+    owner = new_owner(job.claim_tag)
     current = store.find_run(job.run_hash)
     if current is not None and current.status == "done":
         return JobOutcome(job.run_hash, "done")
@@ -138,6 +140,25 @@ def run_job(job: Job, log: Callable[[str], None] | None = None, store=None,
         store.mark_failed(job.run_hash, owner, first_line + "\n" + traceback.format_exc(limit=20))
         return JobOutcome(job.run_hash, "failed", first_line)
     return JobOutcome(job.run_hash, "done")
+
+
+def fail_lost_claim(job: Job, error: str, store=None) -> bool:
+    """Record the run of a job that died without a word (cancelled, killed, lost node) as failed.
+
+    Only a claim made by this very attempt (owner ending in ``:<claim_tag>``) is failed, and only
+    while it is still ``running``: a run another process took over or finished is left alone. The
+    next invocation retries the failed run, resuming from its checkpoint. True when recorded.
+    """
+    if not job.claim_tag:
+        return False
+    from reidbench.harness.store import Store
+
+    store = store or Store(job.db_url)
+    record = store.find_run(job.run_hash)
+    if record is None or record.status != "running" or not (record.owner or "").endswith(":" + job.claim_tag):
+        return False
+    store.mark_failed(job.run_hash, record.owner, error)  # conditional on the owner: no race with a takeover
+    return store.statuses([job.run_hash]).get(job.run_hash) == "failed"
 
 
 def wait_for_others(store, hashes: Sequence[str], poll_s: float = 5.0,

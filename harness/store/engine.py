@@ -6,10 +6,15 @@ sqlite3 driver is told not to open transactions itself; SQLAlchemy's ``begin`` e
 ``BEGIN`` for reads and ``BEGIN IMMEDIATE`` for writes, so a write transaction takes the write
 lock before its first read and can never fail half-way with an unwaitable SQLITE_BUSY.
 WAL needs every process on one machine (shared memory): use PostgreSQL across machines.
+
+PostgreSQL: a plain ``postgresql://`` URL uses psycopg2 when it is installed (SQLAlchemy's
+default) and psycopg 3 (``pip install 'reidbench[postgres]'``) otherwise; an explicit driver
+(``postgresql+psycopg://``, ``postgresql+psycopg2://``) is used as given.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,28 @@ def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def with_driver(url: URL) -> URL:
+    """``url`` with a PostgreSQL driver that is installed: psycopg2 if present, else psycopg 3.
+
+    Only a bare ``postgresql://`` is changed; other dialects and explicit drivers are kept.
+    """
+    if url.drivername != "postgresql" or _installed("psycopg2"):
+        return url
+    if _installed("psycopg"):
+        return url.set(drivername="postgresql+psycopg")
+    raise StoreError(f"{describe(url)}: no PostgreSQL driver is installed; pip install 'reidbench[postgres]' "
+                     "(psycopg 3) or psycopg2")
+
+
+def driver_url(url: str) -> str:
+    """``with_driver`` for a URL string (password kept): what Optuna's storages are given."""
+    return with_driver(parse_url(url)).render_as_string(hide_password=False)
+
+
 def build_engine(url: URL, busy_timeout_s: float) -> Engine:
     shown = describe(url)
     if is_sqlite(url) and url.database and url.database != ":memory:" and not url.database.startswith("file:"):
@@ -49,7 +76,7 @@ def build_engine(url: URL, busy_timeout_s: float) -> Engine:
         if not folder.is_dir():
             raise StoreError(f"{url.database}: folder {folder} does not exist; create it or choose another database path")
     try:
-        engine = create_engine(url)
+        engine = create_engine(with_driver(url))
     except exc.NoSuchModuleError:
         raise StoreError(
             f"{shown}: unknown database dialect {url.drivername!r}; use sqlite:///path.db or postgresql://..."
@@ -60,7 +87,24 @@ def build_engine(url: URL, busy_timeout_s: float) -> Engine:
         raise StoreError(f"{shown}: invalid database URL ({_first_line(err)})") from None
     if is_sqlite(url):
         _configure_sqlite(engine, busy_timeout_s)
+    elif url.get_backend_name() == "postgresql":
+        _configure_postgresql(engine, busy_timeout_s)
     return engine
+
+
+def _configure_postgresql(engine: Engine, busy_timeout_s: float) -> None:
+    """A statement that waits longer than ``busy_timeout_s`` for a lock fails (as on SQLite)
+    instead of waiting forever, e.g. behind a transaction someone left open in psql."""
+    lock_ms = max(1, int(round(busy_timeout_s * 1000)))  # 0 would mean "wait forever"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET lock_timeout = {lock_ms}")
+        finally:
+            cursor.close()
+        dbapi_connection.commit()  # a session setting, kept only once its transaction commits
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
@@ -94,11 +138,14 @@ def translate(err: BaseException, url: URL, busy_timeout_s: float) -> StoreError
     shown = describe(url)
     message = _first_line(err)
     lowered = message.lower()
-    if "database is locked" in lowered or "database table is locked" in lowered:
+    if "database is locked" in lowered or "database table is locked" in lowered or "lock timeout" in lowered:
         return StoreError(
             f"{shown} is locked by another process (waited {busy_timeout_s:g} s for its write to finish); "
             "retry later or raise busy_timeout_s"
         )
+    if any(text in lowered for text in ("connection to server", "could not translate host name",
+                                        "failed to resolve host")):  # libpq, psycopg 3
+        return StoreError(f"{shown}: cannot connect to the database server ({message})")
     if "not a database" in lowered:
         return StoreError(f"{shown}: not a reidbench results database (file is not a database)")
     if "unable to open database file" in lowered:

@@ -94,7 +94,7 @@ def upgrade(begin: Begin, *, url: URL, name: str, stored_version: int, stream: T
     notes: list[str] = []
     for step in (m for m in MIGRATIONS if m.target > stored_version):
         with begin() as conn:
-            _lock(conn)
+            lock_schema(conn)
             current = _read_version(conn)
             if current >= step.target:
                 continue  # another process upgraded it while we waited for the lock
@@ -117,7 +117,11 @@ def upgrade(begin: Begin, *, url: URL, name: str, stored_version: int, stream: T
     return line
 
 
-def _lock(conn: Connection) -> None:
+def lock_schema(conn: Connection) -> None:
+    """PostgreSQL: hold the schema lock until this transaction ends (one upgrader or creator at a time).
+
+    SQLite needs none: its write transactions (BEGIN IMMEDIATE) already exclude each other.
+    """
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
 

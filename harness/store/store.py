@@ -223,6 +223,10 @@ class Store:
             try:
                 with self._session(write=True) as s:
                     conn = s.connection()
+                    # PostgreSQL: two processes creating the tables at once would both pass the
+                    # existence checks and the loser would fail on the catalog's unique index
+                    # (pg_type_typname_nsp_index); the schema lock makes the second wait, then see them.
+                    migrations.lock_schema(conn)
                     if Meta.__tablename__ in inspect(conn).get_table_names():
                         meta = s.get(Meta, "schema_version")
                         if meta is not None:
@@ -289,9 +293,11 @@ class Store:
             if row is None:
                 row = Run(run_hash=run_hash, label=str(label or ""), status="pending", spec=dict(spec),
                           created_at=_utcnow(), attempts=0, train_fingerprint=train_fingerprint)
-                s.add(row)
                 try:
+                    # Added inside the savepoint, so that its rollback also drops the row from the
+                    # session (added before it, the next query's autoflush would insert it again).
                     with s.begin_nested():
+                        s.add(row)
                         s.flush()
                 except exc.IntegrityError:  # PostgreSQL: another process inserted it a moment ago
                     row = s.scalar(exact)

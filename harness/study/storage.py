@@ -94,6 +94,13 @@ def describe_storage(url: str) -> str:
         return url
 
 
+def _driver_url(url: str) -> str:
+    """The SQLAlchemy URL with an installed driver (``postgresql://`` → psycopg 3 without psycopg2)."""
+    from reidbench.harness.store.engine import driver_url
+
+    return driver_url(url)
+
+
 def _retry_callback() -> Any:
     import optuna
 
@@ -154,11 +161,12 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
         kwargs["grace_period"] = GRACE_PERIOD_S
         new_name = "heartbeat_stale_trial_callback"  # Optuna >= 4.9; failed_trial_callback before
         kwargs[new_name if new_name in params else "failed_trial_callback"] = _retry_callback()
+    target = _driver_url(url)  # a missing driver is said as it is, not as "cannot open"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for attempt in range(CREATE_ATTEMPTS):
             try:
-                storage = optuna.storages.RDBStorage(url, **kwargs)
+                storage = optuna.storages.RDBStorage(target, **kwargs)
                 break
             except ImportError as err:
                 raise ValueError(f"{describe_storage(url)}: database driver {err.name!r} is not installed") from None
@@ -185,7 +193,7 @@ def _rdb_has_studies_table(url: str) -> bool:
         database = make_url(url).database
         if not database or database == ":memory:" or not Path(database).exists():
             return False
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S} if is_sqlite(url) else {})
+    engine = create_engine(_driver_url(url), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S} if is_sqlite(url) else {})
     try:
         return sa_inspect(engine).has_table("studies")
     finally:
