@@ -79,6 +79,9 @@ class DataSpec:
     random_erasing_prob: float = 0.0
     sampler: str = "pk"  # batch sampler registry name (harness/data/samplers)
     sampler_options: Options = ()  # the sampler's own parameters (non-default values only)
+    # Part masks for architectures that pool with them (spreid): "" none, oracle, stripes or
+    # folder:PATH (harness/data/masks.py). The provider's version enters the run hash with it.
+    masks: str = ""
 
     def validate(self, where: str = "data") -> None:
         h, w = self.image_size
@@ -96,6 +99,13 @@ class DataSpec:
             fail(f"{where}.pad_px", self.pad_px, "an integer >= 0")
         if not self.test:
             fail(f"{where}.test", list(self.test), "a non-empty list of dataset names")
+        if self.masks:
+            from reidbench.harness.data.masks import parse_masks  # pure: no torch, no I/O
+
+            try:
+                parse_masks(self.masks, f"{where}.masks")
+            except ValueError as exc:
+                raise SpecError(str(exc)) from None
 
     @property
     def batch_size(self) -> int:

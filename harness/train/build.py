@@ -128,6 +128,7 @@ class Built:
 def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers: int, show_progress: bool) -> Built:
     """Everything one run's training touches, built from ``spec`` for ``train_set``."""
     from reidbench.harness.data.loader import build_train_loader
+    from reidbench.harness.data.masks import mask_source
     from reidbench.harness.data.samplers import build_sampler
     from reidbench.models.architectures import build_architecture
     from reidbench.models.objective import build_objective
@@ -150,13 +151,14 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         if amp_dtype is torch.float16:
             scaler = torch.amp.GradScaler("cuda")
     data = spec.data
+    masks = mask_source(data.masks, train_set, progress=show_progress)
     sampler = build_sampler(data.sampler, data.sampler_options, [r.pid for r in train_set.train], data.ids_per_batch,
                             data.imgs_per_id, spec.train.seed, progress=progress)
     loader = build_train_loader(
         train_set.train, image_size=tuple(data.image_size), ids_per_batch=data.ids_per_batch,
         imgs_per_id=data.imgs_per_id, seed=spec.train.seed, flip_prob=data.flip_prob, pad_px=data.pad_px,
         random_erasing_prob=data.random_erasing_prob, num_workers=workers, cache=True,
-        pin_memory=device.type == "cuda", batch_sampler=sampler,
+        pin_memory=device.type == "cuda", batch_sampler=sampler, masks=masks,
     )
     components = TrainComponents(
         model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, loader=loader, device=device,
@@ -169,4 +171,8 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
     info["test_feature"] = list((model.test_feature,) if isinstance(model.test_feature, str) else model.test_feature)
     info["feature_dims"] = dict(model.feature_dims)
     info["loss_terms"] = [b.label for b in objective.bound]
+    if masks is not None:
+        from reidbench.harness.data.masks import masks_identity
+
+        info["masks"] = {**masks.describe(), "identity": masks_identity(data.masks)}
     return Built(components, info)

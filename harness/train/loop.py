@@ -9,6 +9,9 @@ therefore ends with the same weights as an uninterrupted one (CPU), mid-stage in
 Hooks are objects with any of ``before_epoch(components, epoch)``, ``after_step(components,
 step, losses)`` and ``on_epoch_end(components, stats)``. Loss terms and samplers that need to
 know where training is read ``components.train_progress`` (epoch, step, fraction of the run).
+
+Batches are ``(images, pids, camids, indices)``, or with part masks a fifth element that is passed
+on as ``model(images, masks=masks)`` (architectures that pool with masks, ``spreid``).
 """
 
 from __future__ import annotations
@@ -183,7 +186,9 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
     c.train_progress.max_epochs, c.train_progress.steps_per_epoch = max_epochs, total or 0
     bar = tqdm(total=total, desc=f"epoch {epoch}/{max_epochs}", disable=not c.progress, leave=False, unit="batch")
     start = time.perf_counter()
-    for (imgs, pids, _camids, _idx), waited in _timed(c.loader):
+    for batch, waited in _timed(c.loader):
+        imgs, pids = batch[0], batch[1]
+        masks = batch[4] if len(batch) > 4 else None
         wait += waited
         imgs = imgs.to(c.device, non_blocking=True)
         if c.channels_last:
@@ -192,7 +197,10 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
         autocast = (torch.autocast(device_type=c.device.type, dtype=c.amp_dtype) if c.amp_dtype is not None
                     else contextlib.nullcontext())
         with autocast:
-            outputs = c.model(imgs)
+            if masks is None:
+                outputs = c.model(imgs)
+            else:
+                outputs = c.model(imgs, masks=masks.to(c.device, non_blocking=True))
         # Losses in float32: the triplet distances and center terms are sensitive to half precision.
         outputs = {k: v.float() for k, v in outputs.items()}
         terms = c.objective(outputs, pids)
