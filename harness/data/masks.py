@@ -44,6 +44,7 @@ Importing this module is cheap (no torch, numpy or Pillow at import): ``hashing`
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,13 @@ def masks_label(value: str) -> str:
 
 
 # --------------------------------------------------------------------------- maps
+
+
+@functools.lru_cache(maxsize=8)
+def _stripe_prior(height: int, width: int) -> Any:
+    maps = stripe_prior(height, width)
+    maps.setflags(write=False)  # shared by every image: never modified in place
+    return maps
 
 
 def stripe_prior(height: int, width: int) -> Any:
@@ -206,7 +214,7 @@ class MaskSource:
         import torch
 
         if self.kind == "stripes":
-            return torch.from_numpy(stripe_prior(int(image_size[0]), int(image_size[1])))
+            return torch.from_numpy(_stripe_prior(int(image_size[0]), int(image_size[1])).copy())
         path = self.file_for(image_path)
         if path is None:
             rel = Path(os.path.relpath(image_path, self.dataset_root)).with_suffix("")

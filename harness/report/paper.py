@@ -6,6 +6,8 @@ trick). BoT rows are keyed by the set of tricks applied on top of Baseline-S, so
 matches a paper row whatever the ablation mode that produced it (a cumulative ``+REA`` = {warmup,
 rea}; a leave-one-out ``−REA`` = every trick but rea). MGN has one row (seed-systems.md §1.4; its
 ablation table was not retrieved, so a branch subset or an MGN with BoT's tricks shows none).
+SPReID has one row too, as BoT's Table 4 quotes it (``spreid``: the full feature, softmax CE
+alone, no trick, and masks from a parser — ``folder:`` — never the stripe prior, which is not SPReID).
 Values are percent, as printed in the papers.
 """
 
@@ -20,22 +22,28 @@ ALL_TRICKS = frozenset(PAPER_TRICK_ORDER)
 PAPER_CITATION = "Luo et al., Bag of Tricks and A Strong Baseline for Deep Person Re-identification, CVPRW 2019"
 MGN_CITATION = ("Wang et al., Learning Discriminative Features with Multiple Granularities for Person "
                 "Re-Identification, ACM MM 2018")
-CITATIONS = {"bot": f"{PAPER_CITATION}, Tables 1 and 3", "mgn": MGN_CITATION}
+SPREID_CITATION = ("Kalayeh et al., Human Semantic Parsing for Person Re-identification, CVPR 2018 (as quoted in "
+                   "BoT's Table 4)")
+CITATIONS = {"bot": f"{PAPER_CITATION}, Tables 1 and 3", "mgn": MGN_CITATION, "spreid": SPREID_CITATION}
 
 # MGN, same domain: (R1, mAP) per dataset; re-ranked numbers from the abstract (Market only).
 MGN: dict[str, tuple[float, float]] = {"market": (95.7, 86.9), "duke": (88.7, 78.4)}
 MGN_RERANK: dict[str, tuple[float, float]] = {"market": (96.6, 94.2)}
+# SPReID, same domain, as BoT's Table 4 quotes it (reference/bot.md): (R1, mAP) per dataset.
+SPREID: dict[str, tuple[float, float]] = {"market": (92.5, 81.3), "duke": (84.4, 71.0)}
 # The paper's MGN as a spec (experiments/mgn.yaml): what a run must be to be compared with MGN.
 _MGN_TERMS = ({"kind": "ce", "reads": "logits_*", "weight": 1.0, "combine": "sum"},
               {"kind": "triplet", "reads": ["f_g", "f_p2", "f_p3"], "weight": 1.0, "combine": "sum", "margin": 1.2})
 
 
 def paper_system(spec: dict) -> str | None:
-    """Which paper's numbers a stored run (its spec as plain data) is comparable with: bot, mgn or None."""
+    """Which paper's numbers a stored run (its spec as plain data) is comparable with: bot, mgn, spreid or None."""
     model = spec.get("model") or {}
     arch = model.get("arch", "bot")
     if arch == "bot":
         return "bot"
+    if arch == "spreid":
+        return _spreid_system(spec)
     if arch != "mgn" or spec.get("tricks"):
         return None
     generic = {"arch", "backbone", "pretrained", "weights_path", "last_stride", "neck"}
@@ -43,6 +51,22 @@ def paper_system(spec: dict) -> str | None:
         return None  # an MGN option changed (branches, pooling, ...): not the paper's model
     terms = [{k: v for k, v in t.items() if v is not None} for t in (spec.get("loss") or {}).get("terms") or []]
     return "mgn" if terms == [dict(t) for t in _MGN_TERMS] else None
+
+
+def _spreid_system(spec: dict) -> str | None:
+    """``spreid`` for the paper's SPReID: default options (all three features), CE on the logits only, no trick,
+    a parser's masks."""
+    model = spec.get("model") or {}
+    generic = {"arch", "backbone", "pretrained", "weights_path", "last_stride", "neck"}
+    if spec.get("tricks") or any(k not in generic for k in model) or model.get("last_stride", 2) != 2:
+        return None  # a trick or an option (features, mask_stride, ...) changed: not the paper's model
+    if not str((spec.get("data") or {}).get("masks", "")).startswith("folder:"):
+        return None  # the stripe prior is no parser; oracle masks exist on synthetic data only
+    terms = (spec.get("loss") or {}).get("terms") or []
+    if len(terms) != 1:
+        return None
+    term = {k: v for k, v in terms[0].items() if v is not None and k not in ("weight", "name", "combine")}
+    return "spreid" if term in ({"kind": "ce", "reads": "logits"}, {"kind": "ce", "reads": ["logits"]}) else None
 
 
 def _cumulative(k: int) -> frozenset[str]:
@@ -113,6 +137,9 @@ def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synth
     if system == "mgn":
         row = (MGN_RERANK if rerank else MGN).get(src)
         return row[i] if row and src == dst and not key and ranking is None else None
+    if system == "spreid":
+        row = SPREID.get(src)
+        return row[i] if row and src == dst and not rerank and ranking is None else None
     if system != "bot":
         return None
     if ranking is not None:
