@@ -90,3 +90,7 @@ def test_a_tiny_spreid_step_trains_end_to_end_with_oracle_masks(tmp_path):
     assert run.model_info["masks"]["identity"] == "oracle-v1"
     assert run.model_info["test_feature"] == ["f"]
     assert "all three" in result.output and "tiny R1" in result.output
+    assert "part masks: oracle parsing" in result.output  # the table's note names the provider
+    report = CliRunner().invoke(main, ["report", "--db", f"sqlite:///{tmp_path / 'r.db'}", "--format", "markdown"])
+    assert report.exit_code == 0, report.output
+    assert "part masks: oracle parsing" in report.output  # and so does the report's caption
