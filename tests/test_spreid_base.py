@@ -94,3 +94,17 @@ def test_a_tiny_spreid_step_trains_end_to_end_with_oracle_masks(tmp_path):
     report = CliRunner().invoke(main, ["report", "--db", f"sqlite:///{tmp_path / 'r.db'}", "--format", "markdown"])
     assert report.exit_code == 0, report.output
     assert "part masks: oracle parsing" in report.output  # and so does the report's caption
+
+
+def test_models_counts_spreids_parameters_against_an_independent_count():
+    import timm
+
+    from reidbench.harness.cli.components import architecture_rows
+
+    rows = {r["name"]: r for r in architecture_rows("timm:test_resnet", 7)}
+    trunk = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    width = trunk.num_features
+    # the backbone + one Linear(3 * width, 7) with bias; the default loss terms read f_t, which spreid lacks
+    assert rows["spreid"]["params"] == sum(p.numel() for p in trunk.parameters()) + 3 * width * 7 + 7
+    assert rows["spreid"]["feature_dim"] == 3 * width and rows["spreid"]["test_feature"] == ["f"]
+    assert "neck" not in rows["spreid"]["model_fields"] and rows["spreid"]["variants"]["mask_stride"] == 16
