@@ -178,6 +178,7 @@ def test_data_synth_masks_writes_one_npz_per_image_and_ensure_masks_matches_it(t
             assert a["masks"].dtype == np.uint8 and a["masks"].shape == (5, 32, 16)
             assert np.array_equal(a["masks"], b["masks"])
     assert not any(p.name.startswith(".masks.tmp") for p in plain.iterdir())
+    generate_domain(plain, "B", num_ids=6, image_size=(32, 16), progress=False)  # its lock file is no foreign entry
     # regenerating a folder with masks in it is allowed (the masks folder is the generator's own)
     generate_domain(tmp_path / "a", "B", num_ids=6, image_size=(32, 16), progress=False)
     assert not (tmp_path / "a" / "masks").exists()

@@ -141,9 +141,10 @@ class ImageDataset(Dataset):
         self.mask_cache: torch.Tensor | None = None
         if cache:
             self.cache = decode_all([r.path for r in self.records], self.image_size, decode_threads, progress)
-            if masks is not None:  # read up front too: a missing mask file stops the run before training
-                self.mask_cache = torch.stack([self._read_masks(i) for i in range(len(self.records))]) \
-                    if self.records else None
+            if masks is not None and self.records:  # up front too: a missing mask file stops the run early
+                threads = decode_threads or min(8, torch.get_num_threads())
+                with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # zlib and Pillow release the GIL
+                    self.mask_cache = torch.stack(list(pool.map(self._read_masks, range(len(self.records)))))
 
     @property
     def pids(self) -> list[int]:

@@ -49,6 +49,7 @@ MASKS_DIR = "masks"
 # overlay them): mean absolute difference of the decoded pixels, JPEG round trip included.
 _MATCH_TOLERANCE = 1.0
 _MATCH_CHECKS = 3
+_MASKS_LOCK = f".{MASKS_DIR}.lock"  # held while ensure_masks draws a folder's masks
 
 
 def _check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:
@@ -68,7 +69,7 @@ def _prepare_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder; choose a folder for the dataset")
     out.mkdir(parents=True, exist_ok=True)
-    ours = set(SPLIT_DIRS.values()) | {META_FILE, META_FILE + ".tmp", MASKS_DIR}
+    ours = set(SPLIT_DIRS.values()) | {META_FILE, META_FILE + ".tmp", MASKS_DIR, _MASKS_LOCK}
     entries = {p.name for p in out.iterdir()}
     foreign = sorted(entries - ours)
     if foreign:
@@ -211,7 +212,7 @@ def ensure_masks(root: str | Path, progress: bool = True) -> Path:
     if meta.get("generator_version") != GENERATOR_VERSION:
         raise ValueError(f"{root}: written by synthetic generator version {meta.get('generator_version')}, this is "
                          f"version {GENERATOR_VERSION}; regenerate it (reidbench data synth --masks) to get masks")
-    with _exclusive_lock(root / f".{MASKS_DIR}.lock"):
+    with _exclusive_lock(root / _MASKS_LOCK):
         if masks_complete(root):
             return target
         spec = get_domain(meta["domain"])
