@@ -28,6 +28,9 @@ TIMM_PREFIX = "timm:"
 # Side of the square probe image used to find the last down-sampling step; 64 px keeps the probe
 # cheap and still leaves a ≥2 px map in front of a stride-32 network's last strided module.
 PROBE_SIZE_PX = 64
+# Networks with unpadded convolutions (Inception-V3: ≥ 75 px) cannot take the small probe; they are
+# probed again at their native input size.
+PROBE_FALLBACK_PX = 299
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,11 @@ def _probe(backbone: nn.Module, modules: dict[str, nn.Module]) -> tuple[dict[str
     try:
         with torch.no_grad():
             parameter = next(backbone.parameters())  # probe on the backbone's device and dtype
-            out = backbone(parameter.new_zeros(1, 3, PROBE_SIZE_PX, PROBE_SIZE_PX))
+            try:
+                out = backbone(parameter.new_zeros(1, 3, PROBE_SIZE_PX, PROBE_SIZE_PX))
+            except RuntimeError:  # e.g. "Kernel size can't be greater than actual input size"
+                heights.clear()
+                out = backbone(parameter.new_zeros(1, 3, PROBE_FALLBACK_PX, PROBE_FALLBACK_PX))
     finally:
         for handle in handles:
             handle.remove()

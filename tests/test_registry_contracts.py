@@ -50,11 +50,13 @@ def built(request):
 
 def test_architecture_outputs_match_feature_dims_in_train_and_eval(built):
     images = torch.randn(2, 3, 32, 16)
+    # Architectures that pool with part masks take them beside the images (models/architectures/__init__.py).
+    extra = {"masks": torch.rand(2, 5, 32, 16)} if ARCHITECTURES.get(built.contract_spec.arch).needs_masks else {}
     assert built.feature_dims and all(isinstance(d, int) and d > 0 for d in built.feature_dims.values())
     for mode in ("train", "eval"):
         built.train(mode == "train")
         with torch.no_grad():
-            out = built(images)
+            out = built(images, **extra)
         assert isinstance(out, dict)
         for name, dim in built.feature_dims.items():
             assert name in out, f"{mode}: feature output {name!r} missing"

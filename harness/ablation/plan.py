@@ -258,6 +258,11 @@ def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "m
         notes.append(f"shortened to {plan.base.schedule.max_epochs} epochs")
     if not plan.base.model.pretrained:
         notes.append("no pretrained weights")
+    masks = [s.spec.data.masks for s in plan.steps if s.spec.data.masks]
+    if masks:
+        from reidbench.harness.data.masks import masks_label
+
+        notes.append("part masks: " + " / ".join(dict.fromkeys(masks_label(m) for m in masks)))
     runs = [store.find_run(h) for h in plan.unique_hashes()]
     if any(r is not None and r.synthetic for r in runs):
         notes.append("synthetic data")

@@ -19,7 +19,10 @@ def data() -> None:
 @click.option("--format", "fmt", type=click.Choice(["auto", "market", "duke", "msmt17", "cuhk03np"]),
               default="auto", show_default=True, help="Dataset layout; auto guesses from the folder name.")
 @click.option("--no-verify-images", is_flag=True, help="Skip decoding every image (faster).")
-def data_check(path: Path, fmt: str, no_verify_images: bool) -> None:
+@click.option("--masks", "masks_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also check SPReID part masks in this folder: one .npz (5 maps) or LIP-label .png per image, at "
+                   "the image's relative path (a synthetic folder's own: PATH/masks).")
+def data_check(path: Path, fmt: str, no_verify_images: bool, masks_dir: Path | None) -> None:
     """Print identities, images and cameras per split and every problem found in PATH.
 
     Exit code 1 when problems were found, 0 otherwise.
@@ -31,7 +34,7 @@ def data_check(path: Path, fmt: str, no_verify_images: bool) -> None:
         if not path.exists():
             raise UserError(f"{path}: no such folder")
         use = guess_format(path.name) if fmt == "auto" else fmt
-        report = check_dataset(path, use, verify_images=not no_verify_images)
+        report = check_dataset(path, use, verify_images=not no_verify_images, masks_dir=masks_dir)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     click.echo(format_report(report))
@@ -45,20 +48,23 @@ def data_check(path: Path, fmt: str, no_verify_images: bool) -> None:
 @click.option("--ids", "num_ids", type=int, default=None, help="Number of identities [default: the domain's].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--size", "size", default="128x64", show_default=True, help="Image size HxW in pixels.")
-def data_synth(out_dir: Path, domain: str, num_ids: int | None, seed: int, size: str) -> None:
+@click.option("--masks", is_flag=True, help="Also write each image's ground-truth parsing (5 soft maps: foreground, "
+                                            "head, upper, lower, shoes) to --out/masks, for SPReID (data.masks: "
+                                            "oracle). The images are the same with or without.")
+def data_synth(out_dir: Path, domain: str, num_ids: int | None, seed: int, size: str, masks: bool) -> None:
     """Write a synthetic dataset in exact Market-1501 layout to --out."""
-    _data_synth(out_dir, domain, num_ids, seed, size)
+    _data_synth(out_dir, domain, num_ids, seed, size, masks)
 
 
 
 @user_errors
-def _data_synth(out_dir: Path, domain: str, num_ids: int | None, seed: int, size: str) -> None:
+def _data_synth(out_dir: Path, domain: str, num_ids: int | None, seed: int, size: str, masks: bool = False) -> None:
     image_size = parse_size(size)
     from reidbench.harness.data.synth import generate_domain
 
     root = generate_domain(out_dir, domain=domain, num_ids=num_ids, seed=seed, image_size=image_size,
-                           progress=sys.stderr.isatty())
-    click.echo(f"wrote {root}")
+                           progress=sys.stderr.isatty(), masks=masks)
+    click.echo(f"wrote {root}" + (f" (parsing masks in {root / 'masks'})" if masks else ""))
 
 
 @data.command("list")

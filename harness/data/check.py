@@ -95,6 +95,7 @@ def check_dataset(
     verify_images: bool = True,
     num_threads: int | None = None,
     progress: bool = False,
+    masks_dir: str | os.PathLike | None = None,
     **parser_kw,
 ) -> CheckReport:
     """Parse ``root`` as ``format`` (guessed when None) and report every problem found.
@@ -102,6 +103,8 @@ def check_dataset(
     ``verify_images`` opens every image with Pillow (``verify()`` then a full decode) on
     ``num_threads`` threads (default: all cores, at most 8). An unknown ``format`` is a user
     error and raises ``ValueError``; everything wrong with the data is a reported problem.
+    ``masks_dir``: also check the part masks there (``harness/data/masks.py``, ``check_masks``):
+    missing, unreadable or wrongly sized files and foregrounds that are not the sum of the parts.
     """
     format = format or guess_format(root)
     dataset = parse(root, format, **parser_kw)
@@ -123,12 +126,20 @@ def check_dataset(
                 examples.append(f"{shown}: {reason}")
             more = ", ..." if len(bad) > MAX_EXAMPLES else ""
             problems.append(f"{len(bad)} unreadable or corrupt image(s) (e.g. {'; '.join(examples)}{more})")
+    notes = list(dataset.notes)
+    if masks_dir is not None:
+        from .masks import check_masks
+
+        records = [r for split in SPLITS for r in dataset.split(split)]
+        mask_problems, mask_notes = check_masks(records, dataset.root, masks_dir)
+        problems.extend(mask_problems)
+        notes.extend(mask_notes)
     return CheckReport(
         root=dataset.root,
         format=format,
         splits=_split_stats(dataset),
         problems=tuple(problems),
-        notes=tuple(dataset.notes),
+        notes=tuple(notes),
         num_images_verified=verified,
     )
 

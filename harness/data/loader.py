@@ -19,10 +19,18 @@ Image cache
 -----------
 With ``cache=True`` every training image is decoded and resized once, up front (threads,
 optional tqdm bar), into one uint8 tensor ``N×3×H×W`` (Market: 12,936 × 3×256×128 B ≈ 1.3 GB;
-MSMT17 train+val ≈ 3.2 GB). Worker processes are forked so they share that tensor
+MSMT17 train+val ≈ 3.2 GB; part masks, when a run uses them, another ``N×5×H×W`` uint8 — 5/3 of
+the images). Worker processes are forked so they share that tensor
 copy-on-write without going through ``/dev/shm``; with a non-fork start method torch moves it to
 shared memory once when the persistent workers start. Resize-then-augment is the reference
 order, so cached and uncached loading give identical tensors.
+
+Part masks
+----------
+With ``masks`` (a :class:`~.masks.MaskSource`, for architectures that pool with them) items are
+``(image, pid, camid, index, masks)``: the image's five region maps resized like the image and
+passed through the same transform call (see :mod:`.transforms`), float32 ``5×H×W`` in [0, 1].
+Batches then have a fifth tensor; without masks everything is as before (4-tuples).
 """
 
 from __future__ import annotations
@@ -111,7 +119,8 @@ class ImageDataset(Dataset):
 
     ``transform`` receives the uint8 ``3×H×W`` tensor of :func:`load_resized` (None: returned
     as is). A key may be an index or ``(index, sample_seed)``; with a seed the transform runs
-    under a CPU generator seeded with it (see the module docstring).
+    under a CPU generator seeded with it (see the module docstring). With ``masks`` items gain a
+    fifth element, the image's part masks (module doc), and ``transform(image, masks)`` is called.
     """
 
     def __init__(
@@ -122,13 +131,20 @@ class ImageDataset(Dataset):
         cache: bool = False,
         decode_threads: int | None = None,
         progress: bool = False,
+        masks: Any = None,
     ) -> None:
         self.records = tuple(records)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.transform = transform
+        self.masks = masks
         self.cache: torch.Tensor | None = None
+        self.mask_cache: torch.Tensor | None = None
         if cache:
             self.cache = decode_all([r.path for r in self.records], self.image_size, decode_threads, progress)
+            if masks is not None and self.records:  # up front too: a missing mask file stops the run early
+                threads = decode_threads or min(8, torch.get_num_threads())
+                with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # zlib and Pillow release the GIL
+                    self.mask_cache = torch.stack(list(pool.map(self._read_masks, range(len(self.records)))))
 
     @property
     def pids(self) -> list[int]:
@@ -142,9 +158,20 @@ class ImageDataset(Dataset):
             return self.cache[index]
         return load_resized(self.records[index].path, self.image_size)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int, int]:
+    def _read_masks(self, index: int) -> torch.Tensor:
+        return self.masks.load(self.records[index].path, self.image_size)
+
+    def load_masks(self, index: int) -> torch.Tensor:
+        """uint8 ``5×H×W`` part masks of image ``index`` at the image size."""
+        if self.mask_cache is not None:
+            return self.mask_cache[index]
+        return self._read_masks(index)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, ...]:
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
         index = int(index)
+        if self.masks is not None:
+            return self._item_with_masks(index, sample_seed)
         with _single_threaded():
             image = self.load(index)
             if self.transform is not None:
@@ -155,6 +182,21 @@ class ImageDataset(Dataset):
                         image = self.transform(image)
         record = self.records[index]
         return image, record.pid, record.camid, index
+
+    def _item_with_masks(self, index: int, sample_seed: int | None) -> tuple[Any, ...]:
+        from .transforms import masks_to_float
+
+        with _single_threaded():
+            image, masks = self.load(index), self.load_masks(index)
+            if self.transform is None:
+                masks = masks_to_float(masks)
+            elif sample_seed is None:
+                image, masks = self.transform(image, masks)
+            else:
+                with _cpu_rng_seeded(sample_seed):
+                    image, masks = self.transform(image, masks)
+        record = self.records[index]
+        return image, record.pid, record.camid, index, masks
 
 
 class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -245,6 +287,7 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
     autoaug_prob: float = 0.0,
+    masks: Any = None,
 ) -> DataLoader:
     """P×K training loader (or ``batch_sampler``'s batches, from the sampler registry); call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch.
 
@@ -253,13 +296,14 @@ def build_train_loader(
     epoch. Workers are persistent; the reproducibility contract is in the module docstring.
     With ``world_size`` > 1 the batches are the *global* ones and this loader yields rank
     ``rank``'s share of each (:class:`RankShardBatchSampler`): B/world_size samples per batch.
+    ``masks`` (a ``MaskSource``) adds each image's part masks as a fifth batch element.
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     sampler = batch_sampler or PKSampler([r.pid for r in records], ids_per_batch, imgs_per_id, seed)
     transform = build_train_transform(image_size, flip_prob, pad_px, random_erasing_prob, mean, std,
                                       crop_scale=crop_scale, crop_aspect=crop_aspect, autoaug_prob=autoaug_prob)
-    dataset = ImageDataset(records, image_size, transform, cache=cache, progress=progress)
+    dataset = ImageDataset(records, image_size, transform, cache=cache, progress=progress, masks=masks)
     seeded: Any = SeededBatchSampler(sampler, seed)
     if world_size > 1:
         seeded = RankShardBatchSampler(seeded, rank, world_size)
@@ -284,14 +328,15 @@ def build_test_loader(
     progress: bool = False,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    masks: Any = None,
 ) -> DataLoader:
-    """Deterministic loader in record order (resize → normalise), last batch kept."""
+    """Deterministic loader in record order (resize → normalise), last batch kept; ``masks`` as for training."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     dataset = ImageDataset(records, image_size, build_test_transform(image_size, mean, std),
-                           cache=cache, progress=progress)
+                           cache=cache, progress=progress, masks=masks)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -14,6 +14,13 @@ the resize themselves.
 All randomness comes from torch's global CPU generator (torchvision v2 draws with
 ``torch.rand``/``torch.randint``, and so does :class:`RandomErasing`), so seeding torch — or
 the per-sample seeding in :mod:`.loader` — makes augmentations reproducible.
+
+Part masks (``harness/data/masks.py``). Both transforms take an optional uint8 ``5×H×W`` mask
+tensor beside the image and then return ``(image, masks)``, masks as float32 in [0, 1]. Flip and
+pad-and-crop move the mask pixels exactly as the image's (one torchvision v2 call on the pair:
+the same drawn parameters; padding is background), and a randomly erased box is background in
+every map (SPReID parses the image it is given, and a parser sees no person in a grey box).
+Without masks nothing changes: the random draws, and so the image, are the same either way.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -64,6 +72,18 @@ def _as_resized_uint8(image: Image.Image | torch.Tensor, image_size: tuple[int, 
         raise ValueError(f"expected a uint8 tensor 3x{image_size[0]}x{image_size[1]} from load_resized, "
                          f"got {image.dtype} {tuple(image.shape)}")
     return image
+
+
+def _as_masks(masks: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    if masks.dtype != torch.uint8 or masks.ndim != 3 or tuple(masks.shape[1:]) != image_size:
+        raise ValueError(f"expected uint8 part masks Kx{image_size[0]}x{image_size[1]} (the image's size), "
+                         f"got {masks.dtype} {tuple(masks.shape)}")
+    return masks
+
+
+def masks_to_float(masks: torch.Tensor) -> torch.Tensor:
+    """uint8 maps (value × 255) → plain float32 tensor in [0, 1]."""
+    return masks.as_subclass(torch.Tensor).to(torch.float32).div_(255)
 
 
 def to_normalized_float(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -116,8 +136,13 @@ class RandomErasing:
         return low + (high - low) * torch.rand((), dtype=torch.float64).item()
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        self.erase(image)
+        return image
+
+    def erase(self, image: torch.Tensor) -> tuple[int, int, int, int] | None:
+        """Erase in place as ``__call__`` does; returns the box ``(top, left, height, width)`` or None."""
         if torch.rand((), dtype=torch.float64).item() >= self.probability:
-            return image
+            return None
         channels, height, width = image.shape
         if channels != len(self.fill) and channels != 1:
             raise ValueError(f"random erasing fill has {len(self.fill)} values for a {channels}-channel image")
@@ -132,8 +157,8 @@ class RandomErasing:
                 left = int(torch.randint(0, width - w + 1, ()).item())
                 for channel in range(channels):
                     image[channel, top:top + h, left:left + w] = self.fill[channel]
-                return image
-        return image
+                return top, left, h, w
+        return None
 
     def __repr__(self) -> str:
         return (f"RandomErasing(probability={self.probability}, sl={self.sl}, sh={self.sh}, r1={self.r1}, "
@@ -204,13 +229,25 @@ class TrainTransform:
             raise ValueError(f"autoaug_prob must be in [0, 1], got {autoaug_prob}")
         self.autoaug = build_autoaugment(autoaug_prob) if autoaug_prob > 0 else None
 
-    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: Image.Image | torch.Tensor, masks: torch.Tensor | None = None
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         image = _as_resized_uint8(image, self.image_size)
-        if self.autoaug is not None:
-            image = self.autoaug(image)
-        image = self.geometric(image)
+        if masks is None:
+            if self.autoaug is not None:
+                image = self.autoaug(image)
+            image = to_normalized_float(self.geometric(image), self.mean, self.std)
+            return self.erasing(image) if self.erasing is not None else image
+        if self.autoaug is not None:  # its shears, rotations and translations would not move the masks
+            raise ValueError("data.autoaug_prob > 0 cannot be combined with part masks (data.masks)")
+        # One call moves image and masks alike (flip, pad/crop, and Mancs' resized crop when set).
+        image, moved = self.geometric(image, tv_tensors.Mask(_as_masks(masks, self.image_size)))
         image = to_normalized_float(image, self.mean, self.std)
-        return self.erasing(image) if self.erasing is not None else image
+        maps = masks_to_float(moved)
+        box = self.erasing.erase(image) if self.erasing is not None else None
+        if box is not None:
+            top, left, h, w = box
+            maps[:, top:top + h, left:left + w] = 0.0
+        return image, maps
 
     def __repr__(self) -> str:
         auto = f"autoaug={self.autoaug}, " if self.autoaug is not None else ""
@@ -231,8 +268,12 @@ class TestTransform:
         self.image_size = _check_size(image_size)
         self.mean, self.std = tuple(mean), tuple(std)
 
-    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        return to_normalized_float(_as_resized_uint8(image, self.image_size), self.mean, self.std)
+    def __call__(self, image: Image.Image | torch.Tensor, masks: torch.Tensor | None = None
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        image = to_normalized_float(_as_resized_uint8(image, self.image_size), self.mean, self.std)
+        if masks is None:
+            return image
+        return image, masks_to_float(_as_masks(masks, self.image_size))
 
     def __repr__(self) -> str:
         return f"TestTransform(image_size={self.image_size})"

@@ -29,7 +29,8 @@ def extract_features(model: torch.nn.Module, loader: Any, device: Any, flip: boo
                      amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Features of every image of ``loader``: (float32 N x D on CPU, pids, camids).
 
-    ``loader`` yields ``(images, pids, camids, indices)``; rows come back in dataset-index order
+    ``loader`` yields ``(images, pids, camids, indices)`` — or with a fifth element, part masks, passed
+    to the model as ``model(images, masks=...)`` (flipped with the images) —; rows come back in dataset-index order
     (the order of ``indices``), so a shuffled loader gives the same result as a sequential one.
     ``model(images)`` must return a dict holding ``feature_key``: one output name ("f_i" after the
     BNNeck, "f_t" before it) or a tuple/list of names whose outputs are concatenated along dim 1 in
@@ -83,12 +84,14 @@ def _extract(model: torch.nn.Module, loader: Any, device: Any, names: tuple[str,
     try:
         with torch.inference_mode():
             for batch in tqdm(loader, desc="features", leave=False, disable=not sys.stderr.isatty()):
-                images, batch_pids, batch_camids, indices = batch
+                images, batch_pids, batch_camids, indices = batch[:4]
+                masks = batch[4].to(device, non_blocking=True) if len(batch) > 4 else None
                 images = images.to(device, non_blocking=True)
                 with torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext():
-                    out = _outputs(model, images, names, field)
+                    out = _outputs(model, images, names, field, masks)
                     if flip:
-                        mirrored = _outputs(model, images.flip(-1), names, field)
+                        mirrored = _outputs(model, images.flip(-1), names, field,
+                                            None if masks is None else masks.flip(-1))
                         out = {n: (out[n] + mirrored[n]) / 2 for n in names}
                 for n in names:
                     feats[n].append(out[n].float().cpu())
@@ -104,9 +107,9 @@ def _extract(model: torch.nn.Module, loader: Any, device: Any, names: tuple[str,
             np.concatenate(camids)[sort.numpy()])
 
 
-def _outputs(model: torch.nn.Module, images: torch.Tensor, names: tuple[str, ...], field: str
-             ) -> dict[str, torch.Tensor]:
-    out = model(images)
+def _outputs(model: torch.nn.Module, images: torch.Tensor, names: tuple[str, ...], field: str,
+             masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    out = model(images) if masks is None else model(images, masks=masks)
     for key in names:
         if not isinstance(out, dict) or key not in out:
             have = sorted(out) if isinstance(out, dict) else type(out).__name__

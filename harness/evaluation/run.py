@@ -53,12 +53,14 @@ class ModelScorer:
 
     def __init__(self, model: Any, *, run_hash: str, epoch: int, out_dir: Path, device: Any, image_size: Sequence[int],
                  batch_size: int, workers: int, amp_dtype: Any = None, log: Callable[[str], None] | None = None,
-                 load_model: Callable[[], Any] | None = None) -> None:
+                 load_model: Callable[[], Any] | None = None, masks: str = "") -> None:
+        # ``masks``: the run's data.masks; its provider gives each test image's part masks (spreid).
         # ``model`` None + ``load_model``: the model is built only if some features are not cached yet.
         self.model, self.run_hash, self.epoch, self.out_dir = model, run_hash, epoch, Path(out_dir)
         self._load_model = load_model
         self.device, self.image_size, self.batch_size, self.workers = device, tuple(image_size), batch_size, workers
         self.amp_dtype, self.log = amp_dtype, log
+        self.masks = masks
         self._memory: dict[tuple[str, str, bool], dict[str, np.ndarray]] = {}
 
     def features(self, test_set: str, dataset: Any, fingerprint: str | None, feature: str, flip: bool,
@@ -80,11 +82,12 @@ class ModelScorer:
 
     def _extract(self, dataset: Any, feature: str, flip: bool) -> dict[str, np.ndarray]:
         from reidbench.harness.data.loader import build_test_loader
+        from reidbench.harness.data.masks import mask_source
         from reidbench.harness.evaluation.features import extract_features
 
         records = tuple(dataset.query) + tuple(dataset.gallery)
         loader = build_test_loader(records, image_size=self.image_size, batch_size=self.batch_size,
-                                   num_workers=self.workers)
+                                   num_workers=self.workers, masks=mask_source(self.masks, dataset))
         names = tuple(feature.split("+"))
         if self.model is None:
             self.model = self._load_model()

@@ -11,7 +11,10 @@ experiments/mancs.yaml's model, loss terms and random erasing (its ablation rows
 AGW (Ye et al.'s survey baseline, seed-systems.md §6) is a bot-architecture run with exactly its
 nine tricks (BoT's six + nonlocal, gem, wrt: experiments/agw.yaml, or ``ablate --base bot --add``
 them all) and no other model option (the C/2 non-local variant has no published number); its row has R1, mAP
-and mINP (the survey reports mINP; ask ``report --metrics r1,map,minp`` to see it). Values are percent, as printed in the papers.
+and mINP (the survey reports mINP; ask ``report --metrics r1,map,minp`` to see it).
+SPReID has one row too, as BoT's Table 4 quotes it (``spreid``: the full feature, softmax CE
+alone, no trick, and masks from a parser — ``folder:`` — never the stripe prior, which is not SPReID).
+Values are percent, as printed in the papers.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ MANCS_CITATION = ("Wang et al., Mancs: A Multi-task Attentional Network with Cur
                   "Re-identification, ECCV 2018 (numbers as quoted in BoT's Table 4)")
 AGW_CITATION = ("Ye et al., Deep Learning for Person Re-identification: A Survey and Outlook, TPAMI 2021 "
                 "(AGW; ReID-Survey README)")
+SPREID_CITATION = ("Kalayeh et al., Human Semantic Parsing for Person Re-identification, CVPR 2018 (as quoted in "
+                   "BoT's Table 4)")
 CITATIONS = {"bot": f"{PAPER_CITATION}, Tables 1 and 3", "mgn": MGN_CITATION, "mancs": MANCS_CITATION,
-             "agw": AGW_CITATION}
+             "agw": AGW_CITATION, "spreid": SPREID_CITATION}
 
 # AGW, same domain: (R1, mAP, mINP) per dataset (mangye16/ReID-Survey README, ResNet-50).
 AGW_TRICKS = frozenset({*PAPER_TRICK_ORDER, "nonlocal", "gem", "wrt"})
@@ -40,6 +45,8 @@ _AGW_OPTIONS = {"pool": "gem", "gem_learnable": True, "nonlocal_layers": [0, 2, 
 # MGN, same domain: (R1, mAP) per dataset; re-ranked numbers from the abstract (Market only).
 MGN: dict[str, tuple[float, float]] = {"market": (95.7, 86.9), "duke": (88.7, 78.4)}
 MGN_RERANK: dict[str, tuple[float, float]] = {"market": (96.6, 94.2)}
+# SPReID, same domain, as BoT's Table 4 quotes it (reference/bot.md): (R1, mAP) per dataset.
+SPREID: dict[str, tuple[float, float]] = {"market": (92.5, 81.3), "duke": (84.4, 71.0)}
 # The paper's MGN as a spec (experiments/mgn.yaml): what a run must be to be compared with MGN.
 _MGN_TERMS = ({"kind": "ce", "reads": "logits_*", "weight": 1.0, "combine": "sum"},
               {"kind": "triplet", "reads": ["f_g", "f_p2", "f_p3"], "weight": 1.0, "combine": "sum", "margin": 1.2})
@@ -66,7 +73,7 @@ def _mancs_system(spec: dict) -> str | None:
 
 
 def paper_system(spec: dict) -> str | None:
-    """Which paper's numbers a stored run (its spec as plain data) is comparable with: bot, agw, mgn, mancs or None."""
+    """Which paper's numbers a stored run (its spec as plain data) is comparable with: bot, agw, mgn, mancs, spreid or None."""
     model = spec.get("model") or {}
     arch = model.get("arch", "bot")
     if arch == "bot":
@@ -76,6 +83,8 @@ def paper_system(spec: dict) -> str | None:
         options = {k: v for k, v in model.items() if k not in generic}
         # AGW's model exactly (a C/2 non-local or a cosine classifier on top is another model)
         return "agw" if options == _AGW_OPTIONS else None
+    if arch == "spreid":
+        return _spreid_system(spec)
     if spec.get("tricks"):
         return None
     if arch == "mancs":
@@ -87,6 +96,22 @@ def paper_system(spec: dict) -> str | None:
         return None  # an MGN option changed (branches, pooling, ...): not the paper's model
     terms = [{k: v for k, v in t.items() if v is not None} for t in (spec.get("loss") or {}).get("terms") or []]
     return "mgn" if terms == [dict(t) for t in _MGN_TERMS] else None
+
+
+def _spreid_system(spec: dict) -> str | None:
+    """``spreid`` for the paper's SPReID: default options (all three features), CE on the logits only, no trick,
+    a parser's masks."""
+    model = spec.get("model") or {}
+    generic = {"arch", "backbone", "pretrained", "weights_path", "last_stride", "neck"}
+    if spec.get("tricks") or any(k not in generic for k in model) or model.get("last_stride", 2) != 2:
+        return None  # a trick or an option (features, mask_stride, ...) changed: not the paper's model
+    if not str((spec.get("data") or {}).get("masks", "")).startswith("folder:"):
+        return None  # the stripe prior is no parser; oracle masks exist on synthetic data only
+    terms = (spec.get("loss") or {}).get("terms") or []
+    if len(terms) != 1:
+        return None
+    term = {k: v for k, v in terms[0].items() if v is not None and k not in ("weight", "name", "combine")}
+    return "spreid" if term in ({"kind": "ce", "reads": "logits"}, {"kind": "ce", "reads": ["logits"]}) else None
 
 
 def _cumulative(k: int) -> frozenset[str]:
@@ -166,6 +191,9 @@ def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synth
     if system == "mancs":
         row = None if rerank else MANCS.get(src)
         return row[i] if row and src == dst and not key and ranking is None else None
+    if system == "spreid":
+        row = SPREID.get(src)
+        return row[i] if row and src == dst and not rerank and ranking is None else None
     if system != "bot":
         return None
     if ranking is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from reidbench.harness.report.naming import RERANK_PREFIX, group_label, metric_label
 from reidbench.harness.report.paper import CITATIONS, paper_system, paper_value
@@ -58,6 +58,7 @@ class AblationContext:
     systems: tuple[str, ...] = ("bot",)  # the papers whose numbers --paper can show for these runs
     step_list: str | None = None  # mode "steps": the base file's step list the rows come from
     test_fingerprints: dict[str, str] = field(default_factory=dict)  # the test data the ablation scored
+    masks: tuple[str, ...] = ()  # part-mask providers of the runs (oracle parsing, stripe prior (deviation), ...)
 
 
 def _same_domain_first(train: str, tests: Iterable[str]) -> tuple[str, ...]:
@@ -158,7 +159,16 @@ def _context(record: Any, runs: dict[str, Any]) -> AblationContext:
         systems=tuple(dict.fromkeys(s for s in (paper_system(r.spec) for r in known) if s)),
         step_list=meta.get("step_list"),
         test_fingerprints={str(k): str(v) for k, v in (meta.get("test_fingerprints") or {}).items() if v},
+        masks=_mask_labels(r.spec for r in known),
     )
+
+
+def _mask_labels(specs: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The runs' part-mask providers as reports name them, in first-seen order (none for mask-free runs)."""
+    from reidbench.harness.data.masks import masks_label
+
+    values = [str((spec.get("data") or {}).get("masks") or "") for spec in specs]
+    return tuple(dict.fromkeys(masks_label(v) for v in values if v))
 
 
 def ablation_frame(store: Any, ref: int | str = "latest") -> "pd.DataFrame":
@@ -403,6 +413,8 @@ def ablation_caption(context: AblationContext, metrics: Sequence[str], paper: bo
     if context.weights_sources:
         weights += f" (weights: {', '.join(describe_weights_source(s) for s in context.weights_sources)})"
     parts.append(f"{context.backbone} {weights}" if context.backbone else weights)
+    if context.masks:
+        parts.append(f"part masks: {' / '.join(context.masks)}")
     seeds = context.seeds
     if len(seeds) > 1:
         parts.append(f"mean±std over {len(seeds)} seeds ({', '.join(map(str, seeds))})")

@@ -14,6 +14,9 @@ Run hash = sha256 over canonical JSON of
 - The training data enters as its fingerprint (``harness/data/fingerprint.py``): a regenerated
   synthetic set or another folder under the same name is another run.
 - Trick versions always enter, looked up in the trick registry; an unknown trick is an error.
+- A run that pools with part masks (``data.masks`` set) also records the mask provider's version
+  under ``data.masks`` (``harness/data/masks.py``: ``oracle-v1``, ``stripes-v1``, the folder), so
+  regenerated masks are a new run; a run without masks has no such entry.
 
 Evaluation key = sha256 over ``{"test": <test-set fingerprint>, "settings": <non-default
 evaluation settings>}``: the same settings on the same test data are the same evaluation.
@@ -41,6 +44,10 @@ def training_identity(spec: RunSpec, trick_versions: Mapping[str, int] | None = 
     if missing:
         raise SpecError(f"tricks: {', '.join(missing)} not registered; `reidbench tricks` lists the valid names")
     data = {"train": train_fingerprint} if train_fingerprint else {"train_name": spec.data.train}
+    if spec.data.masks:
+        from reidbench.harness.data.masks import masks_identity  # pure: no torch, no I/O
+
+        data["masks"] = masks_identity(spec.data.masks)
     return {
         "schema": HASH_SCHEMA,
         "spec": to_jsonable(spec, prune_defaults=True, hashed_only=True),

@@ -297,7 +297,19 @@ def spec_from_dict(raw: Mapping[str, Any], where: str = "spec") -> RunSpec:
             kwargs[key] = _check_tricks(value)
         else:
             kwargs[key] = value
-    return RunSpec(**kwargs).validate()
+    spec = RunSpec(**kwargs).validate()
+    _check_masks(spec)
+    return spec
+
+
+def _check_masks(spec: RunSpec) -> None:
+    """``model.arch`` and ``data.masks`` must agree: a masks architecture needs a provider, others take none."""
+    from reidbench.models.architectures import check_masks_field
+
+    try:
+        check_masks_field(spec.model.arch, spec.data.masks)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def spec_from_json(text: str) -> RunSpec:

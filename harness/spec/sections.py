@@ -94,6 +94,9 @@ class DataSpec:
     # ImageNet AutoAugment applied with this probability, first of the random transforms (the
     # ``autoaug`` trick: 0.1, fast-reid's SBS; harness/data/transforms.py).
     autoaug_prob: float = 0.0
+    # Part masks for architectures that pool with them (spreid): "" none, oracle, stripes or
+    # folder:PATH (harness/data/masks.py). The provider's version enters the run hash with it.
+    masks: str = ""
 
     def validate(self, where: str = "data") -> None:
         h, w = self.image_size
@@ -121,6 +124,15 @@ class DataSpec:
             fail(f"{where}.crop_aspect", list(self.crop_aspect), "[low, high] height/width ratios with 0 < low <= high")
         if self.crop_scale is None and tuple(self.crop_aspect) != (2.0, 3.0):
             fail(f"{where}.crop_aspect", list(self.crop_aspect), "only read with data.crop_scale set; drop it")
+        if self.masks:
+            from reidbench.harness.data.masks import parse_masks  # pure: no torch, no I/O
+
+            try:
+                parse_masks(self.masks, f"{where}.masks")
+            except ValueError as exc:
+                raise SpecError(str(exc)) from None
+            if self.autoaug_prob > 0:  # AutoAugment's shears and rotations would not move the masks
+                fail(f"{where}.autoaug_prob", self.autoaug_prob, "0 with part masks (data.masks); drop the autoaug trick")
 
     @property
     def batch_size(self) -> int:

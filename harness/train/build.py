@@ -161,6 +161,7 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
     (``components.step_forward``). Weights start equal on every rank: each builds from the seed.
     """
     from reidbench.harness.data.loader import build_train_loader
+    from reidbench.harness.data.masks import mask_source
     from reidbench.harness.data.samplers import build_sampler
     from reidbench.models.architectures import build_architecture
     from reidbench.models.objective import build_objective
@@ -189,6 +190,7 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         if amp_dtype is torch.float16:
             scaler = torch.amp.GradScaler("cuda")
     data = spec.data
+    masks = mask_source(data.masks, train_set, progress=show_progress)
     sampler = build_sampler(data.sampler, data.sampler_options, [r.pid for r in train_set.train], data.ids_per_batch,
                             data.imgs_per_id, spec.train.seed, progress=progress)
     loader = build_train_loader(
@@ -196,7 +198,7 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         imgs_per_id=data.imgs_per_id, seed=spec.train.seed, flip_prob=data.flip_prob, pad_px=data.pad_px,
         random_erasing_prob=data.random_erasing_prob, num_workers=workers, cache=True,
         pin_memory=device.type == "cuda", batch_sampler=sampler, crop_scale=data.crop_scale,
-        crop_aspect=data.crop_aspect, autoaug_prob=data.autoaug_prob,
+        crop_aspect=data.crop_aspect, autoaug_prob=data.autoaug_prob, masks=masks,
         rank=dist.rank if dist is not None else 0, world_size=dist.world_size if dist is not None else 1,
     )
     components = TrainComponents(
@@ -227,4 +229,8 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         info["loss_term_details"] = details
     if dist is not None:
         info["sync_bn_layers"] = len(synced)  # recorded, never hashed
+    if masks is not None:
+        from reidbench.harness.data.masks import masks_identity
+
+        info["masks"] = {**masks.describe(), "identity": masks_identity(data.masks)}
     return Built(components, info)

@@ -14,6 +14,9 @@ see ``train/distributed.py``); a single-process run calls it as it is.
 Hooks are objects with any of ``before_epoch(components, epoch)``, ``after_step(components,
 step, losses)`` and ``on_epoch_end(components, stats)``. Loss terms and samplers that need to
 know where training is read ``components.train_progress`` (epoch, step, fraction of the run).
+
+Batches are ``(images, pids, camids, indices)``, or with part masks a fifth element that is passed
+on as ``model(images, masks=masks)`` (architectures that pool with masks, ``spreid``).
 """
 
 from __future__ import annotations
@@ -147,12 +150,14 @@ class TrainForward(nn.Module):
         self.model, self.objective = model, objective
         self.amp_dtype, self.gather = amp_dtype, gather
 
-    def forward(self, imgs: torch.Tensor, pids: torch.Tensor, active: Any = None) -> dict[str, torch.Tensor]:
-        """``active``: the loss terms this stage computes (None = all; see ``StagePlan``)."""
+    def forward(self, imgs: torch.Tensor, pids: torch.Tensor, active: Any = None,
+                masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``active``: the loss terms this stage computes (None = all; see ``StagePlan``); ``masks``:
+        the batch's part masks, for architectures that pool with them (spreid)."""
         autocast = (torch.autocast(device_type=imgs.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
         with autocast:
-            outputs = self.model(imgs)
+            outputs = self.model(imgs) if masks is None else self.model(imgs, masks=masks)
         outputs = {k: v.float() for k, v in outputs.items()}
         if self.gather is not None:
             outputs, pids = self.gather(outputs, pids)
@@ -250,7 +255,9 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
     forward = c.step_forward if c.step_forward is not None else TrainForward(c.model, c.objective, c.amp_dtype)
     ranks = c.dist.world_size if c.dist is not None else 1  # images counted over the global batch
     start = time.perf_counter()
-    for (imgs, pids, _camids, _idx), waited in _timed(c.loader):
+    for batch, waited in _timed(c.loader):
+        imgs, pids = batch[0], batch[1]
+        masks = batch[4] if len(batch) > 4 else None
         wait += waited
         if warm and c.stages.frozen_at(epoch, steps, total or 0) != c._frozen_now:
             c.model.train()  # the warm-up freeze ends mid-epoch: its BatchNorm layers train again
@@ -259,8 +266,10 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
         if c.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         pids = pids.to(c.device, non_blocking=True)
+        if masks is not None:
+            masks = masks.to(c.device, non_blocking=True)
         active = c.stages.active_losses(epoch) if c.stages is not None else None
-        terms = forward(imgs, pids) if active is None else forward(imgs, pids, active=active)
+        terms = forward(imgs, pids, active=active, masks=masks)
         _step(c, torch.stack(list(terms.values())).sum())
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())

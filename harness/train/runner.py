@@ -94,6 +94,8 @@ class RunResult:
             notes.append("synthetic data")
         if not self.model_info.get("pretrained_source"):
             notes.append("no pretrained weights")
+        if (self.model_info.get("masks") or {}).get("label"):
+            notes.append(f"masks: {self.model_info['masks']['label']}")
         if self.spec.shortened:
             notes.append(f"shortened to {self.spec.schedule.max_epochs}/{self.spec.full_epochs} epochs")
         lines = [f"run {self.run_hash[:12]}  profile={self.spec.profile}  train={self.spec.data.train}"
@@ -374,7 +376,7 @@ class _Run:
         return ModelScorer(model, run_hash=self.rhash, epoch=self.spec.schedule.max_epochs, out_dir=self.out_dir,
                            device=self.device, image_size=self.spec.data.image_size,
                            batch_size=self.spec.eval.batch_size, workers=self.workers,
-                           amp_dtype=amp_dtype_for(self.spec, self.device))
+                           amp_dtype=amp_dtype_for(self.spec, self.device), masks=self.spec.data.masks)
 
     # ------------------------------------------------------------------ building
 
@@ -428,7 +430,8 @@ class _Run:
         request = requests_for((first,), self.spec.eval, (), model.test_feature)[0]
         scorer = ModelScorer(model, run_hash=self.rhash, epoch=-1, out_dir=self.out_dir, device=self.device,
                              image_size=self.spec.data.image_size, batch_size=self.spec.eval.batch_size,
-                             workers=self.workers, amp_dtype=amp_dtype_for(self.spec, self.device))
+                             workers=self.workers, amp_dtype=amp_dtype_for(self.spec, self.device),
+                             masks=self.spec.data.masks)
         return scorer.score(request, self.datasets[first], None, save=False)["metrics"]
 
 
@@ -526,7 +529,8 @@ def evaluate_stored(record: Any, tests: Sequence[str], variants: Sequence[Any], 
     # A done run's checkpoint is its last epoch's: cached features of that checkpoint are reused as they are.
     scorer = ModelScorer(None, run_hash=record.run_hash, epoch=spec.schedule.max_epochs, out_dir=out_dir,
                          device=dev, image_size=spec.data.image_size, batch_size=spec.eval.batch_size,
-                         workers=workers, amp_dtype=amp_dtype_for(spec, dev), load_model=load_model)
+                         workers=workers, amp_dtype=amp_dtype_for(spec, dev), load_model=load_model,
+                         masks=spec.data.masks)
     if record.model_info.get("test_feature"):
         test_feature = test_feature_of(record)
     else:  # recorded before architectures declared it: ask the model

@@ -15,6 +15,11 @@ the one place that does) and returns an ``nn.Module`` honouring the output contr
   architecture (``models/groups.py``).
 - ``reid_info``: a plain dict describing what was built (recorded with the run).
 
+An entry with ``needs_masks`` (``spreid``) pools with per-image part masks: its ``forward`` is
+``forward(images, masks=None)`` with masks float B×5×H×W in [0, 1] (``harness/data/masks.py``),
+and a spec choosing it must name a provider in ``data.masks``; every other architecture is called
+as ``forward(images)`` and a spec giving it masks is refused (it would ignore them).
+
 An entry also declares which generic ``model`` fields its builder reads (``model_fields``): a trick
 that changes one it ignores (BoT's ``bnneck`` sets ``model.neck``) is refused at plan time with
 one line naming the architecture, instead of training a copy of the base under another name.
@@ -42,6 +47,19 @@ class Architecture:
     params: type | None = None  # the architecture's own options (written flat in the model section)
     # Generic model-section fields the builder reads (a trick changing another one does not apply).
     model_fields: tuple[str, ...] = MODEL_FIELDS
+    needs_masks: bool = False  # forward(images, masks=...) with data.masks' part masks (module doc)
+
+
+def check_masks_field(arch: str, masks: str) -> None:
+    """One-line error when ``model.arch`` and ``data.masks`` disagree (masks needed but absent, or ignored)."""
+    entry = ARCHITECTURES.get(arch)
+    if entry.needs_masks and not masks:
+        raise ValueError(f"model.arch={arch} pools with part masks: set data.masks to oracle (synthetic data), "
+                         "stripes (any data; a deviation) or folder:PATH (your parser's output; docs/spreid.md)")
+    if masks and not entry.needs_masks:
+        users = ", ".join(n for n, e in ARCHITECTURES.items() if e.needs_masks) or "none registered"
+        raise ValueError(f"data.masks={masks!r} is only read by architectures that pool with part masks ({users}); "
+                         f"model.arch={arch} would ignore it: drop data.masks")
 
 
 def unread_model_fields(arch: str, changed: Any) -> list[str]:
@@ -97,14 +115,15 @@ def _separate_inserted(net: Any) -> None:
 
 
 def _register_builtin() -> None:
-    from reidbench.models.architectures import bot, mancs, mgn
+    from reidbench.models.architectures import bot, mancs, mgn, spreid
 
     register_architecture(bot.ARCH)
     register_architecture(mgn.ARCH)
     register_architecture(mancs.ARCH)
+    register_architecture(spreid.ARCH)
 
 
 _register_builtin()
 
-__all__ = ["ARCHITECTURES", "MODEL_FIELDS", "Architecture", "arch_params", "build_architecture", "register_architecture",
-           "unread_model_fields"]
+__all__ = ["ARCHITECTURES", "MODEL_FIELDS", "Architecture", "arch_params", "build_architecture", "check_masks_field",
+           "register_architecture", "unread_model_fields"]

@@ -7,8 +7,9 @@ does no I/O and does not import torch.
 
 Modules: ``domains`` (cameras, palettes, sizes), ``identity`` (persistent attributes),
 ``person`` (drawing), ``scene`` (backgrounds, occluders), ``camera`` (optics, light, noise),
-``layout`` (splits and names), ``render`` (one image), ``generate`` (a folder), ``cache``
-(embedded datasets), ``preview`` (picture grid), ``difficulty`` (colour-histogram baseline).
+``layout`` (splits and names), ``parts`` (ground-truth parsing), ``render`` (one image), ``generate``
+(a folder, its parsing masks), ``cache`` (embedded datasets), ``preview`` (picture grid),
+``difficulty`` (colour-histogram baseline).
 """
 
 from .cache import (
@@ -20,7 +21,7 @@ from .cache import (
     list_datasets,
 )
 from .domains import DOMAINS, CameraSpec, DomainSpec, get_domain
-from .generate import GENERATOR_VERSION, generate_domain, read_meta
+from .generate import GENERATOR_VERSION, MASKS_VERSION, ensure_masks, generate_domain, masks_complete, read_meta
 from .layout import NAME_PATTERN, SPLIT_DIRS
 from .preview import render_preview
 
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_DATASETS",
     "DOMAINS",
     "GENERATOR_VERSION",
+    "MASKS_VERSION",
     "NAME_PATTERN",
     "SPLIT_DIRS",
     "CameraSpec",
@@ -35,10 +37,12 @@ __all__ = [
     "DomainSpec",
     "cache_root",
     "default_dataset_path",
+    "ensure_masks",
     "ensure_default_dataset",
     "generate_domain",
     "get_domain",
     "list_datasets",
+    "masks_complete",
     "read_meta",
     "render_preview",
 ]

@@ -3,6 +3,9 @@
 Geometry is expressed as fractions of the person's height ``u`` so the same code draws any size.
 Garments with a pattern are drawn into a mask and filled from a cached texture image anchored to
 the body, so stripes and checks move with the person rather than with the picture.
+
+``draw_person(..., labels=L)`` also draws every shape, with the same geometry, into the label
+image ``L`` (see ``parts``): pictures are identical with or without it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from .domains import RGB
 from .identity import Identity, Texture
+from .parts import BACKGROUND, HEAD, LOWER, SHOES, UPPER, LabelledDraw
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,9 @@ def texture_image(texture: Texture, period_px: int, size: tuple[int, int]) -> Im
 class _Garment:
     """Draws shapes in a garment's base colour, and (patterned garments) records them in a mask."""
 
-    def __init__(self, img: Image.Image, draw: ImageDraw.ImageDraw, texture: Texture, period_px: int):
+    def __init__(self, img: Image.Image, draw: LabelledDraw, texture: Texture, period_px: int, region: int):
         self.img, self.draw, self.texture, self.period_px = img, draw, texture, period_px
+        self.region = region  # the parsing label of everything this garment draws
         self.mask: Image.Image | None = None
         self.mdraw: ImageDraw.ImageDraw | None = None
         if texture.pattern != "plain":
@@ -69,13 +74,13 @@ class _Garment:
             self.mdraw = ImageDraw.Draw(self.mask)
 
     def polygon(self, pts: list[tuple[float, float]]) -> None:
-        self.draw.polygon(pts, fill=self.texture.colour)
+        self.draw.at(self.region).polygon(pts, fill=self.texture.colour)
         if self.mdraw is not None:
             self.mdraw.polygon(pts, fill=255)
 
     def line(self, pts: list[tuple[float, float]], width: float) -> None:
         w = max(1, int(round(width)))
-        self.draw.line(pts, fill=self.texture.colour, width=w, joint="curve")
+        self.draw.at(self.region).line(pts, fill=self.texture.colour, width=w, joint="curve")
         if self.mdraw is not None:
             self.mdraw.line(pts, fill=255, width=w, joint="curve")
 
@@ -89,13 +94,13 @@ class _Garment:
         self.img.paste(tex.crop((x0, y0, x0 + self.img.width, y0 + self.img.height)), (0, 0), self.mask)
 
 
-def _ellipse(draw: ImageDraw.ImageDraw, cx: float, cy: float, rx: float, ry: float, fill: RGB) -> None:
+def _ellipse(draw: ImageDraw.ImageDraw | LabelledDraw, cx: float, cy: float, rx: float, ry: float, fill: RGB) -> None:
     draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=fill)
 
 
-def draw_person(img: Image.Image, ident: Identity, pose: Pose) -> None:
-    """Draw ``ident`` in ``pose`` onto ``img`` (RGB, modified in place)."""
-    draw = ImageDraw.Draw(img)
+def draw_person(img: Image.Image, ident: Identity, pose: Pose, labels: Image.Image | None = None) -> None:
+    """Draw ``ident`` in ``pose`` onto ``img`` (RGB, modified in place) and, if given, its parsing into ``labels``."""
+    draw = LabelledDraw(img, labels)
     u = pose.height_px
     top = pose.foot_y - u
     cx = pose.cx
@@ -117,8 +122,8 @@ def draw_person(img: Image.Image, ident: Identity, pose: Pose) -> None:
     # Pattern periods follow the canvas, not this image's body size, so one cached texture serves
     # every image of an identity (the body size varies by a few percent only).
     nominal_u = 0.9 * img.height
-    upper = _Garment(img, draw, ident.upper, int(round(ident.upper.period * nominal_u)))
-    lower = _Garment(img, draw, ident.lower, int(round(ident.lower.period * nominal_u)))
+    upper = _Garment(img, draw, ident.upper, int(round(ident.upper.period * nominal_u)), UPPER)
+    lower = _Garment(img, draw, ident.lower, int(round(ident.lower.period * nominal_u)), LOWER)
     # The person's right side is on the picture's left when seen from the front.
     carry_x = -ident.carry_side if pose.view == "front" else ident.carry_side
     carry_visible = (not side) or (ident.carry_side == (-1 if f > 0 else 1))
@@ -145,16 +150,16 @@ def draw_person(img: Image.Image, ident: Identity, pose: Pose) -> None:
             lower.line(pts, leg_w)
         else:
             width = max(1, int(round(leg_w * (1.0 if trousers else 0.8))))  # bare legs are thinner
-            draw.line(pts, fill=legs_colour, width=width, joint="curve")
+            draw.at(LOWER).line(pts, fill=legs_colour, width=width, joint="curve")
         if ident.lower_style == "shorts":
             mid = ((hips[i][0] + knees[i][0]) / 2, (hips[i][1] + knees[i][1]) / 2 + 0.04 * u)
             if far:
-                draw.line([hips[i], mid], fill=shade(ident.lower.colour, 0.78), width=max(1, int(leg_w * 1.1)))
+                draw.at(LOWER).line([hips[i], mid], fill=shade(ident.lower.colour, 0.78), width=max(1, int(leg_w * 1.1)))
             else:
                 lower.line([hips[i], mid], leg_w * 1.1)
         fx, fy = feet[i]
         shoe_fwd = f * 0.03 * u if side else 0.0
-        draw.ellipse((fx - 0.04 * u + min(0.0, shoe_fwd), fy - 0.018 * u,
+        draw.at(SHOES).ellipse((fx - 0.04 * u + min(0.0, shoe_fwd), fy - 0.018 * u,
                       fx + 0.04 * u + max(0.0, shoe_fwd), fy + 0.04 * u),
                      fill=shade(ident.shoes, 0.8 if far else 1.0))
     # hip block / skirt
@@ -170,23 +175,23 @@ def draw_person(img: Image.Image, ident: Identity, pose: Pose) -> None:
     # --- things behind the body ----------------------------------------------------------
     if side and ident.carry == "backpack":
         bx = cx - f * (half_sh + 0.06 * u)
-        draw.rounded_rectangle((min(bx, cx - f * half_sh * 0.6), y(0.2), max(bx, cx - f * half_sh * 0.6), y(0.44)),
+        draw.at(BACKGROUND).rounded_rectangle((min(bx, cx - f * half_sh * 0.6), y(0.2), max(bx, cx - f * half_sh * 0.6), y(0.44)),
                                radius=0.02 * u, fill=ident.carry_colour)
     if side and ident.carry in ("shoulder_bag", "handbag") and not carry_visible:
         bx = cx - f * 0.02 * u
-        draw.rectangle((bx - 0.05 * u, y(0.46), bx + 0.05 * u, y(0.56)), fill=shade(ident.carry_colour, 0.8))
+        draw.at(BACKGROUND).rectangle((bx - 0.05 * u, y(0.46), bx + 0.05 * u, y(0.56)), fill=shade(ident.carry_colour, 0.8))
     if ident.hair_style == "long" and pose.view != "back":
         hx = cx - f * 0.03 * u if side else cx
-        draw.rectangle((hx - head_rx * 1.05, head_cy, hx + head_rx * 1.05, y(0.25)), fill=ident.hair)
+        draw.at(HEAD).rectangle((hx - head_rx * 1.05, head_cy, hx + head_rx * 1.05, y(0.25)), fill=ident.hair)
     if side:  # far arm, darker, swinging opposite to the near arm
         sh_pt = (cx - f * 0.01 * u, shoulder_y + 0.012 * u)
         hand = (cx + f * 0.09 * u * s, y(0.52))
         elbow = ((sh_pt[0] + hand[0]) / 2 - f * 0.01 * u, y(0.36))
         colour = ident.upper.colour if ident.long_sleeves else ident.skin
-        draw.line([sh_pt, elbow, hand], fill=shade(colour, 0.75), width=max(1, int(arm_w)), joint="curve")
+        draw.at(UPPER).line([sh_pt, elbow, hand], fill=shade(colour, 0.75), width=max(1, int(arm_w)), joint="curve")
 
     # --- upper body ----------------------------------------------------------------------
-    draw.rectangle((cx - 0.024 * u, y(0.125), cx + 0.024 * u, shoulder_y + 0.01 * u), fill=ident.skin)
+    draw.at(HEAD).rectangle((cx - 0.024 * u, y(0.125), cx + 0.024 * u, shoulder_y + 0.01 * u), fill=ident.skin)
     lean = f * 0.012 * u if side else 0.0
     upper.polygon([
         (cx - half_sh * 0.75 + lean, shoulder_y - 0.012 * u), (cx + half_sh * 0.75 + lean, shoulder_y - 0.012 * u),
@@ -213,12 +218,13 @@ def draw_person(img: Image.Image, ident: Identity, pose: Pose) -> None:
     for arm in arms:
         if not ident.long_sleeves:
             start = ((arm[0][0] + arm[1][0]) / 2, (arm[0][1] + arm[1][1]) / 2 + 0.02 * u)
-            draw.line([start, arm[1], arm[2]], fill=ident.skin, width=max(1, int(arm_w * 0.85)), joint="curve")
+            draw.at(UPPER).line([start, arm[1], arm[2]], fill=ident.skin, width=max(1, int(arm_w * 0.85)), joint="curve")
         hx, hy = arm[2]
-        _ellipse(draw, hx, hy + 0.01 * u, 0.022 * u, 0.026 * u, ident.skin)
+        _ellipse(draw.at(UPPER), hx, hy + 0.01 * u, 0.022 * u, 0.026 * u, ident.skin)
 
     # --- details on the body -------------------------------------------------------------
     if ident.logo is not None and pose.view == "front":
+        draw.at(UPPER)
         lx, ly, r = cx + 0.035 * u, y(0.27), 0.03 * u
         if ident.logo_shape == "circle":
             _ellipse(draw, lx, ly, r, r, ident.logo)
@@ -229,6 +235,7 @@ def draw_person(img: Image.Image, ident: Identity, pose: Pose) -> None:
         else:
             draw.rectangle((cx - half_sh * 0.7, ly - r * 0.5, cx + half_sh * 0.7, ly + r * 0.5), fill=ident.logo)
     strap_w = max(1, int(0.016 * u))
+    draw.at(BACKGROUND)  # bags, backpacks and straps are background in LIP
     if ident.carry == "backpack" and not side:
         if pose.view == "back":
             draw.rounded_rectangle((cx - 0.085 * u * bw, y(0.2), cx + 0.085 * u * bw, y(0.45)),
@@ -259,6 +266,7 @@ def draw_person(img: Image.Image, ident: Identity, pose: Pose) -> None:
 
     # --- head ----------------------------------------------------------------------------
     hcx = cx + lean
+    draw.at(HEAD)
     head_box = (hcx - head_rx, head_cy - head_ry, hcx + head_rx, head_cy + head_ry)
     hair_box = (hcx - head_rx * 1.08, head_cy - head_ry * 1.1, hcx + head_rx * 1.08, head_cy + head_ry * 1.02)
     if pose.view == "back":

@@ -3,6 +3,11 @@
 The picture is drawn at ``supersample`` times the output size and reduced (anti-aliasing), then
 the camera model degrades it. All randomness comes from RNGs keyed by the job, so rendering is
 independent of order and of which other images are rendered.
+
+``render_with_masks`` also returns the image's ground-truth parsing as five soft region maps
+(``parts``): the same drawing calls go to a label image too, so the picture is the one ``render``
+gives, pixel for pixel. Camera effects (resolution, blur, noise, light) and the junk images' blur
+change no label: the maps are the geometry of what was drawn.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from .camera import Lighting, apply_camera, combine, lighting_for
 from .domains import VIEWS, DomainSpec
 from .identity import Identity, sample_identity
 from .layout import ImageJob
+from .parts import new_label_image, soft_masks
 from .person import Pose, draw_person
 from .scene import SCENES_PER_CAMERA, camera_scene, draw_occluder
 from .seeding import pick, pick_index, random_sign, rng_for
@@ -97,12 +103,21 @@ class Renderer:
 
     # ---- rendering -----------------------------------------------------------------------
     def render(self, job: ImageJob) -> Image.Image:
+        return self._render(job, None)
+
+    def render_with_masks(self, job: ImageJob) -> tuple[Image.Image, np.ndarray]:
+        """The image ``render`` gives and its parsing: uint8 ``5 × H × W`` (``parts.REGIONS`` order, × 255)."""
+        labels = new_label_image(self.canvas_size)
+        image = self._render(job, labels)
+        return image, soft_masks(labels, self.ss)
+
+    def _render(self, job: ImageJob, labels: Image.Image | None) -> Image.Image:
         if job.kind == "person":
-            return self._render_person(job)
+            return self._render_person(job, labels)
         if job.kind == "distractor":
-            return self._render_distractor(job)
+            return self._render_distractor(job, labels)
         if job.kind == "junk":
-            return self._render_junk(job)
+            return self._render_junk(job, labels)
         raise ValueError(f"unknown image kind {job.kind!r}; valid: person, distractor, junk")
 
     def _finish(self, canvas: Image.Image, cam: int, light: Lighting, rng: np.random.Generator) -> Image.Image:
@@ -118,11 +133,11 @@ class Renderer:
                     phase=float(rng.uniform(0, 2 * np.pi)))
 
     def _draw_passerby(self, canvas: Image.Image, rng: np.random.Generator, cam: int, cx: float,
-                       height_scale: float = 1.0) -> None:
+                       height_scale: float = 1.0, labels: Image.Image | None = None) -> None:
         ident = self.identity(int(rng.integers(PASSERBY_POOL)), purpose="passerby")
-        draw_person(canvas, ident, self._passerby_pose(rng, cam, cx, height_scale * ident.height))
+        draw_person(canvas, ident, self._passerby_pose(rng, cam, cx, height_scale * ident.height), labels)
 
-    def _render_person(self, job: ImageJob) -> Image.Image:
+    def _render_person(self, job: ImageJob, labels: Image.Image | None = None) -> Image.Image:
         spec = self.domain.cameras[job.cam - 1]
         ident = self.identity(job.pid)
         tr = self.tracklet(job.pid, job.cam)
@@ -147,20 +162,21 @@ class Renderer:
         occluded = rng.random() < spec.occlusion_prob
         occluder = pick(rng, ("pole", "low", "bush", "sign", "person", "person")) if occluded else ""
         if occluder == "person" and rng.random() < 0.5:  # someone walking behind
-            self._draw_passerby(canvas, rng, job.cam, cx + w * random_sign(rng) * float(rng.uniform(0.4, 0.6)))
+            self._draw_passerby(canvas, rng, job.cam, cx + w * random_sign(rng) * float(rng.uniform(0.4, 0.6)),
+                                labels=labels)
             occluder = ""
         pose = Pose(view=view, facing=facing, cx=cx, foot_y=foot_y, height_px=height,
                     phase=tr.phase0 + job.index * tr.phase_step)
-        draw_person(canvas, ident, pose)
+        draw_person(canvas, ident, pose, labels)
         if occluder == "person":  # someone walking in front, partly covering
             self._draw_passerby(canvas, rng, job.cam, cx + w * random_sign(rng) * float(rng.uniform(0.5, 0.75)),
-                                height_scale=1.05)
+                                height_scale=1.05, labels=labels)
         elif occluder:
-            draw_occluder(canvas, occluder, rng, self.domain.object_colours)
+            draw_occluder(canvas, occluder, rng, self.domain.object_colours, labels)
         light = combine(tr.light, lighting_for(spec, rng, spread=0.3), spec)
         return self._finish(canvas, job.cam, light, rng)
 
-    def _render_distractor(self, job: ImageJob) -> Image.Image:
+    def _render_distractor(self, job: ImageJob, labels: Image.Image | None = None) -> Image.Image:
         """Identity 0000: false detections — background, body fragments, or unrelated passers-by."""
         spec = self.domain.cameras[job.cam - 1]
         rng = rng_for(self.seed, self.domain.name, "distractor", job.index)
@@ -168,16 +184,16 @@ class Renderer:
         canvas = self._background(job.cam, int(rng.integers(SCENES_PER_CAMERA)), float(rng.uniform(0, 1)))
         r = rng.random()
         if r < 0.4:
-            draw_occluder(canvas, pick(rng, ("pole", "low", "bush", "sign")), rng, self.domain.object_colours)
+            draw_occluder(canvas, pick(rng, ("pole", "low", "bush", "sign")), rng, self.domain.object_colours, labels)
         elif r < 0.8:
             side = random_sign(rng)
             self._draw_passerby(canvas, rng, job.cam, w * (0.5 + side * float(rng.uniform(0.45, 0.7))),
-                                height_scale=float(rng.uniform(1.0, 1.6)))
+                                height_scale=float(rng.uniform(1.0, 1.6)), labels=labels)
         else:
-            self._draw_passerby(canvas, rng, job.cam, w * float(rng.uniform(0.4, 0.6)))
+            self._draw_passerby(canvas, rng, job.cam, w * float(rng.uniform(0.4, 0.6)), labels=labels)
         return self._finish(canvas, job.cam, lighting_for(spec, rng), rng)
 
-    def _render_junk(self, job: ImageJob) -> Image.Image:
+    def _render_junk(self, job: ImageJob, labels: Image.Image | None = None) -> Image.Image:
         """Identity -1: fragments of a test person (head and shoulders, or legs), often blurred."""
         spec = self.domain.cameras[job.cam - 1]
         rng = rng_for(self.seed, self.domain.name, "junk", job.index)
@@ -189,7 +205,7 @@ class Renderer:
         foot_y = h + height * 0.62 if rng.random() < 0.5 else h * float(rng.uniform(0.6, 1.0))
         pose = Pose(view=tr.view, facing=tr.facing, cx=w * float(rng.uniform(0.3, 0.7)), foot_y=foot_y,
                     height_px=height, phase=float(rng.uniform(0, 2 * np.pi)))
-        draw_person(canvas, ident, pose)
+        draw_person(canvas, ident, pose, labels)
         if rng.random() < 0.5:
             canvas = canvas.filter(ImageFilter.GaussianBlur(2.0 * self.ss))
         return self._finish(canvas, job.cam, combine(tr.light, lighting_for(spec, rng, 0.3), spec), rng)

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .domains import RGB, get_domain
+from .parts import BACKGROUND, LabelledDraw
 from .seeding import pick, rng_for
 
 SCENES_PER_CAMERA = 3
@@ -71,9 +72,14 @@ def camera_scene(domain_name: str, seed: int, cam: int, scene: int, size: tuple[
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def draw_occluder(img: Image.Image, kind: str, rng: np.random.Generator, colours: tuple[RGB, ...]) -> None:
-    """Draw a scene object in front of the person: a pole, a bin or car part, a bush or a sign."""
-    draw = ImageDraw.Draw(img)
+def draw_occluder(img: Image.Image, kind: str, rng: np.random.Generator, colours: tuple[RGB, ...],
+                  labels: Image.Image | None = None) -> None:
+    """Draw a scene object in front of the person: a pole, a bin or car part, a bush or a sign.
+
+    With ``labels`` (a parsing label image, see ``parts``) the object is also drawn there as
+    background, covering the person's labels as it covers the person.
+    """
+    draw = LabelledDraw(img, labels).at(BACKGROUND)
     w, h = img.size
     colour = _jitter(rng, colours[int(rng.integers(len(colours)))], 20)
     if kind == "pole":
