@@ -1,4 +1,4 @@
-"""The papers' numbers: Bag of Tricks (Luo et al. 2019, from the shared reference bot.md) and MGN.
+"""The papers' numbers: Bag of Tricks (Luo et al. 2019, from the shared reference bot.md), MGN and SGGNN.
 
 A run is first matched to a *system* (``paper_system``): ``bot`` for the bot architecture, ``mgn``
 for exactly the paper's MGN (every branch, default options, the paper's two loss terms, no
@@ -20,7 +20,9 @@ ALL_TRICKS = frozenset(PAPER_TRICK_ORDER)
 PAPER_CITATION = "Luo et al., Bag of Tricks and A Strong Baseline for Deep Person Re-identification, CVPRW 2019"
 MGN_CITATION = ("Wang et al., Learning Discriminative Features with Multiple Granularities for Person "
                 "Re-Identification, ACM MM 2018")
-CITATIONS = {"bot": f"{PAPER_CITATION}, Tables 1 and 3", "mgn": MGN_CITATION}
+SGGNN_CITATION = ("Shen et al., Person Re-identification with Deep Similarity-Guided Graph Neural Network, "
+                  "ECCV 2018")
+CITATIONS = {"bot": f"{PAPER_CITATION}, Tables 1 and 3", "mgn": MGN_CITATION, "sggnn": SGGNN_CITATION}
 
 # MGN, same domain: (R1, mAP) per dataset; re-ranked numbers from the abstract (Market only).
 MGN: dict[str, tuple[float, float]] = {"market": (95.7, 86.9), "duke": (88.7, 78.4)}
@@ -84,6 +86,11 @@ TABLE2: dict[str, dict[str, tuple[float, float]]] = {
     "f_i cosine": {"market": (94.1, 85.7), "duke": (86.2, 75.9)},
 }
 
+# SGGNN (a re-scoring stage; seed-systems.md §5.1), same domain: (R1, mAP). Duke's mAP is unverified,
+# so only Market is used. A row matches when it is re-scored with sggnn at its default options.
+SGGNN: dict[str, tuple[float, float]] = {"market": (92.3, 82.8)}
+SGGNN_RANKING_SUFFIX = " + sggnn"
+
 _INDEX = {"R1": 0, "mAP": 1}
 
 
@@ -95,7 +102,9 @@ def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synth
     one row, same domain), None (no paper number).
 
     ``ranking`` (an evaluation variant's "f_t Euclidean", "f_i cosine", ...) looks up Table 2,
-    which has numbers only for the BNNeck model without center loss, same domain.
+    which has numbers only for the BNNeck model without center loss, same domain; a ranking ending
+    in " + sggnn" (re-scored with SGGNN at its default options) gets SGGNN's Market numbers,
+    whatever the run's base and tricks (the paper's base is its own Siamese ResNet-50).
     None where the paper has no such number: synthetic data, a dataset other than Market/Duke, a
     trick set that is no row of Tables 1/3, or a metric other than R1/mAP (re-ranked: all tricks only).
     """
@@ -110,6 +119,10 @@ def paper_value(train: str, test: str, tricks: Iterable[str], metric: str, synth
     if base_metric not in _INDEX:
         return None
     i = _INDEX[base_metric]
+    if ranking is not None and ranking.endswith(SGGNN_RANKING_SUFFIX):
+        # The paper's whole system (its own Siamese ResNet-50 base + SGGNN) against this run + sggnn.
+        row = SGGNN.get(src)
+        return row[i] if row and src == dst and not rerank else None
     if system == "mgn":
         row = (MGN_RERANK if rerank else MGN).get(src)
         return row[i] if row and src == dst and not key and ranking is None else None

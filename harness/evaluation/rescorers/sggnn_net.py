@@ -188,7 +188,7 @@ def train_sggnn(feats: Any, pids: Any, params: Any, metric: str, device: Any = N
             history.append({"step": step, "loss": float(loss.detach()), "accuracy": acc,
                             "balanced_accuracy": balanced})
             if log is not None and (step % every == 0 or step == params.steps):
-                log(f"rescore sggnn: step {step}/{params.steps}  loss {float(loss):.4f}  pair accuracy "
+                log(f"rescore sggnn: step {step}/{params.steps}  loss {history[-1]['loss']:.4f}  pair accuracy "
                     f"{100 * acc:.1f}%  balanced {100 * balanced:.1f}%")
     return model.eval(), history
 
