@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -251,7 +252,7 @@ def load_weights(path: Path, identity_json: str, dim: int, params: Any, device: 
             return None
         model = SGGNN(dim, params.hidden_dim, params.alpha, params.iterations)
         model.load_state_dict(state["model"])
-    except (OSError, RuntimeError, KeyError, ValueError, AttributeError):
+    except (OSError, RuntimeError, KeyError, ValueError, AttributeError, EOFError, pickle.UnpicklingError):
         return None
     return model.to(device).eval()
 
