@@ -201,6 +201,20 @@ def test_training_on_separable_features_drives_pair_accuracy_up():
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
+def test_pretrain_steps_train_the_verification_head_alone():
+    feats, pids = _toy(0)
+    params = SGGNNParams(k=12, ids_per_batch=4, pretrain_steps=4, steps=1, lr=1e-2, seed=3)
+    torch.manual_seed(params.seed)
+    fresh = net.SGGNN(feats.shape[1])
+    model, history = net.train_sggnn(feats, pids, params, "sqeuclidean")
+    assert history[-1]["step"] == 5
+    moved = {name: float((a - fresh.state_dict()[name]).abs().max())
+             for name, a in model.state_dict().items() if a.is_floating_point()}
+    # message layers got gradients in the last step only: Adam's first step moves each weight by <= lr
+    assert 0 < moved["message.0.weight"] <= 1.01 * params.lr and 0 < moved["message.3.weight"] <= 1.01 * params.lr
+    assert moved["classifier.weight"] > 1.01 * params.lr  # the head trained for all five steps
+
+
 def test_pair_batches_are_p_identities_of_one_probe_and_three_gallery_images():
     pids = np.repeat(np.arange(10), 5)
     probe, gallery = net.PairBatches(pids, 6, 1, 3, seed=0).next()

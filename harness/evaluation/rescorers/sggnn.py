@@ -42,6 +42,9 @@ class SGGNNParams:
     probes_per_id: int = 1
     gallery_per_id: int = 3
     steps: int = 300  # training iterations (the paper's schedule is not known; reidbench's choice)
+    # iterations first spent on the verification head alone (d_i -> FC, no messages): the paper's
+    # Siamese pre-training stage, reduced to what a frozen base leaves to train
+    pretrain_steps: int = 0
     lr: float = 1e-2  # Adam (reidbench's choice: 1e-3 barely moves the alpha = 0.9 network in 300 steps)
     weight_decay: float = 5e-4
     seed: int = 0
@@ -63,6 +66,8 @@ class SGGNNParams:
             bad("alpha", "a number in [0, 1]")
         if not self.temperature > 0:
             bad("temperature", "a number > 0")
+        if self.pretrain_steps < 0:
+            bad("pretrain_steps", "an integer >= 0")
         if self.hidden_dim < 0:
             bad("hidden_dim", "an integer >= 0 (0 = the feature width)")
         if not self.lr > 0:

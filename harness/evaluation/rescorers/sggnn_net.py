@@ -66,8 +66,10 @@ class SGGNN(nn.Module):
             d = (1.0 - self.alpha) * d + self.alpha * torch.bmm(weights.to(t.dtype), t)
         return d
 
-    def forward(self, probe: torch.Tensor, nodes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.propagate(self.relation(probe, nodes), weights))
+    def forward(self, probe: torch.Tensor, nodes: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Logits P x N x 2; ``weights`` None skips message passing (the verification head alone: d_i → FC)."""
+        d = self.relation(probe, nodes)
+        return self.classifier(d if weights is None else self.propagate(d, weights))
 
 
 def graph_weights(nodes: torch.Tensor, self_loops: bool = False, temperature: float = 1.0) -> torch.Tensor:
@@ -173,23 +175,25 @@ def train_sggnn(feats: Any, pids: Any, params: Any, metric: str, device: Any = N
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
-    every = max(1, params.steps // 5)
+    total = params.pretrain_steps + params.steps
+    every = max(1, total // 5)
     model.train()
-    for step in range(1, params.steps + 1):
+    for step in range(1, total + 1):
         probe_idx, gallery_idx = batches.next()
         probe, nodes, weights, labels = batch_graph(feats, pids_t, probe_idx, gallery_idx, params.k, metric,
                                                     params.self_loops, params.temperature)
-        logits = model(probe, nodes, weights)
+        # the first pretrain_steps train the verification head alone (the paper's Siamese stage)
+        logits = model(probe, nodes, weights if step > params.pretrain_steps else None)
         loss = loss_fn(logits.reshape(-1, 2), labels.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % 10 == 0 or step == params.steps or step == 1:
+        if step % 10 == 0 or step == total or step == 1:
             acc, balanced = pair_accuracy(logits.detach(), labels)
             history.append({"step": step, "loss": float(loss.detach()), "accuracy": acc,
                             "balanced_accuracy": balanced})
-            if log is not None and (step % every == 0 or step == params.steps):
-                log(f"rescore sggnn: step {step}/{params.steps}  loss {history[-1]['loss']:.4f}  pair accuracy "
+            if log is not None and (step % every == 0 or step == total):
+                log(f"rescore sggnn: step {step}/{total}  loss {history[-1]['loss']:.4f}  pair accuracy "
                     f"{100 * acc:.1f}%  balanced {100 * balanced:.1f}%")
     return model.eval(), history
 
