@@ -12,10 +12,12 @@ import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from reidbench.harness.data.samplers import SAMPLERS, build_sampler
+from reidbench.harness.evaluation.rescorers import RESCORERS
 from reidbench.harness.spec import ModelSpec, load_spec_file, spec_from_json
 from reidbench.harness.train.optim import OPTIMIZERS, build_optimizer, param_groups
 from reidbench.harness.train.schedules import SCHEDULES
@@ -230,6 +232,33 @@ def test_optimizer_reduces_a_simple_loss(name, grouped):
         opt.step()
     end = float(loss_fn().detach())
     assert math.isfinite(end) and end < 0.9 * start
+
+
+# --------------------------------------------------------------------------- re-scorers
+
+
+@pytest.mark.parametrize("name", RESCORERS.names())
+def test_rescorer_gives_finite_distance_blocks_covering_every_query(name, tmp_path):
+    from reidbench.harness.evaluation.rescorers import RescoreContext, rescorer_params
+
+    rng = np.random.default_rng(0)
+    pids = np.repeat(np.arange(6), 4)
+    feats = (np.eye(6)[pids] + 0.1 * rng.normal(size=(24, 6))).astype(np.float32)
+    # small options where the entry has them (fast); its own defaults otherwise
+    params_type = RESCORERS.get(name).params
+    known = {f.name for f in dataclasses.fields(params_type)} if params_type is not None else set()
+    small = {k: v for k, v in (("steps", 2), ("ids_per_batch", 3), ("k", 5)) if k in known}
+    params = rescorer_params(name, small)
+    context = RescoreContext(q_feats=feats[:5], g_feats=feats[5:], metric="sqeuclidean", params=params,
+                             out_dir=tmp_path, identity={"run_hash": "contract"}, train=lambda: (feats, pids, pids % 2))
+    blocks, info = RESCORERS.get(name).distances(context)
+    assert isinstance(info, dict)
+    rows = 0
+    for start, block in blocks:
+        block = np.asarray(block)
+        assert start == rows and block.shape[1] == 19 and np.isfinite(block).all()
+        rows += block.shape[0]
+    assert rows == 5
 
 
 # --------------------------------------------------------------------------- tricks (what test_tricks_ablation lacks)

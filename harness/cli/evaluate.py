@@ -11,7 +11,8 @@ import click
 from reidbench.harness.cli.common import UserError, db_option, open_store, parse_data_options, user_errors
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
-_SETTINGS = ("feature", "normalize", "metric", "flip", "rerank")  # what the command can change, in name order
+# what the command can change, in name order
+_SETTINGS = ("feature", "normalize", "metric", "flip", "rerank", "rescore", "rescore_options")
 
 
 @click.command()
@@ -31,35 +32,62 @@ _SETTINGS = ("feature", "normalize", "metric", "flip", "rerank")  # what the com
 @click.option("--flip/--no-flip", default=None,
               help="Average the features of each image and its mirror (--run) [default: the run's eval.flip].")
 @click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")
+@click.option("--rescore", default=None, metavar="NAME",
+              help="Re-score each query's ranking with a learned re-scorer (--run): sggnn trains a graph network on "
+                   "the run's training set (once; its weights are saved in the run folder and reused).")
+@click.option("--rescore-option", "rescore_items", multiple=True, metavar="KEY=VALUE",
+              help="A parameter of --rescore, e.g. k=50 or alpha=0.5 (repeatable; docs/sggnn.md lists them).")
 @click.option("--data", "data_items", multiple=True, metavar="NAME=PATH",
               help="Dataset folders for --run [default: where the run found them].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate(run_ref: str | None, features_file: Path | None, test_on: str | None, feature: str | None,
-             metric: str | None, normalize: bool | None, flip: bool | None, rerank: bool,
-             data_items: tuple[str, ...], device: str, db_url: str | None, as_json: bool) -> None:
+             metric: str | None, normalize: bool | None, flip: bool | None, rerank: bool, rescore: str | None,
+             rescore_items: tuple[str, ...], data_items: tuple[str, ...], device: str, db_url: str | None,
+             as_json: bool) -> None:
     """Score a stored run from its checkpoint without training (--run), or externally computed
     features (--features), with the Market protocol (R1/R5/R10/mAP/mINP).
 
     With --run the evaluation is recorded in the results database: the run's default evaluation
     when the settings are its own, else a variant named after the settings that differ. Features
-    already saved in the run folder with the same feature settings are reused.
+    already saved in the run folder with the same feature settings are reused. A re-scored evaluation
+    (--rescore) is recorded beside the plain and re-ranked ones.
     """
     _evaluate(run_ref, features_file, test_on, feature, metric, normalize, flip, rerank, data_items, device, db_url,
-              as_json)
+              as_json, rescore, rescore_items)
+
+
+def parse_rescore_options(items: tuple[str, ...]) -> tuple[tuple[str, object], ...]:
+    """``("k=50", "self_loops=true")`` → sorted (key, value) pairs, values read as YAML scalars."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--rescore-option {item!r} is not valid: KEY=VALUE, e.g. k=50")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return tuple(sorted(out.items()))
 
 
 @user_errors
 def _evaluate(run_ref: str | None, features_file: Path | None, test_on: str | None, feature: str | None,
               metric: str | None, normalize: bool | None, flip: bool | None, rerank: bool,
-              data_items: tuple[str, ...], device: str, db_url: str | None, as_json: bool) -> None:
+              data_items: tuple[str, ...], device: str, db_url: str | None, as_json: bool,
+              rescore: str | None = None, rescore_items: tuple[str, ...] = ()) -> None:
     if (run_ref is None) == (features_file is None):
         raise UserError("give either --run HASH (score a stored run) or --features F.npz, not "
                         + ("both" if run_ref is not None else "neither"))
+    if rescore_items and rescore is None:
+        raise UserError("--rescore-option needs --rescore NAME")
     if features_file is not None:
         run_only = [name for name, value in (("--test-on", test_on), ("--feature", feature), ("--flip", flip),
-                                             ("--data", data_items), ("--db", db_url)) if value not in (None, ())]
+                                             ("--data", data_items), ("--db", db_url), ("--rescore", rescore))
+                    if value not in (None, ())]
         if device != "auto":
             run_only.append("--device")
         if run_only:
@@ -67,7 +95,9 @@ def _evaluate(run_ref: str | None, features_file: Path | None, test_on: str | No
         _evaluate_features(features_file, rerank, metric or "euclidean", bool(normalize), as_json)
         return
     changes = {k: v for k, v in (("feature", feature), ("metric", metric), ("normalize", normalize), ("flip", flip),
-                                 ("rerank", rerank or None)) if v is not None}
+                                 ("rerank", rerank or None), ("rescore", rescore)) if v is not None}
+    if rescore_items:
+        changes["rescore_options"] = parse_rescore_options(rescore_items)
     _evaluate_run(str(run_ref), test_on, changes, parse_data_options(data_items), device, db_url, as_json)
 
 
@@ -94,6 +124,9 @@ def variant_name(base: Any, wanted: Any) -> tuple[str, str]:
         return "", ""
     if differ == ["rerank"]:
         return "rerank", "re-ranking"
+    if wanted.rescore is not None and differ in (["rescore"], ["rescore", "rescore_options"]):
+        name = "-".join([wanted.rescore, *(f"{k}={v}" for k, v in wanted.rescore_options)])
+        return name, name
     parts: list[str] = []
     if "feature" in differ:
         parts.append(wanted.feature)
@@ -108,6 +141,8 @@ def variant_name(base: Any, wanted: Any) -> tuple[str, str]:
         parts.append("flip" if wanted.flip else "no-flip")
     if "rerank" in differ:
         parts.append("rerank")
+    if "rescore" in differ or "rescore_options" in differ:
+        parts.append("-".join([str(wanted.rescore), *(f"{k}={v}" for k, v in wanted.rescore_options)]))
     if not parts:  # only normalisation under cosine differs
         parts.append("normalized" if wanted.normalize else "unnormalized")
     return "-".join(parts), " ".join(parts)
@@ -134,7 +169,7 @@ def _evaluate_run(run_ref: str, test_on: str | None, changes: dict[str, Any], da
         raise UserError(f"--test-on {test_on!r} names no test set" if test_on is not None
                         else f"run {short} has no test sets; name some with --test-on")
     base = EvaluationSettings.from_eval(spec.eval)
-    wanted = dataclasses.replace(base, **changes).validate("--feature/--metric")
+    wanted = dataclasses.replace(base, **changes).validate("--feature/--metric/--rescore")
     stored = store.evaluations([record.run_hash])
     # "auto" resolves to the architecture's test feature: naming it explicitly is still the default
     resolved_auto = next((e.settings.get("feature") for e in stored if e.variant == "" and e.settings), None)

@@ -52,6 +52,9 @@ def recompute(evaluation: Any, run: Any) -> tuple[bytes | None, str]:
     from reidbench.harness.evaluation.protocol import score
 
     settings = ranking_settings(evaluation, run)
+    if settings.get("rescore"):
+        return None, (f"re-scored with {settings['rescore']}: its per-query results are recorded when it is "
+                      "scored, not recomputed from features")
     reasons = []
     for path in candidate_files(evaluation, run):
         if not path.is_file():

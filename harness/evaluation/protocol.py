@@ -28,7 +28,7 @@ here for the modules that still import them from this one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from reidbench.harness.evaluation.features import NPZ_KEYS, extract_features, lo
 from reidbench.harness.evaluation.rerank import re_rank
 
 __all__ = ["NPZ_KEYS", "compute_distance", "evaluate", "extract_features", "load_features_npz",
-           "per_query_scores", "re_rank", "score"]
+           "per_query_scores", "re_rank", "score", "score_blocks"]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 
@@ -135,6 +135,15 @@ def per_query_scores(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_ca
 
 def _protocol_inputs(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any
                      ) -> tuple[torch.Tensor, _Labels]:
+    dist = _as_distances(distmat)
+    if dist.shape[1] == 0:
+        raise ValueError("the gallery is empty: distmat has 0 columns, so no query can have a valid match")
+    labels = _Labels.build(q_pids, g_pids, q_camids, g_camids, num_query=dist.shape[0], num_gallery=dist.shape[1])
+    return dist, labels
+
+
+def _as_distances(distmat: Any) -> torch.Tensor:
+    """A 2-D float32/float64 CPU tensor of a distance matrix (or block)."""
     dist = distmat if isinstance(distmat, torch.Tensor) else torch.from_numpy(np.asarray(distmat))
     if dist.ndim != 2:
         raise ValueError(f"distmat must be 2-D (queries x gallery), got shape {tuple(dist.shape)}")
@@ -142,11 +151,7 @@ def _protocol_inputs(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_ca
         dist = dist.double()
     elif dist.dtype not in (torch.float32, torch.float64):
         dist = dist.float()
-    dist = dist.detach().cpu()
-    if dist.shape[1] == 0:
-        raise ValueError("the gallery is empty: distmat has 0 columns, so no query can have a valid match")
-    labels = _Labels.build(q_pids, g_pids, q_camids, g_camids, num_query=dist.shape[0], num_gallery=dist.shape[1])
-    return dist, labels
+    return dist.detach().cpu()
 
 
 def _accumulate(acc: _Accumulator, dist: torch.Tensor, labels: _Labels) -> None:
@@ -332,16 +337,43 @@ def score(q_feats: Any, g_feats: Any, q_pids: Any, g_pids: Any, q_camids: Any, g
     if rerank:
         result = evaluate(re_rank(q, g), q_pids, g_pids, q_camids, g_camids, max_rank=curve_len,
                           per_query=per_query)
-    else:
-        labels = _Labels.build(q_pids, g_pids, q_camids, g_camids, num_query=q.shape[0], num_gallery=g.shape[0])
-        acc = _Accumulator(curve_len, q.shape[0] if per_query else None)
-        q, g, g_sqnorm = _prepare_gallery(q, g, metric)
-        rows = _chunk_rows(g.shape[0])
-        for start in range(0, q.shape[0], rows):
-            stop = min(start + rows, q.shape[0])
-            dist = _distance_chunk(q[start:stop], g, g_sqnorm, metric)
-            acc.add(*_match_ranks(dist, labels, start, stop), start=start)
-        result = acc.result()
+        return _summary(result, per_query)
+    q, g, g_sqnorm = _prepare_gallery(q, g, metric)
+    rows = _chunk_rows(g.shape[0])
+    blocks = ((start, _distance_chunk(q[start:start + rows], g, g_sqnorm, metric))
+              for start in range(0, q.shape[0], rows))
+    return score_blocks(blocks, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank, per_query=per_query)
+
+
+def score_blocks(blocks: Iterable[tuple[int, Any]], q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
+                 max_rank: int = 50, per_query: bool = False) -> dict[str, Any]:
+    """``score``'s result for a distance matrix given as consecutive blocks of query rows.
+
+    ``blocks`` yields ``(first query row, rows x gallery distances)`` (tensors or arrays, smaller =
+    more similar) that together cover every query once, in order; only one block is held at a time,
+    so a re-scoring stage can produce its distances lazily. Raises ValueError when they do not.
+    """
+    _check_max_rank(max_rank)
+    num_query, num_gallery = len(np.asarray(q_pids)), len(np.asarray(g_pids))
+    if num_gallery == 0:
+        raise ValueError("the gallery is empty: no query can have a valid match")
+    labels = _Labels.build(q_pids, g_pids, q_camids, g_camids, num_query=num_query, num_gallery=num_gallery)
+    acc = _Accumulator(max(max_rank, 10), num_query if per_query else None)
+    expected = 0
+    for start, block in blocks:
+        dist = _as_distances(block)
+        if start != expected or dist.shape[1] != num_gallery:
+            raise ValueError(f"distance blocks must cover the queries in order with {num_gallery} gallery columns: "
+                             f"got rows {start}..{start + dist.shape[0]} x {dist.shape[1]} where row {expected} "
+                             "was due")
+        acc.add(*_match_ranks(dist.contiguous(), labels, start, start + dist.shape[0]), start=start)
+        expected = start + dist.shape[0]
+    if expected != num_query:
+        raise ValueError(f"distance blocks covered {expected} of {num_query} queries")
+    return _summary(acc.result(), per_query)
+
+
+def _summary(result: dict[str, Any], per_query: bool) -> dict[str, Any]:
     cmc = result["cmc"]
     out = {"R1": float(cmc[0]), "R5": float(cmc[4]), "R10": float(cmc[9]), "mAP": float(result["mAP"]),
            "mINP": float(result["mINP"]), "num_valid_queries": int(result["num_valid_queries"])}

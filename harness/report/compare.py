@@ -261,6 +261,9 @@ def ranked_queries(side: Side, indices: Sequence[int], top: int) -> tuple[dict[i
     if settings.get("rerank"):
         raise ValueError(f"run {side.run.short_hash}: ranked lists of a re-ranked evaluation are not drawn "
                          "(they would be ranked without re-ranking)")
+    if settings.get("rescore"):
+        raise ValueError(f"run {side.run.short_hash}: ranked lists of an evaluation re-scored with "
+                         f"{settings['rescore']} are not drawn (they would be ranked without it)")
     path = features_path(side)
     arrays = load_features(path)
     if len(arrays["q_pids"]) != len(side.per_query["q_pids"]) or \

@@ -106,11 +106,28 @@ def _load(store: Any, ref: int | str) -> tuple[Any, dict[str, Any], dict[tuple[s
 def ranking_of(settings: dict[str, Any]) -> str:
     """How an evaluation ranks, in the paper's Table 2 words: "<feature> cosine" or "<feature> Euclidean".
 
-    Normalised features ranked by (squared) Euclidean distance rank exactly as by cosine.
+    Normalised features ranked by (squared) Euclidean distance rank exactly as by cosine. A re-scored
+    evaluation adds " + <re-scorer>" (and "*" when its options differ from the defaults), so it is
+    never read as a Table 2 row.
     """
     feature = str(settings.get("feature") or "")
     cosine = settings.get("metric") == "cosine" or bool(settings.get("normalize", True))
-    return f"{feature} {'cosine' if cosine else 'Euclidean'}".strip()
+    text = f"{feature} {'cosine' if cosine else 'Euclidean'}".strip()
+    if settings.get("rescore"):
+        text += f" + {settings['rescore']}" + ("*" if settings.get("rescore_options") else "")
+    return text
+
+
+def _rescorer_systems(variants: Any) -> list[str]:
+    """Papers of the re-scorers an ablation's variants use (their numbers can appear with --paper)."""
+    from reidbench.harness.report.paper import CITATIONS
+
+    out = []
+    for v in variants:
+        name = ((v or {}).get("settings") or {}).get("rescore") if isinstance(v, dict) else None
+        if name in CITATIONS:
+            out.append(str(name))
+    return out
 
 
 def _ablation_tests(record: Any, runs: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
@@ -156,7 +173,8 @@ def _context(record: Any, runs: dict[str, Any]) -> AblationContext:
         weights=_kind([r.pretrained for r in done], "pretrained", "scratch"),
         weights_sources=tuple(sorted({str(r.model_info["pretrained_source"]) for r in done if r.pretrained})),
         backbone=(first_spec.get("model") or {}).get("backbone"), statuses=statuses,
-        systems=tuple(dict.fromkeys(s for s in (paper_system(r.spec) for r in known) if s)),
+        systems=tuple(dict.fromkeys([*(s for s in (paper_system(r.spec) for r in known) if s),
+                                     *_rescorer_systems(meta.get("variants") or ())])),
         step_list=meta.get("step_list"),
         test_fingerprints={str(k): str(v) for k, v in (meta.get("test_fingerprints") or {}).items() if v},
         masks=_mask_labels(r.spec for r in known),

@@ -373,10 +373,13 @@ class _Run:
         return [v for v in default_variants(self.spec.eval) if v.name not in names] + list(self.runtime.variants)
 
     def scorer(self, model: Any) -> ModelScorer:
+        train = self.spec.data.train
         return ModelScorer(model, run_hash=self.rhash, epoch=self.spec.schedule.max_epochs, out_dir=self.out_dir,
                            device=self.device, image_size=self.spec.data.image_size,
                            batch_size=self.spec.eval.batch_size, workers=self.workers,
-                           amp_dtype=amp_dtype_for(self.spec, self.device), masks=self.spec.data.masks)
+                           amp_dtype=amp_dtype_for(self.spec, self.device), masks=self.spec.data.masks, log=self.log,
+                           train_source=lambda: (train, self.datasets[train], self.fingerprint),
+                           train_fingerprint=self.fingerprint)
 
     # ------------------------------------------------------------------ building
 
@@ -525,12 +528,31 @@ def evaluate_stored(record: Any, tests: Sequence[str], variants: Sequence[Any], 
         model.load_state_dict(state["model"])
         return model.to(dev).eval()
 
+    loaded_train: list[tuple[str, Any, str | None]] = []
+
+    def load_train_set() -> tuple[str, Any, str | None]:
+        """The run's training set, for re-scorers that train on it: where the run found it unless
+        ``data_paths`` says otherwise (loaded once)."""
+        if loaded_train:
+            return loaded_train[0]
+        name = spec.data.train
+        paths = dict(data_paths)
+        prov = (record.provenance or {}).get(name) or {}
+        root = prov.get("root") if isinstance(prov, dict) and not prov.get("synthetic") else None
+        if name not in paths and root and Path(root).is_dir():
+            paths[name] = str(root)
+        loaded, train_prov = load_datasets((name,), paths, progress=False)
+        fingerprint = ((train_prov.get(name) or {}).get("fingerprint") or {}).get("train")
+        loaded_train.append((name, loaded[name], fingerprint))
+        return loaded_train[0]
+
     workers = num_workers if num_workers is not None else default_workers(dev.type)
     # A done run's checkpoint is its last epoch's: cached features of that checkpoint are reused as they are.
     scorer = ModelScorer(None, run_hash=record.run_hash, epoch=spec.schedule.max_epochs, out_dir=out_dir,
                          device=dev, image_size=spec.data.image_size, batch_size=spec.eval.batch_size,
-                         workers=workers, amp_dtype=amp_dtype_for(spec, dev), load_model=load_model,
-                         masks=spec.data.masks)
+                         workers=workers, amp_dtype=amp_dtype_for(spec, dev), load_model=load_model, log=log,
+                         masks=spec.data.masks, train_source=load_train_set,
+                         train_fingerprint=getattr(record, "train_fingerprint", None))
     if record.model_info.get("test_feature"):
         test_feature = test_feature_of(record)
     else:  # recorded before architectures declared it: ask the model
