@@ -13,30 +13,20 @@ The PReLU is PyTorch's default: one learnable slope shared by all channels, init
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 __all__ = ["ACTIVATIONS", "last_activation", "replace_last_activation"]
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6)
-PROBE_SIZE_PX = 64
 
 
 def last_activation(backbone: nn.Module) -> str:
     """Dotted name of the ReLU/ReLU6 module that runs last in ``backbone``'s forward."""
     calls: list[str] = []
-    handles = [m.register_forward_hook(lambda _m, _i, _o, name=n: calls.append(name))
-               for n, m in backbone.named_modules() if isinstance(m, ACTIVATIONS)]
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            parameter = next(backbone.parameters())
-            backbone(parameter.new_zeros(1, 3, PROBE_SIZE_PX, PROBE_SIZE_PX))
-    finally:
-        for handle in handles:
-            handle.remove()
-        backbone.train(was_training)
+    from reidbench.models.stages import probe_forward
+
+    probe_forward(backbone, [m.register_forward_hook(lambda _m, _i, _o, name=n: calls.append(name))
+                             for n, m in backbone.named_modules() if isinstance(m, ACTIVATIONS)])
     if not calls:
         raise ValueError(f"backbone {type(backbone).__name__} runs no ReLU/ReLU6 module: nothing to replace by PReLU")
     last = calls[-1]

@@ -38,7 +38,7 @@ from torch import nn
 
 from reidbench.models.stages import STAGE_NAMES, backbone_stages, insert_after
 
-__all__ = ["AGW_COUNTS", "CHANNEL_CHOICES", "NonLocalBlock", "insert_non_local", "inter_channels"]
+__all__ = ["AGW_COUNTS", "CHANNEL_CHOICES", "NonLocalBlock", "check_agw_options", "insert_non_local", "inter_channels"]
 
 AGW_COUNTS = (0, 2, 3, 0)  # ReID-Survey resnet50_nl non_layers
 CHANNEL_CHOICES = ("one", "half")
@@ -110,3 +110,23 @@ def insert_non_local(backbone: nn.Module, counts: tuple[int, ...], channels: str
     widths = _output_widths(backbone, targets)
     return [insert_after(backbone, name, NonLocalBlock(widths[name], inter_channels(widths[name], channels)))
             for name in targets]
+
+
+def check_agw_options(params: object, where: str) -> None:
+    """The AGW / fast-reid model options an architecture shares (bot, mgn): ``gem_learnable`` only
+    with GeM, ``nonlocal_layers``, ``nonlocal_channels`` and ``classifier``; one-line errors."""
+    from reidbench.models.heads import CLASSIFIERS
+
+    pool = getattr(params, "pool")
+    if getattr(params, "gem_learnable") and pool != "gem":
+        raise ValueError(f"{where}.gem_learnable is only read with {where}.pool=gem, not {pool!r}; drop it")
+    counts = list(getattr(params, "nonlocal_layers"))
+    if len(counts) != 4 or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts):
+        raise ValueError(f"{where}.nonlocal_layers={counts} is invalid; valid: 4 integers >= 0, blocks per "
+                         f"stage (AGW: {list(AGW_COUNTS)})")
+    channels = getattr(params, "nonlocal_channels")
+    if channels not in CHANNEL_CHOICES:
+        raise ValueError(f"{where}.nonlocal_channels={channels!r} is invalid; valid: {', '.join(CHANNEL_CHOICES)}")
+    classifier = getattr(params, "classifier")
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"{where}.classifier={classifier!r} is invalid; valid: {', '.join(CLASSIFIERS)}")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["After", "StageInfo", "backbone_blocks", "backbone_stages", "insert_after", "inserted_modules", "stage_by_name"]
+__all__ = ["After", "StageInfo", "backbone_blocks", "backbone_stages", "insert_after", "inserted_modules", "probe_forward", "stage_by_name"]
 
 STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4")
 RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
@@ -119,7 +119,12 @@ def _output_widths(backbone: nn.Module, names: list[str]) -> dict[str, int]:
             widths.setdefault(key, int(output.shape[1]))
         return hook
 
-    handles = [backbone.get_submodule(n).register_forward_hook(record(n)) for n in names]
+    probe_forward(backbone, [backbone.get_submodule(n).register_forward_hook(record(n)) for n in names])
+    return widths
+
+
+def probe_forward(backbone: nn.Module, handles: list) -> None:
+    """One small eval-mode, no-grad forward (BatchNorm statistics untouched), then remove ``handles``."""
     was_training = backbone.training
     backbone.eval()
     try:
@@ -130,7 +135,6 @@ def _output_widths(backbone: nn.Module, names: list[str]) -> dict[str, int]:
         for handle in handles:
             handle.remove()
         backbone.train(was_training)
-    return widths
 
 
 def stage_by_name(stages: list[StageInfo], name: str, where: str) -> StageInfo:

@@ -65,8 +65,7 @@ class BotParams:
     classifier: str = "linear"
 
     def validate(self, where: str = "model") -> None:
-        from reidbench.models.heads import CLASSIFIERS
-        from reidbench.models.non_local import AGW_COUNTS, CHANNEL_CHOICES
+        from reidbench.models.non_local import check_agw_options
         from reidbench.models.pooling import POOLS
 
         # --- Geng et al. ---
@@ -79,18 +78,9 @@ class BotParams:
             raise ValueError(f"{where}.pool={self.pool!r} is invalid; valid: {', '.join(POOLS)}")
         if not self.gem_p > 0:
             raise ValueError(f"{where}.gem_p={self.gem_p!r} is invalid; valid: a number > 0")
-        if self.pool != "gem" and (self.gem_p != BotParams.gem_p or self.gem_learnable):
-            field = "gem_p" if self.gem_p != BotParams.gem_p else "gem_learnable"
-            raise ValueError(f"{where}.{field} is only read with {where}.pool=gem, not {self.pool!r}; drop it")
-        counts = list(self.nonlocal_layers)
-        if len(counts) != 4 or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts):
-            raise ValueError(f"{where}.nonlocal_layers={counts} is invalid; valid: 4 integers >= 0, blocks per "
-                             f"stage (AGW: {list(AGW_COUNTS)})")
-        if self.nonlocal_channels not in CHANNEL_CHOICES:
-            raise ValueError(f"{where}.nonlocal_channels={self.nonlocal_channels!r} is invalid; valid: "
-                             f"{', '.join(CHANNEL_CHOICES)}")
-        if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"{where}.classifier={self.classifier!r} is invalid; valid: {', '.join(CLASSIFIERS)}")
+        if self.pool != "gem" and self.gem_p != BotParams.gem_p:
+            raise ValueError(f"{where}.gem_p is only read with {where}.pool=gem, not {self.pool!r}; drop it")
+        check_agw_options(self, where)
 
 
 class AttentiveReidModel(ReidModel):

@@ -154,20 +154,9 @@ class MGNParams:
         if self.reduction_dim < 1:
             raise ValueError(f"{where}.reduction_dim={self.reduction_dim!r} is invalid; valid: an integer >= 1")
         # --- AGW / fast-reid ---
-        from reidbench.models.heads import CLASSIFIERS
-        from reidbench.models.non_local import AGW_COUNTS, CHANNEL_CHOICES
+        from reidbench.models.non_local import check_agw_options
 
-        if self.gem_learnable and self.pool != "gem":
-            raise ValueError(f"{where}.gem_learnable is only read with {where}.pool=gem, not {self.pool!r}; drop it")
-        counts = list(self.nonlocal_layers)
-        if len(counts) != 4 or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts):
-            raise ValueError(f"{where}.nonlocal_layers={counts} is invalid; valid: 4 integers >= 0, blocks per "
-                             f"stage (AGW: {list(AGW_COUNTS)})")
-        if self.nonlocal_channels not in CHANNEL_CHOICES:
-            raise ValueError(f"{where}.nonlocal_channels={self.nonlocal_channels!r} is invalid; valid: "
-                             f"{', '.join(CHANNEL_CHOICES)}")
-        if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"{where}.classifier={self.classifier!r} is invalid; valid: {', '.join(CLASSIFIERS)}")
+        check_agw_options(self, where)
 
 
 # --------------------------------------------------------------------------- pooling
