@@ -20,6 +20,8 @@ __all__ = [
     "center_sgd_step",
     "euclidean_distances",
     "id_loss",
+    "WRT_WEIGHTS",
+    "exact_softmax_weights",
     "softmax_weights",
     "weighted_example_mining",
 ]
@@ -61,16 +63,45 @@ def softmax_weights(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.exp(diff) * mask / z
 
 
-def weighted_example_mining(distances: torch.Tensor, same_label: torch.Tensor
+def exact_softmax_weights(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A true softmax of ``values`` over the entries where ``mask`` is 1 (the masked-out entries get
+    weight 0 and every row with a kept entry sums to exactly 1; a row without one is all zeros).
+
+    This is what ``softmax_weights`` is meant to compute. It differs from the reference whenever
+    the reference's shift (the maximum of ``values * mask``) is not the maximum of the kept values,
+    i.e. for the negatives' −d_an: there the reference's weights sum to Σ exp(−d_an) / (Σ exp(−d_an)
+    + 1e-6), which vanishes once the negatives are ≳ 15 apart.
+    """
+    keep = mask.bool()
+    logits = values.masked_fill(~keep, float("-inf"))
+    # a row with nothing kept would be softmax of all −inf = NaN: give it zeros instead
+    has_any = keep.any(dim=1, keepdim=True)
+    weights = torch.softmax(logits.masked_fill(~has_any, 0.0), dim=1)
+    return weights * keep.to(weights.dtype)
+
+
+# How WRT's softmax weights are computed: "reference" reproduces AGW's / fast-reid's
+# ``softmax_weights`` (quirk included, the default: the published numbers come from it); "exact"
+# is a true masked softmax. See docs/agw.md.
+WRT_WEIGHTS = {"reference": softmax_weights, "exact": exact_softmax_weights}
+
+
+def weighted_example_mining(distances: torch.Tensor, same_label: torch.Tensor, weights: str = "reference"
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ w_ap·d_ap, Σ w_an·d_an) per anchor: softmax weights of d_ap over its positives (itself
-    included, as the reference's mask is) and of −d_an over its negatives (AGW's WRT)."""
+    included, as the reference's mask is) and of −d_an over its negatives (AGW's WRT).
+
+    ``weights`` names the softmax (``WRT_WEIGHTS``): the reference's arithmetic or the exact one.
+    """
+    if weights not in WRT_WEIGHTS:
+        raise ValueError(f"triplet weights={weights!r} is invalid; valid: {', '.join(WRT_WEIGHTS)}")
+    softmax = WRT_WEIGHTS[weights]
     is_pos = same_label.to(distances.dtype)
     is_neg = (~same_label).to(distances.dtype)
     dist_ap = distances * is_pos
     dist_an = distances * is_neg
-    weights_ap = softmax_weights(dist_ap, is_pos)
-    weights_an = softmax_weights(-dist_an, is_neg)
+    weights_ap = softmax(dist_ap, is_pos)
+    weights_an = softmax(-dist_an, is_neg)
     return (dist_ap * weights_ap).sum(dim=1), (dist_an * weights_an).sum(dim=1)
 
 
@@ -88,23 +119,27 @@ class TripletLoss(nn.Module):
 
     ``mining="weighted"`` replaces the hardest positive and negative by softmax-weighted averages
     (``weighted_example_mining``); with ``margin=None`` that is AGW's weighted regularised triplet
-    (WRT), SoftMargin(Σ w_an·d_an − Σ w_ap·d_ap), which has no margin parameter.
+    (WRT), SoftMargin(Σ w_an·d_an − Σ w_ap·d_ap), which has no margin parameter. ``weights``
+    picks the reference's softmax arithmetic or the exact one (``WRT_WEIGHTS``; weighted only).
     """
 
-    def __init__(self, margin: float | None = 0.3, mining: str = "hard") -> None:
+    def __init__(self, margin: float | None = 0.3, mining: str = "hard", weights: str = "reference") -> None:
         super().__init__()
         if margin is not None and margin < 0:
             raise ValueError(f"triplet margin={margin} must be ≥ 0 or None (soft margin)")
         if mining not in MINING:
             raise ValueError(f"triplet mining={mining!r} is invalid; valid: {', '.join(MINING)}")
+        if weights not in WRT_WEIGHTS:
+            raise ValueError(f"triplet weights={weights!r} is invalid; valid: {', '.join(WRT_WEIGHTS)}")
         self.margin = margin
         self.mining = mining
+        self.weights = weights
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         distances = euclidean_distances(features)
         same_label = labels[:, None] == labels[None, :]
         if self.mining == "weighted":
-            hardest_positive, hardest_negative = weighted_example_mining(distances, same_label)
+            hardest_positive, hardest_negative = weighted_example_mining(distances, same_label, self.weights)
         else:
             hardest_positive = distances.masked_fill(~same_label, float("-inf")).max(dim=1).values
             hardest_negative = distances.masked_fill(same_label, float("inf")).min(dim=1).values

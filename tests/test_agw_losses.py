@@ -66,6 +66,46 @@ def test_wrt_keeps_the_references_shift_for_far_negatives():
     assert loss.item() == pytest.approx(wrt_brute_force(features, labels), rel=1e-9)
 
 
+def wrt_exact_brute_force(features: torch.Tensor, labels: list[int]) -> float:
+    """WRT with true softmax weights: w_ap ∝ exp(d_ap) over the positives, w_an ∝ exp(−d_an) over the
+    negatives, each summing to 1 (the shift-invariant textbook softmax, written with Python numbers)."""
+    n = len(labels)
+    total = 0.0
+    for i in range(n):
+        pos = [_distance(features[i], features[j]) for j in range(n) if labels[j] == labels[i]]
+        neg = [_distance(features[i], features[j]) for j in range(n) if labels[j] != labels[i]]
+        furthest = sum(d * math.exp(d - max(pos)) for d in pos) / sum(math.exp(d - max(pos)) for d in pos)
+        closest = sum(d * math.exp(min(neg) - d) for d in neg) / sum(math.exp(min(neg) - d) for d in neg)
+        total += _softplus(furthest - closest)
+    return total / n
+
+
+@pytest.mark.parametrize("scale", [1.5, 12.0])  # near and far negatives (at 12 the reference's weights vanish)
+def test_exact_wrt_weights_match_a_true_softmax(scale):
+    torch.manual_seed(3)
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 3]
+    features = torch.randn(len(labels), 5, dtype=torch.float64) * scale
+    loss = TripletLoss(margin=None, mining="weighted", weights="exact")(features, torch.tensor(labels))
+    assert loss.item() == pytest.approx(wrt_exact_brute_force(features, labels), rel=1e-9)
+    reference = TripletLoss(margin=None, mining="weighted")(features, torch.tensor(labels)).item()
+    if scale > 10:  # far negatives: the two readings must differ, or the option would be pointless
+        assert abs(reference - loss.item()) > 1.0
+
+
+def test_exact_softmax_weights_sum_to_one_per_row_and_ignore_masked_entries():
+    from reidbench.models.losses import exact_softmax_weights
+
+    values = torch.tensor([[-30.0, -25.0, 5.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=torch.float64)
+    weights = exact_softmax_weights(values, mask)
+    e = math.exp(-5.0)  # row 0: softmax of (−30, −25) = (e/(1+e), 1/(1+e)); the masked 5.0 gets 0
+    assert weights[0].tolist() == pytest.approx([e / (1 + e), 1 / (1 + e), 0.0], rel=1e-12)
+    assert weights[1].sum().item() == pytest.approx(1.0, rel=1e-12)
+    assert weights[2].tolist() == [0.0, 0.0, 0.0]  # nothing kept: zeros, not NaN
+    with pytest.raises(ValueError, match="weights='typo'"):
+        TripletLoss(margin=None, mining="weighted", weights="typo")
+
+
 def test_weighted_mining_with_a_margin_and_gradients():
     torch.manual_seed(2)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])

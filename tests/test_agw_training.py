@@ -246,6 +246,42 @@ def test_wrt_and_soft_margin_set_the_triplet_options_and_conflict():
     assert a == b
 
 
+def test_agw_wrt_exact_preset_changes_only_the_triplet_weights_and_keeps_the_reference_hashes():
+    from reidbench.harness.report.paper import paper_system
+    from reidbench.harness.spec.loading import load_base_file
+    from reidbench.harness.spec.patches import apply_patch, parse_presets
+
+    agw, raw = load_base_file(AGW, "cpu")
+    exact = apply_patch(agw, parse_presets(raw["presets"], "agw.presets")["wrt-exact"])
+    changed = [(a, b) for a, b in zip(agw.loss.terms, exact.loss.terms) if a != b]
+    assert [(dict(a.options), dict(b.options)) for a, b in changed] == [
+        ({"margin": None, "mining": "weighted"}, {"margin": None, "mining": "weighted", "weights": "exact"})]
+    assert exact.model == agw.model and exact.data == agw.data
+    # "reference" is the default: written out or not, it is the same spec (stored AGW runs keep matching)
+    written = apply_patch(agw, _term_patch({"triplet": {"weights": "reference"}}))
+    from reidbench.harness.spec.hashing import run_hash
+
+    assert written == agw and run_hash(written) == run_hash(agw) != run_hash(exact)
+    # AGW's published numbers come from the reference weighting: the exact one is another loss
+    assert paper_system(load_spec_file(AGW, "paper").to_dict()) == "agw"
+    assert paper_system(exact.to_dict()) is None
+
+
+def _term_patch(term):
+    from reidbench.harness.spec.patches import parse_presets
+
+    return parse_presets({"p": {"label": "p", "term": term}}, "test")["p"]
+
+
+def test_triplet_weights_need_weighted_mining():
+    with pytest.raises(ValueError, match=r"loss.terms\[0\].weights='exact' needs mining: weighted"):
+        _spec(TINY_BOT, loss={"terms": [{"kind": "triplet", "reads": "f_t", "weights": "exact"}]})
+    with pytest.raises(ValueError, match=r"loss.terms\[0\].weights='typo' is not valid: reference or exact"):
+        _spec(TINY_BOT, loss={"terms": [{"kind": "triplet", "reads": "f_t", "mining": "weighted", "weights": "typo"}]})
+    ok = _spec(TINY_BOT, loss={"terms": [{"kind": "triplet", "reads": "f_t", "mining": "weighted", "weights": "exact"}]})
+    assert dict(ok.loss.terms[0].options) == {"mining": "weighted", "weights": "exact"}
+
+
 def test_model_tricks_refuse_an_architecture_without_the_options():
     from reidbench.models.architectures import ARCHITECTURES, Architecture
 

@@ -84,7 +84,11 @@ def paper_system(spec: dict) -> str | None:
             return "bot"
         generic = {"arch", "backbone", "pretrained", "weights_path", "last_stride", "neck"}
         options = {k: v for k, v in model.items() if k not in generic}
-        # AGW's model exactly (a C/2 non-local or a cosine classifier on top is another model)
+        # AGW's model exactly (a C/2 non-local or a cosine classifier on top is another model), and
+        # its loss: WRT with the reference's softmax weights (the exact ones are another loss)
+        terms = (spec.get("loss") or {}).get("terms") or []
+        if any(t.get("weights", "reference") != "reference" for t in terms):
+            return None
         return "agw" if options == _AGW_OPTIONS else None
     if arch == "spreid":
         return _spreid_system(spec)
