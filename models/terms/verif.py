@@ -23,7 +23,8 @@ Dropout (``dropout``, rate ``dropout_rate``, inverted: kept values are scaled by
 training mode only:
 
 - ``pairwise`` (the seed's pairwise-consistent dropout): one Bernoulli mask m per pair sample,
-  applied to both members, ỹ_i = m⊙y_i, ỹ_j = m⊙y_j, so the difference compares the same units;
+  applied to both members, ỹ_i = m⊙y_i, ỹ_j = m⊙y_j, so the difference compares the same units
+  (computed as m⊙(y_i − y_j), which is the same);
 - ``standard``: independent masks for the two members;
 - ``none``.
 
@@ -98,27 +99,42 @@ def pair_indices(labels: torch.Tensor, negatives: int = 0, balance: str = "repli
     return first[chosen], second[chosen], target
 
 
+def _dropout_mask(like: torch.Tensor, rate: float) -> torch.Tensor:
+    """Inverted-dropout multipliers shaped like ``like``: 1/(1−rate) with probability 1−rate, else 0.
+
+    ``rand < keep`` is a Bernoulli(keep) draw; it is used rather than ``bernoulli_`` because on CPU
+    it is about twice as fast, and this mask (pair samples × feature width, 20 M entries for a
+    32×4 batch of 1280-d features) dominated the term's time.
+    """
+    keep = 1.0 - rate
+    return (torch.rand_like(like) < keep).to(like.dtype).mul_(1.0 / keep)
+
+
 def pair_dropout(a: torch.Tensor, b: torch.Tensor, kind: str, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverted dropout on the two members of each pair (row k of ``a`` and ``b``): one mask for
     both (``pairwise``), one each (``standard``) or none."""
     if kind == "none" or rate == 0.0:
         return a, b
-    keep = 1.0 - rate
-    mask = torch.empty_like(a).bernoulli_(keep).div_(keep)
+    mask = _dropout_mask(a, rate)
     if kind == "pairwise":
         return a * mask, b * mask
     if kind == "standard":
-        return a * mask, b * torch.empty_like(b).bernoulli_(keep).div_(keep)
+        return a * mask, b * _dropout_mask(b, rate)
     raise ValueError(f"dropout={kind!r} is not valid: {', '.join(DROPOUTS)}")
 
 
 def pair_difference(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
+    return difference_of(a - b, kind)
+
+
+def difference_of(delta: torch.Tensor, kind: str) -> torch.Tensor:
+    """The ``difference`` option applied to ỹ_i − ỹ_j."""
     if kind == "relu":
-        return torch.relu(a - b)
+        return torch.relu(delta)
     if kind == "abs":
-        return (a - b).abs()
+        return delta.abs()
     if kind == "square":
-        return (a - b).pow(2)
+        return delta.pow(2)
     raise ValueError(f"difference={kind!r} is not valid: {', '.join(DIFFERENCES)}")
 
 
@@ -131,10 +147,17 @@ class VerificationTerm(nn.Module):
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         p = self.params
         first, second, target = pair_indices(labels, p.negatives, p.balance)
-        a, b = features[first], features[second]
-        if self.training:
-            a, b = pair_dropout(a, b, p.dropout, p.dropout_rate)
-        logits = self.fc(pair_difference(a, b, p.difference))
+        dropout = p.dropout if self.training and p.dropout_rate > 0 else "none"
+        if dropout == "standard":  # two masks: the members must be masked apart
+            a, b = pair_dropout(features[first], features[second], "standard", p.dropout_rate)
+            delta = a - b
+        else:
+            # one mask m (or none) on both members: m⊙y_i − m⊙y_j = m⊙(y_i − y_j), one pass less
+            # over the pair samples × width tensors (the term's whole cost)
+            delta = features[first] - features[second]
+            if dropout == "pairwise":
+                delta = delta * _dropout_mask(delta, p.dropout_rate)
+        logits = self.fc(difference_of(delta, p.difference))
         return F.cross_entropy(logits, target)
 
 
