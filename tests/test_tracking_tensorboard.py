@@ -76,8 +76,9 @@ def _check_against_store(store: Store, run_hash: str, events: dict[str, list[tup
 
 
 def _options(tmp_path: Path, tiny_market: Path, **extra) -> RuntimeOptions:
+    options = {"variants": (COSINE,), **extra}
     return RuntimeOptions(out_dir=tmp_path / "run", device="cpu", num_workers=0, data_paths={"tiny": str(tiny_market)},
-                          progress=False, log=lambda s: None, variants=(COSINE,), **extra)
+                          progress=False, log=lambda s: None, **options)
 
 
 def test_event_files_hold_every_epoch_and_final_metric_of_the_store(tiny_market, tmp_path):
@@ -107,6 +108,29 @@ def test_a_resumed_run_logs_each_epoch_once(tiny_market, tmp_path, monkeypatch):
     assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 2
     store = _record(tmp_path, result)
     _check_against_store(store, result.run_hash, _events(tmp_path / "run"))
+
+
+def test_an_evaluation_added_later_reaches_the_runs_event_files_and_only_when_it_has_some(tiny_market, tmp_path):
+    from reidbench.harness.train.runner import evaluate_stored
+
+    spec = spec_from_dict(yaml.safe_load(SPEC))
+    result = execute(spec, _options(tmp_path, tiny_market, variants=()))
+    store = _record(tmp_path, result)
+    before = _events(tmp_path / "run")
+    assert not any("/cos/" in tag for tag in before)
+    added = evaluate_stored(store.get_run(result.run_hash), ["tiny"], [COSINE], {"tiny": str(tiny_market)},
+                            device="cpu", num_workers=0, include_default=False, log=lambda s: None)
+    after = _events(tmp_path / "run")
+    assert [e["variant"] for e in added] == ["cos"]
+    for metric, value in added[0]["metrics"].items():
+        assert after[f"tiny/cos/{metric}"] == [(4, pytest.approx(value, rel=1e-6, abs=1e-7))]
+    assert {t: v for t, v in after.items() if "/cos/" not in t} == before  # the training's curves untouched
+    # a run folder without event files (trained with TensorBoard off) gets none afterwards
+    for events in (tmp_path / "run").glob("events.out.tfevents.*"):
+        events.unlink()
+    evaluate_stored(store.get_run(result.run_hash), ["tiny"], [COSINE], {"tiny": str(tiny_market)},
+                    device="cpu", num_workers=0, include_default=False, log=lambda s: None)
+    assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
 
 
 def test_switched_off_or_missing_package_writes_no_event_file(tiny_market, tmp_path, monkeypatch):

@@ -5,6 +5,10 @@ scalars of ``tracking.scalars``: each epoch's loss terms, LR, throughput and dat
 the periodic evaluation, and the final metrics of every test set and evaluation variant. A text
 entry ``run`` holds the hash, tricks, data and weights provenance.
 
+An evaluation added later to a stored run (``reidbench evaluate``, ``ablate --eval``) is appended
+to the same folder by ``log_later_evaluations`` at the run's last epoch, when the run already has
+event files (a run trained without TensorBoard gets none afterwards).
+
 A resumed run opens its writer with ``purge_step`` = the first epoch it trains again: TensorBoard
 then drops what an interrupted attempt had logged from that epoch on, so no epoch appears twice
 (the killed attempt may have logged epochs after its last checkpoint). Each epoch is flushed at
@@ -60,6 +64,23 @@ class TensorBoardHook:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def log_later_evaluations(run_dir: Path, step: int, evaluations: Iterable[Mapping[str, Any]]) -> bool:
+    """Append the final scalars of ``evaluations`` to the TensorBoard logs in ``run_dir``; False (and
+    nothing written) when the folder holds no event file or the package is missing."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any(run_dir.glob("events.out.tfevents.*")) or not tensorboard_available():
+        return False
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir))  # no purge_step: the training's events stay
+    try:
+        for tag, value in final_scalars(evaluations).items():
+            writer.add_scalar(tag, value, global_step=step)
+    finally:
+        writer.close()
+    return True
 
 
 def run_text(run_hash: str, spec: Mapping[str, Any], provenance: Mapping[str, Any],

@@ -568,4 +568,8 @@ def evaluate_stored(record: Any, tests: Sequence[str], variants: Sequence[Any], 
         log(f"run {record.run_hash[:12]}: {spec.data.train}→{request.test_set}"
             + (f" [{request.label or request.variant}]" if request.variant else "") + f": {line}")
         out.append(record_)
+    from reidbench.harness.tracking.tensorboard import log_later_evaluations
+
+    # the run's TensorBoard logs (when it has some) show the new evaluations beside the training's
+    log_later_evaluations(out_dir, spec.schedule.max_epochs, out)
     return out
