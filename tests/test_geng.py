@@ -365,7 +365,9 @@ def test_geng_base_is_the_seed_recipe():
     paper, cpu = load_spec_file(GENG, "paper"), load_spec_file(GENG, "cpu")
     assert (paper.data.ids_per_batch, paper.data.imgs_per_id) == (32, 4) == (cpu.data.ids_per_batch,
                                                                             cpu.data.imgs_per_id)
-    assert paper.optim.name == cpu.optim.name == "sgd" and paper.optim.base_lr == cpu.optim.base_lr == 1e-3
+    assert paper.optim.name == "sgd" and paper.optim.base_lr == 1e-3
+    # the cpu profile's deviation (geng.yaml, docs/geng.md): SGD 1e-3 leaves 6 epochs untrained
+    assert (cpu.optim.name, cpu.optim.base_lr) == ("adam", 3.5e-4)
     assert paper.schedule.milestones == (40, 80, 120, 160) and paper.schedule.max_epochs == 170
     ce, verif = paper.loss.terms
     assert (ce.kind, ce.reads, ce.weight) == ("ce", "logits", 1.0)
