@@ -70,6 +70,23 @@ train: {seed: 0, checkpoint_every_epochs: 1}
 STUDY_SPEC = TINY_SPEC.replace("backbone: resnet18", 'backbone: "timm:test_resnet"')
 
 
+# A 2-epoch BoT on timm's test ResNet, for tests that patch a spec (tricks, step lists, presets):
+# the tiny_bot_yaml fixture.
+TINY_BOT_YAML = """
+profile: cpu
+model: {backbone: "timm:test_resnet", pretrained: false}
+data: {train: tiny, test: [tiny], image_size: [32, 16], ids_per_batch: 3, imgs_per_id: 2, pad_px: 2}
+schedule: {max_epochs: 2, milestones: [2], warmup_epochs: 0}
+eval: {batch_size: 16}
+train: {seed: 0, checkpoint_every_epochs: 1}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_bot_yaml() -> str:
+    return TINY_BOT_YAML
+
+
 @pytest.fixture(scope="session")
 def study_spec_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("spec") / "tiny-study.yaml"

@@ -23,15 +23,6 @@ AGW = ROOT / "experiments" / "agw.yaml"
 AGW_TRICKS = "warmup,rea,ls,stride,bnneck,center,nonlocal,gem,wrt"
 NEW_TRICKS = ("gem", "nonlocal", "wrt", "soft-margin", "circle", "cosine", "freeze", "autoaug")
 
-TINY_BOT = """
-profile: cpu
-model: {backbone: "timm:test_resnet", pretrained: false}
-data: {train: tiny, test: [tiny], image_size: [32, 16], ids_per_batch: 3, imgs_per_id: 2, pad_px: 2}
-schedule: {max_epochs: 2, milestones: [2], warmup_epochs: 0}
-eval: {batch_size: 16}
-train: {seed: 0, checkpoint_every_epochs: 1}
-"""
-
 TINY_MGN = """
 profile: cpu
 model: {arch: mgn, backbone: "timm:test_resnet", pretrained: false, reduction_dim: 8}
@@ -104,12 +95,12 @@ def test_frozen_at_counts_steps_not_epochs():
     assert frozen == [True] * 6 + [False] * 6  # ceil(1.5 × 4) = 6 steps
 
 
-def test_freeze_warmup_keeps_backbone_weights_and_bn_statistics_for_exactly_its_steps(tiny_market):
+def test_freeze_warmup_keeps_backbone_weights_and_bn_statistics_for_exactly_its_steps(tiny_market, tiny_bot_yaml):
     from reidbench.harness.train.build import build_training
     from reidbench.harness.train.loop import run_training
     from reidbench.harness.train.runner import load_datasets
 
-    spec = _spec(TINY_BOT, model={"neck": "bnneck"}, schedule={"freeze_epochs": 0.5})
+    spec = _spec(tiny_bot_yaml, model={"neck": "bnneck"}, schedule={"freeze_epochs": 0.5})
     datasets, _ = load_datasets(("tiny",), {"tiny": str(tiny_market)}, progress=False)
     c = build_training(spec, datasets["tiny"], torch.device("cpu"), 0, False).components
     steps_per_epoch = len(c.loader)
@@ -141,22 +132,22 @@ def test_freeze_warmup_keeps_backbone_weights_and_bn_statistics_for_exactly_its_
     assert all(p.requires_grad for n, p in c.model.named_parameters() if n.startswith("backbone."))
 
 
-def test_freeze_modules_must_match_a_parameter():
+def test_freeze_modules_must_match_a_parameter(tiny_bot_yaml):
     from reidbench.harness.train.build import stage_plan
     from reidbench.models.architectures import build_architecture
 
-    spec = _spec(TINY_BOT, schedule={"freeze_epochs": 1, "freeze_modules": ["nothing_here"]})
+    spec = _spec(tiny_bot_yaml, schedule={"freeze_epochs": 1, "freeze_modules": ["nothing_here"]})
     model = build_architecture(spec.model, 3)
     with pytest.raises(ValueError, match=r"schedule.freeze_modules=\['nothing_here'\] matches no parameter"):
         stage_plan(spec, model)
     with pytest.raises(Exception, match="schedule.freeze_epochs=2"):
-        _spec(TINY_BOT, schedule={"freeze_epochs": 2})
+        _spec(tiny_bot_yaml, schedule={"freeze_epochs": 2})
 
 
 # --------------------------------------------------------------------------- AutoAugment
 
 
-def test_autoaugment_runs_with_its_probability_and_is_recorded():
+def test_autoaugment_runs_with_its_probability_and_is_recorded(tiny_bot_yaml):
     from reidbench.harness.data.transforms import TrainTransform
 
     transform = TrainTransform((32, 16), autoaug_prob=0.1)
@@ -183,11 +174,11 @@ def test_autoaugment_runs_with_its_probability_and_is_recorded():
     assert spec.data.autoaug_prob == 0.1 and spec.to_dict()["data"]["autoaug_prob"] == 0.1
 
 
-def test_the_training_loader_applies_the_specs_autoaugment(tiny_market):
+def test_the_training_loader_applies_the_specs_autoaugment(tiny_market, tiny_bot_yaml):
     from reidbench.harness.train.build import build_training
     from reidbench.harness.train.runner import load_datasets
 
-    spec = get_trick("autoaug").apply(_spec(TINY_BOT))
+    spec = get_trick("autoaug").apply(_spec(tiny_bot_yaml))
     datasets, _ = load_datasets(("tiny",), {"tiny": str(tiny_market)}, progress=False)
     c = build_training(spec, datasets["tiny"], torch.device("cpu"), 0, False).components
     assert c.loader.dataset.transform.autoaug.p == 0.1
@@ -198,12 +189,12 @@ def test_the_training_loader_applies_the_specs_autoaugment(tiny_market):
 
 @pytest.mark.parametrize("arch", ["bot", "mgn"])
 @pytest.mark.parametrize("name", NEW_TRICKS)
-def test_each_trick_applies_to_bot_and_mgn_and_trains_one_step(name, arch):
+def test_each_trick_applies_to_bot_and_mgn_and_trains_one_step(name, arch, tiny_bot_yaml):
     from reidbench.harness.train.build import stage_plan
     from reidbench.models.architectures import build_architecture
     from reidbench.models.objective import build_objective
 
-    base = _spec(TINY_BOT if arch == "bot" else TINY_MGN)
+    base = _spec(tiny_bot_yaml if arch == "bot" else TINY_MGN)
     spec = get_trick(name).apply(base)
     assert spec != base and name in spec.tricks
     torch.manual_seed(0)
@@ -273,12 +264,12 @@ def _term_patch(term):
     return parse_presets({"p": {"label": "p", "term": term}}, "test")["p"]
 
 
-def test_triplet_weights_need_weighted_mining():
+def test_triplet_weights_need_weighted_mining(tiny_bot_yaml):
     with pytest.raises(ValueError, match=r"loss.terms\[0\].weights='exact' needs mining: weighted"):
-        _spec(TINY_BOT, loss={"terms": [{"kind": "triplet", "reads": "f_t", "weights": "exact"}]})
+        _spec(tiny_bot_yaml, loss={"terms": [{"kind": "triplet", "reads": "f_t", "weights": "exact"}]})
     with pytest.raises(ValueError, match=r"loss.terms\[0\].weights='typo' is not valid: reference or exact"):
-        _spec(TINY_BOT, loss={"terms": [{"kind": "triplet", "reads": "f_t", "mining": "weighted", "weights": "typo"}]})
-    ok = _spec(TINY_BOT, loss={"terms": [{"kind": "triplet", "reads": "f_t", "mining": "weighted", "weights": "exact"}]})
+        _spec(tiny_bot_yaml, loss={"terms": [{"kind": "triplet", "reads": "f_t", "mining": "weighted", "weights": "typo"}]})
+    ok = _spec(tiny_bot_yaml, loss={"terms": [{"kind": "triplet", "reads": "f_t", "mining": "weighted", "weights": "exact"}]})
     assert dict(ok.loss.terms[0].options) == {"mining": "weighted", "weights": "exact"}
 
 
@@ -390,12 +381,12 @@ def test_ablate_dry_run_with_agws_three_on_bot():
         assert label in result.output
 
 
-def test_tiny_ablations_of_every_agw_trick_train_and_report(tmp_path, tiny_market):
+def test_tiny_ablations_of_every_agw_trick_train_and_report(tmp_path, tiny_market, tiny_bot_yaml):
     from reidbench.harness.cli import main
     from reidbench.harness.store import Store
 
     base = tmp_path / "tiny-bot.yaml"
-    base.write_text(TINY_BOT)
+    base.write_text(tiny_bot_yaml)
     common = ["--base", str(base), "--data", f"tiny={tiny_market}", "--profile", "cpu", "--mode", "single",
               "--db", f"sqlite:///{tmp_path / 'r.db'}", "--runs-dir", str(tmp_path / "runs"), "--workers", "0",
               "--device", "cpu"]
