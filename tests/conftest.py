@@ -87,6 +87,27 @@ def tiny_bot_yaml() -> str:
     return TINY_BOT_YAML
 
 
+# A 2-epoch MGN (G/P2/P3 on timm's test ResNet, 8-d reductions): the tiny_mgn_yaml fixture.
+TINY_MGN_YAML = """
+profile: cpu
+model: {arch: mgn, backbone: "timm:test_resnet", pretrained: false, reduction_dim: 8}
+data: {train: tiny, test: [tiny], image_size: [48, 16], ids_per_batch: 3, imgs_per_id: 2, pad_px: 0}
+loss:
+  terms:
+    - {kind: ce, reads: "logits_*", combine: sum}
+    - {kind: triplet, reads: [f_g, f_p2, f_p3], combine: sum, margin: 1.2}
+optim: {name: sgd, base_lr: 0.01}
+schedule: {max_epochs: 2, milestones: [2], warmup_epochs: 0}
+eval: {batch_size: 16}
+train: {seed: 0, checkpoint_every_epochs: 1}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_mgn_yaml() -> str:
+    return TINY_MGN_YAML
+
+
 @pytest.fixture(scope="session")
 def study_spec_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("spec") / "tiny-study.yaml"
@@ -170,6 +191,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES_SCRIPT = REPO_ROOT / "scripts" / "test_services.sh"
 INSTALL_TIMEOUT_S = 900
 SERVICE_USER = "postgres"  # PostgreSQL refuses to run as root; Debian's package creates this user
+
+
+def _session_is_dead(pid_file: Path) -> bool:
+    """True when the test session that wrote ``pid_file`` is gone (its services can be stopped);
+    False while it runs, or when the file cannot be read (then leave its services alone)."""
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+        return False  # that session is still running
+    except ProcessLookupError:
+        return True
+    except (ValueError, OSError):
+        return False
 
 
 def _install_service(service: str) -> str:
@@ -276,12 +309,7 @@ class PostgresServer:
         import tempfile
 
         for session in Path(tempfile.gettempdir()).glob(self.PREFIX + "*/session.pid"):
-            try:
-                os.kill(int(session.read_text()), 0)
-                continue  # that session is still running
-            except ProcessLookupError:
-                pass
-            except (ValueError, OSError):
+            if not _session_is_dead(session):
                 continue
             old = object.__new__(PostgresServer)
             old.bindir, old.root, old.data, old.log, old.run_as = (
@@ -486,12 +514,7 @@ class SlurmCluster:
         import tempfile
 
         for session in Path(tempfile.gettempdir()).glob("pytest-of-*/pytest-*/slurm*/session.pid"):
-            try:
-                os.kill(int(session.read_text()), 0)
-                continue  # that session is still running
-            except ProcessLookupError:
-                pass
-            except (ValueError, OSError):
+            if not _session_is_dead(session):
                 continue
             root = session.parent
             for pid_file in (root / "slurmd.pid", root / "slurmctld.pid", root / "munge" / "munged.pid"):

@@ -9,18 +9,8 @@ from click.testing import CliRunner
 from reidbench.harness.cli import main
 from reidbench.harness.store import Store
 
-TINY_MGN = """
-profile: cpu
-model: {arch: mgn, backbone: "timm:test_resnet", pretrained: false, reduction_dim: 8}
-data: {train: tiny, test: [tiny], image_size: [48, 16], ids_per_batch: 3, imgs_per_id: 2, pad_px: 0}
-loss:
-  terms:
-    - {kind: ce, reads: "logits_*", combine: sum}
-    - {kind: triplet, reads: [f_g, f_p2, f_p3], combine: sum, margin: 1.2}
-optim: {name: sgd, base_lr: 0.01}
-schedule: {max_epochs: 2, milestones: [2], warmup_epochs: 0}
-eval: {batch_size: 16, flip: true}
-train: {seed: 0, checkpoint_every_epochs: 1}
+# conftest's tiny MGN with flip-averaged evaluation, a preset and a step list
+MGN_EXTRAS = """
 presets:
   avg: {label: average pooling, set: {model.pool: avg}}
 ablations:
@@ -34,11 +24,13 @@ ablations:
 """
 
 
-def _files(tmp_path: Path, tiny_bot_yaml: str) -> Path:
+def _files(tmp_path: Path, tiny_bot_yaml: str, tiny_mgn_yaml: str) -> Path:
     bot = tmp_path / "tiny-bot.yaml"
     bot.write_text(tiny_bot_yaml)
     mgn = tmp_path / "tiny-mgn.yaml"
-    mgn.write_text(TINY_MGN.replace("BOT_PATH", str(bot)))
+    flipped = tiny_mgn_yaml.replace("eval: {batch_size: 16}", "eval: {batch_size: 16, flip: true}")
+    assert flipped != tiny_mgn_yaml
+    mgn.write_text(flipped + MGN_EXTRAS.replace("BOT_PATH", str(bot)))
     return mgn
 
 
@@ -48,8 +40,8 @@ def _args(base: Path, data: Path, tmp_path: Path, *extra: str) -> list[str]:
             "--device", "cpu", *extra]
 
 
-def test_a_step_list_trains_each_labelled_row_and_reports_it(tmp_path, tiny_market, tiny_bot_yaml):
-    base = _files(tmp_path, tiny_bot_yaml)
+def test_a_step_list_trains_each_labelled_row_and_reports_it(tmp_path, tiny_market, tiny_bot_yaml, tiny_mgn_yaml):
+    base = _files(tmp_path, tiny_bot_yaml, tiny_mgn_yaml)
     first = CliRunner().invoke(main, _args(base, tiny_market, tmp_path, "--steps", "mini"))
     assert first.exit_code == 0, first.output
     table = [line for line in first.output.splitlines()
@@ -76,8 +68,8 @@ def test_a_step_list_trains_each_labelled_row_and_reports_it(tmp_path, tiny_mark
         assert label in report.output
 
 
-def test_a_preset_is_the_base_patched_and_dry_run_shows_what_each_step_changes(tmp_path, tiny_market, tiny_bot_yaml):
-    base = _files(tmp_path, tiny_bot_yaml)
+def test_a_preset_is_the_base_patched_and_dry_run_shows_what_each_step_changes(tmp_path, tiny_market, tiny_bot_yaml, tiny_mgn_yaml):
+    base = _files(tmp_path, tiny_bot_yaml, tiny_mgn_yaml)
     result = CliRunner().invoke(main, _args(base, tiny_market, tmp_path, "--preset", "avg", "--add", "ls",
                                             "--dry-run"))
     assert result.exit_code == 0, result.output
@@ -88,8 +80,8 @@ def test_a_preset_is_the_base_patched_and_dry_run_shows_what_each_step_changes(t
     assert "triplet(f_g){combine: sum, margin: 1.2}" in steps.output
 
 
-def test_step_list_and_preset_errors_are_one_line(tmp_path, tiny_market, tiny_bot_yaml):
-    base = _files(tmp_path, tiny_bot_yaml)
+def test_step_list_and_preset_errors_are_one_line(tmp_path, tiny_market, tiny_bot_yaml, tiny_mgn_yaml):
+    base = _files(tmp_path, tiny_bot_yaml, tiny_mgn_yaml)
     cases = [
         (("--steps", "mini", "--add", "ls"), "--steps mini gives the rows itself: drop --add"),
         (("--steps", "mini", "--mode", "single"), "--steps mini gives the rows itself: drop --mode"),
@@ -102,19 +94,19 @@ def test_step_list_and_preset_errors_are_one_line(tmp_path, tiny_market, tiny_bo
         assert message in result.output and len(result.output.strip().splitlines()) == 1
 
 
-def test_bases_lists_presets_step_lists_and_evaluations(tmp_path, tiny_bot_yaml):
+def test_bases_lists_presets_step_lists_and_evaluations(tmp_path, tiny_bot_yaml, tiny_mgn_yaml):
     result = CliRunner().invoke(main, ["bases"])
     assert result.exit_code == 0, result.output
     assert "--preset fastreid: fast-reid's MGN" in result.output
     assert "rows: BoT baseline | G | P2 | P3 | G+P2 | G+P3 | P2+P3 | MGN | MGN w/o triplet" in result.output
     assert "--eval rerank, ft-euclidean" in result.output
-    one = CliRunner().invoke(main, ["bases", str(_files(tmp_path, tiny_bot_yaml))])
+    one = CliRunner().invoke(main, ["bases", str(_files(tmp_path, tiny_bot_yaml, tiny_mgn_yaml))])
     assert one.exit_code == 0 and "--steps mini: a tiny component study" in one.output
     assert "--preset avg: average pooling" in one.output
 
 
-def test_train_preset_unknown_is_one_line(tmp_path, tiny_bot_yaml):
-    result = CliRunner().invoke(main, ["train", str(_files(tmp_path, tiny_bot_yaml)), "--preset", "nope"])
+def test_train_preset_unknown_is_one_line(tmp_path, tiny_bot_yaml, tiny_mgn_yaml):
+    result = CliRunner().invoke(main, ["train", str(_files(tmp_path, tiny_bot_yaml, tiny_mgn_yaml)), "--preset", "nope"])
     assert result.exit_code == 2 and "--preset 'nope' is not a preset of tiny-mgn.yaml; valid: avg" in result.output
 
 

@@ -23,20 +23,6 @@ AGW = ROOT / "experiments" / "agw.yaml"
 AGW_TRICKS = "warmup,rea,ls,stride,bnneck,center,nonlocal,gem,wrt"
 NEW_TRICKS = ("gem", "nonlocal", "wrt", "soft-margin", "circle", "cosine", "freeze", "autoaug")
 
-TINY_MGN = """
-profile: cpu
-model: {arch: mgn, backbone: "timm:test_resnet", pretrained: false, reduction_dim: 8}
-data: {train: tiny, test: [tiny], image_size: [48, 16], ids_per_batch: 3, imgs_per_id: 2, pad_px: 0}
-loss:
-  terms:
-    - {kind: ce, reads: "logits_*", combine: sum}
-    - {kind: triplet, reads: [f_g, f_p2, f_p3], combine: sum, margin: 1.2}
-optim: {name: sgd, base_lr: 0.01}
-schedule: {max_epochs: 2, milestones: [2], warmup_epochs: 0}
-eval: {batch_size: 16}
-train: {seed: 0, checkpoint_every_epochs: 1}
-"""
-
 
 def _spec(text: str, **sections):
     raw = yaml.safe_load(text)
@@ -189,12 +175,12 @@ def test_the_training_loader_applies_the_specs_autoaugment(tiny_market, tiny_bot
 
 @pytest.mark.parametrize("arch", ["bot", "mgn"])
 @pytest.mark.parametrize("name", NEW_TRICKS)
-def test_each_trick_applies_to_bot_and_mgn_and_trains_one_step(name, arch, tiny_bot_yaml):
+def test_each_trick_applies_to_bot_and_mgn_and_trains_one_step(name, arch, tiny_bot_yaml, tiny_mgn_yaml):
     from reidbench.harness.train.build import stage_plan
     from reidbench.models.architectures import build_architecture
     from reidbench.models.objective import build_objective
 
-    base = _spec(tiny_bot_yaml if arch == "bot" else TINY_MGN)
+    base = _spec(tiny_bot_yaml if arch == "bot" else tiny_mgn_yaml)
     spec = get_trick(name).apply(base)
     assert spec != base and name in spec.tricks
     torch.manual_seed(0)
@@ -212,12 +198,12 @@ def test_each_trick_applies_to_bot_and_mgn_and_trains_one_step(name, arch, tiny_
         assert {t.kind for t in spec.loss.terms} == {"circle", "triplet"} and "id" in values
 
 
-def test_circle_keeps_label_smoothing_and_maps_globs():
+def test_circle_keeps_label_smoothing_and_maps_globs(tiny_mgn_yaml):
     bot = get_trick("circle").apply(get_trick("ls").apply(load_spec_file(BOT, "paper")))
     circle = bot.loss.terms[0]
     assert (circle.kind, circle.reads, dict(circle.options)) == ("circle", "cosine", {"label_smoothing": 0.1})
     assert dict(bot.model.options) == {"classifier": "cosine"}
-    mgn = get_trick("circle").apply(_spec(TINY_MGN))
+    mgn = get_trick("circle").apply(_spec(tiny_mgn_yaml))
     assert (mgn.loss.terms[0].reads, mgn.loss.terms[0].combine) == ("cosine_*", "sum")
     with pytest.raises(ValueError, match="trick 'ls' needs a loss term of kind 'ce'"):
         get_trick("ls").apply(get_trick("circle").apply(load_spec_file(BOT, "paper")))
