@@ -136,6 +136,18 @@ def test_dead_workers_trials_are_failed_and_requeued(storage) -> None:
     orphan = study.ask()
     assert reap_dead_trials(study) == []  # on a shared server it gets ORPHAN_AFTER_S to show up
     assert reap_dead_trials(study, local_storage=True) == [orphan.number]
+    # It died before suggesting its point, so it has no params; its retry still trains that point.
+    point = orphan.user_attrs["grid_point"]
+    assert orphan.params == {}
+    waiting = len(study.get_trials(states=(TrialState.WAITING,)))
+    for _ in range(waiting):  # the queue hands out the oldest waiting trial first
+        again = study.ask()
+        if again.user_attrs.get("grid_point") == point and again.number > orphan.number:
+            break
+    else:
+        pytest.fail(f"no retry of grid point {point} was queued")
+    expected = plan.space.point_from_params(plan.grid_params()[point])
+    assert plan.space.suggest(again) == expected
 
 
 def test_prune_hook_reports_and_stops_below_the_median() -> None:

@@ -29,9 +29,15 @@ def _args(root: Path, data: Path, spec: Path, name: str, batches: str, db_url: s
 
 
 def _by_point(trials) -> dict[str, list]:
+    """Trials grouped by their grid point. A trial killed after it left the queue but before it
+    suggested its point has neither the ``batch`` attribute nor the param; its point is then the
+    one it was queued with (Optuna's ``fixed_params``, which its re-queued retry inherits)."""
     out: dict[str, list] = {}
     for t in trials:
-        out.setdefault(t.user_attrs.get("batch") or t.params.get("batch"), []).append(t)
+        point = (t.user_attrs.get("batch") or t.params.get("batch")
+                 or t.system_attrs.get("fixed_params", {}).get("batch"))
+        assert point is not None, (t.number, t.state.name, t.user_attrs, t.system_attrs)
+        out.setdefault(point, []).append(t)
     return out
 
 
