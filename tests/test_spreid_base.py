@@ -108,3 +108,34 @@ def test_models_counts_spreids_parameters_against_an_independent_count():
     assert rows["spreid"]["params"] == sum(p.numel() for p in trunk.parameters()) + 3 * width * 7 + 7
     assert rows["spreid"]["feature_dim"] == 3 * width and rows["spreid"]["test_feature"] == ["f"]
     assert "neck" not in rows["spreid"]["model_fields"] and rows["spreid"]["variants"]["mask_stride"] == 16
+
+
+def _dry_run_hashes(tmp_path, *args: str) -> dict[str, str]:
+    """Row label → 12-character run hash from an ``ablate --dry-run`` listing (one seed)."""
+    result = CliRunner().invoke(main, ["ablate", "--base", "spreid", "--dry-run", "--profile", "cpu",
+                                       "--db", f"sqlite:///{tmp_path / 'r.db'}", *args])
+    assert result.exit_code == 0, result.output
+    rows = {}
+    for line in result.output.splitlines():
+        if line.startswith("  ") and not line.startswith("      ") and line.rstrip().endswith("]"):
+            label, rhash, _status = line.strip().rsplit(maxsplit=2)
+            rows[label.removesuffix(" (seed 0)")] = rhash
+    return rows
+
+
+def test_the_warmup_list_is_the_recipe_plus_bots_warmup_on_every_row(tmp_path):
+    spec, extras = load_base_file(EXPERIMENTS / "spreid.yaml", "cpu")
+    rows = parse_step_lists(extras["ablations"], "ablations")["warmup"].steps
+    assert [list(p.tricks) for p in rows] == [[]] + [["warmup"]] * 5
+    specs = [apply_patch(spec, p) for p in rows]
+    assert [dict(s.model.options).get("features", ("foreground", "parts", "global")) for s in specs] == [
+        ("foreground", "parts", "global"), ("global",), ("foreground", "global"), ("parts", "global"),
+        ("foreground", "parts", "global"), ("foreground", "parts", "global")]
+    assert [s.data.masks for s in specs] == ["oracle"] * 5 + ["stripes"]
+    # its rows are the very runs `--add warmup` and the features list make: stored runs are reused
+    steps = _dry_run_hashes(tmp_path, "--steps", "warmup")
+    single = _dry_run_hashes(tmp_path, "--add", "warmup", "--mode", "single")
+    features = _dry_run_hashes(tmp_path, "--steps", "features")
+    assert steps["all three + warmup"] == single["+warmup"]
+    assert steps["all three (recipe, no warm-up)"] == single["Baseline"] == features["all three (SPReID)"]
+    assert len(set(steps.values())) == 6
