@@ -163,6 +163,9 @@ def test_ablation_deltas_per_mode():
     assert single["delta"].tolist() == pytest.approx([15.0, 10.0]) and set(single["reference"]) == {"A"}
     loo = ablation_deltas(frame, "leave-one-out")
     assert loo["delta"].tolist() == pytest.approx([15.0, 10.0])
+    against = ablation_deltas(frame, "cumulative", against="C")  # every other row against C, whatever the mode
+    assert against["step"].tolist() == ["A", "B"] and set(against["reference"]) == {"C"}
+    assert against["delta"].tolist() == pytest.approx([-10.0, 5.0])
     with_gap = ablation_deltas(tidy([(0, "A", "g", [0.5]), (1, "B", "g", [])]), "cumulative")
     assert math.isnan(with_gap["delta"].iloc[0])
     from reidbench.harness.report.plots import plot_ablation
@@ -195,6 +198,10 @@ def test_plot_ablation_cli_formats(store, tmp_path, name, magic):
         check_image(out, (500, 200))
     if name.endswith(".svg"):
         assert b"<svg" in out.read_bytes()[:2000]
+        res = CliRunner().invoke(cli(), ["plot", "ablation", "--db", store.url, "--out", str(out), "--against", "1",
+                                         "--interval", "none"])
+        assert res.exit_code == 0, res.output
+        assert b"vs &#x27;Baseline&#x27;" in out.read_bytes() or b"vs 'Baseline'" in out.read_bytes()
 
 
 def test_plot_rejects_unknown_figure_type(store, tmp_path):

@@ -65,6 +65,45 @@ def test_references_per_mode():
     assert references("leave-one-out", steps) == {"B": "A", "C": "A"}
 
 
+def test_references_against_a_chosen_row_by_label_or_number():
+    steps = ["A", "B", "C"]
+    for mode in ("cumulative", "single", "steps"):
+        assert references(mode, steps, against="B") == {"A": "B", "C": "B"}
+        assert references(mode, steps, against="3") == {"A": "C", "B": "C"}
+    with pytest.raises(ValueError, match=r"--against 'D' is not a row.*1: A; 2: B; 3: C") as info:
+        references("single", steps, against="D")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="is not a row"):
+        references("single", steps, against="4")
+
+
+def test_report_against_a_chosen_row(tmp_path):
+    """Every row against +warmup (row 2 of a cumulative table): the differences are hand-computed,
+    Baseline − +warmup is significant and +REA − +warmup is not, and the caption names the row."""
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    store = Store(db)
+    _record(store, _steps([0, 1, 2]), lambda s: {"R1": 0.9, "mAP": MAP[s.step][s.seed], "mINP": 0.3})
+    for against in ("+warmup", "2"):
+        frame = _csv(db, "--against", against)
+        for step, significant in (("Baseline", 1), ("+REA", 0)):
+            d = np.subtract(MAP[step], MAP["+warmup"])
+            half = T_975_2 * d.std(ddof=1) / math.sqrt(3)
+            assert frame.loc[step, "synth-a mAP delta"] == pytest.approx(100 * d.mean(), abs=1e-4)
+            assert frame.loc[step, "synth-a mAP ci_low"] == pytest.approx(100 * (d.mean() - half), abs=1e-3)
+            assert frame.loc[step, "synth-a mAP ci_high"] == pytest.approx(100 * (d.mean() + half), abs=1e-3)
+            assert frame.loc[step, "synth-a mAP significant"] == significant
+        assert math.isnan(frame.loc["+warmup", "synth-a mAP significant"])  # the chosen row is its own reference
+    markdown = CliRunner().invoke(main, ["report", "--metrics", "map", "--db", db, "--against", "2"]).stdout
+    assert "† the difference from the row '+warmup' has a 95% interval" in markdown
+    lines = {line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| ")}
+    assert "†" in lines["Baseline"] and "†" not in lines["+REA"] and "†" not in lines["+warmup"]
+    bad = CliRunner().invoke(main, ["report", "--db", db, "--against", "+LS"])
+    assert bad.exit_code != 0 and "--against '+LS' is not a row" in bad.output and "Traceback" not in bad.output
+    speed = CliRunner().invoke(main, ["report", "--db", db, "--against", "+REA", "--speed"])
+    assert speed.exit_code == 2 and "--against applies to an ablation's accuracy table" in speed.output
+    store.close()
+
+
 def test_three_seed_t_intervals_in_csv_and_daggers_in_markdown(tmp_path):
     db = f"sqlite:///{tmp_path / 'r.db'}"
     store = Store(db)

@@ -68,15 +68,18 @@ def _study_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--speed", is_flag=True,
               help="Instead of accuracy: each step's training speed (img/s, mean±std over seeds) and its ratio to "
                    "the first row — what a component costs.")
+@click.option("--against", default=None, metavar="ROW",
+              help="Compare every row with this one (its label or 1-based number) instead of the mode's "
+                   "reference (the base, the step before, all tricks, a step list's first row).")
 @click.option("--label", default="tab:ablation", show_default=True, help="LaTeX \\label of the table.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: stdout].")
 @_study_options
 @interval_options
 @db_option
-def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, speed: bool, label: str,
-           out: Path | None, study: str | None, storage: str | None, runs_dir: Path, interval: str, resamples: int,
-           db_url: str | None) -> None:
+def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, speed: bool, against: str | None,
+           label: str, out: Path | None, study: str | None, storage: str | None, runs_dir: Path, interval: str,
+           resamples: int, db_url: str | None) -> None:
     """A paper-style table of one ablation: rows = steps, column groups = test sets.
 
     R1/mAP in percent with one decimal, mean±std over seeds, the best value per column in bold;
@@ -84,12 +87,16 @@ def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, spe
     (CSV: delta, ci_low, ci_high, significant columns); the caption says what the numbers are
     (data, profile, epochs, seeds, weights, re-ranking, which interval).
     """
+    if against is not None and (speed or study):
+        raise click.UsageError(f"--against applies to an ablation's accuracy table, not to "
+                               f"{'--speed' if speed else '--study'} (which compares with "
+                               f"{'the first row' if speed else 'the best point'})")
     if speed:
         _report_speed(ablation, fmt, label, out, db_url)
     elif study:
         _report_study(study, storage, runs_dir, fmt, metrics, label, out, db_url, interval, resamples)
     else:
-        _report(ablation, fmt, metrics, paper, label, out, db_url, interval, resamples)
+        _report(ablation, fmt, metrics, paper, label, out, db_url, interval, resamples, against)
 
 
 def _study_points(store: Any, study: str, storage: str | None, runs_dir: Path, metrics: tuple[str, ...]):
@@ -146,8 +153,9 @@ def _report_study(study: str, storage: str | None, runs_dir: Path, fmt: str | No
 
 @user_errors
 def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, label: str, out: Path | None,
-            db_url: str | None, interval: str = "auto", resamples: int = 1000) -> None:
+            db_url: str | None, interval: str = "auto", resamples: int = 1000, against: str | None = None) -> None:
     from reidbench.harness.report.naming import parse_metrics
+    from reidbench.harness.report.significance import ablation_steps, reference_row
     from reidbench.harness.report.tables import (
         ablation_caption,
         ablation_table,
@@ -161,6 +169,11 @@ def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, la
     chosen = parse_metrics(metrics) if metrics else None
     store = open_store(db_url)
     frame, context = load_ablation(store, _ablation_ref(ablation))
+    if against is not None:
+        against = reference_row(ablation_steps(frame), against)
+        if interval == "none":
+            raise ValueError(f"--against {against!r} with --interval none: the table shows no differences; "
+                             f"drop --interval none (or --against)")
     use_metrics = chosen or default_metrics(frame)
     table = ablation_table(frame, use_metrics, paper=paper)
     with_paper = paper and has_paper_numbers(table)
@@ -174,9 +187,9 @@ def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, la
 
         intervals = ablation_intervals(store, frame, context.mode, use_metrics, method=interval, resamples=resamples,
                                        fingerprints=context.test_fingerprints,
-                                       log=lambda line: click.echo(line, err=True))
+                                       log=lambda line: click.echo(line, err=True), against=against)
         table = with_intervals(table, intervals)
-        note = interval_note(intervals, context.mode, resamples=resamples)
+        note = interval_note(intervals, context.mode, resamples=resamples, against=against)
         caption = f"{caption} {note}".strip()
     emit(render(table, use_fmt, caption=caption, label=label, title=f"reidbench ablation {context.name}"), out)
 
@@ -331,10 +344,12 @@ def _curves(run_ref: str, out: Path, figsize: str | None, dpi: int, db_url: str 
 @plot.command("ablation")
 @click.option("--ablation", default="latest", show_default=True, metavar="ID|NAME|latest")
 @click.option("--metric", default="map", show_default=True, help="Metric whose difference is plotted.")
+@click.option("--against", default=None, metavar="ROW",
+              help="Plot every row's difference from this one (its label or 1-based number) instead.")
 @interval_options
 @_figure_options("ablation.png")
-def plot_ablation_cmd(ablation: str, metric: str, interval: str, resamples: int, out: Path, figsize: str | None,
-                      dpi: int, db_url: str | None) -> None:
+def plot_ablation_cmd(ablation: str, metric: str, against: str | None, interval: str, resamples: int, out: Path,
+                      figsize: str | None, dpi: int, db_url: str | None) -> None:
     """Δ metric per trick: vs the previous step (cumulative), the base (single) or all tricks
     (leave-one-out), one panel per test set.
 
@@ -344,13 +359,14 @@ def plot_ablation_cmd(ablation: str, metric: str, interval: str, resamples: int,
     red down): the interval excludes 0. Grey hatched bars: it includes 0 (not significant) or
     none could be computed (the reason is printed). The legend says which interval was used.
     --interval none: ±std-over-seeds error bars, green/red bars, no significance test.
+    --against ROW: every row against that one, whatever the mode.
     """
-    _ablation_plot(ablation, metric, out, figsize, dpi, db_url, interval, resamples)
+    _ablation_plot(ablation, metric, out, figsize, dpi, db_url, interval, resamples, against)
 
 
 @user_errors
 def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, dpi: int, db_url: str | None,
-                   interval: str = "auto", resamples: int = 1000) -> None:
+                   interval: str = "auto", resamples: int = 1000, against: str | None = None) -> None:
     from reidbench.harness.report.figures import figure_format, parse_figsize
     from reidbench.harness.report.naming import parse_metrics
     from reidbench.harness.report.plots import REFERENCE, ablation_deltas, plot_ablation
@@ -361,14 +377,18 @@ def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, d
     (name,) = parse_metrics(metric)[:1]
     store = open_store(db_url)
     frame, ctx = load_ablation(store, _ablation_ref(ablation))
+    if against is not None:
+        from reidbench.harness.report.significance import ablation_steps, reference_row
+
+        against = reference_row(ablation_steps(frame), against)
     if interval == "none":
-        deltas = ablation_deltas(frame, ctx.mode, name)
+        deltas = ablation_deltas(frame, ctx.mode, name, against=against)
     else:
         from reidbench.harness.report.significance import ablation_intervals
 
         intervals = ablation_intervals(store, frame, ctx.mode, [name], method=interval, resamples=resamples,
                                        fingerprints=ctx.test_fingerprints,
-                                       log=lambda line: click.echo(line, err=True))
+                                       log=lambda line: click.echo(line, err=True), against=against)
         deltas = intervals[intervals["metric"] == name]
         lacking = deltas[deltas["method"].astype(str).str.startswith("no interval")]
         for why, rows in lacking.groupby("method", sort=False):
@@ -377,7 +397,8 @@ def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, d
                        err=True)
     data = {"synthetic": "synthetic", "real": "real"}.get(ctx.data_kind, ctx.data_kind)
     epochs = f"{ctx.epochs} epochs" + (f" of {ctx.full_epochs}" if ctx.full_epochs else "") if ctx.epochs else ""
-    title = (f"Δ {name} vs {REFERENCE.get(ctx.mode, 'reference')} — ablation {ctx.name} ({ctx.mode}), trained on "
+    versus = f"'{against}'" if against is not None else REFERENCE.get(ctx.mode, 'reference')
+    title = (f"Δ {name} vs {versus} — ablation {ctx.name} ({ctx.mode}), trained on "
              f"{ctx.train} ({data}), {', '.join(p for p in (f'profile {ctx.profile}', epochs) if p)}, "
              f"{len(ctx.seeds)} seed(s)")
     path = plot_ablation(deltas, out, mode=ctx.mode, metric=name, title=title, resamples=resamples, figsize=size,

@@ -203,14 +203,18 @@ REFERENCE = {"cumulative": "previous step", "single": "the base",
              "steps": "the first step of the step list"}
 
 
-def ablation_deltas(frame: "pd.DataFrame", mode: str, metric: str = "mAP") -> "pd.DataFrame":
+def ablation_deltas(frame: "pd.DataFrame", mode: str, metric: str = "mAP",
+                    against: str | None = None) -> "pd.DataFrame":
     """Δ ``metric`` (points) of each step against its reference, per test-set group.
 
     Reference: the previous row (cumulative), the first row = the base (single), the first row =
-    all tricks (leave-one-out: Δ < 0 means the removed trick helps), the first row (a step list). Columns: step, reference,
+    all tricks (leave-one-out: Δ < 0 means the removed trick helps), the first row (a step list);
+    the row ``against`` names for every other row when given. Columns: step, reference,
     group, delta, std (of the difference of independent means: √(s_a² + s_b²), 0 for one seed).
     """
     import pandas as pd
+
+    from reidbench.harness.report.significance import references
 
     if mode not in REFERENCE:
         raise ValueError(f"ablation mode {mode!r} is not known; valid: {', '.join(REFERENCE)}")
@@ -221,8 +225,7 @@ def ablation_deltas(frame: "pd.DataFrame", mode: str, metric: str = "mAP") -> "p
     groups = list(dict.fromkeys(frame["group"]))
     value = {(r.step, r.group): (100 * r.mean, 100 * r.std) for r in stats.itertuples()}
     rows = []
-    for i, step in enumerate(steps[1:], start=1):
-        ref = steps[i - 1] if mode == "cumulative" else steps[0]
+    for step, ref in references(mode, steps, against).items():
         for group in groups:
             a, b = value.get((step, group)), value.get((ref, group))
             if a is None or b is None:

@@ -35,13 +35,41 @@ REFERENCE_WORDS = {"cumulative": "the step before", "single": "the base", "leave
                    "steps": "the first row", "study": "the best point"}
 
 
-def references(mode: str, steps: Sequence[str]) -> dict[str, str]:
-    """{step: the step it is compared with} in table order; the first row has no reference."""
+def references(mode: str, steps: Sequence[str], against: str | None = None) -> dict[str, str]:
+    """{step: the step it is compared with} in table order; the first row has no reference.
+
+    ``against`` (a row's label, or its 1-based number) compares every other row with that row
+    instead, whatever the mode: e.g. every SPReID feature set with "global only + warmup".
+    """
     if not steps:
         return {}
+    if against is not None:
+        ref = reference_row(steps, against)
+        return {s: ref for s in steps if s != ref}
     if mode == "cumulative":
         return {s: steps[i - 1] for i, s in enumerate(steps) if i > 0}
     return {s: steps[0] for s in steps[1:]}
+
+
+def ablation_steps(frame: "pd.DataFrame") -> list[str]:
+    """The row labels of an ablation frame (``report/tables.load_ablation``) in table order."""
+    return list(dict.fromkeys(frame.sort_values("row")["step"][frame["variant"] == ""]))
+
+
+def reference_row(steps: Sequence[str], against: str) -> str:
+    """The row ``against`` names: its exact label, else its 1-based number; a one-line error otherwise."""
+    if against in steps:
+        return against
+    text = str(against).strip()
+    if text.isdigit() and 1 <= int(text) <= len(steps):
+        return steps[int(text) - 1]
+    shown = "; ".join(f"{i}: {s}" for i, s in enumerate(steps, start=1))
+    raise ValueError(f"--against {against!r} is not a row of this ablation; valid: a row's label or number ({shown})")
+
+
+def reference_words(mode: str, against: str | None = None) -> str:
+    """What each row's difference is taken from, for captions: "the base", "the row 'global only'"."""
+    return f"the row '{against}'" if against is not None else REFERENCE_WORDS.get(mode, "the reference row")
 
 
 def _bootstrap_metric(metric: str) -> tuple[str, str]:
@@ -82,16 +110,18 @@ def _pooled(arrays: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def ablation_intervals(store: Any, frame: "pd.DataFrame", mode: str, metrics: Sequence[str], *,
                        method: str = "auto", resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
                        confidence: float = 0.95, fingerprints: dict[str, str] | None = None,
-                       log: Callable[[str], None] | None = None) -> "pd.DataFrame":
+                       log: Callable[[str], None] | None = None, against: str | None = None) -> "pd.DataFrame":
     """One row per (step, test set, metric) with a reference: the difference and its interval (points).
+
+    ``against``: compare every row with this one (``references``) instead of the mode's reference.
 
     Rows whose interval cannot be computed (a run not done, per-query results lacking, one seed
     with ``method="seeds"``) keep NaN bounds, ``significant`` False and the reason in ``method``.
     """
     default = frame[(frame["variant"] == "") & frame["metric"].notna()]
-    steps = list(dict.fromkeys(frame.sort_values("row")["step"][frame["variant"] == ""]))
+    steps = ablation_steps(frame)
     runs, values, groups = _index(default.itertuples(), row="step", scale=1.0)
-    comparisons = [(step, ref, test_set, metric) for step, ref in references(mode, steps).items()
+    comparisons = [(step, ref, test_set, metric) for step, ref in references(mode, steps, against).items()
                    for test_set in groups for metric in metrics]
     return compare(store, runs, values, groups, comparisons, method=method, resamples=resamples, seed=seed,
                    confidence=confidence, fingerprints=fingerprints, log=log)
@@ -185,14 +215,14 @@ def compare(store: Any, runs: dict, values: dict, groups: dict, comparisons: Seq
 
 
 def interval_note(intervals: "pd.DataFrame", mode: str, confidence: float = 0.95,
-                  resamples: int = DEFAULT_RESAMPLES) -> str:
+                  resamples: int = DEFAULT_RESAMPLES, against: str | None = None) -> str:
     """The caption sentence saying what † means and which interval the table shows."""
     if intervals.empty:
         return ""
     used = [m for m in dict.fromkeys(intervals["method"]) if m in (T_METHOD, BOOTSTRAP_METHOD)]
     how = " and ".join(f"{m}{f', {resamples:,} resamples' if m == BOOTSTRAP_METHOD else ''}" for m in used)
     lacking = int((~intervals["method"].isin([T_METHOD, BOOTSTRAP_METHOD])).sum())
-    text = (f"† the difference from {REFERENCE_WORDS.get(mode, 'the reference row')} has a "
+    text = (f"† the difference from {reference_words(mode, against)} has a "
             f"{round(100 * confidence)}% interval that excludes 0 ({how or 'no interval could be computed'}).")
     if lacking:
         text += f" {lacking} comparison(s) without an interval (see the CSV's method column)."
