@@ -215,6 +215,38 @@ def test_pretrain_steps_train_the_verification_head_alone():
     assert moved["classifier.weight"] > 1.01 * params.lr  # the head trained for all five steps
 
 
+def test_balanced_pair_loss_is_the_mean_of_the_two_class_means():
+    torch.manual_seed(0)
+    logits = torch.randn(40, 2)
+    labels = torch.zeros(40, dtype=torch.long)
+    labels[[3, 17, 29]] = 1  # 3 positives of 40, the imbalance of a top-k graph
+    per_pair = -torch.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+    assert float(net.pair_loss(logits, labels)) == pytest.approx(float(per_pair.mean()), rel=1e-6)
+    by_class = 0.5 * (per_pair[labels == 0].mean() + per_pair[labels == 1].mean())
+    assert float(net.pair_loss(logits, labels, balanced=True)) == pytest.approx(float(by_class), rel=1e-6)
+    negatives_only = torch.zeros(40, dtype=torch.long)  # a class absent from the batch: no NaN, plain mean
+    plain = float(net.pair_loss(logits, negatives_only))
+    assert float(net.pair_loss(logits, negatives_only, balanced=True)) == pytest.approx(plain, rel=1e-6)
+
+
+def test_balanced_class_weights_train_on_and_are_keyed_only_when_set():
+    feats, pids = _toy(0)
+    plain = SGGNNParams(k=12, ids_per_batch=4, steps=20, lr=1e-2, seed=0)
+    balanced = SGGNNParams(k=12, ids_per_batch=4, steps=20, lr=1e-2, seed=0, class_weights="balanced")
+    a, _ = net.train_sggnn(feats, pids, plain, "sqeuclidean")
+    b, history = net.train_sggnn(feats, pids, balanced, "sqeuclidean")
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    # stored re-scorers of the defaults keep their identity; the balanced one gets its own
+    identity = {"run": "r"}
+    assert '"class_weights"' not in net.weights_identity(identity, plain)
+    assert net.weights_identity(identity, balanced) != net.weights_identity(identity, plain)
+    with pytest.raises(ValueError, match="class_weights='inverse' is not valid: none or balanced"):
+        SGGNNParams(class_weights="inverse").validate()
+    s = EvaluationSettings(rescore="sggnn", rescore_options=(("class_weights", "none"),)).validate()
+    assert s.rescore_options == ()  # the default is not part of an evaluation's key
+
+
 def test_pair_batches_are_p_identities_of_one_probe_and_three_gallery_images():
     pids = np.repeat(np.arange(10), 5)
     probe, gallery = net.PairBatches(pids, 6, 1, 3, seed=0).next()

@@ -28,6 +28,9 @@ from typing import Any, Iterable
 from reidbench.harness.evaluation.rescorers import RescoreContext, Rescorer
 
 
+CLASS_WEIGHTS = ("none", "balanced")
+
+
 @dataclass(frozen=True)
 class SGGNNParams:
     k: int = 100  # gallery nodes per probe: the top-k of the base ranking (and of a training batch)
@@ -48,6 +51,11 @@ class SGGNNParams:
     lr: float = 1e-3  # Adam (reidbench's choice; 1e-2 spikes at 2,048-d)
     weight_decay: float = 5e-4
     seed: int = 0
+    # Weighting of the same/different classes in the pair loss. "none" (the seed reading): plain
+    # cross-entropy over all pairs; with k = 100 and 3 true matches per probe ~3 % are positives, and
+    # a frozen base can leave the head at that prior. "balanced": each class weighted by
+    # N / (2 N_class) of the batch, i.e. the mean of the two classes' mean losses.
+    class_weights: str = "none"
     end_to_end: bool = False  # train the base network too (the paper); not implemented yet
 
     def validate(self, where: str = "rescore_options") -> None:
@@ -76,6 +84,8 @@ class SGGNNParams:
             bad("weight_decay", "a number >= 0")
         if self.seed < 0:
             bad("seed", "an integer >= 0")
+        if self.class_weights not in CLASS_WEIGHTS:
+            bad("class_weights", " or ".join(CLASS_WEIGHTS))
 
 
 def distances(context: RescoreContext) -> tuple[Iterable[tuple[int, Any]], dict[str, Any]]:

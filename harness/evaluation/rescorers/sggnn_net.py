@@ -156,6 +156,17 @@ def pair_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, fl
     return acc, float(np.mean(recalls)) if recalls else acc
 
 
+def pair_loss(logits: torch.Tensor, labels: torch.Tensor, balanced: bool = False) -> torch.Tensor:
+    """Cross-entropy of (pairs x 2) logits; ``balanced``: each class weighted by N / (2 N_class) of
+    these pairs, which makes the loss the mean of the two classes' mean losses (a class absent from
+    the batch gets no weight)."""
+    if not balanced:
+        return nn.functional.cross_entropy(logits, labels)
+    counts = torch.bincount(labels, minlength=2).to(logits.dtype)
+    weight = torch.where(counts > 0, labels.numel() / (2 * counts.clamp(min=1)), torch.zeros_like(counts))
+    return nn.functional.cross_entropy(logits, labels, weight=weight)
+
+
 def train_sggnn(feats: Any, pids: Any, params: Any, metric: str, device: Any = None,
                 log: Any = None) -> tuple[SGGNN, list[dict[str, float]]]:
     """Train an SGGNN on frozen features (N x D) with identity labels; returns it (eval mode) and a
@@ -173,7 +184,7 @@ def train_sggnn(feats: Any, pids: Any, params: Any, metric: str, device: Any = N
     model = SGGNN(feats.shape[1], params.hidden_dim, params.alpha, params.iterations).to(device)
     torch.random.set_rng_state(generator_state)  # the caller's random stream is left as it was
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
+    balance_classes = params.class_weights == "balanced"
     history: list[dict[str, float]] = []
     total = params.pretrain_steps + params.steps
     every = max(1, total // 5)
@@ -184,7 +195,7 @@ def train_sggnn(feats: Any, pids: Any, params: Any, metric: str, device: Any = N
                                                     params.self_loops, params.temperature)
         # the first pretrain_steps train the verification head alone (the paper's Siamese stage)
         logits = model(probe, nodes, weights if step > params.pretrain_steps else None)
-        loss = loss_fn(logits.reshape(-1, 2), labels.reshape(-1))
+        loss = pair_loss(logits.reshape(-1, 2), labels.reshape(-1), balance_classes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -237,7 +248,10 @@ def rescored_blocks(model: SGGNN, q: torch.Tensor, g: torch.Tensor, metric: str,
 def weights_identity(identity: Mapping[str, Any], params: Any) -> str:
     """Canonical JSON of what stored weights are keyed by: the caller's identity (run, training data,
     base feature settings), every parameter and the implementation version."""
-    payload = {**dict(identity), "rescore": "sggnn", "version": VERSION, "params": dataclasses.asdict(params)}
+    fields = dataclasses.asdict(params)
+    if fields.get("class_weights") == "none":
+        del fields["class_weights"]  # added later: re-scorers stored before it keep their identity
+    payload = {**dict(identity), "rescore": "sggnn", "version": VERSION, "params": fields}
     return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
