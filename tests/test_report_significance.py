@@ -28,7 +28,10 @@ T_975_2 = 4.302653  # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
 MAP = {"Baseline": (0.50, 0.52, 0.54), "+warmup": (0.60, 0.63, 0.66), "+REA": (0.65, 0.58, 0.67)}
 
 
-def _record(store, steps, values_of, per_query_of=None):
+def _record(store, steps, values_of, per_query_of=None, variants=None):
+    """Record ``steps`` (one synth-a evaluation each) and their ablation. ``variants``: {name: (label,
+    values_of, per_query_of)}, another evaluation of every run and an ablation variant row."""
+    variants = variants or {}
     for s in steps:
         store.ensure_run(s.run_hash, s.spec.to_dict(), s.label)
         assert store.claim(s.run_hash, "test")
@@ -36,13 +39,21 @@ def _record(store, steps, values_of, per_query_of=None):
                       "metrics": values_of(s), "settings": {}}
         if per_query_of is not None:
             evaluation["per_query"] = per_query_of(s)
+        evaluations = [evaluation]
+        for name, (_label, v_values, v_per_query) in variants.items():
+            evaluations.append({"key": f"{name}-synth-a", "test_set": "synth-a", "variant": name,
+                                "metrics": v_values(s), "settings": {"rescore": name}})
+            if v_per_query is not None:
+                evaluations[-1]["per_query"] = v_per_query(s)
         store.record_result(s.run_hash, "test", {
-            "run_hash": s.run_hash, "spec": s.spec.to_dict(), "evaluations": [evaluation],
+            "run_hash": s.run_hash, "spec": s.spec.to_dict(), "evaluations": evaluations,
             "history": [{"epoch": 1, "losses": {"id": 1.0}, "lr": 1e-4, "images_per_s": 1.0, "extra": {}}],
             "provenance": {"synth-a": {"name": "synth-a", "root": "/x", "format": "market", "synthetic": True}},
             "model_info": {}, "environment": {}, "seconds_train": 1.0, "seconds_eval": 1.0, "out_dir": "/nonexistent"})
     store.record_ablation("a", "bot", "cumulative", {"train": "synth-a", "test": ["synth-a"],
-                                                     "seeds": sorted({s.seed for s in steps})},
+                                                     "seeds": sorted({s.seed for s in steps}),
+                                                     "variants": [{"name": n, "label": v[0]}
+                                                                  for n, v in variants.items()]},
                           [{"position": s.position, "run_hash": s.run_hash, "label": s.label, "step": s.step,
                             "seed": s.seed} for s in steps])
 
@@ -169,6 +180,54 @@ def test_one_seed_bootstrap_interval_is_the_statistics_modules(tmp_path):
     forced = _csv(db, "--interval", "seeds")
     assert math.isnan(forced.loc["+warmup", "synth-a mAP ci_low"])
     assert math.isnan(forced.loc["+warmup", "synth-a mAP significant"])
+    store.close()
+
+
+def test_variant_rows_are_compared_with_the_same_models_default_evaluation(tmp_path):
+    """A re-scored row ("+warmup [SG]") against the plain evaluation of the same runs, paired by seed
+    (by hand), in any mode; with one seed the bootstrap reads each side's own per-query results."""
+    sg = {"Baseline": (0.55, 0.58, 0.60), "+warmup": (0.60, 0.62, 0.67), "+REA": (0.70, 0.61, 0.69)}
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    store = Store(db)
+    _record(store, _steps([0, 1, 2]), lambda s: {"R1": 0.9, "mAP": MAP[s.step][s.seed], "mINP": 0.3},
+            variants={"sg": ("SG", lambda s: {"R1": 0.9, "mAP": sg[s.step][s.seed], "mINP": 0.3}, None)})
+    for extra in ((), ("--against", "+REA")):
+        frame = _csv(db, *extra)
+        for step, significant in (("Baseline", 1), ("+warmup", 0), ("+REA", 0)):
+            d = np.subtract(sg[step], MAP[step])
+            half = T_975_2 * d.std(ddof=1) / math.sqrt(3)
+            row = frame.loc[f"{step} [SG]"]
+            assert row["synth-a mAP delta"] == pytest.approx(100 * d.mean(), abs=1e-4)
+            assert row["synth-a mAP ci_low"] == pytest.approx(100 * (d.mean() - half), abs=1e-3)
+            assert row["synth-a mAP significant"] == significant
+    markdown = CliRunner().invoke(main, ["report", "--metrics", "map", "--db", db]).stdout
+    assert "A row \"step [evaluation]\" is compared with the same models' default evaluation." in markdown
+    store.close()
+
+    # One seed: a paired bootstrap of the variant's per-query AP against the default's.
+    rng = np.random.default_rng(1)
+    q_pids = np.repeat(np.arange(30), 3)
+    base_ap = rng.uniform(0.2, 0.8, q_pids.size)
+
+    def arrays(ap):
+        return {"ap": ap, "inp": ap / 2, "first_match_rank": np.where(ap > 0.5, 1, 3), "valid": np.ones_like(ap, bool)}
+
+    plain = arrays(base_ap)
+    rescored = arrays(np.clip(base_ap + rng.normal(0.05, 0.05, q_pids.size), 0, 1))
+    db1 = f"sqlite:///{tmp_path / 'one.db'}"
+    store = Store(db1)
+    _record(store, _steps([0]), lambda s: {"R1": 0.9, "mAP": float(plain["ap"].mean()), "mINP": 0.3},
+            lambda s: pack(plain, q_pids),
+            variants={"sg": ("SG", lambda s: {"R1": 0.9, "mAP": float(rescored["ap"].mean()), "mINP": 0.3},
+                             lambda s: pack(rescored, q_pids))})
+    from reidbench.harness.evaluation.per_query import unpack
+
+    expected = paired_bootstrap(unpack(pack(plain, q_pids)), unpack(pack(rescored, q_pids)), q_pids,
+                                metrics=("mAP",), resamples=1000, seed=0)["mAP"]
+    row = _csv(db1).loc["+REA [SG]"]
+    assert row["synth-a mAP ci_low"] == pytest.approx(100 * expected.low, abs=1e-4)
+    assert row["synth-a mAP ci_high"] == pytest.approx(100 * expected.high, abs=1e-4)
+    assert expected.significant and row["synth-a mAP significant"] == 1
     store.close()
 
 

@@ -246,7 +246,7 @@ def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "m
         cells = []
         for (t, m), title in zip(heads, titles):
             vals = [value[(s.run_hash, variant, t, m)] for s in members if (s.run_hash, variant, t, m) in value]
-            dagger = "†" if not variant and (label, t, m) in marked else ""
+            dagger = "†" if (label, t, m) in marked else ""  # a variant row: against its default evaluation
             cells.append(f"{_fmt(vals) + dagger:>{max(14, len(title) + 2)}}")
         bad = [statuses.get(s.run_hash) for s in members if statuses.get(s.run_hash) != "done"]
         note = f"  ({', '.join(sorted(set(b or 'missing' for b in bad)))})" if bad else ""
@@ -283,6 +283,8 @@ def _effect_lines(plan: AblationPlan, intervals, train: str, metric: str = "mAP"
     lines = [f"† differs from {REFERENCE_WORDS.get(plan.mode, 'the reference row')} beyond the noise: the 95% "
              f"interval of the difference excludes 0 ({' / '.join(methods) or 'no interval computed'}).",
              f"Effect of each step on {metric} (points, 95% interval):"]
+    if any(str(step).startswith(f"{ref} [") for step, ref in zip(rows["step"], rows["reference"])):
+        lines[0] += " A row \"step [evaluation]\" is compared with the same models' default evaluation."
     if any("bootstrap" in str(m) for m in methods):  # say what this interval does not cover
         lines.insert(1, "  (the bootstrap covers the choice of test queries, not training noise: --seeds 3 adds "
                         "a t interval over seeds)")

@@ -118,13 +118,24 @@ def ablation_intervals(store: Any, frame: "pd.DataFrame", mode: str, metrics: Se
     Rows whose interval cannot be computed (a run not done, per-query results lacking, one seed
     with ``method="seeds"``) keep NaN bounds, ``significant`` False and the reason in ``method``.
     """
-    default = frame[(frame["variant"] == "") & frame["metric"].notna()]
+    scored = frame[frame["metric"].notna()]
+    default = scored[scored["variant"] == ""]
     steps = ablation_steps(frame)
-    runs, values, groups = _index(default.itertuples(), row="step", scale=1.0)
+    runs, values, groups = _index(scored.itertuples(), row="step", scale=1.0)
     comparisons = [(step, ref, test_set, metric) for step, ref in references(mode, steps, against).items()
                    for test_set in groups for metric in metrics]
+    # A variant row ("step [SGGNN]": the same models scored another way) against the same models'
+    # default evaluation, whatever the mode: does the re-scorer / other feature help these models?
+    row_variants: dict[str, str] = {}
+    plain_of = {r.run_hash: r.step for r in default.itertuples()}
+    for r in scored[scored["variant"] != ""].itertuples():
+        row_variants[r.step] = r.variant
+        ref = plain_of.get(r.run_hash)
+        comparison = (r.step, ref, r.test_set, r.metric)
+        if ref is not None and r.metric in metrics and comparison not in comparisons:
+            comparisons.append(comparison)
     return compare(store, runs, values, groups, comparisons, method=method, resamples=resamples, seed=seed,
-                   confidence=confidence, fingerprints=fingerprints, log=log)
+                   confidence=confidence, fingerprints=fingerprints, log=log, row_variants=row_variants)
 
 
 def study_intervals(store: Any, points: "pd.DataFrame", by: str, metrics: Sequence[str], *,
@@ -164,8 +175,13 @@ def _index(rows: Any, row: str, scale: float) -> tuple[dict, dict, dict]:
 
 def compare(store: Any, runs: dict, values: dict, groups: dict, comparisons: Sequence[tuple[str, str, str, str]], *,
             method: str = "auto", resamples: int = DEFAULT_RESAMPLES, seed: int = 0, confidence: float = 0.95,
-            fingerprints: dict[str, str] | None = None, log: Callable[[str], None] | None = None) -> "pd.DataFrame":
-    """The interval of each (row, reference, test set, metric) comparison; values are fractions, output points."""
+            fingerprints: dict[str, str] | None = None, log: Callable[[str], None] | None = None,
+            row_variants: dict[str, str] | None = None) -> "pd.DataFrame":
+    """The interval of each (row, reference, test set, metric) comparison; values are fractions, output points.
+
+    ``row_variants``: the evaluation variant a row's values come from (default: the default
+    evaluation), which the bootstrap reads the per-query results of."""
+    row_variants = row_variants or {}
     import pandas as pd
 
     if method not in METHODS:
@@ -191,7 +207,8 @@ def compare(store: Any, runs: dict, values: dict, groups: dict, comparisons: Seq
                 hashes = [h for d in runs.values() for h in d.values()]
                 per_query = _PerQuery(store, list(dict.fromkeys(hashes)), fingerprints or {}, log)
             variant, base_metric = _bootstrap_metric(metric)
-            pairs = [(per_query.get(a_runs[s], variant, test_set), per_query.get(b_runs[s], variant, test_set))
+            ref_variant, step_variant = (variant or row_variants.get(ref, ""), variant or row_variants.get(step, ""))
+            pairs = [(per_query.get(a_runs[s], ref_variant, test_set), per_query.get(b_runs[s], step_variant, test_set))
                      for s in common]
             pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
             if not common:
@@ -224,6 +241,8 @@ def interval_note(intervals: "pd.DataFrame", mode: str, confidence: float = 0.95
     lacking = int((~intervals["method"].isin([T_METHOD, BOOTSTRAP_METHOD])).sum())
     text = (f"† the difference from {reference_words(mode, against)} has a "
             f"{round(100 * confidence)}% interval that excludes 0 ({how or 'no interval could be computed'}).")
+    if any(str(step).startswith(f"{ref} [") for step, ref in zip(intervals["step"], intervals["reference"])):
+        text += " A row \"step [evaluation]\" is compared with the same models' default evaluation."
     if lacking:
         text += f" {lacking} comparison(s) without an interval (see the CSV's method column)."
     return text
