@@ -174,6 +174,18 @@ def test_ablation_deltas_per_mode():
         plot_ablation(with_gap, "unused.png", mode="cumulative")
 
 
+def test_ablation_deltas_compare_evaluation_rows_with_the_same_models_default():
+    """Cumulative: "B" against "A", but "A [SG]" and "B [SG]" each against their own models' default row."""
+    rows = [(0, "A", "h0", "", [0.50]), (1, "B", "h1", "", [0.70]),
+            (2, "A [SG]", "h0", "sg", [0.55]), (3, "B [SG]", "h1", "sg", [0.60])]
+    frame = pd.DataFrame([(r, step, h, v, "g", "mAP", x) for r, step, h, v, values in rows for x in values],
+                         columns=["row", "step", "run_hash", "variant", "group", "metric", "value"])
+    deltas = ablation_deltas(frame, "cumulative").set_index("step")
+    assert dict(deltas["reference"]) == {"B": "A", "A [SG]": "A", "B [SG]": "B"}
+    assert deltas.loc["B", "delta"] == pytest.approx(20.0)
+    assert deltas.loc["A [SG]", "delta"] == pytest.approx(5.0) and deltas.loc["B [SG]", "delta"] == pytest.approx(-10.0)
+
+
 def fill_ablation(store):
     base = base_spec()
     steps = expand(base, parse_trick_list("warmup,rea,ls"), "cumulative", [0, 1])

@@ -84,8 +84,9 @@ def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, spe
 
     R1/mAP in percent with one decimal, mean±std over seeds, the best value per column in bold;
     a † marks a step whose difference from its reference row has a 95 % interval excluding 0
-    (CSV: delta, ci_low, ci_high, significant columns); the caption says what the numbers are
-    (data, profile, epochs, seeds, weights, re-ranking, which interval).
+    (CSV: delta, ci_low, ci_high, significant columns); a "step [evaluation]" row is compared with
+    the same models' default evaluation; the caption says what the numbers are (data, profile,
+    epochs, seeds, weights, re-ranking, which interval).
     """
     if against is not None and (speed or study):
         raise click.UsageError(f"--against applies to an ablation's accuracy table, not to "
@@ -359,7 +360,8 @@ def plot_ablation_cmd(ablation: str, metric: str, against: str | None, interval:
     red down): the interval excludes 0. Grey hatched bars: it includes 0 (not significant) or
     none could be computed (the reason is printed). The legend says which interval was used.
     --interval none: ±std-over-seeds error bars, green/red bars, no significance test.
-    --against ROW: every row against that one, whatever the mode.
+    --against ROW: every row against that one, whatever the mode. A "step [evaluation]" row (an
+    --eval variant of the same models) is always against those models' default evaluation.
     """
     _ablation_plot(ablation, metric, out, figsize, dpi, db_url, interval, resamples, against)
 
@@ -398,6 +400,8 @@ def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, d
     data = {"synthetic": "synthetic", "real": "real"}.get(ctx.data_kind, ctx.data_kind)
     epochs = f"{ctx.epochs} epochs" + (f" of {ctx.full_epochs}" if ctx.full_epochs else "") if ctx.epochs else ""
     versus = f"'{against}'" if against is not None else REFERENCE.get(ctx.mode, 'reference')
+    if any(str(st).startswith(f"{rf} [") for st, rf in zip(deltas["step"], deltas["reference"])):
+        versus += " ([evaluation] rows: vs the same models' default evaluation)"
     title = (f"Δ {name} vs {versus} — ablation {ctx.name} ({ctx.mode}), trained on "
              f"{ctx.train} ({data}), {', '.join(p for p in (f'profile {ctx.profile}', epochs) if p)}, "
              f"{len(ctx.seeds)} seed(s)")

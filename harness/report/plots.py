@@ -221,11 +221,20 @@ def ablation_deltas(frame: "pd.DataFrame", mode: str, metric: str = "mAP",
     use = frame[frame["metric"] == metric]
     stats = use.groupby(["row", "step", "group"], sort=True)["value"].agg(["mean", "std"]).reset_index()
     stats["std"] = stats["std"].fillna(0.0)
-    steps = list(dict.fromkeys(frame.sort_values("row")["step"]))
+    ordered = frame.sort_values("row")
+    has_variants = "variant" in frame.columns and "run_hash" in frame.columns
+    default = ordered[ordered["variant"] == ""] if has_variants else ordered
+    steps = list(dict.fromkeys(default["step"]))
     groups = list(dict.fromkeys(frame["group"]))
     value = {(r.step, r.group): (100 * r.mean, 100 * r.std) for r in stats.itertuples()}
+    pairs = dict(references(mode, steps, against))
+    if has_variants:  # a "step [evaluation]" row against the same models' default evaluation
+        plain_of = dict(zip(default["run_hash"], default["step"]))
+        for r in ordered[ordered["variant"] != ""].itertuples():
+            if r.run_hash in plain_of:
+                pairs.setdefault(r.step, plain_of[r.run_hash])
     rows = []
-    for step, ref in references(mode, steps, against).items():
+    for step, ref in pairs.items():
         for group in groups:
             a, b = value.get((step, group)), value.get((ref, group))
             if a is None or b is None:
