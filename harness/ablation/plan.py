@@ -274,7 +274,7 @@ def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "m
 
 def _effect_lines(plan: AblationPlan, intervals, train: str, metric: str = "mAP") -> list[str]:
     """Per step: its effect on ``metric`` on each test set, the 95 % interval, and whether it exceeds the noise."""
-    from reidbench.harness.report.significance import REFERENCE_WORDS
+    from reidbench.harness.report.significance import REFERENCE_WORDS, has_evaluation_rows
 
     rows = intervals[intervals["metric"] == metric]
     if rows.empty:
@@ -283,7 +283,7 @@ def _effect_lines(plan: AblationPlan, intervals, train: str, metric: str = "mAP"
     lines = [f"† differs from {REFERENCE_WORDS.get(plan.mode, 'the reference row')} beyond the noise: the 95% "
              f"interval of the difference excludes 0 ({' / '.join(methods) or 'no interval computed'}).",
              f"Effect of each step on {metric} (points, 95% interval):"]
-    if any(str(step).startswith(f"{ref} [") for step, ref in zip(rows["step"], rows["reference"])):
+    if has_evaluation_rows(rows):
         lines[0] += " A row \"step [evaluation]\" is compared with the same models' default evaluation."
     if any("bootstrap" in str(m) for m in methods):  # say what this interval does not cover
         lines.insert(1, "  (the bootstrap covers the choice of test queries, not training noise: --seeds 3 adds "

@@ -400,7 +400,9 @@ def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, d
     data = {"synthetic": "synthetic", "real": "real"}.get(ctx.data_kind, ctx.data_kind)
     epochs = f"{ctx.epochs} epochs" + (f" of {ctx.full_epochs}" if ctx.full_epochs else "") if ctx.epochs else ""
     versus = f"'{against}'" if against is not None else REFERENCE.get(ctx.mode, 'reference')
-    if any(str(st).startswith(f"{rf} [") for st, rf in zip(deltas["step"], deltas["reference"])):
+    from reidbench.harness.report.significance import has_evaluation_rows
+
+    if has_evaluation_rows(deltas):
         versus += " ([evaluation] rows: vs the same models' default evaluation)"
     title = (f"Δ {name} vs {versus} — ablation {ctx.name} ({ctx.mode}), trained on "
              f"{ctx.train} ({data}), {', '.join(p for p in (f'profile {ctx.profile}', epochs) if p)}, "

@@ -56,6 +56,11 @@ def ablation_steps(frame: "pd.DataFrame") -> list[str]:
     return list(dict.fromkeys(frame.sort_values("row")["step"][frame["variant"] == ""]))
 
 
+def has_evaluation_rows(comparisons: "pd.DataFrame") -> bool:
+    """Whether any compared row is a "step [evaluation]" row against its own models' default row."""
+    return any(str(step).startswith(f"{ref} [") for step, ref in zip(comparisons["step"], comparisons["reference"]))
+
+
 def reference_row(steps: Sequence[str], against: str) -> str:
     """The row ``against`` names: its exact label, else its 1-based number; a one-line error otherwise."""
     if against in steps:
@@ -241,7 +246,7 @@ def interval_note(intervals: "pd.DataFrame", mode: str, confidence: float = 0.95
     lacking = int((~intervals["method"].isin([T_METHOD, BOOTSTRAP_METHOD])).sum())
     text = (f"† the difference from {reference_words(mode, against)} has a "
             f"{round(100 * confidence)}% interval that excludes 0 ({how or 'no interval could be computed'}).")
-    if any(str(step).startswith(f"{ref} [") for step, ref in zip(intervals["step"], intervals["reference"])):
+    if has_evaluation_rows(intervals):
         text += " A row \"step [evaluation]\" is compared with the same models' default evaluation."
     if lacking:
         text += f" {lacking} comparison(s) without an interval (see the CSV's method column)."
