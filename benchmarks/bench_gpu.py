@@ -49,10 +49,10 @@ def _sync(device) -> None:
 def paper_spec(args):
     """The bot base, paper profile, every trick; --smoke shrinks model, images and batch."""
     from reidbench.harness.spec import load_base_file, replace_section
-    from reidbench.tricks import REGISTRY
+    from reidbench.tricks import registered_tricks
 
     spec, _ = load_base_file(ROOT / "experiments" / "bot.yaml", "paper")
-    for trick in REGISTRY:
+    for trick in registered_tricks():
         spec = trick.apply(spec)
     spec = replace_section(spec, "model", pretrained=False, weights_path=None)
     spec = replace_section(spec, "train", amp="bf16", channels_last=True)

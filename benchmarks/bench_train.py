@@ -23,7 +23,7 @@ from reidbench.harness.train.build import build_training
 from reidbench.harness.train.loop import seed_epoch, train_one_epoch
 from reidbench.tricks import PAPER_ORDER, parse_trick_list
 
-BOT_TRICKS = REGISTRY[:6]  # BoT's six; later tricks (two-step freezes the backbone) would change what is timed
+BOT_TRICKS = parse_trick_list(PAPER_ORDER)  # BoT's six; later tricks (two-step freezes the backbone) would change what is timed
 
 
 def bench(name: str, backbone: str, image_size: tuple[int, int], dataset, steps: int, workers: int,

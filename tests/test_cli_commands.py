@@ -107,13 +107,13 @@ def test_runs_commands_on_an_empty_database(tmp_path):
 
 
 def test_tricks_lists_every_registered_trick_bots_six_first():
-    from reidbench.tricks import REGISTRY
+    from reidbench.tricks import registered_tricks
 
     result = _invoke("tricks")
     assert result.exit_code == 0
     names = [line.split()[0] for line in result.output.strip().splitlines()]
     assert names[:6] == ["warmup", "rea", "ls", "stride", "bnneck", "center"]
-    assert names == [t.name for t in REGISTRY]
+    assert names == [t.name for t in registered_tricks()]
 
 
 def test_components_lists_every_registry_entry():

@@ -25,7 +25,7 @@ from reidbench.models.architectures import ARCHITECTURES, build_architecture
 from reidbench.models.objective import build_objective
 from reidbench.models.registry import build_params
 from reidbench.models.terms import LOSS_TERMS, TermContext, TrainProgress
-from reidbench.tricks import REGISTRY as TRICKS
+from reidbench.tricks import registered_tricks
 
 TINY_BACKBONE = "timm:test_resnet"
 NUM_CLASSES = 3
@@ -269,7 +269,7 @@ def bot_base():
     return load_spec_file(BOT, "paper")
 
 
-@pytest.mark.parametrize("trick", TRICKS, ids=lambda t: t.name)
+@pytest.mark.parametrize("trick", registered_tricks(), ids=lambda t: t.name)
 def test_each_trick_patched_spec_builds_and_trains_one_step(trick, bot_base):
     patched = trick.apply(bot_base)
     assert spec_from_json(patched.to_json()) == patched

@@ -11,7 +11,7 @@ import pytest
 from reidbench.harness.ablation.expand import expand, spec_diff
 from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.spec import load_spec_file, replace_section, spec_from_json, with_epochs
-from reidbench.tricks import PAPER_ORDER, REGISTRY, get_trick, parse_trick_list, trick_versions
+from reidbench.tricks import PAPER_ORDER, get_trick, registered_tricks, parse_trick_list, trick_versions
 
 BOT = Path(__file__).resolve().parent.parent / "experiments" / "bot.yaml"
 
@@ -21,7 +21,7 @@ def base():
     return load_spec_file(BOT, "paper")
 
 
-@pytest.mark.parametrize("trick", REGISTRY, ids=lambda t: t.name)
+@pytest.mark.parametrize("trick", registered_tricks(), ids=lambda t: t.name)
 def test_each_trick_patches_base_into_a_valid_serialisable_hash_changing_spec(trick, base):
     patched = trick.apply(base)
     assert trick.name in patched.tricks
@@ -31,7 +31,7 @@ def test_each_trick_patches_base_into_a_valid_serialisable_hash_changing_spec(tr
     assert trick.summary and "\n" not in trick.summary and trick.version >= 1
 
 
-@pytest.mark.parametrize("trick", REGISTRY, ids=lambda t: t.name)
+@pytest.mark.parametrize("trick", registered_tricks(), ids=lambda t: t.name)
 def test_adding_a_trick_the_base_already_has_is_an_error(trick, base):
     with pytest.raises(ValueError, match="already applied"):
         trick.apply(trick.apply(base))

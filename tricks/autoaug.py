@@ -15,7 +15,7 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="autoaug", version=1, label="+AutoAugment", patch=_patch,
+    name="autoaug", version=1, label="+AutoAugment", patch=_patch, writes=frozenset({"data.autoaug_prob"}),
     aliases=frozenset({"autoaugment", "auto-augment"}),
     summary="ImageNet AutoAugment (torchvision) with probability 0.1 before flip and crop (fast-reid SBS)",
 )

@@ -9,6 +9,7 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="bnneck", version=1, label="+BNNeck", patch=_patch, aliases=frozenset({"bn-neck", "bn_neck"}),
+    name="bnneck", version=1, label="+BNNeck", patch=_patch, writes=frozenset({"model.neck"}),
+    aliases=frozenset({"bn-neck", "bn_neck"}),
     summary="BNNeck: triplet on f_t, ID loss and inference on BN-normalised f_i, bias-free classifier",
 )

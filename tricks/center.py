@@ -27,7 +27,7 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="center", version=1, label="+center loss", patch=_patch,
+    name="center", version=1, label="+center loss", patch=_patch, writes=frozenset({"loss.terms[center]"}),
     aliases=frozenset({"center-loss", "center_loss"}),
     summary="center loss on the triplet's features, beta=0.0005, centers updated by SGD lr 0.5",
 )

@@ -36,6 +36,8 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="circle", version=1, label="+circle", patch=_patch, aliases=frozenset({"circle-softmax", "circle_softmax"}),
+    name="circle", version=1, label="+circle", patch=_patch,
+    writes=frozenset({"model.classifier", "loss.terms[ce]", "loss.terms[circle]"}),
+    refines=frozenset({"ls"}),  # it carries the ce terms' label smoothing over to the circle terms aliases=frozenset({"circle-softmax", "circle_softmax"}),
     summary="circle-softmax identity loss on a cosine classifier, s=64, m=0.35, replacing CE (fast-reid SBS)",
 )

@@ -5,11 +5,13 @@ to ``ETA_MIN_LR: 7e-7`` from ``BASE_LR: 3.5e-4``. Here: ``schedule.kind: cosine`
 ``delay_epochs`` = 30/60 of the base's ``max_epochs`` (60 of 120; ``--epochs`` rescales it like
 the milestones), counted from epoch 1 as fast-reid counts it (``delay_from: start``, so it
 overlaps a warmup instead of following it), and ``min_factor`` 7e-7 / 3.5e-4 = 0.002. The
-warmup (the ``warmup`` trick's) stays as the base has it.
+warmup (the ``warmup`` trick's) stays as the base has it. The base's multistep ``milestones`` and
+``gamma``, which a cosine schedule does not read, go back to their defaults (``switch_kind``):
+before they did, a cosine run hashed the base's unused milestones.
 """
 
-from reidbench.harness.spec import RunSpec, replace_section
-from reidbench.tricks.base import Trick
+from reidbench.harness.spec import RunSpec
+from reidbench.tricks.base import Trick, switch_kind
 
 FASTREID_DELAY_EPOCHS = 30
 FASTREID_MAX_EPOCHS = 60
@@ -20,11 +22,14 @@ def _patch(spec: RunSpec) -> RunSpec:
     sched = spec.schedule
     fraction = FASTREID_DELAY_EPOCHS / FASTREID_MAX_EPOCHS
     delay = round(fraction * sched.max_epochs) if sched.unit == "epochs" else fraction
-    options = {"delay_epochs": delay, "delay_from": "start", "min_factor": FASTREID_MIN_FACTOR}
-    return replace_section(spec, "schedule", kind="cosine", options=tuple(sorted(options.items())))
+    return switch_kind(spec, "schedule", "cosine", delay_epochs=delay, delay_from="start",
+                       min_factor=FASTREID_MIN_FACTOR)
 
 
 TRICK = Trick(
-    name="cosine", version=1, label="+cosine LR", patch=_patch, aliases=frozenset({"cosine-lr", "cosine_lr"}),
+    name="cosine", version=1, label="+cosine LR", patch=_patch,
+    writes=frozenset({"schedule.kind", "schedule.delay_epochs", "schedule.delay_from", "schedule.min_factor",
+                      "schedule.milestones", "schedule.gamma"}),
+    aliases=frozenset({"cosine-lr", "cosine_lr"}),
     summary="cosine LR decay to 0.002x after holding the LR for the first half of the run (fast-reid SBS)",
 )

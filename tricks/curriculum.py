@@ -34,6 +34,9 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 TRICK = Trick(
     name="curriculum", version=1, label="+CS", patch=_patch,
+    writes=frozenset({"loss.terms[triplet]", "loss.terms[curriculum_triplet]"}),
+    # it keeps the triplet term's margin, the soft margin included; wrt's weighted mining it would lose
+    refines=frozenset({"soft-margin"}),
     aliases=frozenset({"cs", "curriculum-sampling", "curriculum_sampling"}),
     summary="Mancs' curriculum sampling of triplet negatives: Gaussian over hardness rank, easy to hard (t0/t1 = 30/60 "
             "of 160 epochs, rescaled)",

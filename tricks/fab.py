@@ -5,8 +5,8 @@ adds the attention branch's loss: ``{kind: bce, name: att, reads: logits_att, we
 Runs on ``bot`` and ``mancs``; ``mgn`` has no such option (a one-line refusal).
 """
 
-from reidbench.harness.spec import LossTermSpec, RunSpec, replace_section, with_options
-from reidbench.tricks.base import Trick, add_term
+from reidbench.harness.spec import LossTermSpec, RunSpec
+from reidbench.tricks.base import Trick, add_term, set_model_options
 
 ARCHES = ("bot", "mancs")
 ATT_WEIGHT = 0.2  # λ_att (seed §4.3)
@@ -21,20 +21,10 @@ def model_option(spec: RunSpec, name: str, trick: str):
     return getattr(arch_params(spec.model), name)
 
 
-def set_model_option(spec: RunSpec, name: str, value: object) -> RunSpec:
-    """Set an architecture option, kept sparse (a value equal to the architecture's default is not written)."""
-    from reidbench.models.architectures import ARCHITECTURES
-
-    default = getattr(ARCHITECTURES.get(spec.model.arch).params(), name)
-    # with_options drops a key given None: the default is never written, as a spec file would store it.
-    return replace_section(spec, "model", options=with_options(spec.model.options,
-                                                               **{name: None if value == default else value}))
-
-
 def _patch(spec: RunSpec) -> RunSpec:
     if model_option(spec, "fab", "fab"):
         return spec  # "changes nothing": Trick.apply says so
-    patched = set_model_option(spec, "fab", True)
+    patched = set_model_options(spec, "fab", fab=True)
     reads_att = any("logits_att" in t.read_names for t in spec.loss.terms if t.weight > 0)
     if model_option(patched, "fab_supervision", "fab") and not reads_att:
         patched = add_term(patched, LossTermSpec(kind="bce", reads="logits_att", weight=ATT_WEIGHT, name="att"))
@@ -42,6 +32,7 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="fab", version=1, label="+FAB", patch=_patch, aliases=frozenset({"fully-attentional", "fully_attentional"}),
+    name="fab", version=1, label="+FAB", patch=_patch, writes=frozenset({"model.fab", "loss.terms[bce]"}),
+    aliases=frozenset({"fully-attentional", "fully_attentional"}),
     summary="Mancs' fully attentional blocks after stages 2-4 (r=16), deeply supervised by a BCE id classifier x0.2",
 )

@@ -25,7 +25,7 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="focal", version=1, label="+focal", patch=_patch, aliases=frozenset({"focal-loss", "focal_loss"}),
+    name="focal", version=1, label="+focal", patch=_patch, writes=frozenset({"loss.terms[ce]", "loss.terms[focal]"}), aliases=frozenset({"focal-loss", "focal_loss"}),
     conflicts=frozenset({"ls"}),
     summary="focal identity loss -(1-p)^2 log p in place of cross-entropy (p: true-class sigmoid, Mancs' formula)",
 )

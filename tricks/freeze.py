@@ -28,6 +28,6 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="freeze", version=1, label="+freeze", patch=_patch, aliases=frozenset({"freeze-backbone", "freeze_backbone"}),
+    name="freeze", version=1, label="+freeze", patch=_patch, writes=frozenset({"schedule.freeze_epochs", "schedule.freeze_modules"}), aliases=frozenset({"freeze-backbone", "freeze_backbone"}),
     summary="backbone frozen (no update, BN statistics kept) for the first 8.25% of the iterations (fast-reid)",
 )

@@ -14,6 +14,6 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="gem", version=1, label="+GeM", patch=_patch, aliases=frozenset({"gem-pooling", "gem_pooling"}),
+    name="gem", version=1, label="+GeM", patch=_patch, writes=frozenset({"model.pool", "model.gem_learnable"}), aliases=frozenset({"gem-pooling", "gem_pooling"}),
     summary="generalized-mean pooling, exponent learnable from p=3 (AGW)",
 )

@@ -9,6 +9,7 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="ls", version=1, label="+LS", patch=_patch, aliases=frozenset({"label-smoothing", "label_smoothing"}),
+    name="ls", version=1, label="+LS", patch=_patch, writes=frozenset({"loss.terms[ce].label_smoothing"}),
+    aliases=frozenset({"label-smoothing", "label_smoothing"}),
     summary="label smoothing, epsilon=0.1, on the ID loss",
 )

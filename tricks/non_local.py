@@ -17,7 +17,7 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="nonlocal", version=1, label="+non-local", patch=_patch,
+    name="nonlocal", version=1, label="+non-local", patch=_patch, writes=frozenset({"model.nonlocal_layers"}),
     aliases=frozenset({"non-local", "non_local", "nl"}),
     summary="non-local blocks after the last 2 blocks of stage2 and last 3 of stage3, 1 inner channel (AGW)",
 )

@@ -9,6 +9,7 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="rea", version=1, label="+REA", patch=_patch, aliases=frozenset({"random-erasing", "random_erasing"}),
+    name="rea", version=1, label="+REA", patch=_patch, writes=frozenset({"data.random_erasing_prob"}),
+    aliases=frozenset({"random-erasing", "random_erasing"}),
     summary="random erasing, p=0.5, area 2-40%, filled with the ImageNet mean",
 )

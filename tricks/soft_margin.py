@@ -7,15 +7,15 @@ is finite for any finite gap).
 """
 
 from reidbench.harness.spec import RunSpec
-from reidbench.tricks.base import Trick, set_triplet_options
+from reidbench.tricks.base import Trick, set_term_options
 
 
 def _patch(spec: RunSpec) -> RunSpec:
-    return set_triplet_options(spec, "soft-margin", margin=None)
+    return set_term_options(spec, "triplet", "soft-margin", margin=None)
 
 
 TRICK = Trick(
-    name="soft-margin", version=1, label="+soft margin", patch=_patch,
+    name="soft-margin", version=1, label="+soft margin", patch=_patch, writes=frozenset({"loss.terms[triplet].margin"}),
     aliases=frozenset({"soft_margin", "softmargin"}), conflicts=frozenset({"wrt"}),
     summary="batch-hard triplet with the soft margin softplus(d_ap - d_an) instead of margin 0.3 (fast-reid)",
 )

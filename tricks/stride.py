@@ -9,7 +9,7 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="stride", version=1, label="+stride=1", patch=_patch,
+    name="stride", version=1, label="+stride=1", patch=_patch, writes=frozenset({"model.last_stride"}),
     aliases=frozenset({"last-stride", "last_stride"}),
     summary="last stride 1: the backbone's last downsampling removed, without dilation",
 )

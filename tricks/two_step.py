@@ -54,7 +54,7 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 
 TRICK = Trick(
-    name="two-step", version=1, label="+two-step", patch=_patch,
+    name="two-step", version=1, label="+two-step", patch=_patch, writes=frozenset({"stages"}),
     aliases=frozenset({"two_step", "twostep"}),
     summary="two-stepped fine-tuning: the first 20/170 of the epochs train only the new classifier on the ID "
             "loss, then all",

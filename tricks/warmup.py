@@ -16,5 +16,6 @@ def _patch(spec: RunSpec) -> RunSpec:
 
 TRICK = Trick(
     name="warmup", version=1, label="+warmup", patch=_patch,
+    writes=frozenset({"schedule.warmup_epochs", "schedule.warmup_factor"}),
     summary="linear LR warmup from 1% over the first 10/120 of the epochs",
 )

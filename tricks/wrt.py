@@ -7,15 +7,16 @@ It keeps the term's inputs (f_t on bot), weight and name, so ``center`` still fi
 """
 
 from reidbench.harness.spec import RunSpec
-from reidbench.tricks.base import Trick, set_triplet_options
+from reidbench.tricks.base import Trick, set_term_options
 
 
 def _patch(spec: RunSpec) -> RunSpec:
-    return set_triplet_options(spec, "wrt", mining="weighted", margin=None)
+    return set_term_options(spec, "triplet", "wrt", mining="weighted", margin=None)
 
 
 TRICK = Trick(
     name="wrt", version=1, label="+WRT", patch=_patch,
+    writes=frozenset({"loss.terms[triplet].mining", "loss.terms[triplet].margin"}),
     aliases=frozenset({"weighted-triplet", "weighted_triplet"}), conflicts=frozenset({"soft-margin"}),
     summary="weighted regularized triplet: softmax-weighted positives/negatives, soft margin, no margin (AGW)",
 )

@@ -53,10 +53,11 @@ def _echo_speed(store, ablation_id: int) -> None:
 @click.command("tricks")
 def tricks_cmd() -> None:
     """List the registered tricks (paper order) with their summaries."""
-    from reidbench.tricks import REGISTRY
+    from reidbench.tricks import registered_tricks
 
-    width = max(8, *(len(t.name) for t in REGISTRY))
-    for t in REGISTRY:
+    tricks = registered_tricks()
+    width = max(8, *(len(t.name) for t in tricks))
+    for t in tricks:
         aliases = f" (also: {', '.join(sorted(t.aliases))})" if t.aliases else ""
         click.echo(f"{t.name:<{width}} v{t.version}  {t.summary}{aliases}")
 

@@ -202,16 +202,30 @@ def _loss(raw: Mapping[str, Any]) -> LossSpec:
     return LossSpec(terms=tuple(terms))
 
 
+def _optimizer_params(name: str) -> type | None:
+    from reidbench.harness.train.optim import get_optimizer
+
+    return get_optimizer(name).params
+
+
 def _optim(raw: Mapping[str, Any]) -> OptimSpec:
-    kwargs, rest = _coerce_fields(OptimSpec, "optim", raw or {})
-    _no_extra("optim", OptimSpec, rest)
+    kwargs, rest = _coerce_fields(OptimSpec, "optim", raw or {}, skip=("options",))
     kwargs["groups"] = _elements(GroupSpec, kwargs.get("groups", ()), "optim.groups", "match",
                                  "{match: [new], lr_scale: 10}")
-    if "name" in kwargs:
-        try:
-            _check_optimizer(kwargs["name"])
-        except ValueError as exc:
-            raise SpecError(str(exc)) from None
+    name = kwargs.get("name", OptimSpec.name)
+    try:
+        _check_optimizer(name)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    # The optimiser's own parameters beyond the section's fields (adam: eps) are written flat beside them.
+    section = [f.name for f in fields(OptimSpec) if f.name != "options"]
+    params_type = _optimizer_params(name)
+    shared = {k: v for k, v in kwargs.items() if params_type is not None and k in {f.name for f in fields(params_type)}}
+    try:
+        checked = _sparse_options(_optimizer_params, name, {**shared, **rest}, "optim", section)
+    except SpecError as exc:  # the optimiser's own checks name it by kind: say which spec field it is
+        raise SpecError(str(exc).replace(f"{name}.", "optim.", 1)) from None
+    kwargs["options"] = tuple((k, v) for k, v in checked if k in rest)
     return OptimSpec(**kwargs)
 
 
@@ -271,17 +285,17 @@ def _check_tricks(names: Any) -> tuple[str, ...]:
         return ()
     if isinstance(names, str) or not isinstance(names, (list, tuple)):
         raise SpecError(f"tricks must be a list of trick names, got {names!r}")
-    from reidbench.tricks import REGISTRY
+    from reidbench.tricks import registered_tricks
 
-    known = {t.name for t in REGISTRY}
+    known = [t.name for t in registered_tricks()]
     for name in names:
         if name not in known:
-            raise SpecError(f"tricks: {name!r} is not a registered trick; valid: {', '.join(t.name for t in REGISTRY)}")
+            raise SpecError(f"tricks: {name!r} is not a registered trick; valid: {', '.join(known)}")
     return tuple(sorted(names))
 
 
-def spec_from_dict(raw: Mapping[str, Any], where: str = "spec") -> RunSpec:
-    """Build and validate a RunSpec from plain data (YAML/JSON)."""
+def _spec_kwargs(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Each section of plain spec data built and checked on its own (no cross-section checks yet)."""
     if not isinstance(raw, Mapping):
         raise SpecError(f"{where} must be a mapping with sections {', '.join(SECTIONS)}")
     top_valid = {f.name for f in fields(RunSpec)}
@@ -297,9 +311,49 @@ def spec_from_dict(raw: Mapping[str, Any], where: str = "spec") -> RunSpec:
             kwargs[key] = _check_tricks(value)
         else:
             kwargs[key] = value
-    spec = RunSpec(**kwargs).validate()
+    return kwargs
+
+
+def spec_from_dict(raw: Mapping[str, Any], where: str = "spec", *, stored: bool = False) -> RunSpec:
+    """Build and validate a RunSpec from plain data (YAML/JSON).
+
+    A field that none of the spec's components reads is an error (harness/spec/reads.py): with a
+    non-default value wherever it came from, and also at its default value when it is written
+    here. ``stored=True`` reads a spec recorded by older code, which accepted such fields: they
+    are reset to their defaults instead (``spec_from_stored``).
+    """
+    from reidbench.harness.spec.reads import SELECTORS, reset_unread, unread_keys
+
+    spec = RunSpec(**_spec_kwargs(raw, where))
+    if stored:
+        spec, _ = reset_unread(spec)
+    else:
+        for section, selector in SELECTORS.items():
+            written = raw.get(section)
+            if isinstance(written, Mapping):
+                unread = unread_keys(section, written, getattr(getattr(spec, section), selector))
+                if unread:
+                    raise SpecError(unread[0].message())
+    spec = spec.validate()
     _check_masks(spec)
     return spec
+
+
+def spec_from_stored(raw: Mapping[str, Any], where: str = "stored spec") -> RunSpec:
+    """A spec recorded by a run (database, result.json, spec.json), read by today's code.
+
+    Older code accepted fields that no component reads (``momentum`` beside Adam, a multistep
+    ``milestones`` under a cosine schedule); they never changed what trained, so they are reset to
+    their defaults here. ``stored_spec_changes`` lists them.
+    """
+    return spec_from_dict(raw, where, stored=True)
+
+
+def stored_spec_changes(raw: Mapping[str, Any], where: str = "stored spec") -> list[Any]:
+    """The fields of a stored spec holding non-default values that no component reads (``reads.Unread``)."""
+    from reidbench.harness.spec.reads import reset_unread
+
+    return reset_unread(RunSpec(**_spec_kwargs(raw, where)))[1]
 
 
 def _check_masks(spec: RunSpec) -> None:
@@ -313,7 +367,8 @@ def _check_masks(spec: RunSpec) -> None:
 
 
 def spec_from_json(text: str) -> RunSpec:
-    return spec_from_dict(json.loads(text))
+    """A recorded spec's JSON (a job, a run folder, the database): read as ``spec_from_stored``."""
+    return spec_from_stored(json.loads(text))
 
 
 def merge_dicts(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -324,6 +379,29 @@ def merge_dicts(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
             out[key] = merge_dicts(out[key], value)
         else:
             out[key] = value
+    return out
+
+
+def drop_switched(base: Mapping[str, Any], changes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``base`` spec data without the fields of components that ``changes`` switches away from.
+
+    ``changes`` maps a section to the fields about to be written into it. When they choose
+    another kind of a component (``optim.name: adam`` over MGN's SGD), the fields the old kind read
+    and the new one does not (``momentum``) leave with it, unless ``changes`` writes them itself
+    (then the new kind refuses them with one line). Profiles, presets and step lists use this.
+    """
+    from reidbench.harness.spec.reads import SELECTORS, switched_kind_drops
+
+    out = dict(base)
+    for section, selector in SELECTORS.items():
+        written = changes.get(section)
+        if not isinstance(written, Mapping) or selector not in written or not isinstance(out.get(section), Mapping):
+            continue
+        default_kind = getattr(SECTIONS[section](), selector)
+        old_kind = out[section].get(selector, default_kind)
+        drops = switched_kind_drops(section, old_kind, written[selector]) - set(written)
+        if drops:
+            out[section] = {k: v for k, v in out[section].items() if k not in drops}
     return out
 
 
@@ -349,7 +427,10 @@ def with_epochs(spec: RunSpec, epochs: int) -> RunSpec:
     scale = epochs / sched.max_epochs
     changes: dict[str, Any] = {"max_epochs": epochs}
     if sched.unit == "epochs":
-        changes["milestones"] = tuple(sorted({_scale_epochs(m, scale) for m in sched.milestones}))
+        from reidbench.harness.spec.reads import kind_reads
+
+        if "milestones" in kind_reads("schedule").get(sched.kind, ()):  # others leave them unread, at their default
+            changes["milestones"] = tuple(sorted({_scale_epochs(m, scale) for m in sched.milestones}))
         changes["warmup_epochs"] = _scale_epochs(sched.warmup_epochs, scale)
         options = dict(sched.options)
         if "delay_epochs" in options:
@@ -405,7 +486,7 @@ def load_base_file(path: str | Path, profile: str | None = None) -> tuple[RunSpe
         overlay = dict(profiles[chosen] or {})
         if "evaluations" in overlay:
             extras["evaluations"] = overlay.pop("evaluations")
-        raw = merge_dicts(raw, overlay)
+        raw = merge_dicts(drop_switched(raw, overlay), overlay)
     elif profiles and profile is not None:
         raise SpecError(f"{path}: profile {chosen!r} not defined; defined: {', '.join(profiles)}")
     raw["profile"] = chosen

@@ -18,7 +18,8 @@ branch study). A patch is plain data, applied in this order:
     apply a preset of the (original) file first.
 ``set``
     ``{dotted.field: value}``: spec fields and component options alike (``model.branches``,
-    ``data.image_size``, ``optim.base_lr``).
+    ``data.image_size``, ``optim.base_lr``). Choosing another kind of a component
+    (``optim.name: sgd``) drops the fields only the old kind read (Adam's ``betas``).
 ``terms``
     replace ``loss.terms`` (a list written as in a spec file).
 ``term``
@@ -39,7 +40,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from reidbench.harness.spec.loading import spec_from_dict
+from reidbench.harness.spec.loading import drop_switched, spec_from_dict
 from reidbench.harness.spec.sections import RunSpec, SpecError
 
 PATCH_KEYS = ("label", "base", "keep", "preset", "set", "terms", "term", "drop", "tricks")
@@ -201,6 +202,12 @@ def apply_patch(spec: RunSpec, patch: Patch, *, presets: Mapping[str, Patch] | N
         if inner.preset or inner.base or inner.tricks:
             raise SpecError(f"{inner.where}: a preset may not itself use preset, base or tricks")
         data = apply_patch(spec_from_dict(data, where), inner).to_dict()
+    # Choosing another kind of a component (optim.name: sgd) drops the old kind's own fields first.
+    written: dict[str, dict[str, Any]] = {}
+    for path, value in patch.set:
+        section, _, rest = path.partition(".")
+        written.setdefault(section, {})[rest.split(".")[0]] = value
+    data = drop_switched(data, written)
     for path, value in patch.set:
         _set_dotted(data, path, value, f"{where}.set")
     loss = data.setdefault("loss", {})

@@ -64,6 +64,9 @@ class ModelSpec:
             fail(f"{where}.neck", self.neck, " or ".join(NECKS))
         if not isinstance(self.backbone, str) or not self.backbone:
             fail(f"{where}.backbone", self.backbone, "a backbone name such as resnet50")
+        if self.weights_path is not None and not self.pretrained:
+            fail(f"{where}.weights_path", self.weights_path,
+                 f"only read with {where}.pretrained=true; set it, or drop {where}.weights_path")
 
 
 def _pair(value: Any, where: str) -> tuple[float, float]:
@@ -204,8 +207,6 @@ class GroupSpec:
             fail(f"{where}.match", list(self.match), "a list of module-group names (e.g. new) or parameter globs")
         if not self.lr_scale >= 0:
             fail(f"{where}.lr_scale", self.lr_scale, "a number >= 0")
-        if not all(isinstance(n, str) and n for n in self.losses):
-            fail(f"{where}.losses", list(self.losses), "loss term kinds or labels such as ce or id")
         if self.weight_decay is not None and self.weight_decay < 0:
             fail(f"{where}.weight_decay", self.weight_decay, "a number >= 0 or null")
 
@@ -215,11 +216,13 @@ class OptimSpec:
     name: str = "adam"  # optimiser registry name: adam (coupled L2, the reference), adamw, sgd
     base_lr: float = 3.5e-4
     weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
+    # Owned by the optimisers that declare them in their parameters (harness/spec/reads.py):
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
     groups: tuple[GroupSpec, ...] = ()  # first matching group wins; the rest use base_lr
     grad_clip_norm: float | None = None  # clip the global gradient norm (None: no clipping)
+    options: Options = ()  # the optimiser's other parameters (adam: eps), non-default values only
 
     def validate(self, where: str = "optim") -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -230,6 +233,8 @@ class OptimSpec:
             fail(f"{where}.weight_decay", self.weight_decay, "a value >= 0")
         if not 0 <= self.momentum < 1:
             fail(f"{where}.momentum", self.momentum, "a value in [0, 1)")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            fail(f"{where}.betas", list(self.betas), "two values in [0, 1)")
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
             fail(f"{where}.grad_clip_norm", self.grad_clip_norm, "a value > 0 or null")
         for i, group in enumerate(self.groups):
@@ -387,6 +392,11 @@ class RunSpec:
         if self.stages and sum(s.epochs for s in self.stages) != self.schedule.max_epochs:
             fail("stages", [s.epochs for s in self.stages],
                  f"epochs that add up to schedule.max_epochs={self.schedule.max_epochs}")
+        from reidbench.harness.spec.reads import unread_fields  # lazy: it consults the registries
+
+        unread = unread_fields(self)
+        if unread:
+            raise SpecError(unread[0].message())
         return self
 
     @property
@@ -394,7 +404,10 @@ class RunSpec:
         return self.full_epochs is not None and self.schedule.max_epochs < self.full_epochs
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
+        """Plain data of every field, except component-owned ones the chosen components do not read."""
+        from reidbench.harness.spec.reads import prune_unread_keys
+
+        return prune_unread_keys(to_jsonable(self), self)
 
     def to_json(self) -> str:
         return canonical_json(self.to_dict())
@@ -410,7 +423,8 @@ SECTIONS: dict[str, type] = {
     "train": TrainSpec,
 }
 # Sparse component options are written flat in their section/element (see the module doc).
-OPTION_FIELDS = {ModelSpec: "options", DataSpec: "sampler_options", LossTermSpec: "options", ScheduleSpec: "options"}
+OPTION_FIELDS = {ModelSpec: "options", DataSpec: "sampler_options", LossTermSpec: "options", ScheduleSpec: "options",
+                 OptimSpec: "options"}
 
 
 def canonical_json(obj: Any) -> str:

@@ -136,13 +136,20 @@ def build_optimizer_for(spec: RunSpec, model: nn.Module, objective: nn.Module) -
                        weight_decay=g.weight_decay, name="+".join(g.match))
              for i, g in enumerate(spec.optim.groups)]
     opt = spec.optim
-    options = {"momentum": opt.momentum, "nesterov": opt.nesterov} if opt.name == "sgd" else {}
+    options = optimizer_options(spec)
     if not rules and not spec.stages:
         # One group of the trainable parameters, exactly as before groups and stages existed.
-        return build_optimizer([p for _, p in named], opt.name, opt.base_lr, opt.weight_decay, tuple(opt.betas),
-                               **options)
+        return build_optimizer([p for _, p in named], opt.name, opt.base_lr, opt.weight_decay, **options)
     return build_optimizer(param_groups(named, rules, opt.base_lr, opt.weight_decay), opt.name, opt.base_lr,
-                           opt.weight_decay, tuple(opt.betas), **options)
+                           opt.weight_decay, **options)
+
+
+def optimizer_options(spec: RunSpec) -> dict[str, Any]:
+    """The chosen optimiser's own parameters: the section fields it reads (betas; momentum, nesterov) + the rest."""
+    from reidbench.harness.spec.reads import kind_reads
+
+    opt = spec.optim
+    return {**{name: getattr(opt, name) for name in sorted(kind_reads("optim")[opt.name])}, **dict(opt.options)}
 
 
 @dataclass(frozen=True)
