@@ -156,7 +156,7 @@ def variants_by_run(plan: AblationPlan) -> dict[str, tuple[Variant, ...]]:
 def missing_evaluations(plan: AblationPlan, store) -> dict[str, tuple[list[str], list[Variant], bool]]:
     """For each done run: the test sets and variants whose evaluation is not in the store yet."""
     from reidbench.harness.evaluation.run import requests_for, test_feature_of
-    from reidbench.harness.spec import spec_from_dict
+    from reidbench.harness.spec import spec_from_stored
 
     have: dict[str, set[str]] = {}
     for e in store.evaluations(plan.unique_hashes()):
@@ -167,7 +167,7 @@ def missing_evaluations(plan: AblationPlan, store) -> dict[str, tuple[list[str],
         record = store.find_run(h)
         if record is None or record.status != "done":
             continue
-        spec = spec_from_dict(record.spec)
+        spec = spec_from_stored(record.spec)
         requests = requests_for(plan.base.data.test, spec.eval, variants[h], test_feature_of(record))
         todo = [r for r in requests if r.settings.key(plan.test_fingerprints.get(r.test_set)) not in have.get(h, set())]
         if todo:

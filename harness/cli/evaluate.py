@@ -153,7 +153,7 @@ def _evaluate_run(run_ref: str, test_on: str | None, changes: dict[str, Any], da
     import dataclasses
 
     from reidbench.harness.evaluation.settings import EvaluationSettings, Variant
-    from reidbench.harness.spec.loading import spec_from_dict
+    from reidbench.harness.spec.loading import spec_from_stored
 
     store = open_store(db_url)
     record = store.get_run(run_ref)
@@ -162,7 +162,7 @@ def _evaluate_run(run_ref: str, test_on: str | None, changes: dict[str, Any], da
         raise UserError(f"run {short} is {record.status}; only a done run can be evaluated (train it first)")
     if not record.out_dir:
         raise UserError(f"run {short} has no run folder recorded, so it has no checkpoint to score")
-    spec = spec_from_dict(record.spec)
+    spec = spec_from_stored(record.spec)
     tests = ([t.strip() for t in test_on.split(",") if t.strip()] if test_on is not None
              else list(spec.data.test))
     if not tests:

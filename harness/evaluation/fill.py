@@ -41,9 +41,9 @@ def ranking_settings(evaluation: Any, run: Any) -> dict[str, Any]:
     """The evaluation's ranking settings; schema-1 evaluations stored none: the run's eval section."""
     if evaluation.settings:
         return dict(evaluation.settings)
-    from reidbench.harness.spec import EvalSpec, spec_from_dict
+    from reidbench.harness.spec import EvalSpec, spec_from_stored
 
-    ev = spec_from_dict(run.spec).eval if run is not None else EvalSpec()
+    ev = spec_from_stored(run.spec).eval if run is not None else EvalSpec()
     return {"metric": ev.metric, "normalize": ev.normalize, "rerank": evaluation.variant == "rerank" or ev.rerank}
 
 

@@ -13,6 +13,7 @@ from reidbench.harness.spec.loading import (
     merge_dicts,
     spec_from_dict,
     spec_from_json,
+    spec_from_stored,
     with_epochs,
 )
 from reidbench.harness.spec.sections import (
@@ -42,6 +43,6 @@ __all__ = [
     "AMP_MODES", "FILE_ONLY_KEYS", "METRICS", "NECKS", "PROFILES", "DataSpec", "EvalSpec", "GroupSpec", "LossSpec",
     "LossTermSpec", "ModelSpec", "OptimSpec", "RunSpec", "ScheduleSpec", "SpecError", "StageSpec", "TrainSpec",
     "canonical_json", "legacy_loss_terms", "load_base_file", "load_spec_file", "load_yaml", "merge_dicts",
-    "replace_section", "spec_from_dict", "spec_from_json", "to_jsonable", "with_epochs",
+    "replace_section", "spec_from_dict", "spec_from_json", "spec_from_stored", "to_jsonable", "with_epochs",
     "with_options",
 ]

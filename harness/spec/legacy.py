@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from reidbench.harness.spec.hashing import run_hash
-from reidbench.harness.spec.loading import spec_from_dict
+from reidbench.harness.spec.loading import spec_from_stored
 
 RERANK_PREFIX = "rerank_"
 
@@ -71,7 +71,7 @@ def upgrade_v1_run(*, run_hash: str, spec: Mapping[str, Any], provenance: Mappin
     """
     from reidbench.harness.evaluation.settings import RERANK_VARIANT, EvaluationSettings
 
-    new = spec_from_dict(dict(spec))
+    new = spec_from_stored(dict(spec))
     train_fp = _fingerprint(new.data.train, provenance)
     train = train_fp.train if train_fp is not None else None
     new_hash = _hash(new, train)

@@ -39,7 +39,7 @@ import optuna
 from optuna.trial import TrialState
 
 from reidbench.harness.execution.jobs import Job, new_owner, owner_is_dead_here, run_job, wait_for_others
-from reidbench.harness.spec import spec_from_dict
+from reidbench.harness.spec import spec_from_stored
 from reidbench.harness.study.plan import StudyPlan
 from reidbench.harness.study.space import StudySpace
 from reidbench.harness.study.storage import AskLock, is_local_storage, open_storage, retry_callback
@@ -116,7 +116,7 @@ def plan_from_attrs(name: str, attrs: Mapping[str, Any]) -> StudyPlan:
     """Rebuild the plan a study was created with from its user attributes (what workers use)."""
     if "base_spec" not in attrs or "space" not in attrs:
         raise ValueError(f"study {name!r} was not created by `reidbench study` (no base_spec/space attributes)")
-    return StudyPlan(name=name, base_name=str(attrs.get("base", "")), base=spec_from_dict(attrs["base_spec"]),
+    return StudyPlan(name=name, base_name=str(attrs.get("base", "")), base=spec_from_stored(attrs["base_spec"]),
                      space=StudySpace.from_attrs(dict(attrs)), metric=str(attrs["metric"]),
                      trials=int(attrs["trials"]), prune=bool(attrs.get("prune", False)), train_fingerprint=attrs.get("train_fingerprint"),
                      notes=tuple(attrs.get("notes", ())))
@@ -156,7 +156,7 @@ def _is_pre_upgrade_twin(attrs: Mapping[str, Any], plan: StudyPlan) -> bool:
     if "train_fingerprint" in attrs or "base_spec" not in attrs:
         return False
     try:
-        same_base = spec_from_dict(attrs["base_spec"]) == plan.base
+        same_base = spec_from_stored(attrs["base_spec"]) == plan.base
     except ValueError:
         return False
     mine = plan.attrs()
