@@ -184,7 +184,7 @@ def reset_unread(spec: RunSpec) -> tuple[RunSpec, list[Unread]]:
 
 
 def prune_unread_keys(data: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
-    """Drop from ``spec``'s plain data (``to_dict``) the owned fields its components do not read.
+    """Drop from ``spec``'s plain data (``to_dict``) the fields its components do not read.
 
     They hold their defaults (``unread_fields`` is empty for a valid spec) and would only say
     something untrue (``momentum`` beside Adam), so a stored spec never shows them.
@@ -194,6 +194,10 @@ def prune_unread_keys(data: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
         if isinstance(part, dict):
             for name in _unread_owned(section, getattr(getattr(spec, section), selector)):
                 part.pop(name, None)
+    for cond in CONDITIONAL:
+        section, name = cond.path.split(".", 1)
+        if isinstance(data.get(section), dict) and not cond.read(spec):
+            data[section].pop(name, None)
     return data
 
 

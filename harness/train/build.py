@@ -158,22 +158,43 @@ class Built:
     model_info: dict[str, Any]
 
 
-def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers: int, show_progress: bool,
-                   dist: Any = None) -> Built:
-    """Everything one run's training touches, built from ``spec`` for ``train_set``.
+@dataclass
+class TrainingParts:
+    """What a spec builds before any data is read: the library API's ``reidbench.build`` returns it.
 
-    ``dist`` (a ``train.distributed.DistContext``, process group initialised): this rank's part of
-    a distributed run — the loader yields its share of every global batch, ``train.sync_bn``'s
-    BatchNorm layers are synchronised, and the model with the objective is wrapped in DDP
-    (``components.step_forward``). Weights start equal on every rank: each builds from the seed.
+    ``model`` and ``objective`` (the named, weighted loss terms) on ``device``, the main
+    ``optimizer`` over both (loss terms with a private optimiser, the centres, keep theirs:
+    ``objective.own_optimizers()``), the per-epoch LR ``scheduler`` (stepped once per epoch; its
+    counter 0 is epoch 1), the ``stages`` (what each epoch freezes and computes), the
+    ``progress`` that curricula read, and the AMP settings — exactly what ``reidbench train``
+    builds for the same spec and number of training identities.
     """
-    from reidbench.harness.data.loader import build_train_loader
-    from reidbench.harness.data.masks import mask_source
-    from reidbench.harness.data.samplers import build_sampler
+
+    spec: RunSpec
+    model: nn.Module
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    stages: StagePlan
+    progress: TrainProgress
+    amp_dtype: torch.dtype | None = None
+    scaler: Any = None
+    synced_bn_layers: tuple[str, ...] = ()
+
+
+def build_parts(spec: RunSpec, num_classes: int, device: torch.device | str = "cpu", dist: Any = None
+                ) -> TrainingParts:
+    """Model, objective, optimiser, LR schedule and stage plan of ``spec`` for ``num_classes`` identities.
+
+    No dataset is needed. The seed is set first, then the architecture is built, then the loss
+    terms (their parameters, e.g. the centres, draw from the same stream): the same order as
+    always, so a spec builds the same initial weights as ``train`` does. ``dist`` (a
+    ``train.distributed.DistContext``) synchronises ``train.sync_bn``'s BatchNorm layers first.
+    """
     from reidbench.models.architectures import build_architecture
     from reidbench.models.objective import build_objective
 
-    num_classes = train_set.num_train_pids
+    device = torch.device(device)
     torch.manual_seed(spec.train.seed)  # weight init (classifier, BNNeck, centres) depends only on the seed
     model = build_architecture(spec.model, num_classes)
     progress = TrainProgress(max_epochs=spec.schedule.max_epochs)
@@ -196,6 +217,27 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         amp_dtype = torch.bfloat16 if spec.train.amp == "bf16" else torch.float16
         if amp_dtype is torch.float16:
             scaler = torch.amp.GradScaler("cuda")
+    return TrainingParts(spec, model, objective, optimizer, scheduler, stages, progress, amp_dtype, scaler,
+                         tuple(synced))
+
+
+def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers: int, show_progress: bool,
+                   dist: Any = None) -> Built:
+    """Everything one run's training touches, built from ``spec`` for ``train_set``: ``build_parts`` + the loader.
+
+    ``dist`` (a ``train.distributed.DistContext``, process group initialised): this rank's part of
+    a distributed run — the loader yields its share of every global batch, ``train.sync_bn``'s
+    BatchNorm layers are synchronised, and the model with the objective is wrapped in DDP
+    (``components.step_forward``). Weights start equal on every rank: each builds from the seed.
+    """
+    from reidbench.harness.data.loader import build_train_loader
+    from reidbench.harness.data.masks import mask_source
+    from reidbench.harness.data.samplers import build_sampler
+
+    parts = build_parts(spec, train_set.num_train_pids, device, dist)
+    model, objective, optimizer, scheduler = parts.model, parts.objective, parts.optimizer, parts.scheduler
+    stages, progress, amp_dtype, scaler, synced = (parts.stages, parts.progress, parts.amp_dtype, parts.scaler,
+                                                   parts.synced_bn_layers)
     data = spec.data
     masks = mask_source(data.masks, train_set, progress=show_progress)
     sampler = build_sampler(data.sampler, data.sampler_options, [r.pid for r in train_set.train], data.ids_per_batch,
