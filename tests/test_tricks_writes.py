@@ -56,7 +56,8 @@ def test_every_trick_keeps_its_declared_writes_on_every_shipped_base(trick, base
 def test_written_paths_by_hand():
     base = spec_from_dict({"schedule": {"max_epochs": 6, "milestones": [4, 6]}})
     after = replace_section(base, "schedule", warmup_epochs=2)
-    assert written_paths(base, after) == ["schedule.warmup_epochs"]
+    # warmup_factor is read (and so shown) only once there is a warmup
+    assert written_paths(base, after) == ["schedule.warmup_epochs", "schedule.warmup_factor"]
     smoothed = set_term_options(base, "ce", "toy", label_smoothing=0.2)
     assert written_paths(base, smoothed) == ["loss.terms[ce].label_smoothing"]
     centred = get_trick("center").apply(base)
