@@ -3,6 +3,7 @@ a checkpoint round trip, the periodic evaluation, the history and its log line."
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ class TinyNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        # dropout: each epoch draws random numbers, so a resume must replay the RNG too
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 4, DIM), nn.Dropout(0.3))
+        # dropout: each epoch draws random numbers, so a resume must replay the RNG too; any image size
+        self.body = nn.Sequential(nn.AdaptiveAvgPool2d((8, 4)), nn.Flatten(), nn.Linear(3 * 8 * 4, DIM),
+                                  nn.Dropout(0.3))
         self.classifier = nn.Linear(DIM, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -229,3 +231,32 @@ def test_evaluation_hook_adds_the_test_sets_metrics_on_due_epochs_only(tmp_path)
     assert list(extras[1]) == ["toy/mAP", "toy/R1"]
     assert extras[1] == {"toy/mAP": pytest.approx(0.75), "toy/R1": pytest.approx(0.5)}
     assert not list(tmp_path.glob("features-*")) and not list(Path(".").glob("features-toy*"))  # nothing saved
+
+
+def test_the_reuse_example_in_design_md_trains_checkpoints_and_resumes(tmp_path, monkeypatch, capsys):
+    """docs/design.md section 6 runs as written (with this file's toy components) and, run again, resumes."""
+    pytest.importorskip("tensorboard", reason="the example logs to TensorBoard")
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    section = doc.split("## 6. Reusing the training loop and its hooks", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    dataset = _solid_dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    c = _components(0)
+
+    def run() -> dict:
+        scope = {"model": c.model, "objective": c.objective, "optimizer": c.optimizer, "scheduler": c.scheduler,
+                 "loader": c.loader, "device": torch.device("cpu"), "test_set": dataset}
+        exec(compile(code, "docs/design.md", "exec"), scope)
+        return scope
+
+    first = run()
+    assert first["point"] is None and load_checkpoint(tmp_path / "out" / "checkpoint.pt")["epoch"] == 60
+    history = first["checkpoint"].history
+    assert [h["epoch"] for h in history] == list(range(1, 61))
+    assert [h["epoch"] for h in history if "market/mAP" in h["extra"]] == [10, 20, 30, 40, 50]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("/")[0] for line in lines] == [f"epoch {e:>3}" for e in range(1, 61)]  # one line each
+    assert list((tmp_path / "out").glob("events.out.tfevents.*"))
+    again = run()
+    assert again["point"].epoch == 60 and again["start"] == 60 and len(again["checkpoint"].history) == 60
+    assert capsys.readouterr().out == ""  # nothing left to train
