@@ -12,7 +12,8 @@ module, :class:`TrainForward`, so a distributed run wraps it whole in DDP (``com
 see ``train/distributed.py``); a single-process run calls it as it is.
 
 Hooks are objects with any of ``before_epoch(components, epoch)``, ``after_step(components,
-step, losses)`` and ``on_epoch_end(components, stats)``. Loss terms and samplers that need to
+step, losses)`` and ``on_epoch_end(components, stats)``; checkpointing, periodic evaluation and the
+history with its log line are in ``train/hooks.py``, TensorBoard in ``tracking/tensorboard.py``. Loss terms and samplers that need to
 know where training is read ``components.train_progress`` (epoch, step, fraction of the run).
 
 Batches are ``(images, pids, camids, indices)``, or with part masks a fifth element that is passed

@@ -214,7 +214,7 @@ def execute(spec: RunSpec, runtime: RuntimeOptions, trick_versions: Mapping[str,
     if main:
         _check_run_folder(out_dir, spec, rhash, runtime.legacy_hashes)
     progress = main and (sys.stderr.isatty() if runtime.progress is None else runtime.progress)
-    return _Run(spec, rhash, fingerprint, out_dir, runtime, log, progress).execute()
+    return _train_and_evaluate(spec, rhash, fingerprint, out_dir, runtime, log, progress)
 
 
 def load_datasets(names: Sequence[str], data_paths: Mapping[str, str], progress: bool
@@ -233,256 +233,189 @@ def _test_fingerprint(provenance: Mapping[str, Any], name: str) -> str | None:
     return ((provenance.get(name) or {}).get("fingerprint") or {}).get("test")
 
 
-class _Run:
-    """One execution of a spec; holds the built components while it trains and evaluates."""
+class _RunLog:
+    """A run's log: each line to the caller's sink and appended to the run folder's ``train.log``.
+    In a distributed run only rank 0 logs (``enabled``): one log per run."""
 
-    def __init__(self, spec: RunSpec, rhash: str, fingerprint: str, out_dir: Path, runtime: RuntimeOptions,
-                 log: Callable[[str], None], progress: bool) -> None:
-        self.spec, self.rhash, self.fingerprint, self.out_dir, self.runtime = spec, rhash, fingerprint, out_dir, runtime
-        self.progress = progress
-        self._log_file = out_dir / "train.log"
-        self._log_sink = log
-        self.dist = runtime.distributed
-        self.main = self.dist is None or self.dist.is_main
-        self.board: Any = None  # the TensorBoard hook, while training and evaluating
+    def __init__(self, path: Path, sink: Callable[[str], None], enabled: bool = True) -> None:
+        self.path, self.sink, self.enabled = path, sink, enabled
 
-    def log(self, line: str) -> None:
-        if not self.main:  # one log per run: rank 0's
+    def __call__(self, line: str) -> None:
+        if not self.enabled:
             return
-        self._log_sink(line)
-        with open(self._log_file, "a") as fh:
+        self.sink(line)
+        with open(self.path, "a") as fh:
             fh.write(line + "\n")
 
-    def execute(self) -> RunResult | None:
-        try:
-            return self._execute()
-        finally:
-            if self.board is not None:  # also when training failed: what it logged stays readable
-                self.board.close()
 
-    def _execute(self) -> RunResult | None:
-        from reidbench.harness.execution.environment import environment
-        from reidbench.harness.train.build import build_training
-        from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state
-        from reidbench.harness.train.loop import run_training
+def _train_and_evaluate(spec: RunSpec, rhash: str, fingerprint: str, out_dir: Path, runtime: RuntimeOptions,
+                        sink: Callable[[str], None], progress: bool) -> RunResult | None:
+    """Load data → build → resume → train with hooks → evaluate → write result (rank 0 alone writes)."""
+    from reidbench.harness.train.build import build_training
+    from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, resume
+    from reidbench.harness.train.hooks import CallbackHook, CheckpointHook, HistoryHook
+    from reidbench.harness.train.loop import run_training
 
-        spec = self.spec
-        device = select_device(self.runtime.device)
-        self._configure_torch(device)
-        self.datasets, provenance = load_datasets((spec.data.train, *spec.data.test), self.runtime.data_paths,
-                                                  self.progress)
-        self.provenance = provenance
-        train_set = self.datasets[spec.data.train]
-        ranks = self.dist.world_size if self.dist is not None else 1
-        workers = (self.runtime.num_workers if self.runtime.num_workers is not None
-                   else default_workers(device.type, ranks))
-        self.workers, self.device = workers, device
+    dist = runtime.distributed
+    main = dist is None or dist.is_main
+    log = _RunLog(out_dir / "train.log", sink, enabled=main)
+    device = select_device(runtime.device)
+    _configure_torch(spec, device)
+    datasets, provenance = load_datasets((spec.data.train, *spec.data.test), runtime.data_paths, progress)
+    train_set = datasets[spec.data.train]
+    ranks = dist.world_size if dist is not None else 1
+    workers = runtime.num_workers if runtime.num_workers is not None else default_workers(device.type, ranks)
 
-        built = build_training(spec, train_set, device, workers, self.progress, dist=self.dist)
-        components, model_info = built.components, built.model_info
-        self.synced_bn_layers = model_info.pop("sync_bn_layers", 0)
-        model_info["num_classes"] = train_set.num_train_pids
-        self.model_info = model_info
-        ckpt_path = self.out_dir / CHECKPOINT_NAME
-        start_epoch, history = 0, []
-        if ckpt_path.exists():
-            state = load_checkpoint(ckpt_path)
-            if state.get("run_hash") != self.rhash and state.get("run_hash") not in self.runtime.legacy_hashes:
-                raise ValueError(f"{ckpt_path}: checkpoint of another run ({str(state.get('run_hash'))[:12]})")
-            self._load_state(components, state)
-            restore_rng_state(state.get("rng", {}))
-            start_epoch = int(state["epoch"])
-            history = json.loads(state.get("history_json", "[]"))
-            self.log(f"run {self.rhash[:12]}: resuming after epoch {start_epoch}/{spec.schedule.max_epochs}"
-                     + (f" (stage {state['stage']})" if state.get("stage") else ""))
-        else:
-            where = (f"{ranks} {self.dist.backend} processes ({device.type}), "
-                     f"{spec.data.ids_per_batch // ranks}×{spec.data.imgs_per_id} images each per step"
-                     if self.dist is not None else str(device))
-            self.log(f"run {self.rhash[:12]}: training {spec.model.arch}/{spec.model.backbone} on {spec.data.train} "
-                     f"({len(train_set.train)} images, {train_set.num_train_pids} ids) on {where}, "
-                     f"{spec.schedule.max_epochs} epochs, {workers} loader workers")
+    built = build_training(spec, train_set, device, workers, progress, dist=dist)
+    components, model_info = built.components, built.model_info
+    synced_bn_layers = model_info.pop("sync_bn_layers", 0)
+    model_info["num_classes"] = train_set.num_train_pids
 
+    max_epochs = spec.schedule.max_epochs
+    checkpoint = out_dir / CHECKPOINT_NAME
+    resumed = resume(checkpoint, components, {rhash, *runtime.legacy_hashes})  # every rank: same weights
+    if resumed is not None:
+        log(f"run {rhash[:12]}: resuming after epoch {resumed.epoch}/{max_epochs}"
+            + (f" (stage {resumed.stage})" if resumed.stage else ""))
+    else:
+        log(_start_line(spec, rhash, train_set, device, dist, workers))
+    start_epoch, history = (resumed.epoch, resumed.history) if resumed is not None else (0, [])
+
+    board = _tensorboard(runtime, out_dir, start_epoch + 1, rhash, spec, provenance, model_info, log) if main else None
+    try:
         hooks: list[Any] = []
-        if self.main:  # rank 0 alone keeps the history, checkpoints, writes TensorBoard and reports epochs
-            self.board = self._tensorboard(start_epoch + 1)
+        if main:  # rank 0 alone evaluates periodically, keeps the history, writes TensorBoard, checkpoints
+            hooks += _periodic_evaluation(spec, datasets, device, workers)
+            hooks.append(HistoryHook(max_epochs, history, log))
             # TensorBoard before the checkpoint: an epoch logged but not checkpointed is purged on resume,
             # whereas one checkpointed but not logged would stay missing from the curves.
-            hooks += [_HistoryHook(self, history), *([self.board] if self.board else []), _CheckpointHook(self, history)]
-            if self.runtime.on_epoch is not None:
-                hooks.append(_CallbackHook(self.runtime.on_epoch))
-        run_training(components, start_epoch, spec.schedule.max_epochs, spec.train.seed, hooks)
-        if not self.main:
+            hooks += [board] if board is not None else []
+            hooks.append(CheckpointHook(checkpoint, spec.train.checkpoint_every_epochs, max_epochs, history,
+                                        run_hash=rhash, spec_json=canonical_json(spec.to_dict()),
+                                        num_classes=int(model_info.get("num_classes", 0))))
+            if runtime.on_epoch is not None:  # after the epoch's checkpoint: it may raise to stop the run
+                hooks.append(CallbackHook(runtime.on_epoch))
+        run_training(components, start_epoch, max_epochs, spec.train.seed, hooks)
+        if not main:
             return None
         seconds_train = sum(float(h.get("seconds", 0.0)) for h in history)  # across resumes
 
         t1 = time.perf_counter()
-        scorer = self.scorer(components.model)
-        evaluations = []
-        requests = requests_for(spec.data.test, spec.eval, self._variants(), components.model.test_feature)
-        for request in requests:
-            record = scorer.score(request, self.datasets[request.test_set],
-                                  _test_fingerprint(provenance, request.test_set))
-            evaluations.append(record)
-            line = "  ".join(f"{k} {100 * record['metrics'][k]:.1f}" for k in METRIC_KEYS)
-            tag = f" [{request.label or request.variant}]" if request.variant else ""
-            self.log(f"run {self.rhash[:12]}: {spec.data.train}→{request.test_set}{tag}: {line}")
+        scorer = _final_scorer(spec, rhash, fingerprint, components.model, out_dir, device, workers, datasets, log)
+        evaluations = _evaluate(spec, rhash, scorer, datasets, provenance, runtime.variants, log)
         seconds_eval = time.perf_counter() - t1
-        if self.board is not None:
-            self.board.log_final(spec.schedule.max_epochs, evaluations)
+        if board is not None:
+            board.log_final(max_epochs, evaluations)
+    finally:
+        if board is not None:  # also when training failed: what it logged stays readable
+            board.close()
 
-        env = environment(device)
-        if self.dist is not None:
-            # Recorded, never hashed: the run is the same whatever the process count. The store keeps
-            # model_info and the device line (not the whole environment), so it goes into both.
-            info = {"world_size": self.dist.world_size, "backend": self.dist.backend,
-                    "per_rank_batch": [spec.data.ids_per_batch // self.dist.world_size, spec.data.imgs_per_id],
-                    "sync_bn": spec.train.sync_bn, "sync_bn_layers": self.synced_bn_layers}
-            env["distributed"] = model_info["distributed"] = info
-            env["device"] = f"{env['device']} ×{self.dist.world_size} ({self.dist.backend})"
-        result = RunResult(
-            run_hash=self.rhash, spec=spec, metrics=metrics_by_test(evaluations), history=history,
-            provenance=provenance, model_info=model_info, environment=env,
-            seconds_train=seconds_train, seconds_eval=seconds_eval, out_dir=str(self.out_dir),
-            evaluations=evaluations, train_fingerprint=self.fingerprint,
-        )
-        tmp = self.out_dir / (RESULT_NAME + ".tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
-        os.replace(tmp, self.out_dir / RESULT_NAME)
-        return result
-
-    def _tensorboard(self, first_epoch: int) -> Any:
-        """This run's TensorBoard hook, or None: switched off, or the package missing (said once per process)."""
-        from reidbench.harness.tracking.tensorboard import (INSTALL_HINT, TensorBoardHook, run_text,
-                                                            tensorboard_available)
-
-        if self.runtime.tensorboard is False:
-            return None
-        if not tensorboard_available():
-            if "tensorboard" not in _NOTED:
-                _NOTED.add("tensorboard")
-                self.log(f"TensorBoard logs off: the tensorboard package is not installed ({INSTALL_HINT})")
-            return None
-        return TensorBoardHook(self.out_dir, first_epoch,
-                               run_text(self.rhash, self.spec.to_dict(), self.provenance, self.model_info))
-
-    def _variants(self) -> list[Any]:
-        from reidbench.harness.evaluation.settings import default_variants
-
-        names = {v.name for v in self.runtime.variants}
-        return [v for v in default_variants(self.spec.eval) if v.name not in names] + list(self.runtime.variants)
-
-    def scorer(self, model: Any) -> ModelScorer:
-        train = self.spec.data.train
-        return ModelScorer(model, run_hash=self.rhash, epoch=self.spec.schedule.max_epochs, out_dir=self.out_dir,
-                           device=self.device, image_size=self.spec.data.image_size,
-                           batch_size=self.spec.eval.batch_size, workers=self.workers,
-                           amp_dtype=amp_dtype_for(self.spec, self.device), masks=self.spec.data.masks, log=self.log,
-                           train_source=lambda: (train, self.datasets[train], self.fingerprint),
-                           train_fingerprint=self.fingerprint)
-
-    # ------------------------------------------------------------------ building
-
-    def _configure_torch(self, device) -> None:
-        import torch
-
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = not self.spec.train.deterministic
-            torch.backends.cuda.matmul.allow_tf32 = not self.spec.train.deterministic
-            torch.backends.cudnn.allow_tf32 = not self.spec.train.deterministic
-        if self.spec.train.deterministic:
-            torch.backends.cudnn.deterministic = True
-            torch.use_deterministic_algorithms(True, warn_only=True)
-
-    def _load_state(self, c, state: dict[str, Any]) -> None:
-        c.model.load_state_dict(state["model"])
-        c.objective.load_state_dict(state["objective"])
-        c.optimizer.load_state_dict(state["optimizer"])
-        c.scheduler.load_state_dict(state["scheduler"])
-        for i, own in enumerate(c.own_optimizers):
-            key = f"own_optimizer_{i}" if f"own_optimizer_{i}" in state else "center_optimizer"
-            own.optimizer.load_state_dict(state[key])
-        if c.scaler is not None and "scaler" in state:
-            c.scaler.load_state_dict(state["scaler"])
-
-    def checkpoint_state(self, c, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
-        from reidbench.harness.train.checkpoint import rng_state
-
-        state = {
-            "run_hash": self.rhash,
-            "spec_json": canonical_json(self.spec.to_dict()),
-            "epoch": epoch,
-            "stage": c.stages.name(epoch) if c.stages is not None else "",
-            "num_classes": int(self.model_info.get("num_classes", 0)),
-            "model": c.model.state_dict(),
-            "objective": c.objective.state_dict(),
-            "optimizer": c.optimizer.state_dict(),
-            "scheduler": c.scheduler.state_dict(),
-            "rng": rng_state(),
-            "history_json": json.dumps(history),
-        }
-        for i, own in enumerate(c.own_optimizers):
-            state[f"own_optimizer_{i}"] = own.optimizer.state_dict()
-        if c.scaler is not None:
-            state["scaler"] = c.scaler.state_dict()
-        return state
-
-    def evaluate_first_test(self, model) -> dict[str, float]:
-        """Periodic evaluation for training curves: the default evaluation on the first test set, not saved."""
-        first = self.spec.data.test[0]
-        request = requests_for((first,), self.spec.eval, (), model.test_feature)[0]
-        scorer = ModelScorer(model, run_hash=self.rhash, epoch=-1, out_dir=self.out_dir, device=self.device,
-                             image_size=self.spec.data.image_size, batch_size=self.spec.eval.batch_size,
-                             workers=self.workers, amp_dtype=amp_dtype_for(self.spec, self.device),
-                             masks=self.spec.data.masks)
-        return scorer.score(request, self.datasets[first], None, save=False)["metrics"]
+    env = _environment(device, spec, dist, model_info, synced_bn_layers)  # a distributed run: into model_info too
+    result = RunResult(
+        run_hash=rhash, spec=spec, metrics=metrics_by_test(evaluations), history=history,
+        provenance=provenance, model_info=model_info, environment=env,
+        seconds_train=seconds_train, seconds_eval=seconds_eval, out_dir=str(out_dir),
+        evaluations=evaluations, train_fingerprint=fingerprint,
+    )
+    tmp = out_dir / (RESULT_NAME + ".tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
+    os.replace(tmp, out_dir / RESULT_NAME)
+    return result
 
 
-class _HistoryHook:
-    """Per-epoch log line, history record, and the optional periodic mAP for training curves."""
+def _configure_torch(spec: RunSpec, device: Any) -> None:
+    import torch
 
-    def __init__(self, run: _Run, history: list[dict[str, Any]]) -> None:
-        self.run, self.history = run, history
-
-    def on_epoch_end(self, c, stats) -> None:
-        spec = self.run.spec
-        every = spec.eval.every_epochs
-        if every and (stats.epoch % every == 0) and stats.epoch < spec.schedule.max_epochs:
-            first = spec.data.test[0]
-            m = self.run.evaluate_first_test(c.model)
-            stats.extra[f"{first}/mAP"] = m["mAP"]
-            stats.extra[f"{first}/R1"] = m["R1"]
-        self.history.append(stats.to_dict())
-        losses = " ".join(f"{k}={v:.4f}" for k, v in stats.losses.items())
-        extra = " ".join(f"{k}={100 * v:.1f}" for k, v in stats.extra.items())
-        stage = f"  [{stats.stage}]" if stats.stage else ""
-        self.run.log(
-            f"epoch {stats.epoch:>3}/{spec.schedule.max_epochs}{stage}  {losses}  lr={stats.lr:.3g}  "
-            f"{stats.images_per_s:.0f} img/s  data-wait {100 * stats.data_wait_fraction:.0f}%"
-            + (f"  {extra}" if extra else "")
-        )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not spec.train.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = not spec.train.deterministic
+        torch.backends.cudnn.allow_tf32 = not spec.train.deterministic
+    if spec.train.deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-class _CheckpointHook:
-    def __init__(self, run: _Run, history: list[dict[str, Any]]) -> None:
-        self.run, self.history = run, history
-
-    def on_epoch_end(self, c, stats) -> None:
-        from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
-
-        every = self.run.spec.train.checkpoint_every_epochs
-        if stats.epoch % every == 0 or stats.epoch == self.run.spec.schedule.max_epochs:
-            save_checkpoint(self.run.out_dir / CHECKPOINT_NAME, self.run.checkpoint_state(c, stats.epoch, self.history))
+def _start_line(spec: RunSpec, rhash: str, train_set: Any, device: Any, dist: Any, workers: int) -> str:
+    where = (f"{dist.world_size} {dist.backend} processes ({device.type}), "
+             f"{spec.data.ids_per_batch // dist.world_size}×{spec.data.imgs_per_id} images each per step"
+             if dist is not None else str(device))
+    return (f"run {rhash[:12]}: training {spec.model.arch}/{spec.model.backbone} on {spec.data.train} "
+            f"({len(train_set.train)} images, {train_set.num_train_pids} ids) on {where}, "
+            f"{spec.schedule.max_epochs} epochs, {workers} loader workers")
 
 
-class _CallbackHook:
-    """The caller's per-epoch callback (``RuntimeOptions.on_epoch``), after the epoch's checkpoint."""
+def _tensorboard(runtime: RuntimeOptions, out_dir: Path, first_epoch: int, rhash: str, spec: RunSpec,
+                 provenance: Mapping[str, Any], model_info: Mapping[str, Any], log: Callable[[str], None]) -> Any:
+    """This run's TensorBoard hook, or None: switched off, or the package missing (said once per process)."""
+    from reidbench.harness.tracking.tensorboard import (INSTALL_HINT, TensorBoardHook, run_text,
+                                                        tensorboard_available)
 
-    def __init__(self, callback: Callable[[int, dict[str, Any]], None]) -> None:
-        self.callback = callback
+    if runtime.tensorboard is False:
+        return None
+    if not tensorboard_available():
+        if "tensorboard" not in _NOTED:
+            _NOTED.add("tensorboard")
+            log(f"TensorBoard logs off: the tensorboard package is not installed ({INSTALL_HINT})")
+        return None
+    return TensorBoardHook(out_dir, first_epoch, run_text(rhash, spec.to_dict(), provenance, model_info))
 
-    def on_epoch_end(self, c, stats) -> None:
-        self.callback(stats.epoch, stats.to_dict())
+
+def _periodic_evaluation(spec: RunSpec, datasets: Mapping[str, Any], device: Any, workers: int) -> list[Any]:
+    """The training curves' evaluation (``eval.every_epochs``): the default evaluation on the first test set."""
+    from reidbench.harness.evaluation.settings import EvaluationSettings
+    from reidbench.harness.train.hooks import EvaluationHook
+
+    if not spec.eval.every_epochs:
+        return []
+    first = spec.data.test[0]
+    return [EvaluationHook(first, datasets[first], spec.eval.every_epochs, spec.schedule.max_epochs, device=device,
+                           image_size=spec.data.image_size, batch_size=spec.eval.batch_size,
+                           settings=EvaluationSettings.from_eval(spec.eval), workers=workers,
+                           amp_dtype=amp_dtype_for(spec, device), masks=spec.data.masks)]
+
+
+def _final_scorer(spec: RunSpec, rhash: str, fingerprint: str, model: Any, out_dir: Path, device: Any, workers: int,
+                  datasets: Mapping[str, Any], log: Callable[[str], None]) -> ModelScorer:
+    train = spec.data.train
+    return ModelScorer(model, run_hash=rhash, epoch=spec.schedule.max_epochs, out_dir=out_dir, device=device,
+                       image_size=spec.data.image_size, batch_size=spec.eval.batch_size, workers=workers,
+                       amp_dtype=amp_dtype_for(spec, device), masks=spec.data.masks, log=log,
+                       train_source=lambda: (train, datasets[train], fingerprint), train_fingerprint=fingerprint)
+
+
+def _evaluate(spec: RunSpec, rhash: str, scorer: ModelScorer, datasets: Mapping[str, Any],
+              provenance: Mapping[str, Any], variants: Sequence[Any], log: Callable[[str], None]
+              ) -> list[dict[str, Any]]:
+    """The default evaluation on every test set, then each variant (the spec's ``evaluations:``
+    defaults, replaced by a runtime variant of the same name); one log line each."""
+    from reidbench.harness.evaluation.settings import default_variants
+
+    names = {v.name for v in variants}
+    variants = [v for v in default_variants(spec.eval) if v.name not in names] + list(variants)
+    evaluations = []
+    for request in requests_for(spec.data.test, spec.eval, variants, scorer.model.test_feature):
+        record = scorer.score(request, datasets[request.test_set], _test_fingerprint(provenance, request.test_set))
+        evaluations.append(record)
+        line = "  ".join(f"{k} {100 * record['metrics'][k]:.1f}" for k in METRIC_KEYS)
+        tag = f" [{request.label or request.variant}]" if request.variant else ""
+        log(f"run {rhash[:12]}: {spec.data.train}→{request.test_set}{tag}: {line}")
+    return evaluations
+
+
+def _environment(device: Any, spec: RunSpec, dist: Any, model_info: dict[str, Any], synced_bn_layers: int
+                 ) -> dict[str, Any]:
+    from reidbench.harness.execution.environment import environment
+
+    env = environment(device)
+    if dist is not None:
+        # Recorded, never hashed: the run is the same whatever the process count. The store keeps
+        # model_info and the device line (not the whole environment), so it goes into both.
+        info = {"world_size": dist.world_size, "backend": dist.backend,
+                "per_rank_batch": [spec.data.ids_per_batch // dist.world_size, spec.data.imgs_per_id],
+                "sync_bn": spec.train.sync_bn, "sync_bn_layers": synced_bn_layers}
+        env["distributed"] = model_info["distributed"] = info
+        env["device"] = f"{env['device']} ×{dist.world_size} ({dist.backend})"
+    return env
 
 
 # ---------------------------------------------------------------------- evaluating a stored run
