@@ -257,7 +257,7 @@ def test_database_written_by_todays_store(tmp_path):
     with Store(f"sqlite:///{path}") as store:
         store.ensure_run("a" * 64, {"x": 1}, "one")
     before = _digest(path), sorted(os.listdir(tmp_path))
-    check = database.database_check(f"sqlite:///{path}", given=True)
+    check = database.database_check(f"sqlite:///{path}")
     assert check.status == OK and check.text == f"{path}: schema {SCHEMA_VERSION} (current), 1 run"
     assert (_digest(path), sorted(os.listdir(tmp_path))) == before  # no -wal/-shm left behind either
 
@@ -271,7 +271,7 @@ def test_database_with_a_live_writer_is_read_through_its_wal(tmp_path):
         store.ensure_run("b" * 64, {"x": 1}, "one")
         store.ensure_run("c" * 64, {"x": 2}, "two")
         assert (tmp_path / "results.db-wal").exists()
-        check = database.database_check(str(path), given=True)
+        check = database.database_check(str(path))
         assert check.status == OK and check.text.endswith("(current), 2 runs")
     finally:
         store.close()
@@ -281,7 +281,7 @@ def test_database_at_an_older_schema_would_be_upgraded_but_is_not(tmp_path):
     path = tmp_path / "results.db"
     shutil.copy(FIXTURES / "db-v2" / "results.db", path)
     before = _digest(path), sorted(os.listdir(tmp_path))
-    check = database.database_check(f"sqlite:///{path}", given=False)
+    check = database.database_check(f"sqlite:///{path}", "default")
     assert check.status == WARN
     assert check.text.startswith(f"{path} (default): schema 2, ") and "upgrades it in place to 3" in check.text
     assert check.data["would_upgrade"] is True and check.data["schema_version"] == 2
@@ -297,23 +297,23 @@ def test_database_newer_than_this_reidbench(tmp_path):
     with sqlite3.connect(path) as con:
         con.execute("UPDATE rb_meta SET value = '99' WHERE key = 'schema_version'")
     con.close()
-    check = database.database_check(str(path), given=True)
+    check = database.database_check(str(path))
     assert check.status == FAIL and "schema 99 is newer than this reidbench supports" in check.text
 
 
 def test_database_not_created_yet(tmp_path):
     path = tmp_path / "results.db"
-    check = database.database_check(f"sqlite:///{path}", given=True)
+    check = database.database_check(f"sqlite:///{path}")
     assert check.status == OK and "not created yet" in check.text
     assert not path.exists()
-    gone = database.database_check(f"sqlite:///{tmp_path / 'no' / 'results.db'}", given=True)
+    gone = database.database_check(f"sqlite:///{tmp_path / 'no' / 'results.db'}")
     assert gone.status == FAIL and f"folder {tmp_path / 'no'} does not exist" in gone.text
 
 
 def test_database_that_is_not_one(tmp_path):
     path = tmp_path / "results.db"
     path.write_text("hello")
-    check = database.database_check(str(path), given=True)
+    check = database.database_check(str(path))
     assert check.status == FAIL and "file is not a database" in check.text
     assert path.read_text() == "hello"
 
@@ -323,7 +323,7 @@ def test_database_empty_and_foreign_tables(tmp_path):
     with sqlite3.connect(path) as con:
         con.execute("CREATE TABLE studies (id INTEGER)")
     con.close()
-    check = database.database_check(str(path), given=True)
+    check = database.database_check(str(path))
     assert check.status == OK and "no reidbench tables yet" in check.text and "beside 1 other tables" in check.text
 
 
@@ -333,13 +333,13 @@ def test_database_not_writable(tmp_path, monkeypatch):
     path = tmp_path / "results.db"
     Store(str(path)).close()
     monkeypatch.setattr(os, "access", lambda p, mode: False)  # the tests may run as root
-    check = database.database_check(str(path), given=True)
+    check = database.database_check(str(path))
     assert check.status == FAIL and "not writable" in check.text
 
 
 def test_database_bad_urls():
-    assert "unknown database dialect 'nosuch'" in database.database_check("nosuch://x/y", True).text
-    assert database.database_check("sqlite://", True).status == WARN  # in memory: nothing is kept
+    assert "unknown database dialect 'nosuch'" in database.database_check("nosuch://x/y").text
+    assert database.database_check("sqlite://").status == WARN  # in memory: nothing is kept
 
 
 def _free_port() -> int:
@@ -350,7 +350,7 @@ def _free_port() -> int:
 
 def test_postgresql_unreachable():
     pytest.importorskip("psycopg")
-    check = database.database_check(f"postgresql://nobody@127.0.0.1:{_free_port()}/reid", given=True)
+    check = database.database_check(f"postgresql://nobody@127.0.0.1:{_free_port()}/reid")
     assert check.status == FAIL and "cannot connect" in check.text
 
 
@@ -358,7 +358,7 @@ def test_postgresql_without_a_driver(monkeypatch):
     from reidbench.harness.store import engine
 
     monkeypatch.setattr(engine, "_installed", lambda module: False)
-    check = database.database_check("postgresql://me:secret@dbhost/reid", given=True)
+    check = database.database_check("postgresql://me:secret@dbhost/reid")
     assert check.status == FAIL and "pip install 'reidbench[postgres]'" in check.text
     assert "secret" not in check.text
 
@@ -369,12 +369,12 @@ def test_postgresql_schema_read_only(postgres_server, run_sql):
 
     url = postgres_server.create_database()
     try:
-        empty = database.database_check(url, given=True)
+        empty = database.database_check(url)
         assert empty.status == OK and "no reidbench tables yet" in empty.text
         Store(url).close()
-        assert database.database_check(url, given=True).text.endswith("schema 3 (current), 0 runs")
+        assert database.database_check(url).text.endswith("schema 3 (current), 0 runs")
         run_sql(url, "UPDATE rb_meta SET value = '2' WHERE key = 'schema_version'")
-        older = database.database_check(url, given=True)
+        older = database.database_check(url)
         assert older.status == WARN and "upgrades it in place to 3" in older.text
         assert run_sql(url, "SELECT value FROM rb_meta WHERE key = 'schema_version'") == [("2",)]
     finally:
@@ -497,3 +497,16 @@ def test_doctor_command_screen_json_and_exit_codes(tmp_path, monkeypatch):
 
     usage = CliRunner().invoke(main, ["doctor", "--data", "nopath"])
     assert usage.exit_code == 2 and "use NAME=PATH" in usage.output
+
+
+def test_without_torch_the_rest_is_still_checked(tmp_path, monkeypatch):
+    from reidbench.harness.doctor import run_checks
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    monkeypatch.setenv("REIDBENCH_DB", str(tmp_path / "mine.db"))
+    checks = run_checks()
+    assert checks[0].name == "torch" and checks[0].status == FAIL and "reinstall torch" in checks[0].text
+    [db] = [c for c in checks if c.name == "database"]
+    assert db.status == OK and db.text.startswith(f"{tmp_path / 'mine.db'} ($REIDBENCH_DB): not created yet")
+    assert {"Slurm", "submitit", "PostgreSQL"} <= {c.name for c in checks}
+    assert exit_code(checks) == 1

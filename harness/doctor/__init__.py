@@ -50,12 +50,17 @@ def _guarded(name: str, fn: Callable[[], Check | list[Check]]) -> list[Check]:
 def run_checks(db_url: str | None = None, data_paths: Mapping[str, str] | None = None) -> list[Check]:
     """Every check, in the order of the screen. ``db_url``: --db (None: $REIDBENCH_DB or results.db);
     ``data_paths``: --data NAME=PATH pairs (None or empty: the embedded synthetic benchmark)."""
-    from reidbench.harness.doctor import database, device, loader, services, weights
+    from reidbench.harness.doctor import device, loader, weights
 
     checks: list[Check] = []
+    try:
+        import torch
+    except Exception as err:  # noqa: BLE001 - nothing that trains can work: say so, check the rest
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        checks.append(Check("torch", FAIL, f"cannot be imported ({text[:200]}): reinstall torch "
+                                           "(https://pytorch.org/get-started/locally/)"))
+        return checks + _database_and_services(db_url)
     checks += _guarded("torch", device.torch_check)
-    import torch
-
     gpus = _guarded_value(device.list_gpus, [])
     checks += _guarded("GPU", lambda: device.gpu_check(gpus, torch.version.cuda))
     dev = "cuda:0" if gpus else "cpu"
@@ -76,13 +81,19 @@ def run_checks(db_url: str | None = None, data_paths: Mapping[str, str] | None =
         checks += _guarded("synthetic", loader.synthetic_cache_check)
     checks += _guarded("weights", lambda: weights.weights_checks(weights.shipped_uses(experiments_folder()),
                                                                  blocking=[(DEFAULT_BASE, profile)]))
+    return checks + _database_and_services(db_url)
+
+
+def _database_and_services(db_url: str | None) -> list[Check]:
+    from reidbench.harness.doctor import database, services
     from reidbench.harness.store import Store
 
-    given = db_url is not None or bool(os.environ.get("REIDBENCH_DB"))
-    url = db_url if db_url is not None else Store.default_url()
-    checks += _guarded("database", lambda: database.database_check(url, given))
-    checks += _guarded("services", services.service_checks)
-    return checks
+    if db_url is not None:
+        url, origin = db_url, ""
+    else:
+        url, origin = Store.default_url(), "$REIDBENCH_DB" if os.environ.get("REIDBENCH_DB") else "default"
+    checks = _guarded("database", lambda: database.database_check(url, origin))
+    return checks + _guarded("services", services.service_checks)
 
 
 def _guarded_value(fn: Callable[[], Any], default: Any) -> Any:

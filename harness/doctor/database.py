@@ -148,16 +148,16 @@ def read_database(url: str) -> DatabaseState:
     return read_server(parsed)
 
 
-def database_check(url: str, given: bool) -> Check:
-    """The ``database`` line; ``given``: the user chose it (--db or $REIDBENCH_DB)."""
+def database_check(url: str, origin: str = "") -> Check:
+    """The ``database`` line; ``origin``: where the URL came from when not from --db ("default",
+    "$REIDBENCH_DB"), shown after it."""
     from reidbench.harness.store.tables import SCHEMA_VERSION
 
     state = read_database(url)
-    origin = "" if given else " (default)"
     data = {"url": state.shown, "dialect": state.dialect, "exists": state.exists,
             "schema_version": state.schema_version, "current_schema": SCHEMA_VERSION, "runs": state.runs,
             "would_upgrade": state.schema_version is not None and state.schema_version < SCHEMA_VERSION}
-    head = f"{state.shown}{origin}"
+    head = f"{state.shown} ({origin})" if origin else state.shown
     if state.error:
         return Check("database", FAIL, f"{head}: {state.error}", data)
     if state.writable is False:
