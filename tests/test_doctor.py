@@ -117,14 +117,14 @@ def test_amp_on_cpu_is_said_plainly():
     assert check.status == WARN and check.text.startswith("CUDA only in reidbench")
 
 
-@pytest.mark.parametrize("bf16, fp16, supported, status, fragment", [
+@pytest.mark.parametrize("bf16, fp16, native, status, fragment", [
     (True, True, True, OK, "bf16 and fp16 forward+backward on cuda:0"),
+    (True, True, False, WARN, "emulated, not native (slow): set train.amp: fp16"),
     (False, True, True, FAIL, "set train.amp: fp16"),
     (True, False, True, WARN, "fp16 fails"),
     (False, False, True, FAIL, "set train.amp: off"),
-    (True, True, False, FAIL, "not supported by this GPU"),
 ])
-def test_amp_check_on_cuda_from_probe_results(monkeypatch, bf16, fp16, supported, status, fragment):
+def test_amp_check_on_cuda_from_probe_results(monkeypatch, bf16, fp16, native, status, fragment):
     import torch
 
     seen = []
@@ -135,10 +135,11 @@ def test_amp_check_on_cuda_from_probe_results(monkeypatch, bf16, fp16, supported
         return device.ProbeResult(ok, 1.0, "" if ok else "boom")
 
     monkeypatch.setattr(device, "probe_step", fake_probe)
-    check = device.amp_check("cuda:0", bf16_supported=supported)
+    check = device.amp_check("cuda:0", bf16_is_native=native)
     assert check.status == status and fragment in check.text
-    assert all(dev == "cuda:0" and channels_last for dev, _, channels_last in seen)  # as a run trains
-    assert (torch.bfloat16 in [amp for _, amp, _ in seen]) == supported
+    # both dtypes, with channels_last as a run trains
+    assert sorted(str(amp) for _, amp, _ in seen) == ["torch.bfloat16", "torch.float16"]
+    assert all(dev == "cuda:0" and channels_last for dev, _, channels_last in seen)
 
 
 # ----------------------------------------------------------------------------- loader
