@@ -27,6 +27,8 @@ for command in (train.train, evaluate.evaluate, data.data, ablate.tricks_cmd, co
                 runs.runs,
                 report.report, report.plot, study.study):
     main.add_command(command)
+from reidbench.harness.cli.doctor import doctor as _doctor  # noqa: E402 - registered alone: `reidbench doctor`
+main.add_command(_doctor)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
