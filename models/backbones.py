@@ -232,7 +232,8 @@ def build_backbone(
         raise ValueError(f"model.weights_path={weights_path!r} is set but model.pretrained=false; set "
                          f"model.pretrained=true to load it, or drop model.weights_path")
     if not stem_relu and not entry.is_resnet:
-        raise ValueError(f"stem_relu=False is only defined for ResNet backbones, not model.backbone={name!r}")
+        raise ValueError(f"model.stem_relu=false is only defined for ResNet backbones (the BoT reference's stem), "
+                         f"not model.backbone={name!r}; drop model.stem_relu")
 
     backbone = entry.build()
     # One probe forward gives the channel count (not ``num_features``: some timm nets, e.g.
