@@ -78,6 +78,16 @@ def test_stem_relu_false_on_a_non_resnet_is_one_line():
     assert "\n" not in message and "model.stem_relu=false" in message and "'mobilenetv2'" in message
 
 
+def test_stem_relu_is_decided_by_the_built_timm_network_not_its_name():
+    from reidbench.models.backbones import build_backbone
+
+    net, _ = build_backbone("timm:test_resnet", stem_relu=False)  # a ResNet whose name is no "resnet*"
+    assert isinstance(net.act1, nn.Identity) and net.reid_info["stem_relu"] is False
+    with pytest.raises(ValueError, match=r"model.stem_relu=false is only defined for ResNet backbones .*"
+                                         r"'timm:test_efficientnet'; drop model.stem_relu"):
+        build_backbone("timm:test_efficientnet", stem_relu=False)
+
+
 def _context(stem: str) -> AblationContext:
     return AblationContext(id=1, name="abl", base="bot", mode="cumulative", train="market", tests=("market",),
                            backbone="resnet50", weights="pretrained", stem=stem)
