@@ -40,7 +40,8 @@ class BackboneEntry:
     build: Callable[[], nn.Module]
     library: str                # "timm" or "torchvision"; recorded in reid_info["source"]
     weights: WeightSources
-    is_resnet: bool = False     # only ResNets have the stem ReLU that the reference omits
+    is_resnet: bool = False     # only ResNets have the stem ReLU that the reference omits (timm:<name>: see
+                                # _has_resnet_stem)
 
 
 class TorchvisionFeatures(nn.Module):
@@ -124,8 +125,7 @@ def _resolve(name: str) -> BackboneEntry:
         return BackboneEntry(
             build=_timm_cnn(timm_name),
             library="timm",
-            weights=WeightSources(timm_name=timm_name),
-            is_resnet=timm_name.startswith(("resnet", "seresnet", "resnext", "seresnext")),
+            weights=WeightSources(timm_name=timm_name),  # stem_relu: checked on the built module
         )
     raise ValueError(f"model.backbone={name!r} is unknown; valid: {', '.join(backbone_names())}")
 
@@ -209,6 +209,19 @@ def _unstride(backbone: nn.Module, label: str, strided: dict[str, nn.Module], he
     return changed
 
 
+def _has_resnet_stem(backbone: nn.Module) -> bool:
+    """timm's ResNet family (resnet*, resnext*, seresnet*, the -d deep stems, test_resnet): conv1 → bn1 →
+    act1 → maxpool, the stem whose ReLU ``stem_relu=False`` removes."""
+    from timm.models.resnet import ResNet
+
+    return isinstance(backbone, ResNet) and isinstance(getattr(backbone, "act1", None), nn.ReLU)
+
+
+def _refuse_stem_relu(name: str) -> None:
+    raise ValueError(f"model.stem_relu=false is only defined for ResNet backbones (the BoT reference's stem), "
+                     f"not model.backbone={name!r}; drop model.stem_relu")
+
+
 def build_backbone(
     name: str,
     pretrained: bool = False,
@@ -231,10 +244,12 @@ def build_backbone(
     if weights_path is not None and not pretrained:
         raise ValueError(f"model.weights_path={weights_path!r} is set but model.pretrained=false; set "
                          f"model.pretrained=true to load it, or drop model.weights_path")
-    if not stem_relu and not entry.is_resnet:
-        raise ValueError(f"stem_relu=False is only defined for ResNet backbones, not model.backbone={name!r}")
+    if not stem_relu and not entry.is_resnet and not name.startswith(TIMM_PREFIX):
+        _refuse_stem_relu(name)  # before the build: a registered non-ResNet
 
     backbone = entry.build()
+    if not stem_relu and not _has_resnet_stem(backbone):
+        _refuse_stem_relu(name)  # a timm:<name> outside timm's ResNet family
     # One probe forward gives the channel count (not ``num_features``: some timm nets, e.g.
     # MobileNetV3, apply a head conv of another width; non-CNNs are rejected here) and, for
     # last_stride 1, the input size seen by every strided module.

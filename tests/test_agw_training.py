@@ -202,7 +202,7 @@ def test_circle_keeps_label_smoothing_and_maps_globs(tiny_mgn_yaml):
     bot = get_trick("circle").apply(get_trick("ls").apply(load_spec_file(BOT, "paper")))
     circle = bot.loss.terms[0]
     assert (circle.kind, circle.reads, dict(circle.options)) == ("circle", "cosine", {"label_smoothing": 0.1})
-    assert dict(bot.model.options) == {"classifier": "cosine"}
+    assert dict(bot.model.options) == {**dict(load_spec_file(BOT, "paper").model.options), "classifier": "cosine"}
     mgn = get_trick("circle").apply(_spec(tiny_mgn_yaml))
     assert (mgn.loss.terms[0].reads, mgn.loss.terms[0].combine) == ("cosine_*", "sum")
     with pytest.raises(ValueError, match="trick 'ls' needs a loss term of kind 'ce'"):
@@ -287,6 +287,9 @@ def test_agw_base_is_bot_with_its_nine_tricks(profile):
     if profile == "paper":  # AGW trains 160 epochs (ReID-Survey configs/AGW_baseline.yml), steps still 40/70
         assert agw.schedule.max_epochs == 160 and spec.schedule.max_epochs == 120
         spec = replace_section(spec, "schedule", max_epochs=160)
+        # BoT's paper profile reads the reference's stem (no ReLU); agw.yaml keeps timm's (docs/bot-reference.md)
+        assert dict(spec.model.options).pop("stem_relu") is False and "stem_relu" not in dict(agw.model.options)
+        spec = replace_section(spec, "model", options=tuple((k, v) for k, v in spec.model.options if k != "stem_relu"))
     assert agw == spec
     with pytest.raises(ValueError, match="already applied"):
         get_trick("gem").apply(agw)

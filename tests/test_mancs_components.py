@@ -338,7 +338,7 @@ def test_bot_options_are_checked_in_one_line():
 def test_tricks_on_bot_and_their_refusals():
     bot = load_spec_file(EXPERIMENTS / "bot.yaml", "paper")
     fab = get_trick("fab").apply(bot)
-    assert dict(fab.model.options) == {"fab": True}
+    assert dict(fab.model.options) == {**dict(bot.model.options), "fab": True}  # the paper profile's stem_relu kept
     assert (fab.loss.terms[-1].kind, fab.loss.terms[-1].reads, fab.loss.terms[-1].weight) == ("bce", "logits_att", 0.2)
     cs = get_trick("curriculum").apply(bot)
     assert (cs.loss.terms[1].kind, dict(cs.loss.terms[1].options)) == ("curriculum_triplet", {"margin": 0.3})

@@ -59,6 +59,9 @@ class AblationContext:
     step_list: str | None = None  # mode "steps": the base file's step list the rows come from
     test_fingerprints: dict[str, str] = field(default_factory=dict)  # the test data the ablation scored
     masks: tuple[str, ...] = ()  # part-mask providers of the runs (oracle parsing, stripe prior (deviation), ...)
+    # reference | standard | mixed | unknown: whether the done runs' ResNet stem is the BoT reference's
+    # (model.stem_relu false: no ReLU after the stem BatchNorm) or timm's standard one
+    stem: str = "unknown"
 
 
 def _same_domain_first(train: str, tests: Iterable[str]) -> tuple[str, ...]:
@@ -178,6 +181,7 @@ def _context(record: Any, runs: dict[str, Any]) -> AblationContext:
         step_list=meta.get("step_list"),
         test_fingerprints={str(k): str(v) for k, v in (meta.get("test_fingerprints") or {}).items() if v},
         masks=_mask_labels(r.spec for r in known),
+        stem=_kind([(r.spec.get("model") or {}).get("stem_relu") is False for r in done], "reference", "standard"),
     )
 
 
@@ -431,6 +435,11 @@ def ablation_caption(context: AblationContext, metrics: Sequence[str], paper: bo
     if context.weights_sources:
         weights += f" (weights: {', '.join(describe_weights_source(s) for s in context.weights_sources)})"
     parts.append(f"{context.backbone} {weights}" if context.backbone else weights)
+    # Said only when a run used the reference's reading, so captions of standard-stem runs read as before.
+    stem = {"reference": "reference ResNet stem (no ReLU after the stem BN, as the BoT code)",
+            "mixed": "reference ResNet stem (no ReLU after the stem BN) for some runs only"}.get(context.stem)
+    if stem:
+        parts.append(stem)
     if context.masks:
         parts.append(f"part masks: {' / '.join(context.masks)}")
     seeds = context.seeds

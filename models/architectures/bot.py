@@ -30,6 +30,13 @@ AGW / fast-reid (docs/agw.md):
   ``new`` module group.
 - ``classifier`` linear (BoT) | cosine: the head outputs ``cosine`` instead of ``logits``, for
   the ``circle`` loss term (fast-reid's circle softmax).
+
+The reference code's reading (reid-strong-baseline; docs/bot-reference.md has every detail compared):
+
+- ``stem_relu`` (true): the ReLU after the stem BatchNorm of a ResNet backbone. The reference's
+  ResNet has none (its ``modeling/backbones/resnet.py`` leaves it commented out), so
+  ``experiments/bot.yaml``'s ``paper`` profile sets false; timm's standard stem is the default.
+  False on a non-ResNet backbone is refused with one line when the model is built.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ class BotParams:
     nonlocal_layers: tuple[int, ...] = (0, 0, 0, 0)
     nonlocal_channels: str = "one"
     classifier: str = "linear"
+    # --- reference reading (reid-strong-baseline) ---
+    stem_relu: bool = True  # false: no ReLU after the ResNet stem's BatchNorm, as the reference's resnet.py
+    # --- end of the reference reading ---
 
     def validate(self, where: str = "model") -> None:
         from reidbench.models.non_local import check_agw_options
@@ -109,7 +119,7 @@ def build(model: Any, num_classes: int):
     pool = None if params.pool == "avg" else build_pool(params.pool, params.gem_p, params.gem_learnable)
     net = build_model(model.backbone, num_classes=num_classes, neck=model.neck, last_stride=model.last_stride,
                       pretrained=model.pretrained, weights_path=model.weights_path, pool=pool,
-                      classifier=params.classifier, dropout=params.dropout)
+                      classifier=params.classifier, dropout=params.dropout, stem_relu=params.stem_relu)
     # Blocks go in after the ImageNet weights are in (build_backbone loaded them) and after the head,
     # so the head's initial weights do not depend on whether blocks are inserted: non-local blocks
     # (inside stages) first, then Mancs' FABs (after stages) and PReLU.
@@ -144,5 +154,6 @@ def build(model: Any, num_classes: int):
 
 
 ARCH = Architecture(name="bot", summary="backbone + global pooling + plain or BNNeck head (f_t, f_i, logits); "
-                                        "options: dropout (Geng), FAB/PReLU (Mancs), GeM, non-local, cosine (AGW)",
+                                        "options: dropout (Geng), FAB/PReLU (Mancs), GeM, non-local, cosine (AGW), "
+                                        "stem_relu (the reference's ResNet stem)",
                     build=build, params=BotParams)
