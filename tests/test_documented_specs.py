@@ -18,6 +18,7 @@ schedule, stage plan — on PyTorch's meta device (shapes only: seconds for the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shlex
 from pathlib import Path
@@ -29,8 +30,9 @@ import yaml
 
 from reidbench.api import EXPERIMENTS, base_path
 from reidbench.harness.ablation.expand import expand, expand_steps
-from reidbench.harness.spec import FILE_ONLY_KEYS, RunSpec, load_base_file, spec_from_dict, with_epochs
+from reidbench.harness.spec import FILE_ONLY_KEYS, RunSpec, load_base_file, spec_from_dict, to_jsonable, with_epochs
 from reidbench.harness.spec.patches import apply_patch, parse_presets, parse_step_lists
+from reidbench.models.architectures import build_architecture
 from reidbench.tricks import parse_trick_list
 
 ROOT = EXPERIMENTS.parent
@@ -143,9 +145,25 @@ def yaml_examples() -> Iterator[tuple[str, dict]]:
                 yield f"{doc.name} yaml block {i + 1}", {k: v for k, v in raw.items() if k not in FILE_ONLY_KEYS}
 
 
-def _build(spec: RunSpec) -> None:
+_MODELS: dict[str, torch.nn.Module] = {}
+_BUILD_ARCHITECTURE = build_architecture
+
+
+def _cached_architecture(model, num_classes):
+    """Each distinct model section is built once (on the meta device); specs sharing it get a copy."""
+    import copy
+
+    key = f"{json.dumps(to_jsonable(model), sort_keys=True)}|{num_classes}"
+    if key not in _MODELS:
+        _MODELS[key] = _BUILD_ARCHITECTURE(model, num_classes)
+    return copy.deepcopy(_MODELS[key])
+
+
+def _build(spec: RunSpec, monkeypatch) -> None:
+    import reidbench.models.architectures as architectures
     from reidbench.harness.train.build import build_parts
 
+    monkeypatch.setattr(architectures, "build_architecture", _cached_architecture)
     shapes_only = dataclasses.replace(spec, model=dataclasses.replace(spec.model, pretrained=False, weights_path=None))
     with torch.device("meta"):
         parts = build_parts(shapes_only, NUM_CLASSES, "meta")
@@ -162,7 +180,7 @@ def test_the_generators_find_what_the_docs_show():
     assert [w for w, _ in yaml_examples()], "docs/design.md's example spec is a fenced yaml block"
 
 
-def test_every_documented_spec_loads_and_builds():
+def test_every_documented_spec_loads_and_builds(monkeypatch):
     built: set[str] = set()
     problems: list[str] = []
     plans = [*file_plans(), *command_plans()]
@@ -179,12 +197,12 @@ def test_every_documented_spec_loads_and_builds():
             built.add(key)
             try:
                 assert spec_from_dict(spec.to_dict()) == spec
-                _build(spec)
+                _build(spec, monkeypatch)
             except (ValueError, AssertionError, RuntimeError) as exc:
                 problems.append(f"{plan.where}: {str(exc).splitlines()[0]}")
     for where, raw in yaml_examples():
         try:
-            _build(spec_from_dict(raw, where))
+            _build(spec_from_dict(raw, where), monkeypatch)
         except (ValueError, RuntimeError) as exc:
             problems.append(f"{where}: {str(exc).splitlines()[0]}")
     assert not problems, f"{len(problems)} documented spec(s) do not load or build:\n" + "\n".join(problems)
