@@ -10,6 +10,9 @@ from pathlib import Path
 # made tiny models 5-20x slower. Set before torch is imported so subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# No test may reach for the network: pretrained weights are never downloaded (tests of the
+# download serve the file from a local HTTP server and switch this off themselves).
+os.environ.setdefault("REIDBENCH_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
