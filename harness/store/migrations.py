@@ -446,16 +446,47 @@ def _default_evaluations(old: dict[str, dict[str, float]]) -> tuple[_Evaluation,
                  for test_set, per_metric in old.items())
 
 
-def _apply_runs(conn: Connection, plans: list[_Plan]) -> int:
-    """Write the plans: merge runs that now share a hash, re-hash, alias, evaluations. Returns merges."""
-    groups: dict[str, list[_Plan]] = {}
+def _group_by_new_hash(plans: list[Any]) -> list[tuple[Any, list[Any]]]:
+    """Plans (anything with ``new_hash`` and ``status``) that end with one hash: (kept run, the others).
+
+    The kept run is the first finished one (plans in id order), else the first.
+    """
+    groups: dict[str, list[Any]] = {}
     for plan in plans:
         groups.setdefault(plan.new_hash, []).append(plan)
-    keepers: list[tuple[_Plan, list[_Plan]]] = []
+    keepers: list[tuple[Any, list[Any]]] = []
     for group in groups.values():
         keeper = next((p for p in group if p.status == "done"), group[0])
         keepers.append((keeper, [p for p in group if p is not keeper]))
+    return keepers
 
+
+def _rehash(conn: Connection, keepers: list[tuple[Any, list[Any]]], values: Callable[[Any], dict[str, Any] | None]
+            ) -> None:
+    """Give every kept run its new hash (``values(plan)``: the columns to write, None = keep the row),
+    then alias each old hash (its own and its merged runs') to it."""
+    changing = [k for k, _ in keepers if k.new_hash != k.old_hash]
+    remaining = {k.old_hash for k, _ in keepers}
+    if any(k.new_hash in remaining for k in changing):
+        # a new hash equal to another run's old one: park them all first, the UNIQUE column allows no swap
+        for keeper in changing:
+            parked = f"~upgrading-{keeper.run_id}"
+            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id).values(run_hash=parked))
+    for keeper, _ in keepers:
+        row = values(keeper)
+        if row is not None:
+            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id).values(run_hash=keeper.new_hash, **row))
+    now = datetime.now(timezone.utc)
+    for keeper, others in keepers:
+        aliases = [{"alias_hash": p.old_hash, "run_id": keeper.run_id, "created_at": now}
+                   for p in (keeper, *others) if p.old_hash != keeper.new_hash]
+        if aliases:
+            conn.execute(insert(_ALIASES), aliases)
+
+
+def _apply_runs(conn: Connection, plans: list[_Plan]) -> int:
+    """Write the plans: merge runs that now share a hash, re-hash, alias, evaluations. Returns merges."""
+    keepers = _group_by_new_hash(plans)
     merged = 0
     for keeper, others in keepers:
         for other in others:  # its evaluations move below; members now point at the kept run
@@ -466,24 +497,9 @@ def _apply_runs(conn: Connection, plans: list[_Plan]) -> int:
             merged += 1
         conn.execute(delete(_METRICS).where(_METRICS.c.run_id == keeper.run_id, _METRICS.c.step.is_(None)))
 
-    changing = [k for k, _ in keepers if k.new_hash != k.old_hash]
-    remaining = {k.old_hash for k, _ in keepers}
-    if any(k.new_hash in remaining for k in changing):
-        # a new hash equal to another run's old one: park them all first, the UNIQUE column allows no swap
-        for keeper in changing:
-            parked = f"~upgrading-{keeper.run_id}"
-            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id).values(run_hash=parked))
-    for keeper, _ in keepers:
-        if keeper.spec is not None:
-            values = {"run_hash": keeper.new_hash, "spec": keeper.spec, "train_fingerprint": keeper.train_fingerprint}
-            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id).values(**values))
-
-    now = datetime.now(timezone.utc)
+    _rehash(conn, keepers, lambda k: None if k.spec is None else
+            {"spec": k.spec, "train_fingerprint": k.train_fingerprint})
     for keeper, others in keepers:
-        aliases = [{"alias_hash": p.old_hash, "run_id": keeper.run_id, "created_at": now}
-                   for p in (keeper, *others) if p.old_hash != keeper.new_hash]
-        if aliases:
-            conn.execute(insert(_ALIASES), aliases)
         seen: set[str] = set()
         for plan in (keeper, *others):
             for ev in plan.evaluations:
@@ -507,18 +523,23 @@ def _insert_evaluation(conn: Connection, run_id: int, plan: _Plan, ev: _Evaluati
         ])
 
 
-def _rename_ablations(conn: Connection) -> int:
-    """Each ablation's name from the upgrade (its members' new hashes in position order)."""
-    members: dict[int, list[str]] = {}
-    stmt = (select(_MEMBERS.c.ablation_id, _RUNS.c.run_hash).join(_RUNS, _MEMBERS.c.run_id == _RUNS.c.id)
+def _v1_ablation_name(row: Any, members: list[tuple[int, str]]) -> Any:
+    return _upgrade_ablation_name(name=row.name, base=row.base, mode=row.mode, meta=copy.deepcopy(row.meta or {}),
+                                  member_hashes=[h for _, h in members])
+
+
+def _rename_ablations(conn: Connection, namer: Callable[[Any, list[tuple[int, str]]], Any] = _v1_ablation_name) -> int:
+    """Each ablation's name from the upgrade: ``namer(row, [(run id, new hash) of its members in position
+    order])``; None or a ValueError keeps the name."""
+    members: dict[int, list[tuple[int, str]]] = {}
+    stmt = (select(_MEMBERS.c.ablation_id, _RUNS.c.id, _RUNS.c.run_hash).join(_RUNS, _MEMBERS.c.run_id == _RUNS.c.id)
             .order_by(_MEMBERS.c.ablation_id, _MEMBERS.c.position))
-    for ablation_id, run_hash in conn.execute(stmt):
-        members.setdefault(ablation_id, []).append(run_hash)
+    for ablation_id, run_id, run_hash in conn.execute(stmt):
+        members.setdefault(ablation_id, []).append((run_id, run_hash))
     renamed = 0
     for row in conn.execute(select(_ABLATIONS).order_by(_ABLATIONS.c.id)).all():
         try:
-            name = _upgrade_ablation_name(name=row.name, base=row.base, mode=row.mode,
-                                          meta=copy.deepcopy(row.meta or {}), member_hashes=members.get(row.id, []))
+            name = namer(row, members.get(row.id, []))
         except ValueError:
             continue  # an ablation whose name cannot be upgraded keeps it; its members are what matters
         if isinstance(name, str) and name and len(name) <= 200 and name != row.name:
@@ -547,7 +568,8 @@ def _rewrite_run_folders(plans: list[_Plan]) -> str:
             continue  # no spec.json, or not ours: leave the folder alone
         if not isinstance(current, dict) or current.get("run_hash") != plan.old_hash:
             continue
-        payload = {"run_hash": plan.new_hash, "legacy_run_hashes": [plan.old_hash], "spec": plan.spec}
+        earlier = [h for h in current.get("legacy_run_hashes") or [] if isinstance(h, str) and h != plan.new_hash]
+        payload = {"run_hash": plan.new_hash, "legacy_run_hashes": [*earlier, plan.old_hash], "spec": plan.spec}
         partial = spec_file.with_name(spec_file.name + ".upgrading")
         try:
             partial.write_text(json.dumps(payload, sort_keys=True, indent=2), encoding="utf-8")
