@@ -174,3 +174,26 @@ def test_ablate_dry_run_shows_pending_hashes_and_downloads_nothing(caches, tiny_
     offline = CliRunner().invoke(main, ["--offline", *args[:-1]])
     assert offline.exit_code == 2 and requests == []
     assert "ImageNet weights not found" in offline.output and "offline mode" in offline.output
+
+
+def test_a_study_keys_every_point_by_the_weights_and_adopts_its_pre_weights_twin(state, caches, tiny_market,
+                                                                                  tmp_path) -> None:
+    from reidbench.harness.study.plan import plan_study
+    from reidbench.harness.study.space import build_space
+    from reidbench.harness.study.worker import _is_pre_upgrade_twin, plan_from_attrs
+
+    weights_file = tmp_path / "w.pth"
+    torch.save(state, weights_file)
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(TINY_PRETRAINED.replace("WEIGHTS", str(weights_file)))
+    base = load_spec_file(spec_file)
+    space, notes = build_space("batch-size", "grid", "cpu", (3, 2), (32, 16), batches=[(3, 2), (2, 2)])
+    plan = plan_study(base, "tiny", (), space, "map", notes=notes, data_paths={"tiny": str(tiny_market)})
+    assert plan.weights_digest == state_dict_digest(state)
+    point = space.point_from_params(plan.grid_params()[1])
+    assert plan.point_hash(point) == run_hash(plan.point_spec(point), None, plan.train_fingerprint, plan.weights_digest)
+    attrs = {**plan.attrs(), "trials": plan.trials}  # create_or_load stores the budget beside the attributes
+    assert plan_from_attrs("s", attrs).point_hash(point) == plan.point_hash(point)  # what the workers compute
+    # A study written before weights entered run hashes measures the same: it is adopted, not refused.
+    before = {k: v for k, v in attrs.items() if k != "weights_digest"}
+    assert _is_pre_upgrade_twin(before, plan) and not _is_pre_upgrade_twin(attrs, plan)

@@ -91,7 +91,8 @@ def plan_ablation(base: RunSpec, base_name: str, tricks: Sequence[Trick], mode: 
 
 
 def dry_run_lines(plan: AblationPlan, statuses: Mapping[str, str]) -> list[str]:
-    lines = [f"ablation {plan.name}: {len(plan.steps)} run(s), {len(plan.unique_hashes())} distinct, "
+    name = f"{plan.base_name}-{plan.mode}-(pending)" if plan.pending_weights else plan.name  # a hash of the run hashes
+    lines = [f"ablation {name}: {len(plan.steps)} run(s), {len(plan.unique_hashes())} distinct, "
              f"profile {plan.base.profile}, mode {plan.mode}, train {plan.base.data.train}, "
              f"test {', '.join(plan.base.data.test)}"]
     for s in plan.steps:
