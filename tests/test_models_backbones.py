@@ -122,7 +122,7 @@ def test_reid_model_exposes_feat_dim_and_reid_info() -> None:
     assert model.feat_dim == 512
     assert model.reid_info == {"backbone": "resnet18", "source": "timm", "stem_relu": True, "last_stride": 1,
                                "unstrided": ["layer4.0.conv1", "layer4.0.downsample.0"],
-                               "pretrained_source": None, "neck": "bnneck"}
+                               "pretrained_source": None, "pretrained_digest": None, "neck": "bnneck"}
     out = model(torch.randn(BATCH, 3, HEIGHT_PX, WIDTH_PX))
     assert set(out) == {"f_t", "f_i", "logits"} and out["logits"].shape == (BATCH, 7)
     model.eval()

@@ -48,6 +48,14 @@ def fake_upgrade(run_hash, spec, provenance, metrics):
                            train_fingerprint="tfp-" + run_hash[:8], evaluations=evaluations)
 
 
+def fake_rekey(*, run_hash, spec, **_):
+    """Schema 4's re-key (tested on its own in test_upgrade_weights_end_to_end.py): identities unchanged."""
+    return SimpleNamespace(run_hash=run_hash, spec=spec)
+
+
+REKEY_NOTE = "0 run(s) re-keyed with the digest of their pretrained weights and today's spec"
+
+
 def fake_ablation_name(name, base, mode, meta, member_hashes):
     return f"{name}@{'/'.join(h[:10] for h in member_hashes)}"
 
@@ -61,6 +69,7 @@ def v1(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     monkeypatch.setattr(migrations, "_upgrade_run", fake_upgrade)
     monkeypatch.setattr(migrations, "_upgrade_ablation_name", fake_ablation_name)
+    monkeypatch.setattr(migrations, "_rekey_run", fake_rekey)
     return work
 
 
@@ -143,9 +152,9 @@ def test_upgrade_keeps_every_run_and_number(v1, v1_url, tmp_path, capfd):
     store = Store(v1_url)
     err = capfd.readouterr().err.strip().splitlines()
     (backup,) = _backups(v1, v1_url)
-    assert err == [f"reidbench: upgraded {describe(parse_url(v1_url))} from schema 1 to 3 (backup: {backup}); "
+    assert err == [f"reidbench: upgraded {describe(parse_url(v1_url))} from schema 1 to 4 (backup: {backup}); "
                    "3 run(s) re-hashed; 1 ablation(s) renamed; 3 run folder(s) rewritten, 0 missing; 12 evaluation(s) "
-                   "without per-query results (filled in from saved features on demand)"]
+                   f"without per-query results (filled in from saved features on demand); {REKEY_NOTE}"]
     # The backup holds the original rows: a complete schema-1 database (SQLite) or a JSON dump of it.
     assert _jsonable(_backup_rows(backup, v1_url)) == _jsonable(before)
     assert _version(v1_url) == str(SCHEMA_VERSION)

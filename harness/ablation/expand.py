@@ -51,11 +51,14 @@ def _rows(tricks: Sequence[Trick], mode: str) -> list[tuple[str, tuple[Trick, ..
 
 
 def expand(base: RunSpec, tricks: Sequence[Trick], mode: str, seeds: Sequence[int],
-           train_fingerprint: str | None = None) -> list[AblationStep]:
+           train_fingerprint: str | None = None,
+           weights_of: Callable[[RunSpec], str | None] | None = None) -> list[AblationStep]:
     """The ablation's runs in table order (rows × seeds). Validates every patched spec up front.
 
     ``train_fingerprint`` identifies the training data in every run hash (computed by the caller,
     which can read the data; None hashes the dataset name, for callers without data).
+    ``weights_of(spec)``: the digest of the pretrained weights a run starts from
+    (``models.weights.WeightsResolver``); None leaves weights out, for callers without them.
     """
     if not seeds:
         raise ValueError("at least one seed is needed")
@@ -63,14 +66,15 @@ def expand(base: RunSpec, tricks: Sequence[Trick], mode: str, seeds: Sequence[in
     for step, chosen in _rows(tricks, mode):
         for seed in seeds:
             spec = _apply_all(replace_section(base, "train", seed=seed), chosen)
-            rhash = run_hash(spec, trick_versions(spec.tricks), train_fingerprint)
+            rhash = run_hash(spec, trick_versions(spec.tricks), train_fingerprint, _weights(weights_of, spec))
             steps.append(AblationStep(len(steps), step, tuple(t.name for t in chosen), seed, spec, rhash))
     return steps
 
 
 def expand_steps(base: RunSpec, steps: "StepList", seeds: Sequence[int], train_fingerprint: str | None = None, *,
                  presets: Mapping[str, "Patch"] | None = None,
-                 load_base: Callable[[str], RunSpec] | None = None) -> list[AblationStep]:
+                 load_base: Callable[[str], RunSpec] | None = None,
+                 weights_of: Callable[[RunSpec], str | None] | None = None) -> list[AblationStep]:
     """A step list's runs in table order (steps × seeds): each step = ``base`` patched, then seeded.
 
     ``base`` is the prepared base (the ablation's data and epochs applied); ``load_base(name)``
@@ -90,9 +94,13 @@ def expand_steps(base: RunSpec, steps: "StepList", seeds: Sequence[int], train_f
                 spec = _apply_all(replace_section(patched, "train", seed=seed), tricks)
             except ValueError as exc:
                 raise ValueError(f"{patch.where}.tricks: {exc}") from None
-            rhash = run_hash(spec, trick_versions(spec.tricks), train_fingerprint)
+            rhash = run_hash(spec, trick_versions(spec.tricks), train_fingerprint, _weights(weights_of, spec))
             out.append(AblationStep(len(out), patch.label, tuple(t.name for t in tricks), seed, spec, rhash))
     return out
+
+
+def _weights(weights_of: Callable[[RunSpec], str | None] | None, spec: RunSpec) -> str | None:
+    return weights_of(spec) if weights_of is not None and spec.model.pretrained else None
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

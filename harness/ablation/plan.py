@@ -39,6 +39,11 @@ class AblationPlan:
     variants: tuple[Variant, ...] = ()  # evaluation variants besides each run's default evaluation
     train_fingerprint: str | None = None
     test_fingerprints: Mapping[str, str | None] = field(default_factory=dict)
+    # Backbone → why its weights' digest is not known yet (a --dry-run does not download them).
+    pending_weights: Mapping[str, str] = field(default_factory=dict)
+
+    def weights_pending(self, step: AblationStep) -> bool:
+        return step.spec.model.pretrained and step.spec.model.backbone in self.pending_weights
 
     @property
     def name(self) -> str:
@@ -60,35 +65,47 @@ class AblationPlan:
 def plan_ablation(base: RunSpec, base_name: str, tricks: Sequence[Trick], mode: str, seeds: Sequence[int],
                   data_paths: Mapping[str, str] | None = None, variants: Sequence[Variant] = (), *,
                   step_list: "StepList | None" = None, presets: Mapping[str, "Patch"] | None = None,
-                  load_base: Callable[[str], RunSpec] | None = None) -> AblationPlan:
-    """Expand the ablation; with ``data_paths`` (the --data folders) runs are keyed by their data's fingerprints.
+                  load_base: Callable[[str], RunSpec] | None = None,
+                  download_weights: bool = True) -> AblationPlan:
+    """Expand the ablation; with ``data_paths`` (the --data folders) runs are keyed by their data's
+    fingerprints and by the digest of the pretrained weights they start from (resolved, and
+    downloaded if needed, here: ``download_weights=False`` for a dry run leaves them pending).
 
     With ``step_list`` (mode ``steps``) the rows are its labelled patches of ``base`` instead of tricks.
     """
-    train_fp, test_fps = None, {}
+    train_fp, test_fps, weights_of = None, {}, None
     if data_paths is not None:
         from reidbench.harness.data.fingerprint import dataset_fingerprint
+        from reidbench.models.weights import WeightsResolver
 
         train_fp = dataset_fingerprint(base.data.train, data_paths).train
         test_fps = {t: dataset_fingerprint(t, data_paths).test for t in base.data.test}
+        weights_of = WeightsResolver(download=download_weights)
     if step_list is not None:
-        steps = expand_steps(base, step_list, seeds, train_fp, presets=presets, load_base=load_base)
+        steps = expand_steps(base, step_list, seeds, train_fp, presets=presets, load_base=load_base,
+                             weights_of=weights_of)
     else:
-        steps = expand(base, tricks, mode, seeds, train_fp)
+        steps = expand(base, tricks, mode, seeds, train_fp, weights_of)
     return AblationPlan(base, base_name, mode, tuple(tricks), tuple(seeds), tuple(steps), tuple(variants), train_fp,
-                        test_fps)
+                        test_fps, dict(weights_of.pending) if weights_of is not None else {})
 
 
 def dry_run_lines(plan: AblationPlan, statuses: Mapping[str, str]) -> list[str]:
-    lines = [f"ablation {plan.name}: {len(plan.steps)} run(s), {len(plan.unique_hashes())} distinct, "
+    name = f"{plan.base_name}-{plan.mode}-(pending)" if plan.pending_weights else plan.name  # a hash of the run hashes
+    lines = [f"ablation {name}: {len(plan.steps)} run(s), {len(plan.unique_hashes())} distinct, "
              f"profile {plan.base.profile}, mode {plan.mode}, train {plan.base.data.train}, "
              f"test {', '.join(plan.base.data.test)}"]
     for s in plan.steps:
-        status = statuses.get(s.run_hash, "new")
-        cached = "cached" if status == "done" else status
-        lines.append(f"  {s.label:<28} {s.run_hash[:12]}  [{cached}]")
+        if plan.weights_pending(s):  # its hash holds the weights' digest, not known before the download
+            lines.append(f"  {s.label:<28} {'pending':<12}  [weights not downloaded yet]")
+        else:
+            status = statuses.get(s.run_hash, "new")
+            cached = "cached" if status == "done" else status
+            lines.append(f"  {s.label:<28} {s.run_hash[:12]}  [{cached}]")
         for d in spec_diff(plan.base, s.spec):
             lines.append(f"      {d}")
+    for message in plan.pending_weights.values():
+        lines.append(f"  note: {message}; the runs marked pending get their hashes once it is there")
     return lines
 
 

@@ -12,8 +12,19 @@ import click
 from reidbench.harness.cli import ablate, bases, components, data, evaluate, report, runs, study, train
 
 
+def _offline(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:  # an environment variable, so that executor processes started by the command inherit it
+        import os
+
+        os.environ["REIDBENCH_OFFLINE"] = "1"
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="reidbench")
+@click.option("--offline", is_flag=True, expose_value=False, callback=_offline, is_eager=True,
+              help="Never download pretrained weights (same as REIDBENCH_OFFLINE=1): use a file, an installed "
+                   "package or the torch hub / Hugging Face caches.")
 def main() -> None:
     """reidbench: which person re-identification training tricks matter, on your data.
 

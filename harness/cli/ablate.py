@@ -172,7 +172,7 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
     spec = prepare(spec)
     seed_list = list(range(seeds)) if seeds is not None else [seed if seed is not None else spec.train.seed]
     plan = plan_ablation(spec, base_file.stem, tricks, mode, seed_list, data_paths=data_paths, variants=variants,
-                         step_list=step_list, presets=presets, load_base=load_other)
+                         step_list=step_list, presets=presets, load_base=load_other, download_weights=not dry_run)
     check_gpus_per_run([s.spec for s in plan.steps], gpus_per_run)
     store = open_store(db_url)
     if dry_run:

@@ -125,7 +125,7 @@ def _study(base: str, tricks_text: str, space_name: str, sampler: str, trials: i
                                tuple(spec.data.image_size), batches=batches, image_sizes=sizes,
                                num_train_ids=_train_identities(train_name, data_paths))
     plan = plan_study(spec, base_file.stem, tricks, space, objective, trials, name=name, prune=prune, notes=notes,
-                      data_paths=data_paths)
+                      data_paths=data_paths, download_weights=not dry_run)
     if plan.space.sampler == "grid":  # a tpe point whose P does not split fails alone, with the same message
         check_gpus_per_run([plan.point_spec(plan.space.point_from_params(p)) for p in plan.grid_params()], gpus_per_run)
     store = open_store(db_url)
@@ -180,7 +180,15 @@ def _dry_run(plan, store, format_pair) -> None:
             parts.append("image size in " + ", ".join(format_pair(*x) for x in s.image_sizes))
         click.echo(f"tpe: {'; '.join(parts)}; {plan.trials} trial(s)")
         return
+    from reidbench.models.weights import is_pending
+
     points = [plan.space.point_from_params(p) for p in plan.grid_params()]
+    if is_pending(plan.weights_digest):  # the run hashes hold the weights' digest: known once downloaded
+        click.echo(f"  note: {plan.base.model.backbone} ImageNet weights are not on this machine yet; the run "
+                   f"hashes are known once they are downloaded (run without --dry-run)")
+        for i, point in enumerate(points):
+            click.echo(f"  {i:>3}  P×K {point.batch:<6} {point.size:<8} {'pending':<12}  [weights not downloaded yet]")
+        return
     hashes = [plan.point_hash(p) for p in points]
     statuses = store.statuses(hashes)
     for i, (point, h) in enumerate(zip(points, hashes)):

@@ -2,7 +2,7 @@
 
 Run hash = sha256 over canonical JSON of
 ``{"schema": 2, "spec": <hashed fields that differ from their defaults>, "data": {"train": <fingerprint>},
-"tricks": {name: version}}``.
+"tricks": {name: version}}``, plus ``"weights": <digest>`` for a pretrained run.
 
 - Only fields that differ from their defaults enter, at every level (sections, loss terms,
   component options), so a field added later with a default-off value never changes the hash of
@@ -17,6 +17,13 @@ Run hash = sha256 over canonical JSON of
 - A run that pools with part masks (``data.masks`` set) also records the mask provider's version
   under ``data.masks`` (``harness/data/masks.py``: ``oracle-v1``, ``stripes-v1``, the folder), so
   regenerated masks are a new run; a run without masks has no such entry.
+- A pretrained run (``model.pretrained``) enters the digest of the backbone weights it starts
+  from (``models/weights_digest.py``: sha256 over the tensors as loaded, classifier keys left
+  out), resolved by the caller with ``models.weights.weights_identity`` exactly as the run will
+  load them: two installs that start MobileNetV2 from different ImageNet weights never share a
+  cached run. Runs without pretraining have no such entry, so their hashes are what they were
+  before weights entered; callers without access to the weights (unit tests) pass None and get
+  the hash without the entry.
 
 Evaluation key = sha256 over ``{"test": <test-set fingerprint>, "settings": <non-default
 evaluation settings>}``: the same settings on the same test data are the same evaluation.
@@ -33,11 +40,12 @@ HASH_SCHEMA = 2
 
 
 def training_identity(spec: RunSpec, trick_versions: Mapping[str, int] | None = None,
-                      train_fingerprint: str | None = None) -> dict[str, Any]:
+                      train_fingerprint: str | None = None, weights: str | None = None) -> dict[str, Any]:
     """The plain data the run hash is computed over (shown by ``runs show`` and ``--dry-run``).
 
     ``train_fingerprint`` None (callers without access to the data, e.g. unit tests) hashes the
-    dataset name instead, marked as such.
+    dataset name instead, marked as such. ``weights``: the pretrained weights' digest
+    (``models.weights.weights_identity``); it enters only when ``spec.model.pretrained``.
     """
     versions = dict(trick_versions) if trick_versions is not None else _registered_versions(spec.tricks)
     missing = sorted(set(spec.tricks) - set(versions))
@@ -48,18 +56,21 @@ def training_identity(spec: RunSpec, trick_versions: Mapping[str, int] | None = 
         from reidbench.harness.data.masks import masks_identity  # pure: no torch, no I/O
 
         data["masks"] = masks_identity(spec.data.masks)
-    return {
+    payload = {
         "schema": HASH_SCHEMA,
         "spec": to_jsonable(spec, prune_defaults=True, hashed_only=True),
         "data": data,
         "tricks": {name: int(versions[name]) for name in sorted(spec.tricks)},
     }
+    if weights is not None and spec.model.pretrained:
+        payload["weights"] = weights
+    return payload
 
 
 def run_hash(spec: RunSpec, trick_versions: Mapping[str, int] | None = None,
-             train_fingerprint: str | None = None) -> str:
+             train_fingerprint: str | None = None, weights: str | None = None) -> str:
     """Hex sha256 identifying the training ``spec`` describes (see the module doc)."""
-    payload = training_identity(spec, trick_versions, train_fingerprint)
+    payload = training_identity(spec, trick_versions, train_fingerprint, weights)
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 

@@ -16,13 +16,23 @@ stored ``rb_meta.schema_version`` is lower than ``SCHEMA_VERSION``:
 4. Files outside the database (run folders' spec.json) change only after the commit; one line on
    stderr says what happened.
 
-Steps use their own snapshot of the tables as they were at that version (``_V2``), never the live
-ORM models, so a later schema change cannot alter what an old step does.
+Steps use their own snapshot of the tables as they were at that version (``_V2``, ``_V3``), never
+the live ORM models, so a later schema change cannot alter what an old step does.
+
+Step 3 → 4 is generic: it recomputes every stored run's identity with today's code
+(``harness/spec/rekey.py``: the stored spec read by today's loader, the stored data fingerprint,
+the digest of the pretrained weights the run recorded) and re-keys the runs whose identity
+changed, old hashes kept as aliases, run folders' spec.json rewritten. Runs that end with one
+identity are merged into the first finished one without losing an evaluation number (identical
+evaluations are duplicates; differing ones stay as variant ``merged:<old hash>``). A run whose
+identity cannot be established (its weights are not on this machine any more) keeps its hash and
+is named on the stderr line. A later change of what enters a run's identity can reuse the step.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -446,16 +456,47 @@ def _default_evaluations(old: dict[str, dict[str, float]]) -> tuple[_Evaluation,
                  for test_set, per_metric in old.items())
 
 
-def _apply_runs(conn: Connection, plans: list[_Plan]) -> int:
-    """Write the plans: merge runs that now share a hash, re-hash, alias, evaluations. Returns merges."""
-    groups: dict[str, list[_Plan]] = {}
+def _group_by_new_hash(plans: list[Any]) -> list[tuple[Any, list[Any]]]:
+    """Plans (anything with ``new_hash`` and ``status``) that end with one hash: (kept run, the others).
+
+    The kept run is the first finished one (plans in id order), else the first.
+    """
+    groups: dict[str, list[Any]] = {}
     for plan in plans:
         groups.setdefault(plan.new_hash, []).append(plan)
-    keepers: list[tuple[_Plan, list[_Plan]]] = []
+    keepers: list[tuple[Any, list[Any]]] = []
     for group in groups.values():
         keeper = next((p for p in group if p.status == "done"), group[0])
         keepers.append((keeper, [p for p in group if p is not keeper]))
+    return keepers
 
+
+def _rehash(conn: Connection, keepers: list[tuple[Any, list[Any]]], values: Callable[[Any], dict[str, Any] | None]
+            ) -> None:
+    """Give every kept run its new hash (``values(plan)``: the columns to write, None = keep the row),
+    then alias each old hash (its own and its merged runs') to it."""
+    changing = [k for k, _ in keepers if k.new_hash != k.old_hash]
+    remaining = {k.old_hash for k, _ in keepers}
+    if any(k.new_hash in remaining for k in changing):
+        # a new hash equal to another run's old one: park them all first, the UNIQUE column allows no swap
+        for keeper in changing:
+            parked = f"~upgrading-{keeper.run_id}"
+            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id).values(run_hash=parked))
+    for keeper, _ in keepers:
+        row = values(keeper)
+        if row is not None:
+            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id).values(run_hash=keeper.new_hash, **row))
+    now = datetime.now(timezone.utc)
+    for keeper, others in keepers:
+        aliases = [{"alias_hash": p.old_hash, "run_id": keeper.run_id, "created_at": now}
+                   for p in (keeper, *others) if p.old_hash != keeper.new_hash]
+        if aliases:
+            conn.execute(insert(_ALIASES), aliases)
+
+
+def _apply_runs(conn: Connection, plans: list[_Plan]) -> int:
+    """Write the plans: merge runs that now share a hash, re-hash, alias, evaluations. Returns merges."""
+    keepers = _group_by_new_hash(plans)
     merged = 0
     for keeper, others in keepers:
         for other in others:  # its evaluations move below; members now point at the kept run
@@ -466,24 +507,9 @@ def _apply_runs(conn: Connection, plans: list[_Plan]) -> int:
             merged += 1
         conn.execute(delete(_METRICS).where(_METRICS.c.run_id == keeper.run_id, _METRICS.c.step.is_(None)))
 
-    changing = [k for k, _ in keepers if k.new_hash != k.old_hash]
-    remaining = {k.old_hash for k, _ in keepers}
-    if any(k.new_hash in remaining for k in changing):
-        # a new hash equal to another run's old one: park them all first, the UNIQUE column allows no swap
-        for keeper in changing:
-            parked = f"~upgrading-{keeper.run_id}"
-            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id).values(run_hash=parked))
-    for keeper, _ in keepers:
-        if keeper.spec is not None:
-            values = {"run_hash": keeper.new_hash, "spec": keeper.spec, "train_fingerprint": keeper.train_fingerprint}
-            conn.execute(update(_RUNS).where(_RUNS.c.id == keeper.run_id).values(**values))
-
-    now = datetime.now(timezone.utc)
+    _rehash(conn, keepers, lambda k: None if k.spec is None else
+            {"spec": k.spec, "train_fingerprint": k.train_fingerprint})
     for keeper, others in keepers:
-        aliases = [{"alias_hash": p.old_hash, "run_id": keeper.run_id, "created_at": now}
-                   for p in (keeper, *others) if p.old_hash != keeper.new_hash]
-        if aliases:
-            conn.execute(insert(_ALIASES), aliases)
         seen: set[str] = set()
         for plan in (keeper, *others):
             for ev in plan.evaluations:
@@ -507,18 +533,23 @@ def _insert_evaluation(conn: Connection, run_id: int, plan: _Plan, ev: _Evaluati
         ])
 
 
-def _rename_ablations(conn: Connection) -> int:
-    """Each ablation's name from the upgrade (its members' new hashes in position order)."""
-    members: dict[int, list[str]] = {}
-    stmt = (select(_MEMBERS.c.ablation_id, _RUNS.c.run_hash).join(_RUNS, _MEMBERS.c.run_id == _RUNS.c.id)
+def _v1_ablation_name(row: Any, members: list[tuple[int, str]]) -> Any:
+    return _upgrade_ablation_name(name=row.name, base=row.base, mode=row.mode, meta=copy.deepcopy(row.meta or {}),
+                                  member_hashes=[h for _, h in members])
+
+
+def _rename_ablations(conn: Connection, namer: Callable[[Any, list[tuple[int, str]]], Any] = _v1_ablation_name) -> int:
+    """Each ablation's name from the upgrade: ``namer(row, [(run id, new hash) of its members in position
+    order])``; None or a ValueError keeps the name."""
+    members: dict[int, list[tuple[int, str]]] = {}
+    stmt = (select(_MEMBERS.c.ablation_id, _RUNS.c.id, _RUNS.c.run_hash).join(_RUNS, _MEMBERS.c.run_id == _RUNS.c.id)
             .order_by(_MEMBERS.c.ablation_id, _MEMBERS.c.position))
-    for ablation_id, run_hash in conn.execute(stmt):
-        members.setdefault(ablation_id, []).append(run_hash)
+    for ablation_id, run_id, run_hash in conn.execute(stmt):
+        members.setdefault(ablation_id, []).append((run_id, run_hash))
     renamed = 0
     for row in conn.execute(select(_ABLATIONS).order_by(_ABLATIONS.c.id)).all():
         try:
-            name = _upgrade_ablation_name(name=row.name, base=row.base, mode=row.mode,
-                                          meta=copy.deepcopy(row.meta or {}), member_hashes=members.get(row.id, []))
+            name = namer(row, members.get(row.id, []))
         except ValueError:
             continue  # an ablation whose name cannot be upgraded keeps it; its members are what matters
         if isinstance(name, str) and name and len(name) <= 200 and name != row.name:
@@ -547,7 +578,8 @@ def _rewrite_run_folders(plans: list[_Plan]) -> str:
             continue  # no spec.json, or not ours: leave the folder alone
         if not isinstance(current, dict) or current.get("run_hash") != plan.old_hash:
             continue
-        payload = {"run_hash": plan.new_hash, "legacy_run_hashes": [plan.old_hash], "spec": plan.spec}
+        earlier = [h for h in current.get("legacy_run_hashes") or [] if isinstance(h, str) and h != plan.new_hash]
+        payload = {"run_hash": plan.new_hash, "legacy_run_hashes": [*earlier, plan.old_hash], "spec": plan.spec}
         partial = spec_file.with_name(spec_file.name + ".upgrading")
         try:
             partial.write_text(json.dumps(payload, sort_keys=True, indent=2), encoding="utf-8")
@@ -573,8 +605,199 @@ def _to_v3(ctx: StepContext) -> None:
     ctx.notes.append(f"{count} evaluation(s) without per-query results (filled in from saved features on demand)")
 
 
+# ---------------------------------------------------------------------- step 3 → 4
+
+_V3 = MetaData()
+_RUNS_V3 = Table(
+    "rb_runs", _V3,
+    Column("id", Integer, primary_key=True),
+    Column("run_hash", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("spec", JSONText, nullable=False),
+    Column("model_info", JSONText),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("out_dir", Text),
+    Column("train_fingerprint", String(128)),
+)
+_QUERY_SCORES_V3 = Table("rb_query_scores", _V3, Column("evaluation_id", Integer, primary_key=True))
+MERGED_VARIANT = "merged"  # label of a merged run's evaluation whose numbers differ from the kept run's
+
+
+def _rekey_run(**kwargs: Any) -> Any:
+    # Today's identity code, imported lazily (only an old database needs it).
+    from reidbench.harness.spec.rekey import rekey_stored_run
+
+    return rekey_stored_run(**kwargs)
+
+
+def _rekey_ablation_name(**kwargs: Any) -> Any:
+    from reidbench.harness.spec.rekey import rekeyed_ablation_name
+
+    return rekeyed_ablation_name(**kwargs)
+
+
+@dataclass(frozen=True)
+class _Rekey:
+    """What becomes of one stored run when its identity is recomputed."""
+
+    run_id: int
+    old_hash: str
+    new_hash: str
+    status: str
+    out_dir: str | None
+    spec: dict[str, Any] | None = None  # None: the row stays as it is
+    kept_because: str | None = None
+
+
+def _to_v4(ctx: StepContext) -> None:
+    """Every stored run re-keyed with today's identity (old hashes kept as aliases): the digest of the
+    pretrained weights it recorded enters (``harness/spec/rekey.py``), and so does whatever else today's
+    code computes differently from a stored spec. Runs that end with one identity are merged."""
+    conn = ctx.conn
+    old_members = _member_hashes(conn)
+    plans = [_plan_rekey(row) for row in conn.execute(select(_RUNS_V3).order_by(_RUNS_V3.c.id)).all()]
+    keepers = _group_by_new_hash(plans)
+    merged = _MergeCounts()
+    for keeper, others in keepers:
+        for other in others:
+            _merge_run(conn, keeper.run_id, other, merged)
+    _rehash(conn, keepers, lambda k: None if k.spec is None else {"spec": k.spec})
+
+    def namer(row: Any, members: list[tuple[int, str]]) -> Any:
+        return _rekey_ablation_name(name=row.name, base=row.base, mode=row.mode, meta=copy.deepcopy(row.meta or {}),
+                                    old_member_hashes=old_members.get(row.id, []),
+                                    new_member_hashes=[h for _, h in members])
+
+    renamed = _rename_ablations(conn, namer)
+    upgraded = [p for p in plans if p.spec is not None and p.new_hash != p.old_hash]
+    kept = [p for p in plans if p.kept_because is not None]
+    ctx.notes.append(f"{len(upgraded)} run(s) re-keyed with the digest of their pretrained weights and "
+                     f"today's spec")
+    if merged.runs:
+        ctx.notes.append(f"{merged.runs} run(s) merged into a run with the same training")
+    if merged.relabelled:
+        ctx.notes.append(f"{merged.relabelled} evaluation(s) of merged runs with other numbers kept as variant "
+                         f"{MERGED_VARIANT}:<old hash>")
+    if merged.logs_left:
+        ctx.notes.append(f"{merged.logs_left} merged run(s)' per-epoch logs left in their run folders and the "
+                         f"backup")
+    if renamed:
+        ctx.notes.append(f"{renamed} ablation(s) renamed")
+    if upgraded:
+        ctx.after_commit.append(lambda: _rewrite_run_folders(upgraded))
+    if kept:
+        listed = ", ".join(f"{p.old_hash[:12]} ({p.kept_because})" for p in kept[:KEPT_LISTED])
+        more = ", ..." if len(kept) > KEPT_LISTED else ""
+        ctx.after_commit.append(lambda: f"{len(kept)} run(s) kept their old hash: {listed}{more}")
+
+
+def _member_hashes(conn: Connection) -> dict[int, list[str]]:
+    stmt = (select(_MEMBERS.c.ablation_id, _RUNS.c.run_hash).join(_RUNS, _MEMBERS.c.run_id == _RUNS.c.id)
+            .order_by(_MEMBERS.c.ablation_id, _MEMBERS.c.position))
+    out: dict[int, list[str]] = {}
+    for ablation_id, run_hash in conn.execute(stmt):
+        out.setdefault(ablation_id, []).append(run_hash)
+    return out
+
+
+def _plan_rekey(row: Any) -> _Rekey:
+    base = dict(run_id=row.id, old_hash=row.run_hash, status=row.status, out_dir=row.out_dir)
+    try:
+        # deep copies: the identity code must not be able to change what is compared and written.
+        # Only ValueError means "this run cannot be re-keyed"; anything else is a bug and aborts.
+        out = _rekey_run(run_hash=row.run_hash, spec=copy.deepcopy(row.spec),
+                         train_fingerprint=row.train_fingerprint, model_info=copy.deepcopy(row.model_info),
+                         started_at=row.started_at or row.created_at)
+        new_hash = _text(getattr(out, "run_hash", None), "run_hash", 128)
+        spec = getattr(out, "spec", None)
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"re-keyed spec is {type(spec).__name__}, not a mapping")
+        dumps(dict(spec))
+    except (ValueError, TypeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return _Rekey(**base, new_hash=row.run_hash, kept_because=reason)
+    if new_hash == row.run_hash:
+        return _Rekey(**base, new_hash=new_hash)
+    return _Rekey(**base, new_hash=new_hash, spec=dict(spec))
+
+
+@dataclass
+class _MergeCounts:
+    runs: int = 0
+    relabelled: int = 0
+    logs_left: int = 0
+
+
+def _evaluations_of(conn: Connection, run_id: int) -> dict[str, tuple[int, str, dict[str, str]]]:
+    """key → (evaluation id, variant, {metric: value.hex()}) of a run's evaluations."""
+    out: dict[str, tuple[int, str, dict[str, str]]] = {}
+    for ev in conn.execute(select(_EVALUATIONS.c.id, _EVALUATIONS.c.key, _EVALUATIONS.c.variant)
+                           .where(_EVALUATIONS.c.run_id == run_id).order_by(_EVALUATIONS.c.id)):
+        values = conn.execute(select(_METRICS.c.metric, _METRICS.c.value).where(
+            _METRICS.c.evaluation_id == ev.id, _METRICS.c.step.is_(None))).all()
+        out[ev.key] = (ev.id, ev.variant, {m: float(v).hex() for m, v in values})
+    return out
+
+
+def _drop_evaluation(conn: Connection, evaluation_id: int) -> None:
+    conn.execute(delete(_QUERY_SCORES_V3).where(_QUERY_SCORES_V3.c.evaluation_id == evaluation_id))
+    conn.execute(delete(_METRICS).where(_METRICS.c.evaluation_id == evaluation_id))
+    conn.execute(delete(_EVALUATIONS).where(_EVALUATIONS.c.id == evaluation_id))
+
+
+def _move_evaluation(conn: Connection, evaluation_id: int, run_id: int, **changes: Any) -> None:
+    conn.execute(update(_EVALUATIONS).where(_EVALUATIONS.c.id == evaluation_id).values(run_id=run_id, **changes))
+    conn.execute(update(_METRICS).where(_METRICS.c.evaluation_id == evaluation_id).values(run_id=run_id))
+
+
+def _merge_run(conn: Connection, keeper_id: int, other: _Rekey, counts: _MergeCounts) -> None:
+    """Move ``other`` into the kept run, losing no evaluation number, then delete its row.
+
+    An evaluation the kept run lacks moves as it is; one it has with the same numbers is a duplicate
+    and goes; one with other numbers moves under variant ``merged:<old hash>[:variant]``. Per-epoch
+    rows (``rb_epochs``, periodic metrics) move when the kept run has none, else stay in the other
+    run's folder (train.log, TensorBoard) and the backup.
+    """
+    mine = _evaluations_of(conn, keeper_id)
+    for key, (evaluation_id, variant, values) in _evaluations_of(conn, other.run_id).items():
+        have = mine.get(key)
+        if have is None:
+            _move_evaluation(conn, evaluation_id, keeper_id)
+        elif have[2] == values:
+            _drop_evaluation(conn, evaluation_id)
+        elif not have[2]:  # the kept run's evaluation recorded nothing (failed): the other's takes its place
+            _drop_evaluation(conn, have[0])
+            _move_evaluation(conn, evaluation_id, keeper_id)
+        else:
+            label = f"{MERGED_VARIANT}:{other.old_hash[:12]}" + (f":{variant}" if variant else "")
+            relabelled = hashlib.sha256(f"{key}|{other.old_hash}".encode()).hexdigest()[:32]
+            _move_evaluation(conn, evaluation_id, keeper_id, key=relabelled, variant=label[:200])
+            counts.relabelled += 1
+    logs_left = False
+    for table, mine_filter, theirs_filter in (
+            (_EPOCHS, _EPOCHS.c.run_id == keeper_id, _EPOCHS.c.run_id == other.run_id),
+            (_METRICS, (_METRICS.c.run_id == keeper_id) & _METRICS.c.step.isnot(None),
+             _METRICS.c.run_id == other.run_id)):
+        theirs = conn.execute(select(func.count()).select_from(table).where(theirs_filter)).scalar_one()
+        if not theirs:
+            continue
+        if conn.execute(select(func.count()).select_from(table).where(mine_filter)).scalar_one():
+            conn.execute(delete(table).where(theirs_filter))
+            logs_left = True
+        else:
+            conn.execute(update(table).where(theirs_filter).values(run_id=keeper_id))
+    counts.logs_left += logs_left
+    conn.execute(update(_MEMBERS).where(_MEMBERS.c.run_id == other.run_id).values(run_id=keeper_id))
+    conn.execute(update(_ALIASES).where(_ALIASES.c.run_id == other.run_id).values(run_id=keeper_id))
+    conn.execute(delete(_RUNS).where(_RUNS.c.id == other.run_id))
+    counts.runs += 1
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "evaluations own the final metrics; run hashes identify the training only (old ones kept as "
                  "aliases)", _to_v2),
     Migration(3, "per-query results of evaluations (rb_query_scores)", _to_v3),
+    Migration(4, "every run re-keyed with today's identity: the digest of its pretrained weights enters (old "
+                 "hashes kept as aliases; runs with one identity merged)", _to_v4),
 )

@@ -27,8 +27,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-# 2: evaluations, run aliases, training fingerprint; 3: per-query results (migrations.py upgrades older ones)
-SCHEMA_VERSION = 3
+# 2: evaluations, run aliases, training fingerprint; 3: per-query results; 4: run hashes hold the pretrained
+# weights' digest (migrations.py upgrades older ones)
+SCHEMA_VERSION = 4
 RUN_STATUSES = ("pending", "running", "done", "failed")
 EVALUATION_STATUSES = ("done", "failed")
 NAME_CHARS = 200  # test set, metric, label and owner names

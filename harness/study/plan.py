@@ -36,6 +36,9 @@ class StudyPlan:
     prune: bool = False
     notes: tuple[str, ...] = ()
     train_fingerprint: str | None = None  # the training data's fingerprint: part of every run hash
+    # The pretrained weights' digest (models/weights.py): part of every run hash; every point shares the
+    # base's model section. "pending:<backbone>" in a dry run before the weights are downloaded.
+    weights_digest: str | None = None
 
     @property
     def first_test(self) -> str:
@@ -45,7 +48,8 @@ class StudyPlan:
     def fingerprint(self) -> str:
         """What the study measures; a study of the same name measuring something else is refused."""
         payload = {"schema": STUDY_SCHEMA,
-                   "base": run_hash(self.base, trick_versions(self.base.tricks), self.train_fingerprint),
+                   "base": run_hash(self.base, trick_versions(self.base.tricks), self.train_fingerprint,
+                                    self.weights_digest),
                    "space": self.space.to_attrs(), "metric": self.metric}
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
@@ -55,7 +59,7 @@ class StudyPlan:
 
     def point_hash(self, point: Point) -> str:
         spec = self.point_spec(point)
-        return run_hash(spec, trick_versions(spec.tricks), self.train_fingerprint)
+        return run_hash(spec, trick_versions(spec.tricks), self.train_fingerprint, self.weights_digest)
 
     def grid_params(self) -> list[dict[str, str]]:
         """The grid points this study runs (the first ``trials`` in table order); empty for tpe."""
@@ -83,6 +87,7 @@ class StudyPlan:
             "prune": self.prune,
             "notes": list(self.notes),
             "train_fingerprint": self.train_fingerprint,
+            **({"weights_digest": self.weights_digest} if self.weights_digest is not None else {}),
             **self.space.to_attrs(),
         }
 
@@ -100,7 +105,8 @@ def patched_base(base: RunSpec, tricks: Sequence[Trick], *, prune: bool = False)
 
 def plan_study(base: RunSpec, base_name: str, tricks: Sequence[Trick], space: StudySpace, objective: str,
                trials: int | None = None, *, name: str | None = None, prune: bool = False,
-               notes: Sequence[str] = (), data_paths: Mapping[str, str] | None = None) -> StudyPlan:
+               notes: Sequence[str] = (), data_paths: Mapping[str, str] | None = None,
+               download_weights: bool = True) -> StudyPlan:
     """The plan of ``reidbench study``. ``trials`` defaults to every grid point (grid) or 20 (tpe)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"--objective {objective!r} is not valid: {', '.join(OBJECTIVES)}")
@@ -111,13 +117,16 @@ def plan_study(base: RunSpec, base_name: str, tricks: Sequence[Trick], space: St
         budget = min(trials, space.num_points()) if trials is not None else space.num_points()
     else:
         budget = trials if trials is not None else 20
-    train_fp = None
-    if data_paths is not None:
+    train_fp = weights = None
+    if data_paths is not None:  # with the data: runs keyed by its fingerprint and by the weights' digest
         from reidbench.harness.data.fingerprint import dataset_fingerprint
+        from reidbench.models.weights import WeightsResolver
 
         train_fp = dataset_fingerprint(spec.data.train, data_paths).train
+        weights = WeightsResolver(download=download_weights)(spec)
     plan = StudyPlan(name="", base_name=base_name, base=spec, space=space, metric=OBJECTIVES[objective],
-                     trials=budget, prune=prune, notes=tuple(notes), train_fingerprint=train_fp)
+                     trials=budget, prune=prune, notes=tuple(notes), train_fingerprint=train_fp,
+                     weights_digest=weights)
     if name is not None and not name.strip():
         raise ValueError("--name is empty: give a study name or leave it out for the default")
     chosen = name.strip() if name else f"{base_name}-{space.space}-{space.sampler}-{plan.fingerprint[:10]}"

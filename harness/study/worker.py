@@ -119,7 +119,7 @@ def plan_from_attrs(name: str, attrs: Mapping[str, Any]) -> StudyPlan:
     return StudyPlan(name=name, base_name=str(attrs.get("base", "")), base=spec_from_stored(attrs["base_spec"]),
                      space=StudySpace.from_attrs(dict(attrs)), metric=str(attrs["metric"]),
                      trials=int(attrs["trials"]), prune=bool(attrs.get("prune", False)), train_fingerprint=attrs.get("train_fingerprint"),
-                     notes=tuple(attrs.get("notes", ())))
+                     notes=tuple(attrs.get("notes", ())), weights_digest=attrs.get("weights_digest"))
 
 
 def create_or_load(plan: StudyPlan, storage_url: str) -> Any:
@@ -152,8 +152,11 @@ def create_or_load(plan: StudyPlan, storage_url: str) -> Any:
 
 
 def _is_pre_upgrade_twin(attrs: Mapping[str, Any], plan: StudyPlan) -> bool:
-    """A study written by reidbench before data fingerprints existed, measuring what ``plan`` measures."""
-    if "train_fingerprint" in attrs or "base_spec" not in attrs:
+    """A study written by reidbench before data fingerprints (or weights digests) entered run hashes,
+    measuring what ``plan`` measures."""
+    if "base_spec" not in attrs:
+        return False
+    if "train_fingerprint" in attrs and ("weights_digest" in attrs or plan.weights_digest is None):
         return False
     try:
         same_base = spec_from_stored(attrs["base_spec"]) == plan.base

@@ -268,6 +268,7 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         components.dist = dist
     info = dict(getattr(model, "reid_info", {}) or {})
     info.setdefault("pretrained_source", None)
+    info.setdefault("pretrained_digest", None)  # the weights' digest, also in the run hash
     info["test_feature"] = list((model.test_feature,) if isinstance(model.test_feature, str) else model.test_feature)
     info["feature_dims"] = dict(model.feature_dims)
     info["loss_terms"] = [b.label for b in objective.bound]

@@ -184,9 +184,16 @@ def training_fingerprint(spec: RunSpec, data_paths: Mapping[str, str]) -> str:
 
 def identify(spec: RunSpec, data_paths: Mapping[str, str], trick_versions: Mapping[str, int] | None = None
              ) -> tuple[str, str]:
-    """(run hash, training-data fingerprint) of ``spec`` with the data it would train on."""
+    """(run hash, training-data fingerprint) of ``spec`` with the data it would train on.
+
+    A pretrained run's weights are resolved here (downloaded if needed, unless offline), and
+    their digest enters the hash (``models.weights.weights_identity``).
+    """
+    from reidbench.models.weights import weights_identity
+
     fingerprint = training_fingerprint(spec, data_paths)
-    return run_hash(spec, trick_versions, fingerprint), fingerprint
+    weights = weights_identity(spec.model.backbone, spec.model.pretrained, spec.model.weights_path)
+    return run_hash(spec, trick_versions, fingerprint, weights), fingerprint
 
 
 def execute(spec: RunSpec, runtime: RuntimeOptions, trick_versions: Mapping[str, int] | None = None,
@@ -202,8 +209,8 @@ def execute(spec: RunSpec, runtime: RuntimeOptions, trick_versions: Mapping[str,
     """
     rhash, fingerprint = identify(spec, runtime.data_paths, trick_versions)
     if expected_hash is not None and expected_hash != rhash:
-        raise ValueError(f"run {expected_hash[:12]}: its training data changed since it was planned (now "
-                         f"{rhash[:12]}); run the command again")
+        raise ValueError(f"run {expected_hash[:12]}: its training data or pretrained weights changed since it was "
+                         f"planned (now {rhash[:12]}); run the command again")
     out_dir = Path(runtime.out_dir)
     log = runtime.log or _stderr_log
     cached = load_cached_result(out_dir, rhash)

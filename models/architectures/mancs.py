@@ -144,6 +144,7 @@ def build(model: Any, num_classes: int) -> Mancs:
     info = backbone.reid_info
     net.reid_info = {
         "backbone": model.backbone, "source": info.get("source"), "pretrained_source": info.get("pretrained_source"),
+        "pretrained_digest": info.get("pretrained_digest"),
         "last_stride": model.last_stride, "unstrided": info.get("unstrided", []),
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()},
         "inserted": [n for n in net.module_groups["new"] if n.startswith("backbone.")],

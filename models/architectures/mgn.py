@@ -444,6 +444,7 @@ def build(model: Any, num_classes: int) -> MGN:
         "backbone": model.backbone,
         "source": info.get("source"),
         "pretrained_source": info.get("pretrained_source"),
+        "pretrained_digest": info.get("pretrained_digest"),
         "split": {"family": split.family, "trunk": [_piece_label(p) for p in split.trunk],
                   "branch": [_piece_label(p) for p in split.branch]},
         "branches": list(params.branches),
