@@ -182,9 +182,13 @@ def build(model: Any, num_classes: int):
     return net
 
 
+def _reads_masks(params: BotParams) -> bool:  # --- bilinear pooling (Suh et al.) ---
+    return params.reads_masks
+
+
 ARCH = Architecture(name="bot", summary="backbone + global pooling + plain or BNNeck head (f_t, f_i, logits); "
                                         "options: dropout (Geng), FAB/PReLU (Mancs), GeM, non-local, cosine (AGW), "
                                         "part-aligned bilinear pooling (Suh)",
                     build=build, params=BotParams,
                     # --- bilinear pooling (Suh et al.): mask parts read data.masks ---
-                    masks_when=lambda params: params.reads_masks, masks_when_text="pool: bilinear, bilinear_parts: masks")
+                    masks_when=_reads_masks, masks_when_text="pool: bilinear, bilinear_parts: masks")
