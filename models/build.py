@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -27,8 +27,10 @@ class ReidModel(nn.Module):
         self.feat_dim = feat_dim
         self.reid_info = reid_info
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.head(self.backbone(images))
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        # ``masks``: part masks for a head whose pool reads them (bilinear pooling with mask parts).
+        feature_map = self.backbone(images)
+        return self.head(feature_map) if masks is None else self.head(feature_map, masks=masks)
 
 
 def build_model(
@@ -41,7 +43,7 @@ def build_model(
     *,
     stem_relu: bool = True,
     dropout: float = 0.0,
-    pool: nn.Module | None = None,
+    pool: nn.Module | Callable[[int], nn.Module] | None = None,
     classifier: str = "linear",
 ) -> ReidModel:
     """Build a ReidModel.
@@ -51,11 +53,16 @@ def build_model(
     trick; ``pretrained``/``weights_path``: ImageNet start (offline, see ``pretrained.py``);
     ``stem_relu=False`` reproduces the reference ResNet stem without ReLU; ``dropout``: standard
     dropout before the identity classifier (0 = none, the default); ``pool`` (None: global average
-    pooling) and ``classifier`` (``linear`` or ``cosine``) are the head's (``heads.py``).
+    pooling) and ``classifier`` (``linear`` or ``cosine``) are the head's (``heads.py``). ``pool`` may
+    also be a factory ``channels -> module`` (bilinear pooling needs the backbone's channel count);
+    a module with ``out_dim`` sets the feature width (else the backbone's channels).
     """
     head_class(neck)  # fail on a bad neck name before the (slow) backbone build
     net, feat_dim = build_backbone(backbone, pretrained=pretrained, weights_path=weights_path,
                                    last_stride=last_stride, stem_relu=stem_relu)
+    if pool is not None and not isinstance(pool, nn.Module):
+        pool = pool(feat_dim)
+    feat_dim = getattr(pool, "out_dim", feat_dim)
     head = build_head(neck, feat_dim, num_classes, pool=pool, classifier=classifier, dropout=dropout)
     reid_info = dict(net.reid_info)
     reid_info["neck"] = neck

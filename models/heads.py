@@ -11,7 +11,9 @@ those of before.
 
 Two options for AGW / fast-reid (default: the BoT head, unchanged):
 
-- ``pool``: the pooling module (``models/pooling.py``; default global average pooling; AGW: GeM).
+- ``pool``: the pooling module (``models/pooling.py``; default global average pooling; AGW: GeM;
+  part-aligned bilinear pooling, ``models/bilinear.py``). A pool with ``reads_masks`` (bilinear
+  pooling with mask parts) gets the batch's part masks: ``head(feature_map, masks=...)``.
 - ``classifier="cosine"``: a ``CosineClassifier`` replaces the linear one and the head outputs
   ``cosine`` (cos(f, w_k) for every identity k, B×N) instead of ``logits``; the ``circle`` loss
   term turns those into circle-softmax logits (it needs the labels, which the model never sees).
@@ -85,12 +87,17 @@ class PlainHead(nn.Module):
         self.classifier = nn.Linear(in_dim, num_classes) if classifier == "linear" else CosineClassifier(in_dim,
                                                                                                         num_classes)
 
-    def _pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+    def _pool(self, feature_map: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         pool = getattr(self, "pool", None)
+        if getattr(pool, "reads_masks", False):
+            return pool(feature_map, masks)
+        if masks is not None:  # spec loading refuses data.masks for such a model; a direct call gets this
+            raise ValueError("this head does not pool with part masks: drop data.masks (or use model.pool=bilinear "
+                             "with model.bilinear_parts=masks)")
         return global_average_pool(feature_map) if pool is None else pool(feature_map)
 
-    def forward(self, feature_map: torch.Tensor) -> dict[str, torch.Tensor]:
-        feature = self._pool(feature_map)
+    def forward(self, feature_map: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        feature = self._pool(feature_map, masks)
         out = {"f_t": feature, "f_i": feature}
         if self.training:
             out[self.output] = self.classifier(self.dropout(feature))
@@ -125,8 +132,8 @@ class BNNeckHead(nn.Module):
 
     _pool = PlainHead._pool
 
-    def forward(self, feature_map: torch.Tensor) -> dict[str, torch.Tensor]:
-        f_t = self._pool(feature_map)
+    def forward(self, feature_map: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        f_t = self._pool(feature_map, masks)
         f_i = self.bottleneck(f_t)
         out = {"f_t": f_t, "f_i": f_i}
         if self.training:

@@ -1,5 +1,8 @@
 """Global pooling of a B×C×h×w map to B×C: average, max and generalised-mean (GeM) pooling.
 
+(``bot``'s fourth ``pool``, ``bilinear``, is part-aligned bilinear pooling: it has parameters, needs
+the backbone's channel count and is ``Da·Dp`` wide, so it lives in ``models/bilinear.py``.)
+
 GeM (Radenović et al. 2018; AGW and fast-reid, seed-systems.md §6) pools each channel as
 
     f = (mean over the h×w positions of clamp(x, eps)^p)^(1/p)
@@ -22,7 +25,7 @@ from torch import nn
 
 __all__ = ["GEM_EPS", "POOLS", "GeneralizedMeanPooling", "GlobalPool", "build_pool", "gem"]
 
-POOLS = ("avg", "max", "gem")
+POOLS = ("avg", "max", "gem", "bilinear")  # bot's model.pool values
 GEM_EPS = 1e-6  # AGW's and fast-reid's clamp
 
 
@@ -73,9 +76,11 @@ class GlobalPool(nn.Module):
 
 
 def build_pool(kind: str, gem_p: float = 3.0, gem_learnable: bool = False) -> nn.Module:
-    """The pooling module for ``kind`` (``avg``, ``max`` or ``gem``)."""
+    """The pooling module for ``kind`` (``avg``, ``max`` or ``gem``; ``bilinear``: ``models/bilinear.py``)."""
+    if kind == "bilinear":
+        raise ValueError("pool='bilinear' is built by models.bilinear.build_bilinear (it needs the backbone's channels)")
     if kind == "gem":
         return GeneralizedMeanPooling(gem_p, learnable=gem_learnable)
     if kind in ("avg", "max"):
         return GlobalPool(kind)
-    raise ValueError(f"pool={kind!r} is invalid; valid: {', '.join(POOLS)}")
+    raise ValueError(f"pool={kind!r} is invalid; valid: {', '.join(POOLS[:3])}")

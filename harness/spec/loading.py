@@ -361,7 +361,7 @@ def _check_masks(spec: RunSpec) -> None:
     from reidbench.models.architectures import check_masks_field
 
     try:
-        check_masks_field(spec.model.arch, spec.data.masks)
+        check_masks_field(spec.model.arch, spec.data.masks, spec.model)
     except ValueError as exc:
         raise SpecError(str(exc)) from None
 

@@ -17,8 +17,10 @@ the one place that does) and returns an ``nn.Module`` honouring the output contr
 
 An entry with ``needs_masks`` (``spreid``) pools with per-image part masks: its ``forward`` is
 ``forward(images, masks=None)`` with masks float B×5×H×W in [0, 1] (``harness/data/masks.py``),
-and a spec choosing it must name a provider in ``data.masks``; every other architecture is called
-as ``forward(images)`` and a spec giving it masks is refused (it would ignore them).
+and a spec choosing it must name a provider in ``data.masks``. An entry with ``masks_when`` pools
+with them under some of its options only (``bot`` with ``pool: bilinear, bilinear_parts: masks``):
+``masks_when(params)`` says whether a spec's options do. Every other model is called as
+``forward(images)`` and a spec giving it masks is refused (it would ignore them).
 
 An entry also declares which generic ``model`` fields its builder reads (``model_fields``): a trick
 that changes one it ignores (BoT's ``bnneck`` sets ``model.neck``) is refused at plan time with
@@ -48,16 +50,38 @@ class Architecture:
     # Generic model-section fields the builder reads (a trick changing another one does not apply).
     model_fields: tuple[str, ...] = MODEL_FIELDS
     needs_masks: bool = False  # forward(images, masks=...) with data.masks' part masks (module doc)
+    # Pools with part masks under some options only: (its params dataclass) -> bool, and how those
+    # options read in messages ("pool: bilinear, bilinear_parts: masks").
+    masks_when: Callable[[Any], bool] | None = None
+    masks_when_text: str = ""
 
 
-def check_masks_field(arch: str, masks: str) -> None:
-    """One-line error when ``model.arch`` and ``data.masks`` disagree (masks needed but absent, or ignored)."""
+def pools_with_masks(arch: str, model: Any = None) -> bool:
+    """Whether ``model.arch`` (with the model section ``model``'s options, when given) reads ``data.masks``."""
     entry = ARCHITECTURES.get(arch)
-    if entry.needs_masks and not masks:
-        raise ValueError(f"model.arch={arch} pools with part masks: set data.masks to oracle (synthetic data), "
+    if entry.needs_masks:
+        return True
+    if entry.masks_when is None or model is None:
+        return False
+    return bool(entry.masks_when(arch_params(model)))
+
+
+def check_masks_field(arch: str, masks: str, model: Any = None) -> None:
+    """One-line error when ``model.arch`` and ``data.masks`` disagree (masks needed but absent, or ignored).
+
+    ``model``: the model section, for architectures that read masks under some options only
+    (``masks_when``); without it they are taken not to read masks.
+    """
+    entry = ARCHITECTURES.get(arch)
+    needed = pools_with_masks(arch, model)
+    if needed and not masks:
+        who = f"model.arch={arch}" if entry.needs_masks else f"model.arch={arch} with {entry.masks_when_text}"
+        raise ValueError(f"{who} pools with part masks: set data.masks to oracle (synthetic data), "
                          "stripes (any data; a deviation) or folder:PATH (your parser's output; docs/spreid.md)")
-    if masks and not entry.needs_masks:
-        users = ", ".join(n for n, e in ARCHITECTURES.items() if e.needs_masks) or "none registered"
+    if masks and not needed:
+        users = ", ".join([n for n, e in ARCHITECTURES.items() if e.needs_masks]
+                          + [f"{n} with {e.masks_when_text}" for n, e in ARCHITECTURES.items()
+                             if not e.needs_masks and e.masks_when is not None]) or "none registered"
         raise ValueError(f"data.masks={masks!r} is only read by architectures that pool with part masks ({users}); "
                          f"model.arch={arch} would ignore it: drop data.masks")
 
@@ -126,4 +150,4 @@ def _register_builtin() -> None:
 _register_builtin()
 
 __all__ = ["ARCHITECTURES", "MODEL_FIELDS", "Architecture", "arch_params", "build_architecture", "check_masks_field",
-           "register_architecture", "unread_model_fields"]
+           "pools_with_masks", "register_architecture", "unread_model_fields"]

@@ -37,10 +37,21 @@ The reference code's reading (reid-strong-baseline; docs/bot-reference.md has ev
   ResNet has none (its ``modeling/backbones/resnet.py`` leaves it commented out), so
   ``experiments/bot.yaml``'s ``paper`` profile sets false; timm's standard stem is the default.
   False on a non-ResNet backbone is refused with one line when the model is built.
+
+Part-aligned bilinear pooling (Suh et al., ECCV 2018; ``models/bilinear.py``, docs/bilinear.md):
+
+- ``pool: bilinear``: f_t = L2(signed sqrt(mean over locations of appearance ⊗ part)), width
+  ``appearance_dim × part_dim``; the head (plain or BNNeck) takes it as it takes any pooled feature.
+  Its options (``bilinear_parts`` learned | masks, ``appearance_dim``, ``part_dim``, ``part_kernel``,
+  ``bilinear_regions``, ``bilinear_bn``, ``appearance_activation``, ``part_activation``,
+  ``bilinear_sqrt``, ``bilinear_init``, ``bilinear_eps``) are read with ``pool: bilinear`` only.
+  With ``bilinear_parts: masks`` the model pools with ``data.masks``' part masks
+  (``forward(images, masks)``), and a spec must name a provider; otherwise it must not.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +85,20 @@ class BotParams:
     stem_relu: bool = True  # false: no ReLU after the ResNet stem's BatchNorm, as the reference's resnet.py
     # --- end of the reference reading ---
 
+    # --- bilinear pooling (Suh et al.) --- read with pool: bilinear only (models/bilinear.py BILINEAR_DEFAULTS)
+    bilinear_parts: str = "learned"
+    appearance_dim: int = 512
+    part_dim: int = 128
+    part_kernel: int = 1
+    bilinear_regions: tuple[str, ...] = ("head", "upper", "lower", "shoes")
+    bilinear_bn: bool = True
+    appearance_activation: str = "none"
+    part_activation: str = "none"
+    bilinear_sqrt: bool = True
+    bilinear_init: str = "xavier"
+    bilinear_eps: float = 1e-8
+    # --- end bilinear pooling ---
+
     def validate(self, where: str = "model") -> None:
         from reidbench.models.non_local import check_agw_options
         from reidbench.models.pooling import POOLS
@@ -91,6 +116,16 @@ class BotParams:
         if self.pool != "gem" and self.gem_p != BotParams.gem_p:
             raise ValueError(f"{where}.gem_p is only read with {where}.pool=gem, not {self.pool!r}; drop it")
         check_agw_options(self, where)
+        # --- bilinear pooling (Suh et al.) ---
+        from reidbench.models.bilinear import check_bilinear_options
+
+        check_bilinear_options(self, where, active=self.pool == "bilinear")
+        # --- end bilinear pooling ---
+
+    @property
+    def reads_masks(self) -> bool:
+        """Pools with data.masks' part masks (bilinear pooling with mask parts)."""
+        return self.pool == "bilinear" and self.bilinear_parts == "masks"
 
 
 class AttentiveReidModel(ReidModel):
@@ -100,8 +135,8 @@ class AttentiveReidModel(ReidModel):
         super().__init__(net.backbone, net.head, net.feat_dim, net.reid_info)
         self.attention = attention
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.head(self.backbone(images))
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = super().forward(images, masks)
         out.update(self.attention(self.backbone))
         return out
 
@@ -109,6 +144,7 @@ class AttentiveReidModel(ReidModel):
 def build(model: Any, num_classes: int):
     from reidbench.models.architectures import arch_params
     from reidbench.models.attention import AttentionSupervision
+    from reidbench.models.bilinear import build_bilinear, changed_bilinear_options
     from reidbench.models.build import build_model
     from reidbench.models.non_local import insert_non_local
     from reidbench.models.pooling import build_pool
@@ -116,7 +152,10 @@ def build(model: Any, num_classes: int):
     params: BotParams = arch_params(model)
     defaults = BotParams()
     # None keeps the head's original average pooling (so a default spec builds the same module tree).
-    pool = None if params.pool == "avg" else build_pool(params.pool, params.gem_p, params.gem_learnable)
+    if params.pool == "bilinear":  # --- bilinear pooling (Suh et al.): built on the backbone's channels ---
+        pool = functools.partial(build_bilinear, params)
+    else:
+        pool = None if params.pool == "avg" else build_pool(params.pool, params.gem_p, params.gem_learnable)
     net = build_model(model.backbone, num_classes=num_classes, neck=model.neck, last_stride=model.last_stride,
                       pretrained=model.pretrained, weights_path=model.weights_path, pool=pool,
                       classifier=params.classifier, dropout=params.dropout, stem_relu=params.stem_relu)
@@ -146,6 +185,7 @@ def build(model: Any, num_classes: int):
         net.reid_info["classifier_dropout"] = params.dropout
     changed = {k: getattr(params, k) for k in ("pool", "gem_p", "gem_learnable", "nonlocal_channels", "classifier")
                if getattr(params, k) != getattr(defaults, k)}
+    changed.update(changed_bilinear_options(params))  # --- bilinear pooling (Suh et al.) ---
     if changed or inserted:
         net.reid_info["options"] = {**changed, **({"nonlocal_layers": list(params.nonlocal_layers)} if inserted else {})}
     if inserted:
@@ -153,7 +193,13 @@ def build(model: Any, num_classes: int):
     return net
 
 
+def _reads_masks(params: BotParams) -> bool:  # --- bilinear pooling (Suh et al.) ---
+    return params.reads_masks
+
+
 ARCH = Architecture(name="bot", summary="backbone + global pooling + plain or BNNeck head (f_t, f_i, logits); "
                                         "options: dropout (Geng), FAB/PReLU (Mancs), GeM, non-local, cosine (AGW), "
-                                        "stem_relu (the reference's ResNet stem)",
-                    build=build, params=BotParams)
+                                        "stem_relu (the reference's ResNet stem), part-aligned bilinear pooling (Suh)",
+                    build=build, params=BotParams,
+                    # --- bilinear pooling (Suh et al.): mask parts read data.masks ---
+                    masks_when=_reads_masks, masks_when_text="pool: bilinear, bilinear_parts: masks")

@@ -35,6 +35,13 @@ Choices where the Chainer code is silent or cannot apply here, each a named opti
   score any of them); only the chosen ones reach the classifier.
 - classifier init: LeCun normal N(0, 1/fan_in), bias 0 (Chainer's default initialisers).
 
+``pool`` (region): ``bilinear`` replaces the descriptor ``f`` by part-aligned bilinear pooling of
+the backbone map (Suh et al., ECCV 2018; ``models/bilinear.py``, docs/bilinear.md), with its parts
+learned (``bilinear_parts: learned``) or taken from the same masks (``masks``); ``f`` is then
+``appearance_dim × part_dim`` wide and ``features`` is not read (refused when set). ``f_fg``,
+``f_parts`` and ``f_global`` are still outputs. The bilinear options are read with ``pool:
+bilinear`` only.
+
 Outputs: ``f_fg``, ``f_parts``, ``f_global`` (C each), ``f`` (the chosen ones concatenated) and,
 in training, ``logits``. Module groups: ``backbone`` (= ``pretrained``) and ``head`` (= ``new``:
 the classifier), so stages and LR groups written for ``bot`` apply. Reads ``model.backbone``,
@@ -59,12 +66,29 @@ OUTPUT_OF = {"foreground": "f_fg", "parts": "f_parts", "global": "f_global"}
 NUM_MAPS = 5  # foreground, head, upper, lower, shoes
 
 
+POOLS = ("region", "bilinear")  # region: SPReID's [f_fg, f_parts, f_global]; bilinear: models/bilinear.py
+
+
 @dataclass(frozen=True)
 class SPReIDParams:
     features: tuple[str, ...] = FEATURES
     mask_stride: int = 16
     eps: float = 1e-6
     align_corners: bool = True
+    # --- bilinear pooling (Suh et al.) --- the descriptor f; the bilinear options are read with pool: bilinear only
+    pool: str = "region"
+    bilinear_parts: str = "learned"
+    appearance_dim: int = 512
+    part_dim: int = 128
+    part_kernel: int = 1
+    bilinear_regions: tuple[str, ...] = ("head", "upper", "lower", "shoes")
+    bilinear_bn: bool = True
+    appearance_activation: str = "none"
+    part_activation: str = "none"
+    bilinear_sqrt: bool = True
+    bilinear_init: str = "xavier"
+    bilinear_eps: float = 1e-8
+    # --- end bilinear pooling ---
 
     def validate(self, where: str = "model") -> None:
         chosen = list(self.features)
@@ -77,9 +101,21 @@ class SPReIDParams:
             raise ValueError(f"{where}.mask_stride={self.mask_stride!r} is invalid; valid: an integer >= 1")
         if not self.eps > 0:
             raise ValueError(f"{where}.eps={self.eps!r} is invalid; valid: a number > 0")
+        # --- bilinear pooling (Suh et al.) ---
+        from reidbench.models.bilinear import check_bilinear_options
+
+        if self.pool not in POOLS:
+            raise ValueError(f"{where}.pool={self.pool!r} is invalid; valid: {', '.join(POOLS)}")
+        if self.pool == "bilinear" and tuple(chosen) != FEATURES:
+            raise ValueError(f"{where}.features is only read with {where}.pool=region (the concatenated "
+                             "descriptor), not 'bilinear'; drop it")
+        check_bilinear_options(self, where, active=self.pool == "bilinear")
 
     @property
     def uses_masks(self) -> bool:
+        """``f`` cannot be computed without masks."""
+        if self.pool == "bilinear":
+            return self.bilinear_parts == "masks"
         return any(f != "global" for f in self.features)
 
 
@@ -108,8 +144,15 @@ class SPReID(nn.Module):
         self.backbone = backbone
         self.params = params
         self.channels = channels
-        dim = channels * len(params.features)
-        self.head = nn.ModuleDict({"classifier": nn.Linear(dim, num_classes, bias=True)})
+        if params.pool == "bilinear":
+            from reidbench.models.bilinear import build_bilinear
+
+            bilinear = build_bilinear(params, channels)
+            dim = bilinear.out_dim
+            self.head = nn.ModuleDict({"bilinear": bilinear, "classifier": nn.Linear(dim, num_classes, bias=True)})
+        else:
+            dim = channels * len(params.features)
+            self.head = nn.ModuleDict({"classifier": nn.Linear(dim, num_classes, bias=True)})
         classifier = self.head["classifier"]
         nn.init.normal_(classifier.weight, mean=0.0, std=dim ** -0.5)  # LeCun normal, Chainer's default
         nn.init.zeros_(classifier.bias)
@@ -118,7 +161,9 @@ class SPReID(nn.Module):
 
     def pooled(self, images: torch.Tensor, masks: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """{f_fg, f_parts, f_global}; the mask features are zero when masks are not given and not needed."""
-        x = self.backbone(images)
+        return self._pooled(self.backbone(images), masks)
+
+    def _pooled(self, x: torch.Tensor, masks: torch.Tensor | None) -> dict[str, torch.Tensor]:
         f_global = x.mean(dim=(2, 3))
         if masks is None:
             if self.params.uses_masks:
@@ -126,8 +171,8 @@ class SPReID(nn.Module):
                                  "data.masks (oracle, stripes or folder:PATH)")
             zeros = torch.zeros_like(f_global)
             return {"f_fg": zeros, "f_parts": zeros, "f_global": f_global}
-        if masks.ndim != 4 or masks.shape[1] != NUM_MAPS or masks.shape[0] != images.shape[0]:
-            raise ValueError(f"model.arch=spreid: masks must be B x 5 x H x W for {images.shape[0]} images, got "
+        if masks.ndim != 4 or masks.shape[1] != NUM_MAPS or masks.shape[0] != x.shape[0]:
+            raise ValueError(f"model.arch=spreid: masks must be B x 5 x H x W for {x.shape[0]} images, got "
                              f"{tuple(masks.shape)}")
         masks = masks.to(device=x.device)
         stride = self.params.mask_stride
@@ -139,8 +184,12 @@ class SPReID(nn.Module):
                 "f_global": f_global}
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        out = self.pooled(images, masks)
-        out["f"] = torch.cat([out[OUTPUT_OF[name]] for name in self.params.features], dim=1)
+        x = self.backbone(images)
+        out = self._pooled(x, masks)
+        if self.params.pool == "bilinear":
+            out["f"] = self.head["bilinear"](x, masks).to(out["f_global"].dtype)
+        else:
+            out["f"] = torch.cat([out[OUTPUT_OF[name]] for name in self.params.features], dim=1)
         if self.training:
             out["logits"] = self.head["classifier"](out["f"])
         return out
@@ -149,6 +198,7 @@ class SPReID(nn.Module):
 def build(model: Any, num_classes: int) -> SPReID:
     from reidbench.models.architectures import arch_params
     from reidbench.models.backbones import build_backbone
+    from reidbench.models.bilinear import BILINEAR_FIELDS, changed_bilinear_options
 
     params: SPReIDParams = arch_params(model)
     backbone, channels = build_backbone(model.backbone, pretrained=model.pretrained, weights_path=model.weights_path,
@@ -163,8 +213,11 @@ def build(model: Any, num_classes: int) -> SPReID:
         "pretrained_digest": info.get("pretrained_digest"),
         "last_stride": model.last_stride,
         "unstrided": info.get("unstrided", []),
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()},
-        "feature": [OUTPUT_OF[f] for f in params.features],
+        # The bilinear options only when pooling with them, so a region model's record is as before.
+        "options": {**{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()
+                       if k not in ("pool", *BILINEAR_FIELDS) and not (k == "features" and params.pool == "bilinear")},
+                    **({"pool": "bilinear", **changed_bilinear_options(params)} if params.pool == "bilinear" else {})},
+        "feature": ["bilinear"] if params.pool == "bilinear" else [OUTPUT_OF[f] for f in params.features],
         "test_feature": "f",
     }
     return net
@@ -172,6 +225,7 @@ def build(model: Any, num_classes: int) -> SPReID:
 
 ARCH = Architecture(name="spreid", summary="SPReID: backbone map pooled by 5 part masks (data.masks); "
                                            "[foreground, max over parts, GAP] -> f, softmax CE (f_fg, f_parts, "
-                                           "f_global, f, logits)",
+                                           "f_global, f, logits); pool: bilinear (Suh) makes f part-aligned "
+                                           "bilinear",
                     build=build, params=SPReIDParams,
                     model_fields=("backbone", "pretrained", "weights_path", "last_stride"), needs_masks=True)
