@@ -87,6 +87,9 @@ def design_dry_run_lines(plan: "AblationPlan", store: Any) -> list[str]:
              f"--add order; " + (f"{len(plan.seeds)} seeds ({', '.join(map(str, plan.seeds))}) replicate every point"
                                    if len(plan.seeds) > 1 else f"1 seed ({plan.seeds[0]}), no replicates"),
              "factors (what each trick changes on the base):"]
+    if plan.mode == "fractional" and design.is_full:
+        lines.insert(2, f"  (no smaller regular fraction of {len(design.factors)} tricks has that resolution: "
+                        "this is the full factorial)")
     width = max(len(n) for n in design.factors)
     for letter, trick in zip(design.letters, plan.tricks):
         try:

@@ -24,10 +24,11 @@ LEVEL_COLORS = ("tab:blue", "tab:orange")  # second trick off, on
 HATCH = "///"
 
 
-def _methods(frame: "pd.DataFrame", resamples: int) -> str:
-    from reidbench.harness.report.factorial import interval_sentence
+def _methods(frame: "pd.DataFrame", resamples: int, confidence: float = 0.95) -> str:
+    from reidbench.harness.report.factorial import interval_methods
 
-    return interval_sentence(frame, resamples).split("; †")[0]
+    how = interval_methods(frame, resamples)
+    return f"{round(100 * confidence)}% interval ({how})" if how else "no interval could be computed"
 
 
 def figure_title(data: "DesignAblation", what: str) -> str:
@@ -53,10 +54,12 @@ def plot_effects(data: "DesignAblation", effects: "pd.DataFrame", out: str | Pat
         raise ValueError(f"no effect can be computed yet: {mains['method'].iloc[0].removeprefix('no estimate: ')} "
                          "(`reidbench report --table runs` shows which runs are not done)")
     deltas = mains.rename(columns={"term": "step", "effect": "delta"})
-    note = (f"Error bars: {_methods(mains, resamples)}. Effect = mean with the trick − mean without (= 2 × the OLS "
+    note = (f"Error bars: each effect's {_methods(mains, resamples)}. Effect = mean with the trick − mean without (= 2 × the OLS "
             "coefficient of its ±1-coded column). Hatched grey: the interval includes 0 (not significant) or there "
             "is none.")
-    fig = draw_ablation(deltas, mode="factorial", metric=metric, note=note, figsize=figsize,
+    groups = mains["group"].nunique()
+    size = figsize or (max(7.0, (0.75 * len(mains) / groups + 1.5) * groups), 4.8)  # room for the legend row
+    fig = draw_ablation(deltas, mode="factorial", metric=metric, note=note, figsize=size,
                         title=figure_title(data, f"Main effects on {metric_label(metric)}"))
     for ax in fig.axes:
         ax.set_ylabel(f"effect on {metric_label(metric)} (points)")
@@ -138,7 +141,7 @@ def plot_interactions(data: "DesignAblation", effects: "pd.DataFrame", out: str 
             drawn += 1
     note = (f"Each point: mean {metric_label(metric)} over the design points at that level of both tricks "
             f"(seeds averaged); parallel lines = no interaction. Title: the A × B effect = half of (A's effect "
-            f"with B − without B), {_methods(pairs, resamples)}. Hatched panel: the interval includes 0 or there "
+            f"with B − without B) and its {_methods(pairs, resamples)}. Hatched panel: the interval includes 0 or there "
             f"is none.")
     width = max(50, int(fig.get_figwidth() * 13))
     fig.legend(handles=[Patch(facecolor="white", edgecolor="0.6", hatch=HATCH, label="interval includes 0")],

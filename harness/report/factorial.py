@@ -254,12 +254,17 @@ def _effect_row(design: "Design", chain: Sequence[tuple[int, int]], group: str, 
 # --------------------------------------------------------------------------- display
 
 
+def signed(value: float) -> str:
+    """``+2.3`` / ``-0.4``, one decimal; never ``-0.0``."""
+    return f"{round(value, 1) + 0.0:+.1f}"
+
+
 def _cell(value: float, low: float, high: float, significant: bool) -> str:
     if value != value:  # NaN
         return MISSING
     if low != low:
-        return f"{value:+.1f}"
-    return f"{value:+.1f} [{low:+.1f}, {high:+.1f}]" + (DAGGER if significant else "")
+        return signed(value)
+    return f"{signed(value)} [{signed(low)}, {signed(high)}]" + (DAGGER if significant else "")
 
 
 def effects_cells(effects: "pd.DataFrame") -> "pd.DataFrame":
@@ -292,9 +297,9 @@ def shapley_cells(shapley: "pd.DataFrame") -> "pd.DataFrame":
         label = metric_label(r.metric)
         text.loc[r.trick, (r.group, f"{label} Shapley")] = _cell(r.shapley, r.ci_low, r.ci_high, r.significant)
         text.loc[r.trick, (r.group, f"{label} cumulative Δ")] = MISSING if r.cumulative != r.cumulative \
-            else f"{r.cumulative:+.1f}"
+            else signed(r.cumulative)
         text.loc[r.trick, (r.group, f"{label} range")] = "" if r.trick == TOTAL_ROW else (
-            MISSING if r.marginal_min != r.marginal_min else f"{r.marginal_min:+.1f} … {r.marginal_max:+.1f}")
+            MISSING if r.marginal_min != r.marginal_min else f"{signed(r.marginal_min)} … {signed(r.marginal_max)}")
     return text
 
 
@@ -340,23 +345,24 @@ def runs_sentence(ctx: AblationContext) -> str:
     return "; ".join(parts)
 
 
+def interval_methods(frame: "pd.DataFrame", resamples: int) -> str:
+    """The interval methods a frame's rows used, with their degrees of freedom or resamples ("" if none)."""
+    used = []
+    for how, df in dict.fromkeys(zip(frame["method"], frame["df"])):
+        if str(how).startswith("no "):
+            continue
+        used.append(f"{how}, {resamples:,} resamples" if how == JOINT_BOOTSTRAP else f"{how}, {df:g} df")
+    return "; ".join(dict.fromkeys(used))
+
+
 def interval_sentence(frame: "pd.DataFrame", resamples: int, confidence: float = 0.95) -> str:
     """Which intervals the table shows (method and degrees of freedom), and what † means."""
     if frame.empty:
         return ""
     if (frame["method"] == "no interval: --interval none").all():
         return "No intervals (--interval none)."
-    used = []
-    for how, df in dict.fromkeys(zip(frame["method"], frame["df"])):
-        if str(how).startswith("no "):
-            continue
-        if how == JOINT_BOOTSTRAP:
-            used.append(f"{how}, {resamples:,} resamples")
-        else:
-            used.append(f"{how}, {df:g} df")
-    used = list(dict.fromkeys(used))
     lacking = int(frame["method"].astype(str).str.startswith("no ").sum())
-    text = (f"{round(100 * confidence)}% intervals: {'; '.join(used) or 'none could be computed'}; "
+    text = (f"{round(100 * confidence)}% intervals: {interval_methods(frame, resamples) or 'none could be computed'}; "
             f"{DAGGER} the interval excludes 0.")
     if lacking:
         reasons = "; ".join(dict.fromkeys(str(m).split(": ", 1)[-1] for m in frame["method"]
