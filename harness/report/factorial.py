@@ -309,8 +309,8 @@ def shapley_cells(shapley: "pd.DataFrame") -> "pd.DataFrame":
 def design_sentence(data: DesignAblation) -> str:
     """What was run: the design, its resolution and aliasing, the seeds."""
     design, ctx = data.design, data.context
-    text = (f"{design.describe()} over the tricks {', '.join(design.factors)} (each point's tricks applied in "
-            f"--add order)")
+    # no "--" in captions: LaTeX would typeset it as a dash
+    text = f"Design: {design.describe()} over the tricks {', '.join(design.factors)}, applied in that order"
     if not design.is_full:
         text += (f"; generators {', '.join(design.generator_text())}, defining relation {design.relation_text()} "
                  "(letters A, B, … = the tricks in that order): an estimate is the signed sum of the effects of its "
@@ -377,7 +377,7 @@ EFFECT_DEFINITION = ("Effect = mean with the trick − mean without, over the de
 
 def effects_caption(data: DesignAblation, metrics: Sequence[str], effects: "pd.DataFrame", resamples: int) -> str:
     shown = ", ".join(metric_label(m) for m in metrics)
-    return (f"Effects (percentage points) of each trick and each two-trick interaction on {shown}: "
+    return (f"Effects (percentage points) of each trick and each two-trick interaction on {shown}. "
             f"{design_sentence(data)}. {EFFECT_DEFINITION} Runs: {runs_sentence(data.context)}. "
             f"{interval_sentence(effects, resamples)}")
 
@@ -387,7 +387,7 @@ def shapley_caption(data: DesignAblation, metrics: Sequence[str], shapley: "pd.D
     k = data.design.k
     return (f"Shapley value (percentage points of {shown}) of each trick: its contribution averaged over all {k}! = "
             f"{math.factorial(k)} orders of adding the tricks to the base, exact from the {1 << k} points; the values "
-            f"sum to the total gain (last row). cumulative Δ: its contribution when added in the --add order "
+            f"sum to the total gain (last row). cumulative Δ: its contribution when added in the order given "
             f"({', '.join(data.design.factors)}), the cumulative table's row; range: its smallest and largest "
             f"contribution over all orders. {design_sentence(data)}. Runs: {runs_sentence(data.context)}. "
             f"{interval_sentence(shapley, resamples)}")
