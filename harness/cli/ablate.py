@@ -71,7 +71,7 @@ def tricks_cmd() -> None:
               help="cumulative: Table 1 rows; single: base+each; leave-one-out: all and all−each; factorial: all 2^k "
                    "on/off combinations of --add; fractional: a 2^(k−p) fraction of --resolution (docs/factorial.md) "
                    "[default: cumulative].")
-@click.option("--resolution", type=click.Choice(["IV", "V"], case_sensitive=False), default=None,
+@click.option("--resolution", type=click.Choice(["IV", "V"], case_sensitive=False), default=None, metavar="IV|V",
               help="--mode fractional: the smallest regular fraction of this resolution (IV: main effects clear of "
                    "two-trick interactions; V: two-trick interactions clear of each other).")
 @click.option("--steps", "steps_name", default=None, metavar="NAME",
