@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import math
 
 import numpy as np
 import pandas as pd
@@ -267,3 +266,23 @@ def test_plot_effects_and_interactions(factorial_db, tmp_path):
     assert result.exit_code == 0, result.output
     assert inter.read_bytes().startswith(b"%PDF") and "2 interaction panel(s)" in result.output
     store.close()
+
+
+@pytest.mark.skipif(__import__("shutil").which("pdflatex") is None,
+                    reason="pdflatex not on PATH (scripts/check_latex.sh installs it)")
+def test_design_tables_compile_with_pdflatex(tmp_path):
+    import subprocess
+
+    from reidbench.harness.report.writers import latex_document
+
+    for name, kwargs in (("fraction", {"mode": "fractional", "tricks": "warmup,rea,ls,stride", "resolution": "IV"}),
+                         ("factorial", {})):
+        db = f"sqlite:///{tmp_path / name}.db"
+        store = Store(db)
+        _record(store, **kwargs)
+        latex = CliRunner().invoke(main, ["report", "--db", db, "--format", "latex"]).stdout
+        (tmp_path / "t.tex").write_text(latex_document(latex))
+        out = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout[-3000:]
+        store.close()
