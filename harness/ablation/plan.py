@@ -90,7 +90,7 @@ def plan_ablation(base: RunSpec, base_name: str, tricks: Sequence[Trick], mode: 
     else:
         steps = expand(base, tricks, mode, seeds, train_fp, design=design)
     return AblationPlan(base, base_name, mode, tuple(tricks), tuple(seeds), tuple(steps), tuple(variants), train_fp,
-                        test_fps, design)
+                        test_fps, design=design)
 
 
 def dry_run_lines(plan: AblationPlan, statuses: Mapping[str, str]) -> list[str]:
