@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from reidbench.api import EXPERIMENTS, base_path
-from reidbench.harness.ablation.expand import expand, expand_steps
+from reidbench.harness.ablation.expand import DESIGN_MODES, expand, expand_steps, make_design
 from reidbench.harness.spec import FILE_ONLY_KEYS, RunSpec, load_base_file, spec_from_dict, to_jsonable, with_epochs
 from reidbench.harness.spec.patches import apply_patch, parse_presets, parse_step_lists
 from reidbench.models.architectures import build_architecture
@@ -57,6 +57,7 @@ class Plan:
     mode: str = "cumulative"
     epochs: int | None = None
     evals: tuple[str, ...] = ()
+    resolution: str | None = None  # --mode fractional
 
 
 def _default_add(base: Path, profile: str) -> str:
@@ -93,7 +94,8 @@ def specs_of(plan: Plan) -> list[RunSpec]:
         steps = expand_steps(spec, lists[plan.steps], [0], None, presets=extras["_presets"], load_base=other)
     else:
         tricks = parse_trick_list(plan.tricks if plan.tricks is not None else _default_add(plan.base, plan.profile))
-        steps = expand(spec, tricks, plan.mode, [0], None)
+        design = make_design(tricks, plan.mode, plan.resolution) if plan.mode in DESIGN_MODES else None
+        steps = expand(spec, tricks, plan.mode, [0], None, design=design)
     return [s.spec for s in steps]
 
 
@@ -133,7 +135,7 @@ def command_plans() -> Iterator[Plan]:
                 yield Plan(f"{doc.name}: {line}", base, profile, opts.get("--preset"), opts.get("--steps"),
                            opts.get("--add"), opts.get("--mode", "cumulative"),
                            int(opts["--epochs"]) if "--epochs" in opts else None,
-                           tuple(e for e in opts.get("--eval", "").split(",") if e))
+                           tuple(e for e in opts.get("--eval", "").split(",") if e), opts.get("--resolution"))
 
 
 def yaml_examples() -> Iterator[tuple[str, dict]]:

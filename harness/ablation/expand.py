@@ -11,8 +11,10 @@ from reidbench.tricks import Trick, trick_versions
 
 if TYPE_CHECKING:
     from reidbench.harness.spec.patches import Patch, StepList
+    from reidbench.harness.stats.factorial import Design
 
-MODES = ("cumulative", "single", "leave-one-out")
+DESIGN_MODES = ("factorial", "fractional")  # rows = the points of a two-level design over the --add tricks
+MODES = ("cumulative", "single", "leave-one-out", *DESIGN_MODES)
 STEPS_MODE = "steps"  # rows from a base file's ablation step list (labelled patches), not from --add
 
 
@@ -50,22 +52,67 @@ def _rows(tricks: Sequence[Trick], mode: str) -> list[tuple[str, tuple[Trick, ..
     raise ValueError(f"--mode {mode!r} is not valid: {', '.join(MODES)}")
 
 
+def make_design(tricks: Sequence[Trick], mode: str, resolution: str | None = None) -> "Design":
+    """The two-level design of ``--mode factorial`` (all 2^k points) or ``fractional`` (``--resolution IV|V``)."""
+    from reidbench.harness.stats.factorial import RESOLUTIONS, fractional_factorial, full_factorial
+
+    names = [t.name for t in tricks]
+    if mode == "factorial":
+        if resolution is not None:
+            raise ValueError(f"--resolution {resolution} applies to --mode fractional only (factorial runs all "
+                             f"2^{len(names)} points)")
+        return full_factorial(names)
+    if mode == "fractional":
+        if resolution is None:
+            raise ValueError(f"--mode fractional needs --resolution: {' or '.join(RESOLUTIONS)}")
+        return fractional_factorial(names, resolution)
+    raise ValueError(f"--mode {mode!r} is not a design mode: {', '.join(DESIGN_MODES)}")
+
+
+def point_label(chosen: Sequence[Trick]) -> str:
+    """A design point's row label: "Baseline", or its tricks' labels in --add order ("+REA +BNNeck")."""
+    return " ".join(t.label for t in chosen) if chosen else "Baseline"
+
+
+def point_tricks(tricks: Sequence[Trick], point: int) -> tuple[Trick, ...]:
+    """The tricks of design point ``point`` (bit i: the i-th trick of --add), in --add order."""
+    return tuple(t for i, t in enumerate(tricks) if point >> i & 1)
+
+
+def _design_rows(tricks: Sequence[Trick], design: "Design") -> list[tuple[str, tuple[Trick, ...]]]:
+    return [(point_label(point_tricks(tricks, p)), point_tricks(tricks, p)) for p in design.points]
+
+
 def expand(base: RunSpec, tricks: Sequence[Trick], mode: str, seeds: Sequence[int],
            train_fingerprint: str | None = None,
-           weights_of: Callable[[RunSpec], str | None] | None = None) -> list[AblationStep]:
+           weights_of: Callable[[RunSpec], str | None] | None = None, *, design: "Design | None" = None
+           ) -> list[AblationStep]:
     """The ablation's runs in table order (rows × seeds). Validates every patched spec up front.
 
     ``train_fingerprint`` identifies the training data in every run hash (computed by the caller,
     which can read the data; None hashes the dataset name, for callers without data).
     ``weights_of(spec)``: the digest of the pretrained weights a run starts from
     (``models.weights.WeightsResolver``); None leaves weights out, for callers without them.
+    Design modes (``factorial``, ``fractional``) take their points from ``design`` (``make_design``;
+    the full factorial when None): each point's tricks are applied in ``tricks`` order, and a point
+    whose tricks cannot be combined is a one-line ValueError naming it.
     """
     if not seeds:
         raise ValueError("at least one seed is needed")
+    if mode in DESIGN_MODES:
+        rows = _design_rows(tricks, design if design is not None else make_design(tricks, mode))
+    else:
+        rows = _rows(tricks, mode)
     steps: list[AblationStep] = []
-    for step, chosen in _rows(tricks, mode):
+    for step, chosen in rows:
         for seed in seeds:
-            spec = _apply_all(replace_section(base, "train", seed=seed), chosen)
+            try:
+                spec = _apply_all(replace_section(base, "train", seed=seed), chosen)
+            except ValueError as exc:
+                if mode not in DESIGN_MODES:
+                    raise
+                raise ValueError(f"--mode {mode}: design point {step!r} ({' + '.join(t.name for t in chosen)}, "
+                                 f"applied in --add order) cannot be built: {str(exc).splitlines()[0]}") from None
             rhash = run_hash(spec, trick_versions(spec.tricks), train_fingerprint, _weights(weights_of, spec))
             steps.append(AblationStep(len(steps), step, tuple(t.name for t in chosen), seed, spec, rhash))
     return steps

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from reidbench.harness.ablation.expand import AblationStep, expand, expand_steps, spec_diff
+from reidbench.harness.ablation.expand import (
+    DESIGN_MODES,
+    AblationStep,
+    expand,
+    expand_steps,
+    make_design,
+    spec_diff,
+)
 from reidbench.harness.evaluation.settings import Variant, default_variants
 from reidbench.harness.execution.jobs import Job, wait_for_others
 from reidbench.harness.spec import RunSpec
@@ -16,6 +23,7 @@ from reidbench.tricks import Trick, trick_versions
 
 if TYPE_CHECKING:
     from reidbench.harness.spec.patches import Patch, StepList
+    from reidbench.harness.stats.factorial import Design
 
 
 def ablation_name(base_name: str, mode: str, run_hashes: Sequence[str], variants: Sequence[str] = ()) -> str:
@@ -41,6 +49,7 @@ class AblationPlan:
     test_fingerprints: Mapping[str, str | None] = field(default_factory=dict)
     # Backbone → why its weights' digest is not known yet (a --dry-run does not download them).
     pending_weights: Mapping[str, str] = field(default_factory=dict)
+    design: "Design | None" = None  # modes factorial / fractional: the two-level design over ``tricks``
 
     def weights_pending(self, step: AblationStep) -> bool:
         return step.spec.model.pretrained and step.spec.model.backbone in self.pending_weights
@@ -66,13 +75,18 @@ def plan_ablation(base: RunSpec, base_name: str, tricks: Sequence[Trick], mode: 
                   data_paths: Mapping[str, str] | None = None, variants: Sequence[Variant] = (), *,
                   step_list: "StepList | None" = None, presets: Mapping[str, "Patch"] | None = None,
                   load_base: Callable[[str], RunSpec] | None = None,
-                  download_weights: bool = True) -> AblationPlan:
+                  download_weights: bool = True, resolution: str | None = None) -> AblationPlan:
     """Expand the ablation; with ``data_paths`` (the --data folders) runs are keyed by their data's
     fingerprints and by the digest of the pretrained weights they start from (resolved, and
     downloaded if needed, here: ``download_weights=False`` for a dry run leaves them pending).
 
     With ``step_list`` (mode ``steps``) the rows are its labelled patches of ``base`` instead of tricks.
+    Modes ``factorial`` and ``fractional`` (with ``resolution`` IV or V) plan the points of a two-level
+    design over ``tricks`` (``expand.make_design``).
     """
+    design = make_design(tricks, mode, resolution) if mode in DESIGN_MODES and step_list is None else None
+    if design is None and resolution is not None:
+        raise ValueError(f"--resolution {resolution} applies to --mode fractional only")
     train_fp, test_fps, weights_of = None, {}, None
     if data_paths is not None:
         from reidbench.harness.data.fingerprint import dataset_fingerprint
@@ -85,9 +99,9 @@ def plan_ablation(base: RunSpec, base_name: str, tricks: Sequence[Trick], mode: 
         steps = expand_steps(base, step_list, seeds, train_fp, presets=presets, load_base=load_base,
                              weights_of=weights_of)
     else:
-        steps = expand(base, tricks, mode, seeds, train_fp, weights_of)
+        steps = expand(base, tricks, mode, seeds, train_fp, weights_of, design=design)
     return AblationPlan(base, base_name, mode, tuple(tricks), tuple(seeds), tuple(steps), tuple(variants), train_fp,
-                        test_fps, dict(weights_of.pending) if weights_of is not None else {})
+                        test_fps, dict(weights_of.pending) if weights_of is not None else {}, design=design)
 
 
 def dry_run_lines(plan: AblationPlan, statuses: Mapping[str, str]) -> list[str]:
@@ -113,6 +127,10 @@ def run_plan(plan: AblationPlan, store, executor, runs_dir: Path, *, device: str
              data_paths: Mapping[str, str], meta: Mapping[str, object], progress: bool | None,
              log: Callable[[str], None]) -> int:
     """Execute what is not done yet; returns the ablation id in the store."""
+    if plan.design is not None:  # what the effects and Shapley reports read back (report/factorial.py)
+        from reidbench.harness.ablation.designs import design_meta
+
+        meta = {**meta, "design": design_meta(plan)}
     for s in plan.steps:
         store.ensure_run(s.run_hash, s.spec.to_dict(), s.step if len(plan.seeds) == 1 else s.label,
                          train_fingerprint=plan.train_fingerprint)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from reidbench.harness.cli import ablate, bases, components, data, evaluate, report, runs, study, train
+from reidbench.harness.cli import ablate, bases, components, data, design, evaluate, report, runs, study, train
 
 
 def _offline(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -38,6 +38,8 @@ for command in (train.train, evaluate.evaluate, data.data, ablate.tricks_cmd, co
                 runs.runs,
                 report.report, report.plot, study.study):
     main.add_command(command)
+for command in (design.plot_effects_cmd, design.plot_interactions_cmd):  # factorial designs (cli/design.py)
+    report.plot.add_command(command)
 from reidbench.harness.cli.doctor import doctor as _doctor  # noqa: E402 - registered alone: `reidbench doctor`
 main.add_command(_doctor)
 

@@ -66,8 +66,14 @@ def tricks_cmd() -> None:
 @click.option("--base", default="bot", show_default=True, help="Base name in experiments/ or a YAML path.")
 @click.option("--add", "add", default=None, metavar="LIST",
               help=f"Comma-separated tricks, applied in this order (see `reidbench tricks`) [default: {DEFAULT_ADD}].")
-@click.option("--mode", type=click.Choice(["cumulative", "single", "leave-one-out"]), default=None,
-              help="cumulative: Table 1 rows; single: base+each; leave-one-out: all and all−each [default: cumulative].")
+@click.option("--mode", type=click.Choice(["cumulative", "single", "leave-one-out", "factorial", "fractional"]),
+              default=None,
+              help="cumulative: Table 1 rows; single: base+each; leave-one-out: all and all−each; factorial: all 2^k "
+                   "on/off combinations of --add; fractional: a 2^(k−p) fraction of --resolution (docs/factorial.md) "
+                   "[default: cumulative].")
+@click.option("--resolution", type=click.Choice(["IV", "V"], case_sensitive=False), default=None, metavar="IV|V",
+              help="--mode fractional: the smallest regular fraction of this resolution (IV: main effects clear of "
+                   "two-trick interactions; V: two-trick interactions clear of each other).")
 @click.option("--steps", "steps_name", default=None, metavar="NAME",
               help="Rows from the base file's ablation step list NAME (labelled patches, e.g. mgn's components) "
                    "instead of --add/--mode; `reidbench bases` lists them.")
@@ -100,14 +106,15 @@ def tricks_cmd() -> None:
 def ablate(base: str, add: str | None, mode: str | None, steps_name: str | None, preset: str | None, seeds: int | None, seed: int | None, train_on: str | None,
            test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None, executor: str,
            gpus: str | None, gpus_per_run: int, timeout_min: int, device: str, loader_workers: int | None,
-           runs_dir: Path, db_url: str | None, evals: str | None, dry_run: bool) -> None:
+           runs_dir: Path, db_url: str | None, evals: str | None, dry_run: bool, resolution: str | None) -> None:
     """Train the base and the base patched step by step with tricks; print the ablation table.
 
     Every run is cached in the results database by its spec hash: re-running trains only what is
     missing (failed runs are retried, killed runs resume from their checkpoint).
     """
     _ablate(base, add, mode, seeds, seed, train_on, test_on, data_items, epochs, profile, executor, gpus,
-            timeout_min, device, loader_workers, runs_dir, db_url, dry_run, evals, steps_name, preset, gpus_per_run)
+            timeout_min, device, loader_workers, runs_dir, db_url, dry_run, evals, steps_name, preset, gpus_per_run,
+            resolution)
 
 
 @user_errors
@@ -115,7 +122,7 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
             test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None,
             executor_kind: str, gpus: str | None, timeout_min: int, device: str, workers: int | None,
             runs_dir: Path, db_url: str | None, dry_run: bool, evals: str | None = None, steps_name: str | None = None,
-            preset: str | None = None, gpus_per_run: int = 1) -> None:
+            preset: str | None = None, gpus_per_run: int = 1, resolution: str | None = None) -> None:
     from reidbench.harness.ablation.plan import ablation_table, dry_run_lines, plan_ablation, run_plan
     from reidbench.harness.evaluation.settings import parse_variants
     from reidbench.harness.ablation.expand import STEPS_MODE
@@ -172,9 +179,15 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
     spec = prepare(spec)
     seed_list = list(range(seeds)) if seeds is not None else [seed if seed is not None else spec.train.seed]
     plan = plan_ablation(spec, base_file.stem, tricks, mode, seed_list, data_paths=data_paths, variants=variants,
-                         step_list=step_list, presets=presets, load_base=load_other, download_weights=not dry_run)
+                         step_list=step_list, presets=presets, load_base=load_other, download_weights=not dry_run,
+                         resolution=resolution.upper() if resolution else None)
     check_gpus_per_run([s.spec for s in plan.steps], gpus_per_run)
     store = open_store(db_url)
+    if dry_run and plan.design is not None:  # factorial / fractional: the design matrix and alias structure
+        from reidbench.harness.ablation.designs import design_dry_run_lines
+
+        click.echo("\n".join(design_dry_run_lines(plan, store)))
+        return
     if dry_run:
         for line in dry_run_lines(plan, store.statuses(plan.unique_hashes())):
             click.echo(line)
@@ -193,7 +206,13 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
             "command": " ".join(sys.argv[1:])}
     ablation_id = run_plan(plan, store, runner, runs_dir, device=device, num_workers=workers, data_paths=data_paths,
                            meta=meta, progress=None, log=log)
-    click.echo(ablation_table(plan, store, intervals=_intervals(store, ablation_id, log)))
+    if plan.design is not None:  # the rows, then the design's effects and Shapley tables (cli/design.py)
+        from reidbench.harness.cli.design import design_after_ablate
+
+        click.echo(ablation_table(plan, store))
+        click.echo(design_after_ablate(store, ablation_id))
+    else:
+        click.echo(ablation_table(plan, store, intervals=_intervals(store, ablation_id, log)))
     _echo_speed(store, ablation_id)
     failed = [h for h, s in store.statuses(plan.unique_hashes()).items() if s != "done"]
     if failed:

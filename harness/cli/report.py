@@ -74,12 +74,17 @@ def _study_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--label", default="tab:ablation", show_default=True, help="LaTeX \\label of the table.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: stdout].")
+@click.option("--table", "table", type=click.Choice(["auto", "runs", "effects", "shapley"]), default="auto",
+              show_default=True,
+              help="auto: a factorial/fractional ablation's effects and Shapley tables (docs/factorial.md), any other "
+                   "ablation's rows; runs: the rows (one per design point) of any ablation; effects / shapley: one "
+                   "of a design's tables (a CSV holds one).")
 @_study_options
 @interval_options
 @db_option
 def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, speed: bool, against: str | None,
-           label: str, out: Path | None, study: str | None, storage: str | None, runs_dir: Path, interval: str,
-           resamples: int, db_url: str | None) -> None:
+           label: str, out: Path | None, table: str, study: str | None, storage: str | None, runs_dir: Path,
+           interval: str, resamples: int, db_url: str | None) -> None:
     """A paper-style table of one ablation: rows = steps, column groups = test sets.
 
     R1/mAP in percent with one decimal, mean±std over seeds, the best value per column in bold;
@@ -97,7 +102,7 @@ def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, spe
     elif study:
         _report_study(study, storage, runs_dir, fmt, metrics, label, out, db_url, interval, resamples)
     else:
-        _report(ablation, fmt, metrics, paper, label, out, db_url, interval, resamples, against)
+        _report(ablation, fmt, metrics, paper, label, out, db_url, interval, resamples, against, table)
 
 
 def _study_points(store: Any, study: str, storage: str | None, runs_dir: Path, metrics: tuple[str, ...]):
@@ -154,7 +159,8 @@ def _report_study(study: str, storage: str | None, runs_dir: Path, fmt: str | No
 
 @user_errors
 def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, label: str, out: Path | None,
-            db_url: str | None, interval: str = "auto", resamples: int = 1000, against: str | None = None) -> None:
+            db_url: str | None, interval: str = "auto", resamples: int = 1000, against: str | None = None,
+            table: str = "auto") -> None:
     from reidbench.harness.report.naming import parse_metrics
     from reidbench.harness.report.significance import ablation_steps, reference_row
     from reidbench.harness.report.tables import (
@@ -169,6 +175,13 @@ def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, la
     use_fmt = table_format(fmt, out)
     chosen = parse_metrics(metrics) if metrics else None
     store = open_store(db_url)
+    from reidbench.harness.cli.design import design_tables
+
+    design = design_tables(store, _ablation_ref(ablation), use_fmt, table, chosen, paper, against, interval,
+                           resamples, label)
+    if design is not None:  # a factorial/fractional ablation: its effects and Shapley tables
+        emit(design, out)
+        return
     frame, context = load_ablation(store, _ablation_ref(ablation))
     if against is not None:
         against = reference_row(ablation_steps(frame), against)

@@ -9,4 +9,6 @@ Modules (import them directly; nothing heavy is imported here):
 - ``naming``: dataset, group (``Market→Duke``) and metric names.
 - ``points``: run selection and ``points_from_runs`` for batch-size/image-size sweeps, ``sweep_table``.
 - ``plots``, ``ranks``, ``figures``: matplotlib figures (Agg), ranked-list images.
+- ``factorial``: a factorial/fractional ablation's effects and Shapley tables (``load_design``,
+  ``analyse``, ``render_design``); ``design_plots``: its effects and interaction figures.
 """

@@ -200,7 +200,8 @@ def plot_curves(curves: "pd.DataFrame", out: str | Path, *, final: dict[str, flo
 
 REFERENCE = {"cumulative": "previous step", "single": "the base",
              "leave-one-out": "all tricks (below 0: the removed trick helps)",
-             "steps": "the first step of the step list"}
+             "steps": "the first step of the step list",
+             "factorial": "the base (effects: plot effects)", "fractional": "the base (effects: plot effects)"}
 
 
 def ablation_deltas(frame: "pd.DataFrame", mode: str, metric: str = "mAP",

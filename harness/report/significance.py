@@ -32,7 +32,8 @@ METHODS = ("auto", "seeds", "bootstrap")
 COLUMNS = ["step", "reference", "group", "test_set", "metric", "delta", "ci_low", "ci_high", "significant",
            "method", "n"]
 REFERENCE_WORDS = {"cumulative": "the step before", "single": "the base", "leave-one-out": "all tricks",
-                   "steps": "the first row", "study": "the best point"}
+                   "steps": "the first row", "study": "the best point",
+                   "factorial": "the base", "fractional": "the base"}  # design rows (report --table runs)
 
 
 def references(mode: str, steps: Sequence[str], against: str | None = None) -> dict[str, str]:

@@ -418,7 +418,9 @@ def ablation_caption(context: AblationContext, metrics: Sequence[str], paper: bo
     shown = ", ".join(dict.fromkeys(metric_label(m).replace(" (RR)", "") for m in metrics))
     mode = {"cumulative": "tricks added cumulatively", "single": "each trick alone on the base",
             "leave-one-out": "all tricks and all but one",
-            "steps": f"rows from step list {context.step_list}"}.get(context.mode, context.mode)
+            "steps": f"rows from step list {context.step_list}",
+            "factorial": "every on/off combination of the tricks", "fractional": "a fractional factorial design"
+            }.get(context.mode, context.mode)
     parts = [f"{shown} (%) of ablation {context.name} (id {context.id}; {mode}), base {context.base}, "
              f"trained on {context.train}"]
     data = {"synthetic": "synthetic data", "real": "real data", "mixed": "synthetic and real data"}.get(

@@ -23,7 +23,8 @@ _LATEX_SPECIALS = [
     ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}"),
 ]
 _LATEX_UNICODE = {"→": r"$\rightarrow$", "−": "$-$", "±": r"$\pm$", "×": r"$\times$", "–": "--", "—": "---",
-                  "λ": r"$\lambda$", "…": r"\dots{}", "†": r"$^\dagger$"}
+                  "λ": r"$\lambda$", "…": r"\dots{}", "†": r"$^\dagger$",
+                  "Δ": r"$\Delta$"}
 
 
 def latex_escape(text: str) -> str:
@@ -42,6 +43,17 @@ def _markdown_escape(text: str) -> str:
 def to_latex(table: "pd.DataFrame", caption: str = "", label: str = "tab:reidbench", bold: bool = True) -> str:
     """A booktabs ``table`` float: a multicolumn header per group, best per column in \\textbf."""
     text, best = display_cells(table, bold=bold)
+    return cells_to_latex(text, best, caption=caption, label=label)
+
+
+def _no_best(text: "pd.DataFrame") -> "pd.DataFrame":
+    return text.map(lambda _: False)
+
+
+def cells_to_latex(text: "pd.DataFrame", best: "pd.DataFrame | None" = None, caption: str = "",
+                   label: str = "tab:reidbench") -> str:
+    """Text cells with (group, column) headers → a booktabs ``table`` float (``best`` cells in \\textbf)."""
+    best = _no_best(text) if best is None else best.copy()
     escaped = text.map(latex_escape)
     escaped.columns = escaped.columns.map(lambda c: tuple(latex_escape(x) for x in c))
     escaped.columns.names = [None, None]
@@ -83,7 +95,15 @@ def latex_document(table_latex: str) -> str:
 def to_markdown(table: "pd.DataFrame", caption: str = "", bold: bool = True) -> str:
     """A GitHub-flavoured Markdown table (headers "group metric"), best per column in **bold**."""
     text, best = display_cells(table, bold=bold)
-    header = [str(table.index.name or "")] + [f"{g} {c}" for g, c in text.columns]
+    return cells_to_markdown(text, best, caption=caption, index_name=str(table.index.name or ""))
+
+
+def cells_to_markdown(text: "pd.DataFrame", best: "pd.DataFrame | None" = None, caption: str = "",
+                      index_name: str | None = None) -> str:
+    """Text cells with (group, column) headers → a Markdown table (``best`` cells in **bold**)."""
+    best = _no_best(text) if best is None else best
+    name = str(text.index.name or "") if index_name is None else index_name
+    header = [name] + [f"{g} {c}" for g, c in text.columns]
     lines = ["| " + " | ".join(_markdown_escape(h) for h in header) + " |",
              "|" + "---|" + "---:|" * text.shape[1]]
     for (idx, row), (_, marks) in zip(text.iterrows(), best.iterrows()):
@@ -131,6 +151,14 @@ tbody th {{ text-align: left; }}
 def to_html(table: "pd.DataFrame", caption: str = "", title: str = "reidbench report", bold: bool = True) -> str:
     """A standalone HTML page with the table (best per column bold) and its caption."""
     text, best = display_cells(table, bold=bold)
+    return cells_to_html(text, best, caption=caption, title=title)
+
+
+def cells_to_html(text: "pd.DataFrame", best: "pd.DataFrame | None" = None, caption: str = "",
+                  title: str = "reidbench report") -> str:
+    """Text cells with (group, column) headers → a standalone HTML page (``best`` cells bold)."""
+    text = text.copy()
+    best = _no_best(text) if best is None else best.copy()
     text.columns.names = [None, None]
     text.index.name = None  # else Styler adds a header row holding only the index name
     best.columns, best.index = text.columns, text.index
@@ -152,3 +180,16 @@ def render(table: "pd.DataFrame", fmt: str, caption: str = "", label: str = "tab
     if fmt == "html":
         return to_html(table, caption=caption, title=title)
     raise ValueError(f"--format {fmt!r} is not valid: {', '.join(FORMATS)}")
+
+
+def render_cells(text: "pd.DataFrame", fmt: str, caption: str = "", label: str = "tab:reidbench",
+                 title: str = "reidbench report") -> str:
+    """Already formatted text cells (index = rows, columns = (group, column)) in ``fmt`` (latex,
+    markdown, html; CSV is numbers, so each report writes its own). Nothing is bold."""
+    if fmt == "latex":
+        return cells_to_latex(text, caption=caption, label=label)
+    if fmt == "markdown":
+        return cells_to_markdown(text, caption=caption)
+    if fmt == "html":
+        return cells_to_html(text, caption=caption, title=title)
+    raise ValueError(f"--format {fmt!r} is not valid for text cells: latex, markdown, html")
