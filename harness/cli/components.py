@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from reidbench.harness.cli.common import user_errors
+from reidbench.harness.cli.common import NoOptions, command_options
 
 
 def _params(params_type: Any) -> str:
@@ -41,8 +42,8 @@ def component_lines() -> list[str]:
 
 
 @click.command("components")
-@user_errors
-def components() -> None:
+@command_options(NoOptions)
+def components(opts: NoOptions) -> None:
     """List the registered components a spec can name, with their options and defaults."""
     for line in component_lines():
         click.echo(line)
@@ -84,15 +85,24 @@ def architecture_rows(backbone: str, num_classes: int) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass(frozen=True)
+class ModelsOptions:
+    backbone: str
+    num_classes: int
+    as_json: bool
+
+
 @click.command("models")
 @click.option("--backbone", default="resnet50", show_default=True, help="Backbone to build each architecture with.")
 @click.option("--num-classes", type=int, default=751, show_default=True,
               help="Training identities (classifier width); 751 = Market-1501.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of {name, params, feature_dim, ...}.")
-@user_errors
-def models(backbone: str, num_classes: int, as_json: bool) -> None:
+@command_options(ModelsOptions)
+def models(opts: ModelsOptions) -> None:
     """Every architecture: parameter count (model + loss terms), test-feature width, accepted options."""
     import json
+
+    backbone, num_classes, as_json = opts.backbone, opts.num_classes, opts.as_json
 
     rows = architecture_rows(backbone, num_classes)
     if as_json:
