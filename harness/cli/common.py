@@ -83,8 +83,8 @@ def option_names(options_type: type) -> set[str]:
 
 
 def build_options(options_type: type[Options], values: dict[str, Any]) -> Options:
-    """``options_type`` from click's keyword arguments; a field typed as a dataclass (a shared group)
-    is built from the same keywords. A parameter without a field, or a field without a value and
+    """``options_type`` (a module-level frozen dataclass) from click's keyword arguments; a field typed
+    as a dataclass (a shared group) is built from the same keywords. A parameter without a field, or a field without a value and
     without a default, is a programming error (TypeError), caught by tests/test_cli_help.py."""
     left = dict(values)
 
