@@ -123,7 +123,8 @@ class AblateOptions:
 @click.option("--eval", "evals", default=None, metavar="LIST",
               help="Evaluation variants (from the base file's evaluations: section) to score every trained model "
                    "with besides its default, e.g. rerank,bnneck-table2. No retraining: cached runs are re-scored.")
-@click.option("--dry-run", is_flag=True, help="Print each run's label, hash, changes and cache status; train nothing.")
+@click.option("--dry-run", is_flag=True, help="Print each run's label, hash, changes and cache status, then any "
+                                              "problem found before training (exit code 2); train nothing.")
 @command_options(AblateOptions)
 def ablate(opts: AblateOptions) -> None:
     """Train the base and the base patched step by step with tricks; print the ablation table.
