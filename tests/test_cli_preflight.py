@@ -189,6 +189,6 @@ def test_synthetic_sets_are_not_generated_and_their_identities_come_from_the_rec
     from reidbench.harness.execution.preflight import DataInventory
 
     monkeypatch.setenv("REIDBENCH_DATA", str(tmp_path / "cache"))
-    facts = DataInventory({}).facts("synth-a")
+    facts = DataInventory({}).training_facts("synth-a")
     assert facts.num_train_ids == math.ceil(DEFAULT_DATASETS["synth-a"].num_ids / 2) and not facts.problems
     assert not (tmp_path / "cache").exists()

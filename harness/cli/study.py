@@ -147,7 +147,7 @@ def study(opts: StudyOptions) -> None:
     space, notes = build_space(opts.space, opts.sampler, spec.profile,
                                (spec.data.ids_per_batch, spec.data.imgs_per_id), tuple(spec.data.image_size),
                                batches=batches, image_sizes=sizes,
-                               num_train_ids=inventory.facts(train_name).num_train_ids)
+                               num_train_ids=inventory.training_facts(train_name).num_train_ids)
     plan = plan_study(spec, base_file.stem, tricks, space, opts.objective, opts.trials, name=opts.name,
                       prune=opts.prune, notes=notes, data_paths=data_paths)
     problems = preflight([PlannedRun(f"P×K {p.batch} at {p.size}", plan.point_spec(p)) for p in _points(plan)],

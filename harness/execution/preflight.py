@@ -81,9 +81,16 @@ class DataInventory:
         self._facts: dict[str, DatasetFacts] = {}
 
     def facts(self, name: str) -> DatasetFacts:
+        """What is known of dataset ``name``; an embedded set's training identities are left out (see
+        :meth:`training_facts`)."""
         if name not in self._facts:
             self._facts[name] = self._look(name)
         return self._facts[name]
+
+    def training_facts(self, name: str) -> DatasetFacts:
+        """:meth:`facts` with every training image's identity, also for an embedded set."""
+        facts = self.facts(name)
+        return _synthetic_training_facts(name) if facts.synthetic else facts
 
     def _look(self, name: str) -> DatasetFacts:
         from reidbench.harness.data.synth.cache import DEFAULT_DATASETS
@@ -91,14 +98,14 @@ class DataInventory:
         if name in self.data_paths:
             return _folder_facts(name, self.data_paths[name])
         if name in DEFAULT_DATASETS:
-            return _synthetic_facts(name)
+            return DatasetFacts(name, f"{name} (embedded)", synthetic=True)
         known = sorted(set(DEFAULT_DATASETS) | set(self.data_paths))
         return DatasetFacts(name, name, (f"dataset {name!r} is not known: give its folder with --data {name}=PATH, "
                                          f"or use one of {', '.join(known)}",))
 
 
 @functools.lru_cache(maxsize=8)
-def _synthetic_facts(name: str) -> DatasetFacts:
+def _synthetic_training_facts(name: str) -> DatasetFacts:
     # The generator's layout plan is pure and takes ~0.1 s; nothing is rendered or written.
     from reidbench.harness.data.synth.cache import DEFAULT_DATASETS
     from reidbench.harness.data.synth.domains import get_domain
@@ -261,7 +268,7 @@ def preflight(runs: Sequence[PlannedRun], data_paths: Mapping[str, str], *, gpus
                     for problem in _masks_problems(spec.data.masks, inventory.facts(name)):
                         add(problem, run)
         if spec.data.train not in broken:
-            for problem in _sampler_problems(spec, inventory.facts(spec.data.train), gpus_per_run):
+            for problem in _sampler_problems(spec, inventory.training_facts(spec.data.train), gpus_per_run):
                 add(problem, run)
         if spec.model.pretrained:
             key = (spec.model.backbone, spec.model.weights_path)
