@@ -104,17 +104,21 @@ class DataInventory:
                                          f"or use one of {', '.join(known)}",))
 
 
-@functools.lru_cache(maxsize=8)
 def _synthetic_training_facts(name: str) -> DatasetFacts:
-    # The generator's layout plan is pure and takes ~0.1 s; nothing is rendered or written.
     from reidbench.harness.data.synth.cache import DEFAULT_DATASETS
+
+    # read at call time, as fingerprint.synthetic_fingerprint does, so a patched recipe is seen
+    return DatasetFacts(name, f"{name} (embedded)", train_pids=_train_pids(DEFAULT_DATASETS[name]), synthetic=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _train_pids(recipe) -> tuple[int, ...]:
+    # The generator's layout plan is pure and takes ~0.1 s; nothing is rendered or written.
     from reidbench.harness.data.synth.domains import get_domain
     from reidbench.harness.data.synth.layout import plan_domain
 
-    recipe = DEFAULT_DATASETS[name]
     plan = plan_domain(get_domain(recipe.domain), recipe.num_ids, recipe.seed)
-    pids = tuple(job.pid for job in plan.jobs if job.split == "train")
-    return DatasetFacts(name, f"{name} (embedded)", train_pids=pids, synthetic=True)
+    return tuple(job.pid for job in plan.jobs if job.split == "train")
 
 
 def _folder_facts(name: str, path: str) -> DatasetFacts:
@@ -228,6 +232,12 @@ def _sampler_problems(spec: "RunSpec", facts: DatasetFacts, gpus_per_run: int) -
     return []
 
 
+def _reads_pretrained(arch: str) -> bool:
+    from reidbench.models.architectures import ARCHITECTURES
+
+    return "pretrained" in ARCHITECTURES.get(arch).model_fields
+
+
 def _runs_phrase(labels: Sequence[str], total: int) -> str:
     labels = list(dict.fromkeys(labels))
     if total > 1 and len(labels) == total:
@@ -270,7 +280,7 @@ def preflight(runs: Sequence[PlannedRun], data_paths: Mapping[str, str], *, gpus
         if spec.data.train not in broken:
             for problem in _sampler_problems(spec, inventory.training_facts(spec.data.train), gpus_per_run):
                 add(problem, run)
-        if spec.model.pretrained:
+        if spec.model.pretrained and _reads_pretrained(spec.model.arch):
             key = (spec.model.backbone, spec.model.weights_path)
             if key not in weights_seen:
                 weights_seen[key] = weights(*key)
