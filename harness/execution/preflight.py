@@ -147,9 +147,16 @@ def weights_problem(backbone: str, weights_path: str | None) -> str | None:
     """None when ``backbone``'s ImageNet weights (or ``weights_path``) can be had, else why not (one line).
 
     Looks at the sources ``models/pretrained.load_pretrained`` would read, in its order, without
-    reading any tensor. Written against today's offline-only pretrained.py: once it offers
-    ``weights_available`` (downloads), this body becomes that one call.
+    reading any tensor. With weight downloads (``models/weights.weights_available``: found here, or
+    downloadable unless offline) that function answers; the lines after it read the offline-only
+    pretrained.py this branch started from, and go once both are merged.
     """
+    try:
+        from reidbench.models.weights import weights_available
+    except ImportError:
+        weights_available = None
+    if weights_available is not None:
+        return weights_available(backbone, weights_path)
     if weights_path:
         file = Path(weights_path).expanduser()
         return None if file.is_file() else f"model.weights_path={weights_path!r}: no such file"
