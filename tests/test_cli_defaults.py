@@ -217,3 +217,19 @@ def test_train_records_a_failure_and_retries_it(study_spec_file, tiny_market, tm
     after = Store(db).find_run(record.run_hash)
     assert after.status == "done" and after.attempts == 2 and "training" in retried.output
     assert after.out_dir == str(Path("runs") / short)
+
+
+def test_choose_rows_fills_in_what_the_command_line_leaves_out():
+    from reidbench.harness.ablation.defaults import DefaultAblation, Rows, choose_rows
+    from reidbench.tricks import PAPER_ORDER
+
+    steps_default = DefaultAblation(steps="components", add=PAPER_ORDER)
+    tricks_default = DefaultAblation(add=("warmup", "rea"), mode="single")
+    assert choose_rows(steps_default, None, None, None) == Rows("components", (), "steps", True)
+    assert choose_rows(steps_default, None, "single", None) == Rows(None, PAPER_ORDER, "single", True)
+    assert choose_rows(steps_default, None, None, "readings") == Rows("readings", (), "steps", False)
+    assert choose_rows(tricks_default, None, None, None) == Rows(None, ("warmup", "rea"), "single", True)
+    assert choose_rows(tricks_default, None, "leave-one-out", None) == Rows(None, ("warmup", "rea"), "leave-one-out",
+                                                                            True)
+    assert choose_rows(tricks_default, "ls, bnneck", None, None) == Rows(None, ("ls", "bnneck"), "cumulative", False)
+    assert choose_rows(tricks_default, "", None, None) == Rows(None, (), "cumulative", False)

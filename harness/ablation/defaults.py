@@ -91,6 +91,33 @@ def parse_default_ablation(raw: Any, where: str, step_lists: Sequence[str]) -> D
     return DefaultAblation(add=tuple(t.name for t in tricks), mode=str(mode))
 
 
+@dataclass(frozen=True)
+class Rows:
+    """What an ``ablate`` command line's rows are, once the base's default fills in what it leaves out."""
+
+    steps: str | None  # a step list of the file, or None: tricks
+    tricks: tuple[str, ...]  # trick names, in order (empty with steps)
+    mode: str  # cumulative | single | leave-one-out | steps
+    by_default: bool  # the base's default tricks: those that do not apply are skipped, not refused
+
+
+def choose_rows(default: DefaultAblation, add: str | None, mode: str | None, steps: str | None) -> Rows:
+    """The rows of ``ablate --add ADD --mode MODE --steps STEPS`` (None: not given) on a base with ``default``.
+
+    ``--steps`` wins; with none of the three the default step list or tricks; ``--mode`` alone ablates
+    the default tricks (never a step list); ``--add`` is taken as given.
+    """
+    from reidbench.harness.ablation.expand import STEPS_MODE
+
+    if steps is not None:
+        return Rows(steps, (), STEPS_MODE, False)
+    if add is None and mode is None and default.steps is not None:
+        return Rows(default.steps, (), STEPS_MODE, True)
+    if add is None:
+        return Rows(None, default.add, mode or default.mode, True)
+    return Rows(None, tuple(s.strip() for s in add.split(",") if s.strip()), mode or "cumulative", False)
+
+
 def applicable_tricks(base: "RunSpec", tricks: Sequence["Trick"], mode: str = "cumulative"
                       ) -> tuple[tuple["Trick", ...], tuple[tuple["Trick", str], ...]]:
     """(the tricks that apply, (trick, why not) for the others), in the given order.

@@ -145,8 +145,7 @@ def ablate(opts: AblateOptions) -> None:
       any other  BoT's six that apply to it (the others named on stderr)
     --mode without --add ablates those tricks, never a step list.
     """
-    from reidbench.harness.ablation.defaults import applicable_tricks, parse_default_ablation
-    from reidbench.harness.ablation.expand import STEPS_MODE
+    from reidbench.harness.ablation.defaults import applicable_tricks, choose_rows, parse_default_ablation
     from reidbench.harness.ablation.plan import ablation_table, dry_run_lines, plan_ablation, run_plan
     from reidbench.harness.evaluation.settings import parse_variants
     from reidbench.harness.execution.preflight import PlannedRun, PreflightError, preflight, trick_problems
@@ -170,15 +169,11 @@ def ablate(opts: AblateOptions) -> None:
     step_lists = parse_step_lists(extras.get("ablations"), f"{base_file.name}: ablations")
     default = parse_default_ablation(extras.get("default_ablation"), f"{base_file.name}: default_ablation",
                                      list(step_lists))
-    by_default = opts.add is None and steps_name is None
-    if by_default and mode is None and default.steps is not None:
-        steps_name = default.steps
-        log(f"--base {base_file.stem}: no --add/--mode/--steps, so its default_ablation: --steps {steps_name}")
-    mode = STEPS_MODE if steps_name is not None else (mode or (default.mode if by_default else "cumulative"))
-    if steps_name is not None:
-        tricks = ()
-    else:
-        tricks = parse_trick_list(default.add if by_default else (opts.add or ""))
+    rows = choose_rows(default, opts.add, mode, steps_name)
+    if rows.by_default and rows.steps is not None:
+        log(f"--base {base_file.stem}: no --add/--mode/--steps, so its default_ablation: --steps {rows.steps}")
+    steps_name, mode, by_default = rows.steps, rows.mode, rows.by_default
+    tricks = parse_trick_list(rows.tricks)
     step_list = None
     if steps_name is not None:
         if steps_name not in step_lists:
