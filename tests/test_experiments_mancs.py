@@ -111,7 +111,9 @@ def _ablate(base: Path, data: Path, tmp_path: Path, *extra: str):
 
 def test_ablate_lists_the_mancs_steps(tiny_market, tmp_path):
     result = _ablate(MANCS, tiny_market, tmp_path, "--steps", "components", "--dry-run")
-    assert result.exit_code == 0, result.output
+    # listed, then refused as the real command would be: P = 16 of tiny's 6 identities
+    assert result.exit_code == 2, result.output
+    assert "reidbench: error: data.ids_per_batch=16: the training set --data tiny=" in result.output
     for label in ("Mancs", "w/o CS", "w/o FAB", "w/o focal", "w/o REA", "cls + rank baseline"):
         assert label in result.output
     assert "model.fab: (default) → False" in result.output
@@ -123,6 +125,7 @@ def test_a_tiny_copy_of_the_mancs_steps_trains_end_to_end(tiny_market, tmp_path)
     raw["profiles"]["cpu"]["schedule"] = {"max_epochs": 1}
     steps = raw["ablations"]["components"]["steps"]
     raw["ablations"] = {"tiny": {"summary": "two rows", "steps": [steps[0], steps[-1]]}}
+    raw["default_ablation"] = {"steps": "tiny"}  # it must name one of the file's step lists
     base = tmp_path / "tiny-mancs.yaml"
     base.write_text(yaml.safe_dump(raw))
     result = _ablate(base, tiny_market, tmp_path, "--steps", "tiny")

@@ -435,11 +435,16 @@ def test_real_geng_step_lists_dry_run_and_the_listings(tiny_market, tmp_path):
     from reidbench.harness.cli import main
 
     for name, rows in (("losses", 4), ("dropout", 4), ("fine-tuning", 2)):
+        # on synth-a (fingerprinted from its recipe, not generated): tiny's 6 identities are fewer than
+        # geng's P = 32, which --dry-run reports as the command would (exit code 2, after the listing)
         result = CliRunner().invoke(main, ["ablate", "--base", "geng", "--steps", name, "--dry-run", "--profile",
-                                           "cpu", "--data", f"tiny={tiny_market}",
-                                           "--db", f"sqlite:///{tmp_path / 'r.db'}"])
+                                           "cpu", "--db", f"sqlite:///{tmp_path / 'r.db'}"])
         assert result.exit_code == 0, result.output
         assert f"{rows} run(s)" in result.output
+    small = CliRunner().invoke(main, ["ablate", "--base", "geng", "--steps", "losses", "--dry-run", "--profile",
+                                      "cpu", "--data", f"tiny={tiny_market}", "--db", f"sqlite:///{tmp_path / 'r.db'}"])
+    assert small.exit_code == 2 and "4 run(s)" in small.output
+    assert "data.ids_per_batch=32: the training set --data tiny=" in small.output
     tricks = CliRunner().invoke(main, ["tricks"])
     assert any(line.split()[:2] == ["two-step", "v1"] for line in tricks.output.splitlines())
     components = CliRunner().invoke(main, ["components"])

@@ -16,6 +16,7 @@ import torch
 from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from reidbench.harness.train.runner import RESULT_NAME, RuntimeOptions, execute
 from reidbench.harness.spec import load_spec_file
+from reidbench.harness.store import Store
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -92,8 +93,8 @@ def test_kill_9_mid_run_then_same_command_resumes_to_identical_weights(uninterru
     spec_file, full_dir, full = uninterrupted
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "reidbench.harness.cli", "train", str(spec_file), "--data", f"tiny={tiny_market}",
-           "--out", str(out), "--device", "cpu", "--workers", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "--out", str(out), "--device", "cpu", "--workers", "0", "--db", f"sqlite:///{tmp_path / 'results.db'}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     deadline = time.time() + 120
     ckpt = out / CHECKPOINT_NAME
     while time.time() < deadline and not ckpt.exists() and proc.poll() is None:
@@ -104,9 +105,12 @@ def test_kill_9_mid_run_then_same_command_resumes_to_identical_weights(uninterru
     killed_at = load_checkpoint(ckpt)["epoch"]
     assert killed_at < 3, "the run finished before it could be killed; the test proves nothing"
     assert not (out / RESULT_NAME).exists()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"resuming after epoch {killed_at}/3" in done.stderr
+    # the killed claim (its process gone) was taken over at once: one run, two attempts, done
+    (run,) = Store(f"sqlite:///{tmp_path / 'results.db'}").list_runs()
+    assert run.status == "done" and run.attempts == 2 and run.out_dir == str(out)
     assert _same(_weights(out), _weights(full_dir))
     assert json.loads((out / RESULT_NAME).read_text())["metrics"] == full.metrics
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from reidbench.harness.cli.common import (
     EXIT_PROBLEMS,
+    DataOptions,
+    NoOptions,
+    RunOptions,
+    SpecOptions,
+    StoreOptions,
     UserError,
-    check_gpus_per_run,
+    command_options,
     data_option,
     db_option,
     default_profile,
@@ -18,15 +24,12 @@ from reidbench.harness.cli.common import (
     epochs_option,
     gpus_per_run_option,
     loader_workers_option,
-    open_store,
-    parse_data_options,
     profile_option,
     resolve_base,
     runs_dir_option,
-    user_errors,
 )
 
-DEFAULT_ADD = "warmup,rea,ls,stride,bnneck,center"
+DEFAULT_ADD = "warmup,rea,ls,stride,bnneck,center"  # BoT's six (tricks.PAPER_ORDER); a base without default_ablation
 
 
 def _intervals(store, ablation_id: int, log):
@@ -51,7 +54,8 @@ def _echo_speed(store, ablation_id: int) -> None:
 
 
 @click.command("tricks")
-def tricks_cmd() -> None:
+@command_options(NoOptions)
+def tricks_cmd(opts: NoOptions) -> None:
     """List the registered tricks (paper order) with their summaries."""
     from reidbench.tricks import registered_tricks
 
@@ -62,10 +66,35 @@ def tricks_cmd() -> None:
         click.echo(f"{t.name:<{width}} v{t.version}  {t.summary}{aliases}")
 
 
+@dataclass(frozen=True)
+class AblateOptions:
+    base: str
+    add: str | None
+    mode: str | None
+    steps_name: str | None
+    preset: str | None
+    seeds: int | None
+    seed: int | None
+    train_on: str | None
+    test_on: str | None
+    executor: str
+    gpus: str | None
+    timeout_min: int
+    runs_dir: Path
+    evals: str | None
+    dry_run: bool
+    resolution: str | None
+    data: DataOptions
+    spec: SpecOptions
+    run: RunOptions
+    store: StoreOptions
+
+
 @click.command()
 @click.option("--base", default="bot", show_default=True, help="Base name in experiments/ or a YAML path.")
 @click.option("--add", "add", default=None, metavar="LIST",
-              help=f"Comma-separated tricks, applied in this order (see `reidbench tricks`) [default: {DEFAULT_ADD}].")
+              help="Comma-separated tricks, applied in this order (see `reidbench tricks`) [default: the base "
+                   "file's default_ablation, listed above; bot: " + DEFAULT_ADD + "].")
 @click.option("--mode", type=click.Choice(["cumulative", "single", "leave-one-out", "factorial", "fractional"]),
               default=None,
               help="cumulative: Table 1 rows; single: base+each; leave-one-out: all and all−each; factorial: all 2^k "
@@ -102,70 +131,80 @@ def tricks_cmd() -> None:
 @click.option("--eval", "evals", default=None, metavar="LIST",
               help="Evaluation variants (from the base file's evaluations: section) to score every trained model "
                    "with besides its default, e.g. rerank,bnneck-table2. No retraining: cached runs are re-scored.")
-@click.option("--dry-run", is_flag=True, help="Print each run's label, hash, changes and cache status; train nothing.")
-def ablate(base: str, add: str | None, mode: str | None, steps_name: str | None, preset: str | None, seeds: int | None, seed: int | None, train_on: str | None,
-           test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None, executor: str,
-           gpus: str | None, gpus_per_run: int, timeout_min: int, device: str, loader_workers: int | None,
-           runs_dir: Path, db_url: str | None, evals: str | None, dry_run: bool, resolution: str | None) -> None:
+@click.option("--dry-run", is_flag=True, help="Print each run's label, hash, changes and cache status, then any "
+                                              "problem found before training (exit code 2); train nothing.")
+@command_options(AblateOptions)
+def ablate(opts: AblateOptions) -> None:
     """Train the base and the base patched step by step with tricks; print the ablation table.
 
     Every run is cached in the results database by its spec hash: re-running trains only what is
-    missing (failed runs are retried, killed runs resume from their checkpoint).
+    missing (failed runs are retried, killed runs resume from their checkpoint). Problems certain
+    before training (data folders, P against the training identities, ImageNet weights, tricks
+    that do not apply) are listed first, one line each, and nothing is recorded.
+
+    \b
+    With no --add, --mode or --steps, a base runs its file's default_ablation
+    (`reidbench bases NAME` shows it):
+      bot, mgn   BoT's six tricks, cumulatively (bot: the paper's Table 1)
+      agw        --steps nonlocal-channels (BoT's six are in the base already)
+      geng       --steps losses (the paper's own; center loss does not apply)
+      mancs      --steps components (the paper's own; 4 of BoT's six do not apply)
+      spreid     --steps features (the paper's own; bnneck, center do not apply)
+      any other  BoT's six that apply to it (the others named on stderr)
+    --mode without --add ablates those tricks, never a step list.
     """
-    _ablate(base, add, mode, seeds, seed, train_on, test_on, data_items, epochs, profile, executor, gpus,
-            timeout_min, device, loader_workers, runs_dir, db_url, dry_run, evals, steps_name, preset, gpus_per_run,
-            resolution)
-
-
-@user_errors
-def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, seed: int | None, train_on: str | None,
-            test_on: str | None, data_items: tuple[str, ...], epochs: int | None, profile: str | None,
-            executor_kind: str, gpus: str | None, timeout_min: int, device: str, workers: int | None,
-            runs_dir: Path, db_url: str | None, dry_run: bool, evals: str | None = None, steps_name: str | None = None,
-            preset: str | None = None, gpus_per_run: int = 1, resolution: str | None = None) -> None:
+    from reidbench.harness.ablation.defaults import applicable_tricks, choose_rows, parse_default_ablation
     from reidbench.harness.ablation.plan import ablation_table, dry_run_lines, plan_ablation, run_plan
     from reidbench.harness.evaluation.settings import parse_variants
-    from reidbench.harness.ablation.expand import STEPS_MODE
+    from reidbench.harness.execution.preflight import PlannedRun, PreflightError, preflight, trick_problems
     from reidbench.harness.spec import RunSpec, load_base_file, replace_section, with_epochs
     from reidbench.harness.spec.patches import apply_patch, parse_presets, parse_step_lists
     from reidbench.tricks import parse_trick_list
 
+    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    seeds, seed, steps_name, mode = opts.seeds, opts.seed, opts.steps_name, opts.mode
     if seeds is not None and seed is not None:
         raise UserError("--seeds and --seed are exclusive: give one")
     if seeds is not None and seeds < 1:
         raise UserError(f"--seeds {seeds} is not valid: an integer >= 1")
-    if steps_name is not None and (add is not None or mode is not None):
-        raise UserError(f"--steps {steps_name} gives the rows itself: drop {'--add' if add is not None else '--mode'}")
-    mode = STEPS_MODE if steps_name is not None else (mode or "cumulative")
-    tricks = parse_trick_list(DEFAULT_ADD if add is None and steps_name is None else (add or ""))
-    data_paths = parse_data_options(data_items)
-    base_file = resolve_base(base)
-    chosen_profile = profile or default_profile()
+    if steps_name is not None and (opts.add is not None or mode is not None):
+        raise UserError(f"--steps {steps_name} gives the rows itself: drop {'--add' if opts.add is not None else '--mode'}")
+    data_paths = opts.data.paths
+    base_file = resolve_base(opts.base)
+    chosen_profile = opts.spec.profile or default_profile()
     spec, extras = load_base_file(base_file, chosen_profile)
     presets = parse_presets(extras.get("presets"), f"{base_file.name}: presets")
     step_lists = parse_step_lists(extras.get("ablations"), f"{base_file.name}: ablations")
+    default = parse_default_ablation(extras.get("default_ablation"), f"{base_file.name}: default_ablation",
+                                     list(step_lists))
+    rows = choose_rows(default, opts.add, mode, steps_name)
+    if rows.by_default and rows.steps is not None:
+        log(f"--base {base_file.stem}: no --add/--mode/--steps, so its default_ablation: --steps {rows.steps}")
+    steps_name, mode, by_default = rows.steps, rows.mode, rows.by_default
+    tricks = parse_trick_list(rows.tricks)
     step_list = None
     if steps_name is not None:
         if steps_name not in step_lists:
             raise UserError(f"--steps {steps_name!r} is not an ablation step list of {base_file.name}; valid: "
                             f"{', '.join(step_lists) or 'none defined (add an ablations: section)'}")
         step_list = step_lists[steps_name]
-    if preset is not None:
-        if preset not in presets:
-            raise UserError(f"--preset {preset!r} is not a preset of {base_file.name}; valid: "
+    if opts.preset is not None:
+        if opts.preset not in presets:
+            raise UserError(f"--preset {opts.preset!r} is not a preset of {base_file.name}; valid: "
                             f"{', '.join(presets) or 'none defined (add a presets: section)'}")
-        spec = apply_patch(spec, presets[preset], presets=presets)
+        spec = apply_patch(spec, presets[opts.preset], presets=presets)
     defined = parse_variants(extras.get("evaluations"), where=f"{base_file}: evaluations")
-    chosen = [v.strip() for v in (evals or "").split(",") if v.strip()]
+    chosen = [v.strip() for v in (opts.evals or "").split(",") if v.strip()]
     unknown = [v for v in chosen if v not in {d.name for d in defined}]
     if unknown:
         raise UserError(f"--eval {unknown[0]!r} is not an evaluation variant of {base_file.name}; valid: "
                         f"{', '.join(d.name for d in defined) or 'none defined (add an evaluations: section)'}")
     variants = tuple(d for d in defined if d.name in chosen)
-    train_name = train_on or (next(iter(data_paths)) if data_paths else spec.data.train)
-    tests = tuple(t for t in (test_on.split(",") if test_on else (list(data_paths) or spec.data.test)) if t)
+    train_name = opts.train_on or (next(iter(data_paths)) if data_paths else spec.data.train)
+    tests = tuple(t for t in (opts.test_on.split(",") if opts.test_on else (list(data_paths) or spec.data.test)) if t)
     # Same-domain test set first, as the paper's tables do.
     tests = tuple(sorted(dict.fromkeys(tests), key=lambda t: t != train_name))
+    epochs = opts.spec.epochs
 
     def prepare(one: RunSpec) -> RunSpec:
         """What the command line changes, applied alike to the base and to any other base a step starts from."""
@@ -177,35 +216,51 @@ def _ablate(base: str, add: str | None, mode: str | None, seeds: int | None, see
         return prepare(load_base_file(resolve_base(name), chosen_profile)[0])
 
     spec = prepare(spec)
+    if step_list is None:
+        if by_default:  # the base's default tricks: those that do not apply are skipped, saying why
+            tricks, skipped = applicable_tricks(spec, tricks, mode)
+            for trick, why in skipped:
+                log(f"--base {base_file.stem}: default trick {trick.name} skipped: {why}")
+        else:  # the user's --add: every trick that does not apply is an error, all of them at once
+            problems = trick_problems(spec, tricks, mode)
+            if problems:
+                raise PreflightError(problems)
     seed_list = list(range(seeds)) if seeds is not None else [seed if seed is not None else spec.train.seed]
     plan = plan_ablation(spec, base_file.stem, tricks, mode, seed_list, data_paths=data_paths, variants=variants,
-                         step_list=step_list, presets=presets, load_base=load_other, download_weights=not dry_run,
-                         resolution=resolution.upper() if resolution else None)
-    check_gpus_per_run([s.spec for s in plan.steps], gpus_per_run)
-    store = open_store(db_url)
-    if dry_run and plan.design is not None:  # factorial / fractional: the design matrix and alias structure
-        from reidbench.harness.ablation.designs import design_dry_run_lines
+                         step_list=step_list, presets=presets, load_base=load_other, download_weights=not opts.dry_run,
+                         resolution=opts.resolution.upper() if opts.resolution else None)
+    # Before the database is opened: a problem certain now records nothing.
+    problems = preflight([PlannedRun(s.label, s.spec) for s in plan.steps], data_paths,
+                         gpus_per_run=opts.run.gpus_per_run)
+    if opts.dry_run:
+        if plan.design is not None:  # factorial / fractional: the design matrix and alias structure
+            from reidbench.harness.ablation.designs import design_dry_run_lines
 
-        click.echo("\n".join(design_dry_run_lines(plan, store)))
+            click.echo("\n".join(design_dry_run_lines(plan, opts.store.open())))
+        else:
+            for line in dry_run_lines(plan, opts.store.open().statuses(plan.unique_hashes())):
+                click.echo(line)
+        if problems:
+            raise PreflightError(problems)
         return
-    if dry_run:
-        for line in dry_run_lines(plan, store.statuses(plan.unique_hashes())):
-            click.echo(line)
-        return
+    if problems:
+        raise PreflightError(problems)
+    store = opts.store.open()
     from reidbench.harness.execution.executors import build_executor
 
-    log = lambda line: click.echo(line, err=True)  # noqa: E731
-    gpu_list = [g for g in (gpus or "").split(",") if g.strip()]
-    runner = build_executor(executor_kind, runs_dir / "_submitit", gpus=gpu_list, timeout_min=timeout_min, log=log,
-                            gpus_per_run=gpus_per_run, device=device)
+    gpu_list = [g for g in (opts.gpus or "").split(",") if g.strip()]
+    runner = build_executor(opts.executor, opts.runs_dir / "_submitit", gpus=gpu_list, timeout_min=opts.timeout_min,
+                            log=log, gpus_per_run=opts.run.gpus_per_run, device=opts.run.device)
     meta = {"profile": spec.profile, "epochs": spec.schedule.max_epochs, "full_epochs": spec.full_epochs,
-            "tricks": [t.name for t in tricks], "step_list": steps_name, "preset": preset, "train": train_name, "test": list(tests), "seeds": seed_list,
+            "tricks": [t.name for t in tricks], "step_list": steps_name, "preset": opts.preset, "train": train_name,
+            "test": list(tests), "seeds": seed_list,
             "variants": [{"name": v.name, "label": v.label, "settings": dict(v.changes), "steps": list(v.steps)}
                          for v in variants],
             "train_fingerprint": plan.train_fingerprint, "test_fingerprints": dict(plan.test_fingerprints),
             "command": " ".join(sys.argv[1:])}
-    ablation_id = run_plan(plan, store, runner, runs_dir, device=device, num_workers=workers, data_paths=data_paths,
-                           meta=meta, progress=None, log=log)
+    ablation_id = run_plan(plan, store, runner, opts.runs_dir, device=opts.run.device,
+                           num_workers=opts.run.loader_workers, data_paths=data_paths, meta=meta, progress=None,
+                           log=log)
     if plan.design is not None:  # the rows, then the design's effects and Shapley tables (cli/design.py)
         from reidbench.harness.cli.design import design_after_ablate
 

@@ -1,13 +1,22 @@
-"""Pieces shared by every CLI module: the one-line user error, --db and --data handling.
+"""Pieces shared by every CLI module: the one-line user error, the options objects, --db and --data.
+
+Every command is written once: its click options are collected into one frozen dataclass
+(``@command_options(XOptions)``, the innermost decorator) and the command body takes that one
+typed object. Options used by several commands are fields of the small shared dataclasses below
+(``DataOptions``, ``StoreOptions``, ``RunOptions``, ``SpecOptions``), each holding the values of
+option decorators defined once here.
 
 Imports only click (and the store lazily), so ``--help`` stays instant.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import click
 
@@ -32,10 +41,90 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (ValueError, FileNotFoundError, KeyError, PermissionError) as exc:
+            problems = getattr(exc, "problems", None)  # several at once (execution/preflight.PreflightError)
+            if problems:
+                raise ManyUserErrors(list(problems)) from None
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             raise UserError(str(msg).splitlines()[0] if str(msg) else type(exc).__name__) from None
 
     return wrapper
+
+
+class ManyUserErrors(click.ClickException):
+    """Several problems found at once (a preflight): one line each on stderr, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__(lines[0] if lines else "")
+        self.lines = tuple(lines)
+
+    def show(self, file: Any = None) -> None:
+        for line in self.lines:
+            click.echo(f"reidbench: error: {line}", err=True, file=file)
+
+
+# ------------------------------------------------------------------ one options object per command
+
+Options = TypeVar("Options")
+
+
+def _fields_of(options_type: type) -> list[tuple[str, Any, dataclasses.Field]]:
+    hints = typing.get_type_hints(options_type)
+    return [(f.name, hints[f.name], f) for f in dataclasses.fields(options_type)]
+
+
+def option_names(options_type: type) -> set[str]:
+    """Every click parameter name an options type takes (its shared groups' fields included)."""
+    names: set[str] = set()
+    for name, hint, _ in _fields_of(options_type):
+        names |= option_names(hint) if dataclasses.is_dataclass(hint) else {name}
+    return names
+
+
+def build_options(options_type: type[Options], values: dict[str, Any]) -> Options:
+    """``options_type`` (a module-level frozen dataclass) from click's keyword arguments; a field typed
+    as a dataclass (a shared group) is built from the same keywords. A parameter without a field, or a field without a value and
+    without a default, is a programming error (TypeError), caught by tests/test_cli_help.py."""
+    left = dict(values)
+
+    def build(cls: type) -> Any:
+        kwargs = {}
+        for name, hint, f in _fields_of(cls):
+            if dataclasses.is_dataclass(hint):
+                kwargs[name] = build(hint)
+            elif name in left:
+                kwargs[name] = left.pop(name)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise TypeError(f"{cls.__name__}.{name}: no click parameter gives it a value")
+        return cls(**kwargs)
+
+    built = build(options_type)
+    if left:
+        raise TypeError(f"{options_type.__name__} has no field for the click parameter(s) {', '.join(sorted(left))}")
+    return built
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options object of a command that takes none."""
+
+
+def command_options(options_type: type[Options]) -> Callable[[Callable[[Options], Any]], Callable[..., Any]]:
+    """Make ``fn(opts)`` a click callback: click's parameters become one ``options_type`` and the
+    library's user-facing exceptions one-line errors (exit code 2). Put it right above ``def``."""
+
+    def decorate(fn: Callable[[Options], Any]) -> Callable[..., Any]:
+        body = user_errors(fn)
+
+        @functools.wraps(fn)
+        def callback(**values: Any) -> Any:
+            return body(build_options(options_type, values))
+
+        callback.options_type = options_type  # type: ignore[attr-defined]  # for the tests' contract check
+        return callback
+
+    return decorate
 
 
 def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,6 +137,44 @@ def open_store(db_url: str | None):
     from reidbench.harness.store import Store
 
     return Store(db_url or Store.default_url())
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """``--db`` (``db_option``)."""
+
+    db_url: str | None = None
+
+    def open(self):
+        return open_store(self.db_url)
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """``--data NAME=PATH ...`` (``data_option``)."""
+
+    data_items: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> dict[str, str]:
+        return parse_data_options(self.data_items)
+
+
+@dataclass(frozen=True)
+class SpecOptions:
+    """What the command line changes in every planned spec: ``--profile``, ``--epochs``."""
+
+    profile: str | None = None
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how runs execute, never hashed: ``--device``, loader workers, ``--gpus-per-run``."""
+
+    device: str = "auto"
+    loader_workers: int | None = None
+    gpus_per_run: int = 1
 
 
 def parse_data_options(items: Sequence[str]) -> dict[str, str]:
@@ -130,18 +257,17 @@ def gpus_per_run_option(fn: Callable[..., Any]) -> Callable[..., Any]:
                              "not hashed (docs/distributed.md).")(fn)
 
 
-def check_gpus_per_run(specs: Sequence[Any], gpus_per_run: int) -> None:
-    """Every planned spec's P splits between the G processes; else one line, before anything trains."""
-    if gpus_per_run > 1:
-        from reidbench.harness.train.distributed import check_batch_split
-
-        for spec in specs:
-            check_batch_split(spec.data.ids_per_batch, gpus_per_run)
-
-
 def runs_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
                         show_default=True, help="Where run folders (checkpoints, logs, features) go.")(fn)
+
+
+@dataclass(frozen=True)
+class IntervalOptions:
+    """``--interval``, ``--resamples`` (``interval_options``)."""
+
+    interval: str = "auto"
+    resamples: int = 1000
 
 
 def interval_options(fn: Callable[..., Any]) -> Callable[..., Any]:

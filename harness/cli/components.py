@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from reidbench.harness.cli.common import UserError, profile_option, user_errors
+from reidbench.harness.cli.common import NoOptions, UserError, command_options, profile_option
 
 
 def _params(params_type: Any) -> str:
@@ -41,8 +42,8 @@ def component_lines() -> list[str]:
 
 
 @click.command("components")
-@user_errors
-def components() -> None:
+@command_options(NoOptions)
+def components(opts: NoOptions) -> None:
     """List the registered components a spec can name, with their options and defaults."""
     for line in component_lines():
         click.echo(line)
@@ -127,6 +128,16 @@ def step_rows(base: str, steps_name: str, profile: str | None, num_classes: int,
     return rows
 
 
+@dataclass(frozen=True)
+class ModelsOptions:
+    backbone: str | None
+    num_classes: int
+    base: str | None
+    steps_name: str | None
+    profile: str | None
+    as_json: bool
+
+
 @click.command("models")
 @click.option("--backbone", default=None,
               help="Backbone to build each architecture with [default: resnet50; with --steps: each step's own].")
@@ -138,12 +149,14 @@ def step_rows(base: str, steps_name: str, profile: str | None, num_classes: int,
                    "NAME (e.g. bot's pooling): the step's model, its loss terms' parameters, its test-feature width.")
 @profile_option
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of {name, params, feature_dim, ...}.")
-@user_errors
-def models(backbone: str | None, num_classes: int, base: str | None, steps_name: str | None, profile: str | None,
-           as_json: bool) -> None:
+@command_options(ModelsOptions)
+def models(opts: ModelsOptions) -> None:
     """Every architecture (or every step of a step list): parameter count (model + loss terms),
     test-feature width, options."""
     import json
+
+    backbone, num_classes, base, steps_name, profile, as_json = (opts.backbone, opts.num_classes, opts.base,
+                                                                 opts.steps_name, opts.profile, opts.as_json)
 
     if steps_name is None and (base is not None or profile is not None):
         raise UserError(f"{'--base' if base is not None else '--profile'} is only read with --steps NAME; "

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from reidbench.harness.cli.common import UserError, db_option, open_store, parse_data_options, user_errors
+from reidbench.harness.cli.common import DataOptions, StoreOptions, UserError, command_options, db_option
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 # what the command can change, in name order
 _SETTINGS = ("feature", "normalize", "metric", "flip", "rerank", "rescore", "rescore_options")
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    run_ref: str | None
+    features_file: Path | None
+    test_on: str | None
+    feature: str | None
+    metric: str | None
+    normalize: bool | None
+    flip: bool | None
+    rerank: bool
+    rescore: str | None
+    rescore_items: tuple[str, ...]
+    device: str
+    as_json: bool
+    data: DataOptions
+    store: StoreOptions
 
 
 @click.command()
@@ -42,10 +61,8 @@ _SETTINGS = ("feature", "normalize", "metric", "flip", "rerank", "rescore", "res
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def evaluate(run_ref: str | None, features_file: Path | None, test_on: str | None, feature: str | None,
-             metric: str | None, normalize: bool | None, flip: bool | None, rerank: bool, rescore: str | None,
-             rescore_items: tuple[str, ...], data_items: tuple[str, ...], device: str, db_url: str | None,
-             as_json: bool) -> None:
+@command_options(EvaluateOptions)
+def evaluate(opts: EvaluateOptions) -> None:
     """Score a stored run from its checkpoint without training (--run), or externally computed
     features (--features), with the Market protocol (R1/R5/R10/mAP/mINP).
 
@@ -54,8 +71,29 @@ def evaluate(run_ref: str | None, features_file: Path | None, test_on: str | Non
     already saved in the run folder with the same feature settings are reused. A re-scored evaluation
     (--rescore) is recorded beside the plain and re-ranked ones.
     """
-    _evaluate(run_ref, features_file, test_on, feature, metric, normalize, flip, rerank, data_items, device, db_url,
-              as_json, rescore, rescore_items)
+    if (opts.run_ref is None) == (opts.features_file is None):
+        raise UserError("give either --run HASH (score a stored run) or --features F.npz, not "
+                        + ("both" if opts.run_ref is not None else "neither"))
+    if opts.rescore_items and opts.rescore is None:
+        raise UserError("--rescore-option needs --rescore NAME")
+    if opts.features_file is not None:
+        run_only = [name for name, value in (("--test-on", opts.test_on), ("--feature", opts.feature),
+                                             ("--flip", opts.flip), ("--data", opts.data.data_items),
+                                             ("--db", opts.store.db_url), ("--rescore", opts.rescore))
+                    if value not in (None, ())]
+        if opts.device != "auto":
+            run_only.append("--device")
+        if run_only:
+            raise UserError(f"{run_only[0]} needs --run: --features scores features already computed")
+        _evaluate_features(opts.features_file, opts.rerank, opts.metric or "euclidean", bool(opts.normalize),
+                           opts.as_json)
+        return
+    changes = {k: v for k, v in (("feature", opts.feature), ("metric", opts.metric), ("normalize", opts.normalize),
+                                 ("flip", opts.flip), ("rerank", opts.rerank or None), ("rescore", opts.rescore))
+               if v is not None}
+    if opts.rescore_items:
+        changes["rescore_options"] = parse_rescore_options(opts.rescore_items)
+    _evaluate_run(str(opts.run_ref), opts.test_on, changes, opts.data.paths, opts.device, opts.store, opts.as_json)
 
 
 def parse_rescore_options(items: tuple[str, ...]) -> tuple[tuple[str, object], ...]:
@@ -72,33 +110,6 @@ def parse_rescore_options(items: tuple[str, ...]) -> tuple[tuple[str, object], .
         except yaml.YAMLError:
             out[key.strip()] = raw
     return tuple(sorted(out.items()))
-
-
-@user_errors
-def _evaluate(run_ref: str | None, features_file: Path | None, test_on: str | None, feature: str | None,
-              metric: str | None, normalize: bool | None, flip: bool | None, rerank: bool,
-              data_items: tuple[str, ...], device: str, db_url: str | None, as_json: bool,
-              rescore: str | None = None, rescore_items: tuple[str, ...] = ()) -> None:
-    if (run_ref is None) == (features_file is None):
-        raise UserError("give either --run HASH (score a stored run) or --features F.npz, not "
-                        + ("both" if run_ref is not None else "neither"))
-    if rescore_items and rescore is None:
-        raise UserError("--rescore-option needs --rescore NAME")
-    if features_file is not None:
-        run_only = [name for name, value in (("--test-on", test_on), ("--feature", feature), ("--flip", flip),
-                                             ("--data", data_items), ("--db", db_url), ("--rescore", rescore))
-                    if value not in (None, ())]
-        if device != "auto":
-            run_only.append("--device")
-        if run_only:
-            raise UserError(f"{run_only[0]} needs --run: --features scores features already computed")
-        _evaluate_features(features_file, rerank, metric or "euclidean", bool(normalize), as_json)
-        return
-    changes = {k: v for k, v in (("feature", feature), ("metric", metric), ("normalize", normalize), ("flip", flip),
-                                 ("rerank", rerank or None), ("rescore", rescore)) if v is not None}
-    if rescore_items:
-        changes["rescore_options"] = parse_rescore_options(rescore_items)
-    _evaluate_run(str(run_ref), test_on, changes, parse_data_options(data_items), device, db_url, as_json)
 
 
 def _evaluate_features(features_file: Path, rerank: bool, metric: str, normalize: bool, as_json: bool) -> None:
@@ -149,13 +160,13 @@ def variant_name(base: Any, wanted: Any) -> tuple[str, str]:
 
 
 def _evaluate_run(run_ref: str, test_on: str | None, changes: dict[str, Any], data_paths: dict[str, str],
-                  device: str, db_url: str | None, as_json: bool) -> None:
+                  device: str, store_options: StoreOptions, as_json: bool) -> None:
     import dataclasses
 
     from reidbench.harness.evaluation.settings import EvaluationSettings, Variant
     from reidbench.harness.spec.loading import spec_from_stored
 
-    store = open_store(db_url)
+    store = store_options.open()
     record = store.get_run(run_ref)
     short = record.run_hash[:12]
     if record.status != "done":

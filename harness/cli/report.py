@@ -7,12 +7,19 @@ numpy are imported inside the commands so every ``--help`` stays instant.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from reidbench.harness.cli.common import db_option, interval_options, open_store, user_errors
+from reidbench.harness.cli.common import (
+    IntervalOptions,
+    StoreOptions,
+    command_options,
+    db_option,
+    interval_options,
+)
 
 TABLE_FORMATS = ("latex", "markdown", "csv", "html")
 _EXTENSION_FORMATS = {".tex": "latex", ".md": "markdown", ".markdown": "markdown", ".csv": "csv",
@@ -47,6 +54,15 @@ def emit(text: str, out: Path | None) -> None:
 # --------------------------------------------------------------------------- report
 
 
+@dataclass(frozen=True)
+class StudyRefOptions:
+    """``--study``, ``--storage``, ``--runs-dir`` (``_study_options``): where a study's trials are."""
+
+    study: str | None = None
+    storage: str | None = None
+    runs_dir: Path = Path("runs")
+
+
 def _study_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
                       show_default=True, help="Where `reidbench study` kept its journal files.")(fn)
@@ -54,6 +70,22 @@ def _study_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                       help="Optuna storage of the study [default: its journal file, else --db].")(fn)
     return click.option("--study", default=None, metavar="NAME",
                         help="Use the runs of this `reidbench study` (Tables 5/6 layout).")(fn)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    ablation: str
+    fmt: str | None
+    metrics: str | None
+    paper: bool
+    speed: bool
+    against: str | None
+    label: str
+    out: Path | None
+    table: str
+    studies: StudyRefOptions
+    intervals: IntervalOptions
+    store: StoreOptions
 
 
 @click.command("report")
@@ -82,9 +114,8 @@ def _study_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_study_options
 @interval_options
 @db_option
-def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, speed: bool, against: str | None,
-           label: str, out: Path | None, table: str, study: str | None, storage: str | None, runs_dir: Path,
-           interval: str, resamples: int, db_url: str | None) -> None:
+@command_options(ReportOptions)
+def report(opts: ReportOptions) -> None:
     """A paper-style table of one ablation: rows = steps, column groups = test sets.
 
     R1/mAP in percent with one decimal, mean±std over seeds, the best value per column in bold;
@@ -93,41 +124,41 @@ def report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, spe
     the same models' default evaluation; the caption says what the numbers are (data, profile,
     epochs, seeds, weights, re-ranking, which interval).
     """
-    if against is not None and (speed or study):
+    if opts.against is not None and (opts.speed or opts.studies.study):
         raise click.UsageError(f"--against applies to an ablation's accuracy table, not to "
-                               f"{'--speed' if speed else '--study'} (which compares with "
-                               f"{'the first row' if speed else 'the best point'})")
-    if speed:
-        _report_speed(ablation, fmt, label, out, db_url)
-    elif study:
-        _report_study(study, storage, runs_dir, fmt, metrics, label, out, db_url, interval, resamples)
+                               f"{'--speed' if opts.speed else '--study'} (which compares with "
+                               f"{'the first row' if opts.speed else 'the best point'})")
+    if opts.speed:
+        _report_speed(opts)
+    elif opts.studies.study:
+        _report_study(opts)
     else:
-        _report(ablation, fmt, metrics, paper, label, out, db_url, interval, resamples, against, table)
+        _report(opts)
 
 
-def _study_points(store: Any, study: str, storage: str | None, runs_dir: Path, metrics: tuple[str, ...]):
+def _study_points(store: Any, ref: StudyRefOptions, metrics: tuple[str, ...]):
     """(points frame, study attributes) of a study's complete trials."""
     from reidbench.harness.report.points import points_from_runs
     from reidbench.harness.study import locate_study, study_attrs, study_run_hashes
 
-    url = locate_study(study, store.url, runs_dir, storage)
+    study = str(ref.study)
+    url = locate_study(study, store.url, ref.runs_dir, ref.storage)
     hashes = study_run_hashes(url, study)
     if not hashes:
         raise ValueError(f"study {study!r} has no complete trial yet")
     return points_from_runs(store, hashes, metrics), study_attrs(url, study)
 
 
-@user_errors
-def _report_study(study: str, storage: str | None, runs_dir: Path, fmt: str | None, metrics: str | None,
-                  label: str, out: Path | None, db_url: str | None, interval: str = "auto",
-                  resamples: int = 1000) -> None:
+def _report_study(opts: ReportOptions) -> None:
     from reidbench.harness.report.naming import parse_metrics
     from reidbench.harness.report.points import describe_runs, sweep_table
     from reidbench.harness.report.writers import render
 
-    use_metrics = parse_metrics(metrics) if metrics else ("R1", "mAP")
-    store = open_store(db_url)
-    points, attrs = _study_points(store, study, storage, runs_dir, use_metrics)
+    study, fmt, label, out = opts.studies.study, opts.fmt, opts.label, opts.out
+    interval, resamples = opts.intervals.interval, opts.intervals.resamples
+    use_metrics = parse_metrics(opts.metrics) if opts.metrics else ("R1", "mAP")
+    store = opts.store.open()
+    points, attrs = _study_points(store, opts.studies, use_metrics)
     by = "image_size" if attrs.get("space") == "image-size" else "batch"
     tables = []
     if attrs.get("space") == "both":  # one P×K table per image size
@@ -157,10 +188,7 @@ def _report_study(study: str, storage: str | None, runs_dir: Path, fmt: str | No
     emit("\n".join(parts), out)
 
 
-@user_errors
-def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, label: str, out: Path | None,
-            db_url: str | None, interval: str = "auto", resamples: int = 1000, against: str | None = None,
-            table: str = "auto") -> None:
+def _report(opts: ReportOptions) -> None:
     from reidbench.harness.report.naming import parse_metrics
     from reidbench.harness.report.significance import ablation_steps, reference_row
     from reidbench.harness.report.tables import (
@@ -172,17 +200,19 @@ def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, la
     )
     from reidbench.harness.report.writers import render
 
-    use_fmt = table_format(fmt, out)
-    chosen = parse_metrics(metrics) if metrics else None
-    store = open_store(db_url)
+    paper, label, out, against = opts.paper, opts.label, opts.out, opts.against
+    interval, resamples = opts.intervals.interval, opts.intervals.resamples
+    use_fmt = table_format(opts.fmt, out)
+    chosen = parse_metrics(opts.metrics) if opts.metrics else None
+    store = opts.store.open()
     from reidbench.harness.cli.design import design_tables
 
-    design = design_tables(store, _ablation_ref(ablation), use_fmt, table, chosen, paper, against, interval,
+    design = design_tables(store, _ablation_ref(opts.ablation), use_fmt, opts.table, chosen, paper, against, interval,
                            resamples, label)
     if design is not None:  # a factorial/fractional ablation: its effects and Shapley tables
         emit(design, out)
         return
-    frame, context = load_ablation(store, _ablation_ref(ablation))
+    frame, context = load_ablation(store, _ablation_ref(opts.ablation))
     if against is not None:
         against = reference_row(ablation_steps(frame), against)
         if interval == "none":
@@ -208,24 +238,33 @@ def _report(ablation: str, fmt: str | None, metrics: str | None, paper: bool, la
     emit(render(table, use_fmt, caption=caption, label=label, title=f"reidbench ablation {context.name}"), out)
 
 
-@user_errors
-def _report_speed(ablation: str, fmt: str | None, label: str, out: Path | None, db_url: str | None) -> None:
+def _report_speed(opts: ReportOptions) -> None:
     from reidbench.harness.report.speed import FIRST_TIMED_EPOCH, hosts_of, speed_frame, speed_table
     from reidbench.harness.report.writers import render
 
-    store = open_store(db_url)
-    record = store.get_ablation(_ablation_ref(ablation))
+    label, out = opts.label, opts.out
+    store = opts.store.open()
+    record = store.get_ablation(_ablation_ref(opts.ablation))
     frame = speed_frame(store, record)
     hosts = hosts_of(frame)
     caption = (f"Training speed of ablation {record.name} (id {record.id}): images per second, median over epochs "
                f"{FIRST_TIMED_EPOCH}..N of each run, mean±std over seeds; % of base = 100 × the ratio to the first row. "
                f"Trained on {', '.join(sorted(hosts)) or 'unknown hosts'}"
                + (" (several hosts: the ratios mix machines)." if len(hosts) > 1 else "."))
-    emit(render(speed_table(frame), table_format(fmt, out), caption=caption, label=label + "-speed",
+    emit(render(speed_table(frame), table_format(opts.fmt, out), caption=caption, label=label + "-speed",
                 title=f"reidbench ablation {record.name} speed"), out)
 
 
 # --------------------------------------------------------------------------- plots
+
+
+@dataclass(frozen=True)
+class FigureOptions:
+    """``--out``, ``--figsize``, ``--dpi`` of every plot (``_figure_options``, which adds ``--db`` too)."""
+
+    out: Path
+    figsize: str | None = None
+    dpi: int = 150
 
 
 def _figure_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -246,6 +285,19 @@ def plot() -> None:
     """Figures from the results database (PNG, PDF or SVG by the --out extension)."""
 
 
+@dataclass(frozen=True)
+class SweepOptions:
+    """``plot batch-size`` and ``plot image-size``: which runs, which metrics, where to draw."""
+
+    ablation: str | None
+    runs: str | None
+    where: tuple[str, ...]
+    metrics: str
+    studies: StudyRefOptions
+    figure: FigureOptions
+    store: StoreOptions
+
+
 def _sweep_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--metrics", default="r1,map", show_default=True, metavar="LIST",
                       help="Comma-separated metrics (rows of panels).")(fn)
@@ -256,10 +308,7 @@ def _sweep_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _study_options(fn)
 
 
-@user_errors
-def _sweep(kind: str, ablation: str | None, runs: str | None, where: tuple[str, ...], metrics: str, out: Path,
-           figsize: str | None, dpi: int, db_url: str | None, study: str | None = None, storage: str | None = None,
-           runs_dir: Path = Path("runs")) -> None:
+def _sweep(kind: str, opts: SweepOptions) -> None:
     from reidbench.harness.report.figures import figure_format, parse_figsize
     from reidbench.harness.report.naming import parse_metrics
     from reidbench.harness.report.points import (
@@ -273,15 +322,16 @@ def _sweep(kind: str, ablation: str | None, runs: str | None, where: tuple[str, 
     )
     from reidbench.harness.report.plots import plot_batch_size, plot_image_size
 
+    out, dpi = opts.figure.out, opts.figure.dpi
     figure_format(out)
-    size = parse_figsize(figsize)
-    chosen = parse_metrics(metrics)
-    store = open_store(db_url)
-    refs = [r.strip() for r in (runs or "").split(",") if r.strip()]
-    if study:
-        refs += list(_study_points(store, study, storage, runs_dir, chosen)[0]["run_hash"].unique())
-    selected = select_runs(store, ablation=None if ablation is None else _ablation_ref(ablation), run_refs=refs,
-                           filters=parse_filters(where))
+    size = parse_figsize(opts.figure.figsize)
+    chosen = parse_metrics(opts.metrics)
+    store = opts.store.open()
+    refs = [r.strip() for r in (opts.runs or "").split(",") if r.strip()]
+    if opts.studies.study:
+        refs += list(_study_points(store, opts.studies, chosen)[0]["run_hash"].unique())
+    selected = select_runs(store, ablation=None if opts.ablation is None else _ablation_ref(opts.ablation),
+                           run_refs=refs, filters=parse_filters(opts.where))
     fields = BATCH_FIELDS if kind == "batch" else IMAGE_FIELDS
     what = "batch size (data.ids_per_batch, data.imgs_per_id)" if kind == "batch" else "image size (data.image_size)"
     check_sweep([r.spec for r in selected], fields, what)
@@ -303,48 +353,50 @@ def _sweep(kind: str, ablation: str | None, runs: str | None, where: tuple[str, 
 @plot.command("batch-size")
 @_sweep_options
 @_figure_options("batch-size.png")
-def plot_batch_size_cmd(ablation: str | None, runs: str | None, where: tuple[str, ...], metrics: str, out: Path,
-                        figsize: str | None, dpi: int, db_url: str | None,
-                        study: str | None, storage: str | None, runs_dir: Path) -> None:
+@command_options(SweepOptions)
+def plot_batch_size_cmd(opts: SweepOptions) -> None:
     """R1/mAP against batch size P×K: K on x, one line per P, one panel per test set and metric.
 
     Runs: an ablation's, --runs, or every done run matching --where; their specs may differ only in
     data.ids_per_batch, data.imgs_per_id and the seed (error bars = std over seeds).
     """
-    _sweep("batch", ablation, runs, where, metrics, out, figsize, dpi, db_url, study, storage, runs_dir)
+    _sweep("batch", opts)
 
 
 @plot.command("image-size")
 @_sweep_options
 @_figure_options("image-size.png")
-def plot_image_size_cmd(ablation: str | None, runs: str | None, where: tuple[str, ...], metrics: str, out: Path,
-                        figsize: str | None, dpi: int, db_url: str | None,
-                        study: str | None, storage: str | None, runs_dir: Path) -> None:
+@command_options(SweepOptions)
+def plot_image_size_cmd(opts: SweepOptions) -> None:
     """R1/mAP against input image size, one panel per test set (error bars = std over seeds).
 
     Runs are selected as for batch-size; their specs may differ only in data.image_size and the seed.
     """
-    _sweep("image", ablation, runs, where, metrics, out, figsize, dpi, db_url, study, storage, runs_dir)
+    _sweep("image", opts)
+
+
+@dataclass(frozen=True)
+class CurvesOptions:
+    run_ref: str
+    figure: FigureOptions
+    store: StoreOptions
 
 
 @plot.command("curves")
 @click.option("--run", "run_ref", required=True, metavar="HASH", help="Run hash (a unique prefix is enough).")
 @_figure_options("curves.png")
-def plot_curves_cmd(run_ref: str, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
+@command_options(CurvesOptions)
+def plot_curves_cmd(opts: CurvesOptions) -> None:
     """Loss terms, learning rate and periodic evaluation of one run, per epoch."""
-    _curves(run_ref, out, figsize, dpi, db_url)
-
-
-@user_errors
-def _curves(run_ref: str, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
     from reidbench.harness.report.figures import figure_format, parse_figsize
     from reidbench.harness.report.plots import curves_frame, plot_curves
     from reidbench.harness.report.points import describe_runs
 
+    out, dpi = opts.figure.out, opts.figure.dpi
     figure_format(out)
-    size = parse_figsize(figsize)
-    store = open_store(db_url)
-    run = store.get_run(run_ref)
+    size = parse_figsize(opts.figure.figsize)
+    store = opts.store.open()
+    run = store.get_run(opts.run_ref)
     curves = curves_frame(store.epochs(run.run_hash))
     # The periodic evaluation runs on the first test set: its final R1/mAP end those curves.
     first = ((run.spec.get("data") or {}).get("test") or [None])[0]
@@ -355,6 +407,16 @@ def _curves(run_ref: str, out: Path, figsize: str | None, dpi: int, db_url: str 
     click.echo(f"wrote {path}")
 
 
+@dataclass(frozen=True)
+class AblationPlotOptions:
+    ablation: str
+    metric: str
+    against: str | None
+    intervals: IntervalOptions
+    figure: FigureOptions
+    store: StoreOptions
+
+
 @plot.command("ablation")
 @click.option("--ablation", default="latest", show_default=True, metavar="ID|NAME|latest")
 @click.option("--metric", default="map", show_default=True, help="Metric whose difference is plotted.")
@@ -362,8 +424,8 @@ def _curves(run_ref: str, out: Path, figsize: str | None, dpi: int, db_url: str 
               help="Plot every row's difference from this one (its label or 1-based number) instead.")
 @interval_options
 @_figure_options("ablation.png")
-def plot_ablation_cmd(ablation: str, metric: str, against: str | None, interval: str, resamples: int, out: Path,
-                      figsize: str | None, dpi: int, db_url: str | None) -> None:
+@command_options(AblationPlotOptions)
+def plot_ablation_cmd(opts: AblationPlotOptions) -> None:
     """Δ metric per trick: vs the previous step (cumulative), the base (single) or all tricks
     (leave-one-out), one panel per test set.
 
@@ -376,22 +438,18 @@ def plot_ablation_cmd(ablation: str, metric: str, against: str | None, interval:
     --against ROW: every row against that one, whatever the mode. A "step [evaluation]" row (an
     --eval variant of the same models) is always against those models' default evaluation.
     """
-    _ablation_plot(ablation, metric, out, figsize, dpi, db_url, interval, resamples, against)
-
-
-@user_errors
-def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, dpi: int, db_url: str | None,
-                   interval: str = "auto", resamples: int = 1000, against: str | None = None) -> None:
     from reidbench.harness.report.figures import figure_format, parse_figsize
     from reidbench.harness.report.naming import parse_metrics
     from reidbench.harness.report.plots import REFERENCE, ablation_deltas, plot_ablation
     from reidbench.harness.report.tables import load_ablation
 
+    out, dpi, against = opts.figure.out, opts.figure.dpi, opts.against
+    interval, resamples = opts.intervals.interval, opts.intervals.resamples
     figure_format(out)
-    size = parse_figsize(figsize)
-    (name,) = parse_metrics(metric)[:1]
-    store = open_store(db_url)
-    frame, ctx = load_ablation(store, _ablation_ref(ablation))
+    size = parse_figsize(opts.figure.figsize)
+    (name,) = parse_metrics(opts.metric)[:1]
+    store = opts.store.open()
+    frame, ctx = load_ablation(store, _ablation_ref(opts.ablation))
     if against is not None:
         from reidbench.harness.report.significance import ablation_steps, reference_row
 
@@ -429,6 +487,19 @@ def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, d
         click.echo(f"wrote {path} ({significant} of {len(deltas)} differences with a 95% interval excluding 0)")
 
 
+@dataclass(frozen=True)
+class CompareOptions:
+    runs: tuple[str, str]
+    test_set: str | None
+    variant: str
+    num_queries: int
+    top: int
+    resamples: int
+    image_root: Path | None
+    figure: FigureOptions
+    store: StoreOptions
+
+
 @plot.command("compare")
 @click.option("--runs", "runs", nargs=2, required=True, metavar="A B",
               help="The two runs (hashes; a unique prefix is enough): B is compared with A.")
@@ -444,9 +515,8 @@ def _ablation_plot(ablation: str, metric: str, out: Path, figsize: str | None, d
 @click.option("--image-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Dataset folder, if its images moved since the runs were evaluated.")
 @_figure_options("compare.png")
-def plot_compare_cmd(runs: tuple[str, str], test_set: str | None, variant: str, num_queries: int, top: int,
-                     resamples: int, image_root: Path | None, out: Path, figsize: str | None, dpi: int,
-                     db_url: str | None) -> None:
+@command_options(CompareOptions)
+def plot_compare_cmd(opts: CompareOptions) -> None:
     """What changed between two stored runs on one test set, query by query.
 
     \b
@@ -464,12 +534,8 @@ def plot_compare_cmd(runs: tuple[str, str], test_set: str | None, variant: str, 
     Written files are listed on stdout; if the ranked lists cannot be drawn (features or
     images gone) the scatter is still written and a note says why. --figsize sizes the scatter.
     """
-    _compare(runs, test_set, variant, num_queries, top, resamples, image_root, out, figsize, dpi, db_url)
-
-
-@user_errors
-def _compare(runs: tuple[str, str], test_set: str | None, variant: str, num_queries: int, top: int, resamples: int,
-             image_root: Path | None, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
+    runs, variant, num_queries = opts.runs, opts.variant, opts.num_queries
+    out, dpi = opts.figure.out, opts.figure.dpi
     from reidbench.harness.report.compare import (
         compare_queries,
         load_pair,
@@ -481,11 +547,11 @@ def _compare(runs: tuple[str, str], test_set: str | None, variant: str, num_quer
     from reidbench.harness.report.figures import figure_format, parse_figsize
 
     figure_format(out)
-    size = parse_figsize(figsize)
-    store = open_store(db_url)
-    pair = load_pair(store, runs[0], runs[1], test_set=test_set, variant=variant,
+    size = parse_figsize(opts.figure.figsize)
+    store = opts.store.open()
+    pair = load_pair(store, runs[0], runs[1], test_set=opts.test_set, variant=variant,
                      log=lambda line: click.echo(line, err=True))
-    cmp = compare_queries(pair.a.per_query, pair.b.per_query, n=num_queries, resamples=resamples)
+    cmp = compare_queries(pair.a.per_query, pair.b.per_query, n=num_queries, resamples=opts.resamples)
     what = f"run B {pair.b.name} vs run A {pair.a.name} on {pair.test_set}" + (f" [{variant}]" if variant else "")
     line = summary(pair, cmp)
     path = plot_compare(pair, cmp, out, title=f"{what}: {line}", figsize=size, dpi=dpi)
@@ -494,13 +560,26 @@ def _compare(runs: tuple[str, str], test_set: str | None, variant: str, num_quer
     if num_queries == 0:
         return
     try:
-        ranks_out = plot_compare_ranks(pair, cmp, ranks_path(out), top=top, image_root=image_root, dpi=dpi,
+        ranks_out = plot_compare_ranks(pair, cmp, ranks_path(out), top=opts.top, image_root=opts.image_root, dpi=dpi,
                                        title=f"Most improved and most regressed queries — {what}")
     except (ValueError, FileNotFoundError) as err:
         click.echo(f"note: ranked lists not drawn: {str(err).splitlines()[0]}", err=True)
         return
     click.echo(f"wrote {ranks_out} (ranked lists of the {len(cmp.most_improved)} most improved and "
                f"{len(cmp.most_regressed)} most regressed queries, run A then run B)")
+
+
+@dataclass(frozen=True)
+class RanksOptions:
+    run_ref: str
+    test_set: str | None
+    queries: str
+    num_queries: int
+    top: int
+    seed: int
+    image_root: Path | None
+    figure: FigureOptions
+    store: StoreOptions
 
 
 @plot.command("ranks")
@@ -514,27 +593,23 @@ def _compare(runs: tuple[str, str], test_set: str | None, variant: str, num_quer
 @click.option("--image-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Dataset folder, if its images moved since the run was evaluated.")
 @_figure_options("ranks.png")
-def plot_ranks_cmd(run_ref: str, test_set: str | None, queries: str, num_queries: int, top: int, seed: int,
-                   image_root: Path | None, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
+@command_options(RanksOptions)
+def plot_ranks_cmd(opts: RanksOptions) -> None:
     """Query images and their top-k gallery images (green frame = same identity, red = another).
 
     Ranked as the run was evaluated (its eval.normalize and eval.metric), dropping gallery images
     of the query's identity from the query's camera, from the run's features-<test>.npz.
     """
-    _ranks(run_ref, test_set, queries, num_queries, top, seed, image_root, out, figsize, dpi, db_url)
-
-
-@user_errors
-def _ranks(run_ref: str, test_set: str | None, queries: str, num_queries: int, top: int, seed: int,
-           image_root: Path | None, out: Path, figsize: str | None, dpi: int, db_url: str | None) -> None:
+    test_set, queries, top = opts.test_set, opts.queries, opts.top
+    out, dpi = opts.figure.out, opts.figure.dpi
     from reidbench.harness.report.figures import figure_format, parse_figsize
     from reidbench.harness.report.naming import group_label
     from reidbench.harness.report.ranks import choose, load_features, plot_ranks, rank_queries
 
     figure_format(out)
-    size = parse_figsize(figsize)
-    store = open_store(db_url)
-    run = store.get_run(run_ref)
+    size = parse_figsize(opts.figure.figsize)
+    store = opts.store.open()
+    run = store.get_run(opts.run_ref)
     data = run.spec.get("data") or {}
     tests = list(data.get("test") or [])
     test = test_set or (tests[0] if tests else None)
@@ -558,10 +633,10 @@ def _ranks(run_ref: str, test_set: str | None, queries: str, num_queries: int, t
         features_path = Path(run.out_dir) / f"features-{test}.npz"
     arrays = load_features(features_path)
     ranked = rank_queries(arrays, metric=metric, normalize=normalize, top=top)
-    chosen = choose(ranked, queries, num_queries, seed)
+    chosen = choose(ranked, queries, opts.num_queries, opts.seed)
     root = ((run.provenance or {}).get(test) or {}).get("root")
     title = (f"{queries.capitalize()} {len(chosen)} of {len(ranked)} queries — run {run.short_hash} "
              f"({run.label or 'no label'}), test {group_label(str(data.get('train', '')), test)}")
     path = plot_ranks(chosen, arrays["g_paths"], arrays["g_pids"], out, title=title, dataset_root=root,
-                      image_root=image_root, figsize=size, dpi=dpi)
+                      image_root=opts.image_root, figsize=size, dpi=dpi)
     click.echo(f"wrote {path}")

@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from reidbench.harness.cli.common import db_option, open_store, user_errors
+from reidbench.harness.cli.common import StoreOptions, command_options, db_option
 
 @click.group()
 def runs() -> None:
     """Inspect recorded runs."""
 
 
+@dataclass(frozen=True)
+class ListOptions:
+    status: str | None
+    limit: int
+    store: StoreOptions
+
+
 @runs.command("list")
 @click.option("--status", type=click.Choice(["pending", "running", "done", "failed"]), default=None)
 @click.option("--limit", type=int, default=50, show_default=True)
 @db_option
-def runs_list(status: str | None, limit: int, db_url: str | None) -> None:
+@command_options(ListOptions)
+def runs_list(opts: ListOptions) -> None:
     """One line per run: hash, status, label, profile, data, main metrics."""
-    _runs_list(status, limit, db_url)
-
-
-@user_errors
-def _runs_list(status: str | None, limit: int, db_url: str | None) -> None:
-    store = open_store(db_url)
-    recs = store.list_runs(status=status, limit=limit)
+    store = opts.store.open()
+    recs = store.list_runs(status=opts.status, limit=opts.limit)
     metrics: dict[tuple[str, str], dict[str, float]] = {}
     for m in store.metrics([r.run_hash for r in recs]):
         if m.step is None:
@@ -44,24 +48,26 @@ def _runs_list(status: str | None, limit: int, db_url: str | None) -> None:
                    f"{spec.get('data', {}).get('train', '?'):<10} {extra}" + (f"  [{', '.join(flags)}]" if flags else ""))
 
 
-@runs.command("show")
-@click.argument("run_hash")
-@db_option
-def runs_show(run_hash: str, db_url: str | None) -> None:
-    """Everything recorded about one run (a hash prefix is enough)."""
-    _runs_show(run_hash, db_url)
-
-
 def _plain(record: object) -> dict:
     import dataclasses
 
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dataclasses.asdict(record).items()}
 
 
-@user_errors
-def _runs_show(run_hash: str, db_url: str | None) -> None:
-    store = open_store(db_url)
-    rec = store.get_run(run_hash)  # an old (pre-upgrade) hash finds the run through its aliases
+@dataclass(frozen=True)
+class RunRefOptions:
+    run_hash: str
+    store: StoreOptions
+
+
+@runs.command("show")
+@click.argument("run_hash")
+@db_option
+@command_options(RunRefOptions)
+def runs_show(opts: RunRefOptions) -> None:
+    """Everything recorded about one run (a hash prefix is enough)."""
+    store = opts.store.open()
+    rec = store.get_run(opts.run_hash)  # an old (pre-upgrade) hash finds the run through its aliases
     info = _plain(rec)  # train_fingerprint and aliases included
     info["metrics"] = {}  # the default evaluation of each test set, as before evaluations existed
     for m in store.metrics([rec.run_hash]):
@@ -72,6 +78,17 @@ def _runs_show(run_hash: str, db_url: str | None) -> None:
                            for e in store.evaluations([rec.run_hash])]
     info["epochs"] = [e.values | {"epoch": e.epoch} for e in store.epochs(rec.run_hash)]
     click.echo(json.dumps(info, indent=2, sort_keys=True, default=str))
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    target: str
+    fmt: str
+    out_file: Path | None
+    ablation_ref: str | None
+    tracking_uri: str | None
+    experiment: str
+    store: StoreOptions
 
 
 @runs.command("export")
@@ -91,45 +108,39 @@ def _runs_show(run_hash: str, db_url: str | None) -> None:
                    "with MLflow 3].")
 @click.option("--experiment", default="reidbench", show_default=True, help="--to mlflow: MLflow experiment name.")
 @db_option
-def runs_export(target: str, fmt: str, out_file: Path | None, ablation_ref: str | None, tracking_uri: str | None,
-                experiment: str, db_url: str | None) -> None:
+@command_options(ExportOptions)
+def runs_export(opts: ExportOptions) -> None:
     """Export the results: final metrics as a table, or everything to MLflow.
 
     Re-exporting to MLflow creates nothing twice: runs exported before are found by their
     reidbench.export_key tag and updated in place or left alone.
     """
-    if target == "mlflow":
-        _runs_export_mlflow(out_file, ablation_ref, tracking_uri, experiment, db_url)
-    else:
-        _runs_export(fmt, out_file, ablation_ref, db_url)
-
-
-@user_errors
-def _runs_export(fmt: str, out_file: Path | None, ablation_ref: str | None, db_url: str | None) -> None:
-    store = open_store(db_url)
+    if opts.target == "mlflow":
+        _export_mlflow(opts)
+        return
+    store = opts.store.open()
     hashes = None
-    if ablation_ref is not None:
-        hashes = list(dict.fromkeys(m["run_hash"] for m in store.get_ablation(ablation_ref).members))
+    if opts.ablation_ref is not None:
+        hashes = list(dict.fromkeys(m["run_hash"] for m in store.get_ablation(opts.ablation_ref).members))
     frame = store.to_frame(hashes)
-    text = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=1, date_format="iso")
-    if out_file:
-        out_file.write_text(text)
-        click.echo(f"wrote {len(frame)} rows to {out_file}", err=True)
+    text = (frame.to_csv(index=False) if opts.fmt == "csv"
+            else frame.to_json(orient="records", indent=1, date_format="iso"))
+    if opts.out_file:
+        opts.out_file.write_text(text)
+        click.echo(f"wrote {len(frame)} rows to {opts.out_file}", err=True)
     else:
         click.echo(text)
 
 
-@user_errors
-def _runs_export_mlflow(out_file: Path | None, ablation_ref: str | None, tracking_uri: str | None, experiment: str,
-                        db_url: str | None) -> None:
+def _export_mlflow(opts: ExportOptions) -> None:
     from reidbench.harness.tracking.mlflow_export import export_to_mlflow, mlflow_client
 
-    if out_file is not None:
+    if opts.out_file is not None:
         raise ValueError("--out is for --to table; --to mlflow writes to --tracking-uri")
-    store = open_store(db_url)
-    client, uri = mlflow_client(tracking_uri)
+    store = opts.store.open()
+    client, uri = mlflow_client(opts.tracking_uri)
     try:
-        summary = export_to_mlflow(store, client, uri, experiment, ablation_ref)
+        summary = export_to_mlflow(store, client, uri, opts.experiment, opts.ablation_ref)
     except Exception as exc:
         from mlflow.exceptions import MlflowException
 
@@ -139,20 +150,23 @@ def _runs_export_mlflow(out_file: Path | None, ablation_ref: str | None, trackin
     click.echo(summary.line())
 
 
+@dataclass(frozen=True)
+class DeleteOptions:
+    run_hash: str
+    yes: bool
+    store: StoreOptions
+
+
 @runs.command("delete")
 @click.argument("run_hash")
 @click.option("--yes", is_flag=True, help="Really delete (without it, only say what would go).")
 @db_option
-def runs_delete(run_hash: str, yes: bool, db_url: str | None) -> None:
+@command_options(DeleteOptions)
+def runs_delete(opts: DeleteOptions) -> None:
     """Delete one run and its metrics from the database (needs --yes)."""
-    _runs_delete(run_hash, yes, db_url)
-
-
-@user_errors
-def _runs_delete(run_hash: str, yes: bool, db_url: str | None) -> None:
-    store = open_store(db_url)
-    rec = store.get_run(run_hash)
-    if not yes:
+    store = opts.store.open()
+    rec = store.get_run(opts.run_hash)
+    if not opts.yes:
         click.echo(f"would delete run {rec.short_hash} ({rec.label}, {rec.status}); add --yes to do it")
         return
     store.delete_run(rec.run_hash)

@@ -7,13 +7,18 @@ imported at module level: optuna, torch and pandas are imported inside the comma
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from reidbench.harness.cli.common import (
+    DataOptions,
+    RunOptions,
+    SpecOptions,
+    StoreOptions,
     UserError,
-    check_gpus_per_run,
+    command_options,
     data_option,
     db_option,
     default_profile,
@@ -21,15 +26,37 @@ from reidbench.harness.cli.common import (
     epochs_option,
     gpus_per_run_option,
     loader_workers_option,
-    open_store,
-    parse_data_options,
     profile_option,
     resolve_base,
     runs_dir_option,
-    user_errors,
 )
 
 DEFAULT_TRICKS = "warmup,rea,ls,stride,bnneck"  # the paper's Tables 5/6: all tricks but the center loss
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    base: str
+    tricks_text: str
+    space: str
+    sampler: str
+    trials: int | None
+    objective: str
+    batches_text: str | None
+    sizes_text: str | None
+    name: str | None
+    storage: str | None
+    workers: int
+    prune: bool
+    seed: int | None
+    train_on: str | None
+    test_on: str | None
+    runs_dir: Path
+    dry_run: bool
+    data: DataOptions
+    spec: SpecOptions
+    run: RunOptions
+    store: StoreOptions
 
 
 @click.command("study")
@@ -69,67 +96,67 @@ DEFAULT_TRICKS = "warmup,rea,ls,stride,bnneck"  # the paper's Tables 5/6: all tr
 @runs_dir_option
 @db_option
 @click.option("--dry-run", is_flag=True, help="Print the study's points, run hashes and cache status; train nothing.")
-def study(base: str, tricks_text: str, space: str, sampler: str, trials: int | None, objective: str,
-          batches_text: str | None, sizes_text: str | None, name: str | None, storage: str | None, workers: int,
-          prune: bool, seed: int | None, train_on: str | None, test_on: str | None, data_items: tuple[str, ...],
-          epochs: int | None, profile: str | None, device: str, loader_workers: int | None, gpus_per_run: int,
-          runs_dir: Path, db_url: str | None, dry_run: bool) -> None:
+@command_options(StudyOptions)
+def study(opts: StudyOptions) -> None:
     """Search batch size P×K and/or image size with Optuna (the paper's Tables 5 and 6).
 
     Each trial is the base with --tricks applied and P, K and image size replaced, trained through
     the same cache as `reidbench ablate`: a configuration already in the database is not trained
     again. Interrupted studies resume where they stopped when the same command runs again;
-    --workers N shares one study between N processes.
+    --workers N shares one study between N processes. Problems certain before training (data
+    folders, P against the training identities, ImageNet weights, tricks that do not apply) are
+    listed first, one line each, and no study is created.
     """
-
-    user_errors(_study)(base, tricks_text, space, sampler, trials, objective, batches_text, sizes_text, name,
-                         storage, workers, prune, seed, train_on, test_on, data_items, epochs, profile, device,
-                         loader_workers, runs_dir, db_url, dry_run, gpus_per_run)
-
-
-def _train_identities(train: str, data_paths: dict[str, str]) -> int:
-    from reidbench.harness.data.named import load_named_dataset
-
-    dataset, _ = load_named_dataset(train, data_paths, progress=sys.stderr.isatty())
-    return int(dataset.num_train_pids)
-
-
-def _study(base: str, tricks_text: str, space_name: str, sampler: str, trials: int | None, objective: str,
-           batches_text: str | None, sizes_text: str | None, name: str | None, storage: str | None, workers: int,
-           prune: bool, seed: int | None, train_on: str | None, test_on: str | None, data_items: tuple[str, ...],
-           epochs: int | None, profile: str | None, device: str, loader_workers: int | None, runs_dir: Path,
-           db_url: str | None, dry_run: bool, gpus_per_run: int = 1) -> None:
+    from reidbench.harness.execution.preflight import (
+        DataInventory,
+        PlannedRun,
+        PreflightError,
+        preflight,
+        trick_problems,
+    )
     from reidbench.harness.spec import load_spec_file, replace_section, with_epochs
     from reidbench.harness.study.plan import plan_study
     from reidbench.harness.study.space import build_space, format_pair, parse_pair_list
     from reidbench.harness.study.storage import choose_storage, describe_storage
     from reidbench.tricks import parse_trick_list
 
+    workers, runs_dir, gpus_per_run = opts.workers, opts.runs_dir, opts.run.gpus_per_run
     if workers < 1:
         raise UserError(f"--workers {workers} is not valid: an integer >= 1")
-    tricks = () if tricks_text.strip().lower() in ("", "none") else parse_trick_list(tricks_text)
-    batches = parse_pair_list(batches_text, "--batches") if batches_text is not None else None
-    sizes = parse_pair_list(sizes_text, "--image-sizes") if sizes_text is not None else None
-    data_paths = parse_data_options(data_items)
-    base_file = resolve_base(base)
-    spec = load_spec_file(base_file, profile or default_profile())
-    if epochs is not None:
-        spec = with_epochs(spec, epochs)
-    if seed is not None:
-        spec = replace_section(spec, "train", seed=seed)
-    train_name = train_on or (next(iter(data_paths)) if data_paths else spec.data.train)
-    tests = tuple(t for t in (test_on.split(",") if test_on else (list(data_paths) or spec.data.test)) if t)
+    tricks = () if opts.tricks_text.strip().lower() in ("", "none") else parse_trick_list(opts.tricks_text)
+    batches = parse_pair_list(opts.batches_text, "--batches") if opts.batches_text is not None else None
+    sizes = parse_pair_list(opts.sizes_text, "--image-sizes") if opts.sizes_text is not None else None
+    data_paths = opts.data.paths
+    base_file = resolve_base(opts.base)
+    spec = load_spec_file(base_file, opts.spec.profile or default_profile())
+    if opts.spec.epochs is not None:
+        spec = with_epochs(spec, opts.spec.epochs)
+    if opts.seed is not None:
+        spec = replace_section(spec, "train", seed=opts.seed)
+    train_name = opts.train_on or (next(iter(data_paths)) if data_paths else spec.data.train)
+    tests = tuple(t for t in (opts.test_on.split(",") if opts.test_on else (list(data_paths) or spec.data.test))
+                  if t)
     tests = tuple(sorted(dict.fromkeys(tests), key=lambda t: t != train_name))  # same domain first
     spec = replace_section(spec, "data", train=train_name, test=tests)
-    space, notes = build_space(space_name, sampler, spec.profile, (spec.data.ids_per_batch, spec.data.imgs_per_id),
-                               tuple(spec.data.image_size), batches=batches, image_sizes=sizes,
-                               num_train_ids=_train_identities(train_name, data_paths))
-    plan = plan_study(spec, base_file.stem, tricks, space, objective, trials, name=name, prune=prune, notes=notes,
-                      data_paths=data_paths, download_weights=not dry_run)
-    if plan.space.sampler == "grid":  # a tpe point whose P does not split fails alone, with the same message
-        check_gpus_per_run([plan.point_spec(plan.space.point_from_params(p)) for p in plan.grid_params()], gpus_per_run)
-    store = open_store(db_url)
-    storage_url = choose_storage(plan.name, store.url, runs_dir, storage, workers)
+    problems = trick_problems(spec, tricks, "cumulative")
+    # The grid needs the training set's identity count, so broken data stops here, before planning.
+    inventory = DataInventory(data_paths)
+    problems += list(dict.fromkeys(p for name in (train_name, *tests) for p in inventory.facts(name).problems))
+    if problems:
+        raise PreflightError(problems)
+    space, notes = build_space(opts.space, opts.sampler, spec.profile,
+                               (spec.data.ids_per_batch, spec.data.imgs_per_id), tuple(spec.data.image_size),
+                               batches=batches, image_sizes=sizes,
+                               num_train_ids=inventory.training_facts(train_name).num_train_ids)
+    plan = plan_study(spec, base_file.stem, tricks, space, opts.objective, opts.trials, name=opts.name,
+                      prune=opts.prune, notes=notes, data_paths=data_paths,
+                      download_weights=not opts.dry_run)
+    problems = preflight([PlannedRun(f"P×K {p.batch} at {p.size}", plan.point_spec(p)) for p in _points(plan)],
+                         data_paths, gpus_per_run=gpus_per_run, inventory=inventory)
+    if problems:  # before the database is opened: no study, no run is recorded
+        raise PreflightError(problems)
+    store = opts.store.open()
+    storage_url = choose_storage(plan.name, store.url, runs_dir, opts.storage, workers)
 
     log = lambda line: click.echo(line, err=True)  # noqa: E731
     what = {"batch-size": "P×K", "image-size": "image size", "both": "P×K and image size"}[space.space]
@@ -138,7 +165,7 @@ def _study(base: str, tricks_text: str, space_name: str, sampler: str, trials: i
         f"{','.join(t.name for t in tricks) or 'none'}; storage {describe_storage(storage_url)}")
     for note in notes:
         log(f"  note: {note}")
-    if dry_run:
+    if opts.dry_run:
         _dry_run(plan, store, format_pair)
         return
 
@@ -151,13 +178,14 @@ def _study(base: str, tricks_text: str, space_name: str, sampler: str, trials: i
         runner_supports_epoch_hook,
     )
 
-    if prune and not runner_supports_epoch_hook():
+    if opts.prune and not runner_supports_epoch_hook():
         log("  note: --prune: this runner has no per-epoch hook yet; runs train to the end and their stored "
             "curves are reported afterwards (nothing is stopped early)")
     lock = AskLock(lock_path(runs_dir, plan.name))
     prepare_study(plan, storage_url, lock, log)
     config = WorkerConfig(name=plan.name, storage_url=storage_url, db_url=store.url, runs_dir=str(runs_dir),
-                          device=device, loader_workers=loader_workers, data_paths=dict(data_paths),
+                          device=opts.run.device, loader_workers=opts.run.loader_workers,
+                          data_paths=dict(data_paths),
                           lock_path=str(lock.path), gpus_per_run=gpus_per_run)
     try:
         run_workers(config, workers, log)
@@ -168,6 +196,21 @@ def _study(base: str, tricks_text: str, space_name: str, sampler: str, trials: i
         click.echo(f"reidbench: {exc}; run the same command again to resume the study", err=True)
         sys.exit(1)
     _finish(plan, storage_url, store)
+
+
+def _points(plan) -> list:
+    """The points a study may train: every grid point; for tpe the corners of its ranges at every size
+    (the largest P is the one the training set may lack; the other points then fit too)."""
+    from reidbench.harness.study.space import Point
+
+    space = plan.space
+    if space.sampler == "grid":
+        return [space.point_from_params(p) for p in plan.grid_params()]
+    base = plan.base.data
+    ps = space.p_range if space.searches_batch else (base.ids_per_batch,)
+    ks = space.k_range if space.searches_batch else (base.imgs_per_id,)
+    sizes = space.image_sizes if space.searches_size else (tuple(base.image_size),)
+    return [Point(p, k, tuple(size)) for p in dict.fromkeys(ps) for k in dict.fromkeys(ks) for size in sizes]
 
 
 def _dry_run(plan, store, format_pair) -> None:

@@ -1,21 +1,41 @@
-"""``reidbench train SPEC``: one run, resumable."""
+"""``reidbench train SPEC``: one run, resumable, recorded in the results database like ``ablate``'s."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from reidbench.harness.cli.common import (
+    EXIT_PROBLEMS,
+    DataOptions,
+    RunOptions,
+    SpecOptions,
+    StoreOptions,
+    UserError,
+    command_options,
     data_option,
+    db_option,
     device_option,
     epochs_option,
     gpus_per_run_option,
     loader_workers_option,
-    parse_data_options,
     profile_option,
-    user_errors,
 )
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    spec_file: Path
+    out_dir: Path | None
+    seed: int | None
+    preset: str | None
+    data: DataOptions
+    spec: SpecOptions
+    run: RunOptions
+    store: StoreOptions
+
 
 @click.command()
 @click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
@@ -29,55 +49,79 @@ from reidbench.harness.cli.common import (
 @click.option("--preset", default=None, metavar="NAME", help="Apply the file's preset NAME (its presets: section).")
 @loader_workers_option()
 @gpus_per_run_option
-def train(spec_file: Path, data_items: tuple[str, ...], out_dir: Path | None, device: str,
-          profile: str | None, epochs: int | None, seed: int | None, preset: str | None,
-          loader_workers: int | None, gpus_per_run: int) -> None:
+@db_option
+@command_options(TrainOptions)
+def train(opts: TrainOptions) -> None:
     """Train and evaluate one run described by SPEC_FILE (YAML).
 
-    Resumable: re-running the same command continues from the run folder's last checkpoint.
+    The run is recorded in the results database under the same hash `reidbench ablate` gives the
+    same spec, so `runs list`, `evaluate --run` and `report` see it and an ablation reuses it. A run
+    already done there is not trained again; a failed one is retried. Resumable: re-running the
+    same command continues from the run folder's last checkpoint.
     """
-    _train(spec_file, data_items, out_dir, device, profile, epochs, seed, loader_workers, preset, gpus_per_run)
-
-
-@user_errors
-def _train(spec_file: Path, data_items: tuple[str, ...], out_dir: Path | None, device: str,
-           profile: str | None, epochs: int | None, seed: int | None, workers: int | None,
-           preset: str | None = None, gpus_per_run: int = 1) -> None:
-    from reidbench.harness.cli.common import UserError
+    from reidbench.harness.execution.jobs import Job, run_job, wait_for_others
+    from reidbench.harness.execution.preflight import PlannedRun, check_runs
     from reidbench.harness.spec import load_base_file, replace_section, with_epochs
     from reidbench.harness.spec.patches import apply_patch, parse_presets
-
-    spec, extras = load_base_file(spec_file, profile)
-    if preset is not None:
-        presets = parse_presets(extras.get("presets"), f"{spec_file.name}: presets")
-        if preset not in presets:
-            raise UserError(f"--preset {preset!r} is not a preset of {spec_file.name}; valid: "
-                            f"{', '.join(presets) or 'none defined (add a presets: section)'}")
-        spec = apply_patch(spec, presets[preset], presets=presets)
-    if epochs is not None:
-        spec = with_epochs(spec, epochs)
-    if seed is not None:
-        spec = replace_section(spec, "train", seed=seed)
-    data_paths = parse_data_options(data_items)
-    from reidbench.harness.train.runner import RuntimeOptions, execute
-
     from reidbench.harness.train.runner import identify
+    from reidbench.tricks import trick_versions
 
-    rhash, _ = identify(spec, data_paths)
-    runtime = RuntimeOptions(
-        out_dir=out_dir or Path("runs") / rhash[:12],
-        device=device,
-        num_workers=workers,
-        data_paths=data_paths,
-    )
-    if gpus_per_run > 1:
-        from reidbench.harness.execution.torchrun import DistributedRunFailed, execute_distributed
+    spec_file = opts.spec_file
+    spec, extras = load_base_file(spec_file, opts.spec.profile)
+    if opts.preset is not None:
+        presets = parse_presets(extras.get("presets"), f"{spec_file.name}: presets")
+        if opts.preset not in presets:
+            raise UserError(f"--preset {opts.preset!r} is not a preset of {spec_file.name}; valid: "
+                            f"{', '.join(presets) or 'none defined (add a presets: section)'}")
+        spec = apply_patch(spec, presets[opts.preset], presets=presets)
+    if opts.spec.epochs is not None:
+        spec = with_epochs(spec, opts.spec.epochs)
+    if opts.seed is not None:
+        spec = replace_section(spec, "train", seed=opts.seed)
+    data_paths = opts.data.paths
+    label = spec_file.stem + (f" [{opts.preset}]" if opts.preset else "")
+    # Before the database is opened: a problem certain now records nothing.
+    check_runs([PlannedRun(spec_file.name, spec)], data_paths, gpus_per_run=opts.run.gpus_per_run)
+    rhash, fingerprint = identify(spec, data_paths)
+    short = rhash[:12]
+    store = opts.store.open()
+    record = store.ensure_run(rhash, spec.to_dict(), label, train_fingerprint=fingerprint)
+    if record.status == "done":
+        when = f" on {record.finished_at:%Y-%m-%d %H:%M} UTC" if record.finished_at else ""
+        click.echo(f"run {short}: already done (trained{when}; recorded in {store.url}): nothing to train", err=True)
+        _echo_result(store, rhash)
+        return
+    out_dir = opts.out_dir or (Path(record.out_dir) if record.out_dir else Path("runs") / short)
+    job = Job(run_hash=rhash, label=label, spec_json=spec.to_json(), trick_versions=dict(trick_versions(spec.tricks)),
+              db_url=store.url, out_dir=str(out_dir), device=opts.run.device, num_workers=opts.run.loader_workers,
+              data_paths=dict(data_paths), gpus_per_run=opts.run.gpus_per_run,
+              legacy_hashes=tuple(getattr(record, "aliases", ()) or ()))
+    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    outcome = run_job(job, store=store)
+    if outcome.status == "skipped":  # another process holds the claim: wait, take over if it dies
+        log(f"run {short} is being trained by another process; waiting for it")
+        if rhash in wait_for_others(store, [rhash], log=log):
+            outcome = run_job(job, store=store)
+    status = store.statuses([rhash]).get(rhash)
+    if status != "done":
+        why = f": {outcome.error}" if outcome.error else ""
+        click.echo(f"reidbench: error: run {short} {status or 'not done'}{why}; `reidbench runs show {short}` has the "
+                   "traceback; run the same command again to resume it", err=True)
+        raise SystemExit(EXIT_PROBLEMS)
+    _echo_result(store, rhash)
 
-        try:
-            result = execute_distributed(spec, runtime, gpus_per_run)
-        except DistributedRunFailed as exc:  # the failing rank printed its traceback above
-            click.echo(f"reidbench: error: {exc}; run the same command again to resume", err=True)
-            raise SystemExit(1) from None
-    else:
-        result = execute(spec, runtime)
-    click.echo(result.summary_table())
+
+def _echo_result(store, rhash: str) -> None:
+    """The run's result table (from its folder), or its metrics as recorded in the store."""
+    from reidbench.harness.train.runner import load_cached_result
+
+    record = store.find_run(rhash)
+    result = load_cached_result(Path(record.out_dir), rhash) if record is not None and record.out_dir else None
+    if result is not None:
+        click.echo(result.summary_table())
+        return
+    click.echo(f"run {rhash[:12]}  ({record.label if record is not None else ''}; its folder "
+               f"{record.out_dir if record is not None else '?'} holds no result.json)")
+    for m in store.metrics([rhash]):
+        if m.step is None:
+            click.echo(f"  {m.test_set:<14} {m.metric:<6} {100 * m.value:6.1f}")

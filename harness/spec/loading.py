@@ -468,7 +468,7 @@ def load_yaml(path: str | Path) -> Any:
 
 
 # Top-level keys of a base file that are not part of the run spec.
-FILE_ONLY_KEYS = ("name", "description", "profiles", "evaluations", "presets", "ablations")
+FILE_ONLY_KEYS = ("name", "description", "profiles", "evaluations", "presets", "ablations", "default_ablation")
 
 
 def load_base_file(path: str | Path, profile: str | None = None) -> tuple[RunSpec, dict[str, Any]]:
