@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from reidbench.api import EXPERIMENTS, base_path
+from reidbench.harness.ablation.defaults import applicable_tricks, choose_rows, parse_default_ablation
 from reidbench.harness.ablation.expand import DESIGN_MODES, expand, expand_steps, make_design
 from reidbench.harness.spec import FILE_ONLY_KEYS, RunSpec, load_base_file, spec_from_dict, to_jsonable, with_epochs
 from reidbench.harness.spec.patches import apply_patch, parse_presets, parse_step_lists
@@ -55,15 +56,10 @@ class Plan:
     steps: str | None = None
     tricks: str | None = None  # None: the base's default rows
     mode: str = "cumulative"
+    mode_given: bool = False  # --mode was on the command line
     epochs: int | None = None
     evals: tuple[str, ...] = ()
     resolution: str | None = None  # --mode fractional
-
-
-def _default_add(base: Path, profile: str) -> str:
-    from reidbench.harness.cli.ablate import DEFAULT_ADD
-
-    return DEFAULT_ADD
 
 
 def _load(plan: Plan) -> tuple[RunSpec, dict]:
@@ -83,19 +79,24 @@ def specs_of(plan: Plan) -> list[RunSpec]:
         names = {str(k) for k in (extras.get("evaluations") or {})}
         unknown = [e for e in plan.evals if e not in names]
         assert not unknown, f"{plan.where}: --eval {unknown[0]} is not an evaluation variant of {plan.base.name}"
-    if plan.steps is not None:
-        lists = parse_step_lists(extras.get("ablations"), f"{plan.base.name}: ablations")
-        assert plan.steps in lists, f"{plan.where}: --steps {plan.steps} is not a step list of {plan.base.name}"
+    lists = parse_step_lists(extras.get("ablations"), f"{plan.base.name}: ablations")
+    # No --add/--mode/--steps: the base file's default_ablation, as ``ablate`` chooses it.
+    default = parse_default_ablation(extras.get("default_ablation"), f"{plan.base.name}: default_ablation", list(lists))
+    rows = choose_rows(default, plan.tricks, plan.mode if plan.mode_given else None, plan.steps)
+    if rows.steps is not None:
+        assert rows.steps in lists, f"{plan.where}: --steps {rows.steps} is not a step list of {plan.base.name}"
 
         def other(name: str) -> RunSpec:
             one = load_base_file(base_path(name), plan.profile)[0]
             return with_epochs(one, plan.epochs) if plan.epochs is not None else one
 
-        steps = expand_steps(spec, lists[plan.steps], [0], None, presets=extras["_presets"], load_base=other)
+        steps = expand_steps(spec, lists[rows.steps], [0], None, presets=extras["_presets"], load_base=other)
     else:
-        tricks = parse_trick_list(plan.tricks if plan.tricks is not None else _default_add(plan.base, plan.profile))
-        design = make_design(tricks, plan.mode, plan.resolution) if plan.mode in DESIGN_MODES else None
-        steps = expand(spec, tricks, plan.mode, [0], None, design=design)
+        tricks = parse_trick_list(rows.tricks)
+        if rows.by_default:  # the default tricks that do not apply are skipped (ablate names them)
+            tricks, _ = applicable_tricks(spec, tricks, rows.mode)
+        design = make_design(tricks, rows.mode, plan.resolution) if rows.mode in DESIGN_MODES else None
+        steps = expand(spec, tricks, rows.mode, [0], None, design=design)
     return [s.spec for s in steps]
 
 
@@ -110,6 +111,7 @@ def file_plans() -> Iterator[Plan]:
                 where = f"{path.name} --profile {profile}" + (f" --preset {preset}" if preset else "")
                 for name in lists:
                     yield Plan(f"{where} --steps {name}", path, profile, preset, steps=name)
+                yield Plan(f"{where} (its default_ablation)", path, profile, preset)
 
 
 def command_plans() -> Iterator[Plan]:
@@ -133,7 +135,7 @@ def command_plans() -> Iterator[Plan]:
             base = base_path(opts.get("--base", "bot"))
             for profile in ([opts["--profile"]] if "--profile" in opts else PROFILES):
                 yield Plan(f"{doc.name}: {line}", base, profile, opts.get("--preset"), opts.get("--steps"),
-                           opts.get("--add"), opts.get("--mode", "cumulative"),
+                           opts.get("--add"), opts.get("--mode", "cumulative"), "--mode" in opts,
                            int(opts["--epochs"]) if "--epochs" in opts else None,
                            tuple(e for e in opts.get("--eval", "").split(",") if e), opts.get("--resolution"))
 

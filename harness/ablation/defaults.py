@@ -123,18 +123,20 @@ def applicable_tricks(base: "RunSpec", tricks: Sequence["Trick"], mode: str = "c
     """(the tricks that apply, (trick, why not) for the others), in the given order.
 
     Cumulative and leave-one-out rows stack the tricks, so each is tried on the base patched by the
-    ones kept before it; single rows apply each to the base alone.
+    ones kept before it; single rows, and the designs (factorial, fractional: a combination that
+    cannot be built is named by ``expand`` as its design point), apply each to the base alone.
     """
     kept: list["Trick"] = []
     skipped: list[tuple["Trick", str]] = []
     spec = base
+    stack = mode in ("cumulative", "leave-one-out")
     for trick in tricks:
         try:
-            patched = trick.apply(spec if mode != "single" else base)
+            patched = trick.apply(spec if stack else base)
         except ValueError as exc:
             skipped.append((trick, str(exc).splitlines()[0]))
             continue
         kept.append(trick)
-        if mode != "single":
+        if stack:
             spec = patched
     return tuple(kept), tuple(skipped)

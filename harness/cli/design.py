@@ -8,12 +8,13 @@ plot commands to the ``plot`` group; ``report`` and ``ablate`` call ``design_rep
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from reidbench.harness.cli.common import db_option, open_store, user_errors
+from reidbench.harness.cli.common import StoreOptions, command_options, db_option
 
 DESIGN_INTERVALS = ("auto", "seeds", "bootstrap", "none")
 
@@ -82,10 +83,45 @@ def _figure_options(default_out: str) -> Callable[[Callable[..., Any]], Callable
     return decorate
 
 
+@dataclass(frozen=True)
+class FigureOptions:
+    """What both design figures take (``_figure_options``)."""
+
+    ablation: str
+    metric: str
+    interval: str
+    resamples: int
+    out: Path
+    figsize: str | None
+    dpi: int
+    store: StoreOptions
+
+
+@dataclass(frozen=True)
+class InteractionsOptions:
+    top: int
+    figure: FigureOptions
+
+
+def _analysed(opts: FigureOptions) -> tuple[Any, Any, str, Any]:
+    """(design data, effects, metric name, figure size) of the figure's ablation."""
+    from reidbench.harness.report.factorial import analyse, load_design
+    from reidbench.harness.report.figures import figure_format, parse_figsize
+    from reidbench.harness.report.naming import parse_metrics
+
+    figure_format(opts.out)
+    size = parse_figsize(opts.figsize)
+    (name,) = parse_metrics(opts.metric)[:1]
+    store = opts.store.open()
+    data = load_design(store, _ref(opts.ablation))
+    effects, _ = analyse(store, data, [name], method=opts.interval, resamples=opts.resamples, log=_log)
+    return data, effects, name, size
+
+
 @click.command("effects")
 @_figure_options("effects.png")
-def plot_effects_cmd(ablation: str, metric: str, interval: str, resamples: int, out: Path, figsize: str | None,
-                     dpi: int, db_url: str | None) -> None:
+@command_options(FigureOptions)
+def plot_effects_cmd(opts: FigureOptions) -> None:
     """Main effect of each trick of a factorial or fractional ablation, one panel per test set.
 
     A bar per trick = its effect (mean with − mean without, over the design; = 2 × the OLS
@@ -93,24 +129,10 @@ def plot_effects_cmd(ablation: str, metric: str, interval: str, resamples: int, 
     down): the interval excludes 0; grey and hatched: it includes 0, or there is none. The title
     says the design, its resolution and the seeds; the legend the interval method.
     """
-    _effects(ablation, metric, interval, resamples, out, figsize, dpi, db_url)
-
-
-@user_errors
-def _effects(ablation: str, metric: str, interval: str, resamples: int, out: Path, figsize: str | None, dpi: int,
-             db_url: str | None) -> None:
     from reidbench.harness.report.design_plots import plot_effects
-    from reidbench.harness.report.factorial import analyse, load_design
-    from reidbench.harness.report.figures import figure_format, parse_figsize
-    from reidbench.harness.report.naming import parse_metrics
 
-    figure_format(out)
-    size = parse_figsize(figsize)
-    (name,) = parse_metrics(metric)[:1]
-    store = open_store(db_url)
-    data = load_design(store, _ref(ablation))
-    effects, _ = analyse(store, data, [name], method=interval, resamples=resamples, log=_log)
-    path = plot_effects(data, effects, out, metric=name, resamples=resamples, figsize=size, dpi=dpi)
+    data, effects, name, size = _analysed(opts)
+    path = plot_effects(data, effects, opts.out, metric=name, resamples=opts.resamples, figsize=size, dpi=opts.dpi)
     mains = effects[effects["kind"] == "main"]
     click.echo(f"wrote {path} ({int(mains['significant'].sum())} of {len(mains)} main effects with a 95% interval "
                f"excluding 0)")
@@ -120,8 +142,8 @@ def _effects(ablation: str, metric: str, interval: str, resamples: int, out: Pat
 @click.option("--top", "top", type=click.IntRange(1, 12), default=4, show_default=True,
               help="How many two-trick interactions to draw: the strongest (largest |effect|) per test set.")
 @_figure_options("interactions.png")
-def plot_interactions_cmd(top: int, ablation: str, metric: str, interval: str, resamples: int, out: Path,
-                          figsize: str | None, dpi: int, db_url: str | None) -> None:
+@command_options(InteractionsOptions)
+def plot_interactions_cmd(opts: InteractionsOptions) -> None:
     """Interaction plots of the --top strongest two-trick interactions, one row per test set.
 
     \b
@@ -132,23 +154,10 @@ def plot_interactions_cmd(top: int, ablation: str, metric: str, interval: str, r
     includes 0 (or has none) is hatched grey. In a fraction, a pair stands
     for its alias chain (the title lists the chain).
     """
-    _interactions(top, ablation, metric, interval, resamples, out, figsize, dpi, db_url)
-
-
-@user_errors
-def _interactions(top: int, ablation: str, metric: str, interval: str, resamples: int, out: Path,
-                  figsize: str | None, dpi: int, db_url: str | None) -> None:
     from reidbench.harness.report.design_plots import plot_interactions
-    from reidbench.harness.report.factorial import analyse, load_design
-    from reidbench.harness.report.figures import figure_format, parse_figsize
-    from reidbench.harness.report.naming import parse_metrics
 
-    figure_format(out)
-    size = parse_figsize(figsize)
-    (name,) = parse_metrics(metric)[:1]
-    store = open_store(db_url)
-    data = load_design(store, _ref(ablation))
-    effects, _ = analyse(store, data, [name], method=interval, resamples=resamples, log=_log)
-    path, drawn = plot_interactions(data, effects, out, metric=name, top=top, resamples=resamples, figsize=size,
-                                    dpi=dpi)
+    fig = opts.figure
+    data, effects, name, size = _analysed(fig)
+    path, drawn = plot_interactions(data, effects, fig.out, metric=name, top=opts.top, resamples=fig.resamples,
+                                    figsize=size, dpi=fig.dpi)
     click.echo(f"wrote {path} ({drawn} interaction panel(s))")

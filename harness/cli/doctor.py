@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import click
 
-from reidbench.harness.cli.common import data_option, db_option, parse_data_options, user_errors
+from reidbench.harness.cli.common import DataOptions, StoreOptions, command_options, data_option, db_option
+
+
+@dataclass(frozen=True)
+class DoctorOptions:
+    as_json: bool
+    data: DataOptions
+    store: StoreOptions
 
 
 @click.command("doctor")
 @db_option
 @data_option
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON (name, status, text, data).")
-@user_errors
-def doctor(db_url: str | None, data_items: tuple[str, ...], as_json: bool) -> None:
+@command_options(DoctorOptions)
+def doctor(opts: DoctorOptions) -> None:
     """Check this machine: torch/CUDA/GPUs, AMP and channels_last, the data loader, pretrained weights,
     the results database (read only, never upgraded), Slurm, submitit, PostgreSQL, TensorBoard, MLflow.
 
@@ -23,11 +31,10 @@ def doctor(db_url: str | None, data_items: tuple[str, ...], as_json: bool) -> No
     """
     from reidbench.harness.doctor import environment, exit_code, run_checks
 
-    data_paths = parse_data_options(data_items)
-    checks = run_checks(db_url, data_paths)
+    checks = run_checks(opts.store.db_url, opts.data.paths)
     code = exit_code(checks)
     env = environment()
-    if as_json:
+    if opts.as_json:
         click.echo(json.dumps({"environment": env, "checks": [c.to_dict() for c in checks], "exit_code": code},
                               indent=1, sort_keys=True))
     else:
