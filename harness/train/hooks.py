@@ -8,8 +8,8 @@ loss tensors, ``stats`` the epoch's ``loop.EpochStats``.
 
 Each hook takes plain arguments, so the same hooks serve reidbench's runner and a loop of your own
 (``docs/design.md``, "Reusing the training loop"). The runner's order, which the output depends
-on: ``EvaluationHook`` (adds its metrics to ``stats.extra``) → ``HistoryHook`` (records and logs
-the epoch, with those metrics) → TensorBoard (``harness/tracking/tensorboard.py``) →
+on: ``EvaluationHook`` (adds its metrics to ``stats.extra``) → ``ConvergenceHook`` (the convergence
+window's mAP, unless already scored) → ``HistoryHook`` (records and logs the epoch, with those metrics) → TensorBoard (``harness/tracking/tensorboard.py``) →
 ``CheckpointHook`` (saves the history so far) → ``CallbackHook``.
 """
 
@@ -91,6 +91,36 @@ class EvaluationHook:
         values = self.evaluate(c.model)
         for name in self.metrics:
             stats.extra[f"{self.test_set}/{name}"] = values[name]
+
+
+class ConvergenceHook:
+    """Scores the first test set at the epochs of the run's convergence window
+    (``train/convergence.py``; the last epoch is left to the final evaluation) and adds the mAP to
+    the epoch's ``stats.extra`` as ``convergence/<test_set>/mAP``. An epoch the periodic evaluation
+    already scored (``<test_set>/mAP`` in ``stats.extra``: put this hook after ``EvaluationHook``)
+    is not scored again. ``evaluation``: an ``EvaluationHook`` for the test set (its ``evaluate``
+    does the scoring; its own schedule is not used)."""
+
+    def __init__(self, evaluation: EvaluationHook, epochs: Sequence[int]) -> None:
+        self.evaluation = evaluation
+        self.epochs = frozenset(int(e) for e in epochs if int(e) < evaluation.max_epochs)
+
+    def on_epoch_end(self, c: Any, stats: Any) -> None:
+        from reidbench.harness.train.convergence import KEY_PREFIX
+
+        test = self.evaluation.test_set
+        if stats.epoch in self.epochs and f"{test}/mAP" not in stats.extra:
+            stats.extra[f"{KEY_PREFIX}{test}/mAP"] = self.evaluation.evaluate(c.model)["mAP"]
+
+
+def planned_lrs(scheduler: Any, max_epochs: int) -> list[float] | None:
+    """The LR multiplier each epoch 1..``max_epochs`` will train at, read from a per-epoch
+    ``LambdaLR`` (counter 0 = epoch 1, as ``train/build.build_lr_scheduler`` makes it) without
+    stepping it; None for any other scheduler (the convergence window then comes from the recorded LRs)."""
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if not lambdas:
+        return None
+    return [float(lambdas[0](epoch - 1)) for epoch in range(1, max_epochs + 1)]
 
 
 class CheckpointHook:
