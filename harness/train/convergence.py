@@ -302,5 +302,5 @@ def footer(counts: Counts) -> str:
     if counts.total == 0:
         return "converged: no finished run yet"
     rest = [f"{counts.no} not" if counts.no else "", f"{counts.unknown} unknown" if counts.unknown else ""]
-    tail = "; ".join(p for p in rest if p)
+    tail = ", ".join(p for p in rest if p)
     return f"converged: {counts.yes} of {counts.total} runs ({CRITERIA_TEXT}{'; ' + tail if tail else ''})"
