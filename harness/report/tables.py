@@ -74,8 +74,9 @@ def profile_label(spec: Mapping[str, Any]) -> str:
     ``cpu, 6 epochs`` (``cpu, 3 of 6 epochs`` when ``--epochs`` shortened it)."""
     schedule = spec.get("schedule") or {}
     epochs, full = schedule.get("max_epochs"), spec.get("full_epochs")
+    unit = "epoch" if epochs == 1 and not full else "epochs"
     length = "" if epochs is None else (f", {epochs} of {full} epochs" if full and int(full) > int(epochs)
-                                        else f", {epochs} epochs")
+                                        else f", {epochs} {unit}")
     return f"{spec.get('profile') or 'paper'}{length}"
 
 
