@@ -201,14 +201,16 @@ def with_agreement(table: "pd.DataFrame", agreement: "pd.DataFrame") -> "pd.Data
     return out
 
 
-def _signed(value: float) -> str:
-    return f"{value:+.1f}".replace("-", "−")
+def _signed(value: float, keep: bool = False) -> str:
+    """+1.2, −3.9; with ``keep`` a mean of two published one-decimal Δ keeps its second decimal (+2.05)."""
+    text = f"{value:+.2f}" if keep and abs(round(value, 1) - value) > 1e-9 else f"{value:+.1f}"
+    return text.replace("-", "−")
 
 
 def _cells(agreement: "pd.DataFrame") -> list[list[str]]:
     rows = []
     for r in agreement.itertuples():
-        paper = _signed(r.published)
+        paper = _signed(r.published, keep=True)
         if len(r.per_dataset) > 1:
             paper += " (" + ", ".join(f"{k} {_signed(v)}" for k, v in r.per_dataset.items()) + ")"
         measured = _signed(r.delta)

@@ -23,7 +23,7 @@ _LATEX_SPECIALS = [
     ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}"),
 ]
 _LATEX_UNICODE = {"→": r"$\rightarrow$", "−": "$-$", "±": r"$\pm$", "×": r"$\times$", "–": "--", "—": "---",
-                  "λ": r"$\lambda$", "…": r"\dots{}", "†": r"$^\dagger$"}
+                  "λ": r"$\lambda$", "…": r"\dots{}", "†": r"$^\dagger$", "Δ": r"$\Delta$", "ρ": r"$\rho$"}
 
 
 def latex_escape(text: str) -> str:
