@@ -19,6 +19,7 @@ import pytest
 
 from reidbench.harness.doctor import FAIL, OK, WARN, Check, exit_code
 from reidbench.harness.doctor import database, device, loader, services, weights
+from reidbench.harness.store.tables import SCHEMA_VERSION
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -284,7 +285,8 @@ def test_database_at_an_older_schema_would_be_upgraded_but_is_not(tmp_path):
     before = _digest(path), sorted(os.listdir(tmp_path))
     check = database.database_check(f"sqlite:///{path}", "default")
     assert check.status == WARN
-    assert check.text.startswith(f"{path} (default): schema 2, ") and "upgrades it in place to 3" in check.text
+    assert check.text.startswith(f"{path} (default): schema 2, ") and f"upgrades it in place to {SCHEMA_VERSION}" \
+        in check.text
     assert check.data["would_upgrade"] is True and check.data["schema_version"] == 2
     assert (_digest(path), sorted(os.listdir(tmp_path))) == before
     with sqlite3.connect(path) as con:  # still schema 2, still without the schema-3 table
@@ -373,10 +375,10 @@ def test_postgresql_schema_read_only(postgres_server, run_sql):
         empty = database.database_check(url)
         assert empty.status == OK and "no reidbench tables yet" in empty.text
         Store(url).close()
-        assert database.database_check(url).text.endswith("schema 3 (current), 0 runs")
+        assert database.database_check(url).text.endswith(f"schema {SCHEMA_VERSION} (current), 0 runs")
         run_sql(url, "UPDATE rb_meta SET value = '2' WHERE key = 'schema_version'")
         older = database.database_check(url)
-        assert older.status == WARN and "upgrades it in place to 3" in older.text
+        assert older.status == WARN and f"upgrades it in place to {SCHEMA_VERSION}" in older.text
         assert run_sql(url, "SELECT value FROM rb_meta WHERE key = 'schema_version'") == [("2",)]
     finally:
         postgres_server.drop_database(url)
