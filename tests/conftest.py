@@ -425,6 +425,7 @@ def _copy_sqlite_database(sqlite_path: Path, url: str) -> None:
         with target.begin() as conn:
             for sql in ordered:
                 sql = re.sub(r"\bid INTEGER NOT NULL", "id SERIAL NOT NULL", sql)
+                sql = re.sub(r"\bBLOB\b", "BYTEA", sql)  # schema 3's per-query results
                 conn.exec_driver_sql(re.sub(r"\bDATETIME\b", "TIMESTAMP WITHOUT TIME ZONE", sql))
         new.reflect(target)
         with source.connect() as src, target.begin() as dst:

@@ -23,6 +23,13 @@ COSINE = "90fc1fb8f8524f03ac6867584382ef79fd9e1cd1bc51d115242390d27e4960cc"  # +
 # the fixture's rb_epochs of +cosine LR (loss/id + loss/triplet at epochs 1 and 2)
 COSINE_LOSS = (1.8558215141296386 + 0.3591397076845169, 1.7993444442749023 + 0.2100347626954317)
 MILESTONE_AT_2 = "no window: fewer than two epochs at the peak LR before the first decay (epoch 2)"
+RUN_HASHES = [  # the fixture's runs, as its README and rb_runs name them
+    "8206749a5cea3e80e2f4d1d48f430b95d4dbd77a27fccdfc54def7573b3621a6",
+    COSINE,
+    "c9a9f79877e7eae5506a96350b6fd97393a4fac9b0edaff381bf21dd5c6d104b",
+    "bbfe704ce7d486ce963573086ac894d0031eaa1744d5fb8b567cea580e85f7be",
+    "bc24a6ad109fd432ff49ed350a72802c67c963ea9579c6f47b967180aa7d55ca",
+]
 EXPECTED = {  # run hash prefix → (status, window, reason)
     "8206749a5cea": (UNKNOWN, None, MILESTONE_AT_2),
     "bbfe704ce7d4": (UNKNOWN, None, MILESTONE_AT_2),
@@ -38,14 +45,37 @@ def _tables(db: Path) -> dict[str, list[tuple]]:
         return {n: sorted(map(repr, conn.execute(f'SELECT * FROM "{n}"'))) for n in names}
 
 
-def test_db_v3_runs_get_their_convergence_and_nothing_else_changes(old_project, same_numbers, capsys):
+def _earlier_steps(url: str, monkeypatch) -> None:
+    """Every upgrade step before the convergence one, as a reidbench without it would run them."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from reidbench.harness.store import migrations
+
+    earlier = tuple(m for m in migrations.MIGRATIONS if m.apply is not migrations._to_v5)
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS", earlier)
+        engine = create_engine(url)
+        try:
+            migrations.upgrade(engine.begin, url=make_url(url), name="results.db", stored_version=3,
+                               stream=io.StringIO())
+        finally:
+            engine.dispose()
+
+
+def test_db_v3_runs_get_their_convergence_and_nothing_else_changes(old_project, same_numbers, capsys, monkeypatch):
     work = old_project("db-v3")
+    _earlier_steps("sqlite:///results.db", monkeypatch)  # what the convergence step starts from
     before = _tables(work / "results.db")
+    finished = sum("'done'" in row for row in before["rb_runs"])
+    with sqlite3.connect(work / "results.db") as conn:
+        start = conn.execute("SELECT value FROM rb_meta WHERE key = 'schema_version'").fetchone()[0]
     store = Store("sqlite:///results.db")
     err = capsys.readouterr().err
-    assert f"from schema 3 to {SCHEMA_VERSION}" in err
-    assert "convergence of 5 finished run(s) read from their stored history (0 converged, 1 not, 4 unknown)" in err
-    assert len(list(work.glob("results.db.schema3-backup-*"))) == 1
+    assert f"to {SCHEMA_VERSION}" in err
+    assert (f"convergence of {finished} finished run(s) read from their stored history (0 converged, 1 not, "
+            f"{finished - 1} unknown)") in err
+    assert len(list(work.glob(f"results.db.schema{start}-backup-*"))) == 1  # a backup of what the step started from
 
     after = _tables(work / "results.db")
     assert set(after) == set(before) | {"rb_convergence"}
@@ -54,8 +84,8 @@ def test_db_v3_runs_get_their_convergence_and_nothing_else_changes(old_project, 
             assert after[name] == before[name], name  # runs, evaluations, metrics, epochs, ablations: untouched
     assert after["rb_meta"] == [repr(("schema_version", str(SCHEMA_VERSION)))]
 
-    runs = [r.run_hash for r in store.list_runs()]
-    found = store.convergence(runs)
+    # the fixture's hashes (aliases where an earlier step re-keyed a run) → their records
+    found = store.convergence(RUN_HASHES)
     assert {h[:12]: (c.status, c.epochs, c.reason) for h, c in found.items()} == EXPECTED
     cosine = found[COSINE]
     assert cosine.where == RUN_END and cosine.decay_epoch == 2 and cosine.test_set == "tiny"
@@ -77,6 +107,21 @@ def test_db_v3_runs_get_their_convergence_and_nothing_else_changes(old_project, 
         markdown = CliRunner().invoke(main, ["report", "--ablation", str(ablation), "--db", "sqlite:///results.db"])
         converged = f"Converged: 0 of {len(rows)} runs ("
         assert converged in markdown.stdout and "profile" not in markdown.stdout.splitlines()[0]
+
+
+def test_the_same_records_on_postgresql(old_project, db_url, copy_sqlite_database, run_sql):
+    """The upgrade's SQL on either dialect: the fixture's rows laid into PostgreSQL get the same records."""
+    work = old_project("db-v3")
+    url = "sqlite:///results.db" if db_url.startswith("sqlite") else db_url
+    if url != "sqlite:///results.db":
+        copy_sqlite_database(work / "results.db", url)
+    epochs = run_sql(url, "SELECT run_id, epoch FROM rb_epochs ORDER BY 1, 2")
+    store = Store(url)
+    found = store.convergence(RUN_HASHES)
+    assert {h[:12]: (c.status, c.epochs, c.reason) for h, c in found.items()} == EXPECTED
+    assert found[COSINE].loss == COSINE_LOSS
+    assert run_sql(url, "SELECT run_id, epoch FROM rb_epochs ORDER BY 1, 2") == epochs
+    store.close()
 
 
 def test_an_old_run_with_a_periodic_map_gets_both_values(tmp_path):
@@ -101,8 +146,7 @@ def test_an_old_run_with_a_periodic_map_gets_both_values(tmp_path):
             conn.execute('INSERT INTO rb_epochs (run_id, epoch, "values") VALUES (?, ?, ?)',
                          (run_id, epoch, json.dumps(values)))
     store = Store(f"sqlite:///{db}")
-    record = next(c for h, c in store.convergence([r.run_hash for r in store.list_runs()]).items()
-                  if h.startswith("bbfe704ce7d4"))
+    record = store.convergence([RUN_HASHES[3]])[RUN_HASHES[3]]
     assert (record.status, record.epochs, record.decay_epoch) == (YES, (2, 3), 4)
     assert record.loss == (1.50, 1.494) and record.loss_change == pytest.approx(-0.004)
     assert record.map == (0.8125, 0.8150) and record.map_change == pytest.approx(0.25)
