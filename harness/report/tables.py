@@ -166,8 +166,8 @@ def load_ablation(store: Any, ref: int | str = "latest") -> tuple["pd.DataFrame"
 
 
 def _convergence_statuses(store: Any, hashes: Sequence[str]) -> dict[str, str]:
-    """{run hash: yes/no/unknown} of finished runs; a store without convergence records reads unknown."""
-    found = store.convergence(list(hashes)) if hasattr(store, "convergence") else {}
+    """{run hash: yes/no/unknown} of finished runs (a run without a record reads unknown)."""
+    found = store.convergence(list(hashes))
     return {h: (found[h].status if h in found else "unknown") for h in hashes}
 
 

@@ -537,8 +537,8 @@ class Store:
         out: dict[str, Any] = {}
         with self._session() as s:
             for chunk in _chunks(list(run_hashes)):
-                stmt = (select(Run.run_hash, ConvergenceRow.detail).join(ConvergenceRow, ConvergenceRow.run_id == Run.id)
-                        .where(Run.run_hash.in_(chunk)))
+                stmt = (select(Run.run_hash, ConvergenceRow.detail)
+                        .join(ConvergenceRow, ConvergenceRow.run_id == Run.id).where(Run.run_hash.in_(chunk)))
                 for run_hash, detail in s.execute(stmt):
                     out[run_hash] = Convergence.from_dict(detail)
                 missing = [h for h in chunk if h not in out]

@@ -32,14 +32,16 @@ Definition (``DEFINITION_VERSION`` 1):
    - the training loss — the sum of the epoch-mean weighted loss terms, as the loop logs them —
      changes by less than ``LOSS_REL_TOL`` (1 %) of its value at epoch a;
    - the mAP on the run's first test set (the training domain in reidbench's ablations) changes by
-     less than ``MAP_TOL_POINTS`` (0.5 points). The runner scores it at exactly epochs a and b
-     (``hooks.ConvergenceHook``; an epoch already scored by ``eval.every_epochs`` is reused, and
-     epoch b = the last epoch is the final evaluation), so no evaluation setting enters the run hash.
+     less than ``MAP_TOL_POINTS`` (0.5 points). The runner scores it at epochs a and b only when it
+     can change the verdict — when the loss criterion has not already failed (``hooks.ConvergenceHook``
+     keeps epoch a's weights in memory until epoch b's loss is known; an epoch already scored by
+     ``eval.every_epochs`` is reused, and epoch b = the last epoch is the final evaluation). No
+     evaluation setting enters the run hash.
 
 3. **The verdict**: ``no`` when either measured criterion fails; ``yes`` when both were measured
    and pass; ``unknown`` otherwise (no window, a missing mAP — runs recorded before this existed
-   and trained without a periodic evaluation —, loss terms that differ between a and b because a
-   stage boundary lies between them).
+   and trained without a periodic evaluation, or a run resumed between a and b —, loss terms that
+   differ between a and b because a stage boundary lies between them).
 
 Why these thresholds: 1 % per epoch is a loss that would need ~70 more epochs to halve at that
 rate — flat at the time scale of a schedule; 0.5 points of mAP is half the run-to-run spread the
@@ -162,6 +164,22 @@ def convergence_window(lrs: Sequence[float], kind: str = DEFAULT_KIND) -> Window
                   f"the LR anneals from its peak (schedule {kind}): the run's last two epochs")
 
 
+def loss_check(losses_a: Mapping[str, Any], losses_b: Mapping[str, Any], epochs: tuple[int, int]
+               ) -> tuple[tuple[float, float] | None, float | None, str]:
+    """((L_a, L_b), relative change, note) of two epochs' named loss terms; the change is None (the
+    note says why) when the terms differ (a stage boundary), are not finite, or L_a <= 0. The loss
+    criterion fails when ``abs(change) >= LOSS_REL_TOL``."""
+    a, b = epochs
+    if set(losses_a) != set(losses_b):
+        return None, None, f"loss: the terms differ between epochs {a} and {b} (a stage boundary)"
+    if not losses_a or not all(_finite(v) for v in (*losses_a.values(), *losses_b.values())):
+        return None, None, "loss: not recorded as finite numbers"
+    loss = (float(sum(losses_a.values())), float(sum(losses_b.values())))
+    if loss[0] <= 0:
+        return None, None, f"loss: {loss[0]:g} at epoch {a}, no relative change"
+    return loss, (loss[1] - loss[0]) / loss[0], ""
+
+
 def _epoch_view(entry: Mapping[str, Any]) -> tuple[dict[str, float], float | None, dict[str, Any]]:
     """(losses, lr, extras) of a history entry (``EpochStats.to_dict``) or a stored, flattened epoch."""
     if isinstance(entry.get("losses"), Mapping):
@@ -215,18 +233,9 @@ def assess(history: Sequence[Mapping[str, Any]], *, max_epochs: int, kind: str =
     (loss_a, _, extra_a), (loss_b, _, extra_b) = _epoch_view(by_epoch[a]), _epoch_view(by_epoch[b])
 
     notes: list[str] = []
-    loss = loss_change = None
-    if set(loss_a) != set(loss_b):
-        notes.append(f"loss: the terms differ between epochs {a} and {b} (a stage boundary)")
-    elif not loss_a or not all(_finite(v) for v in (*loss_a.values(), *loss_b.values())):
-        notes.append("loss: not recorded as finite numbers")
-    else:
-        loss = (float(sum(loss_a.values())), float(sum(loss_b.values())))
-        if loss[0] <= 0:
-            notes.append(f"loss: {loss[0]:g} at epoch {a}, no relative change")
-            loss = None
-        else:
-            loss_change = (loss[1] - loss[0]) / loss[0]
+    loss, loss_change, loss_note = loss_check(loss_a, loss_b, (a, b))
+    if loss_note:
+        notes.append(loss_note)
 
     def map_at(epoch: int, extra: Mapping[str, Any]) -> float | None:
         if test_set is None:
@@ -240,7 +249,9 @@ def assess(history: Sequence[Mapping[str, Any]], *, max_epochs: int, kind: str =
     mean_ap = map_change = None
     if m_a is None or m_b is None:
         lacking = [str(e) for e, m in ((a, m_a), (b, m_b)) if m is None]
-        notes.append(f"mAP: not scored at epoch {' and '.join(lacking)}" if test_set else "mAP: no test set")
+        decided = loss_change is not None and not abs(loss_change) < LOSS_REL_TOL
+        why = " (the loss alone decides)" if decided else ""
+        notes.append(f"mAP: not scored at epoch {' and '.join(lacking)}{why}" if test_set else "mAP: no test set")
     else:
         mean_ap, map_change = (m_a, m_b), 100.0 * (m_b - m_a)
 

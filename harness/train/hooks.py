@@ -9,8 +9,9 @@ loss tensors, ``stats`` the epoch's ``loop.EpochStats``.
 Each hook takes plain arguments, so the same hooks serve reidbench's runner and a loop of your own
 (``docs/design.md``, "Reusing the training loop"). The runner's order, which the output depends
 on: ``EvaluationHook`` (adds its metrics to ``stats.extra``) → ``ConvergenceHook`` (the convergence
-window's mAP, unless already scored) → ``HistoryHook`` (records and logs the epoch, with those metrics) → TensorBoard (``harness/tracking/tensorboard.py``) →
-``CheckpointHook`` (saves the history so far) → ``CallbackHook``.
+window's mAP, when it can decide) → ``HistoryHook`` (records and logs the epoch, with those metrics)
+→ TensorBoard (``harness/tracking/tensorboard.py``) → ``CheckpointHook`` (saves the history so far)
+→ ``CallbackHook``.
 """
 
 from __future__ import annotations
@@ -94,23 +95,61 @@ class EvaluationHook:
 
 
 class ConvergenceHook:
-    """Scores the first test set at the epochs of the run's convergence window
-    (``train/convergence.py``; the last epoch is left to the final evaluation) and adds the mAP to
-    the epoch's ``stats.extra`` as ``convergence/<test_set>/mAP``. An epoch the periodic evaluation
-    already scored (``<test_set>/mAP`` in ``stats.extra``: put this hook after ``EvaluationHook``)
-    is not scored again. ``evaluation``: an ``EvaluationHook`` for the test set (its ``evaluate``
-    does the scoring; its own schedule is not used)."""
+    """Measures the mAP half of the convergence check (``train/convergence.py``) on the first test set
+    over the window's epochs (a, b), only when it can change the verdict.
 
-    def __init__(self, evaluation: EvaluationHook, epochs: Sequence[int]) -> None:
-        self.evaluation = evaluation
-        self.epochs = frozenset(int(e) for e in epochs if int(e) < evaluation.max_epochs)
+    At epoch a it keeps a copy of the model's weights in memory (unless the periodic evaluation
+    already scored a: ``<test_set>/mAP`` in ``stats.extra``; put this hook after ``EvaluationHook``
+    and before ``HistoryHook``). At epoch b it reads both epochs' losses: when the loss criterion
+    already fails, nothing is scored; otherwise epoch a's weights are scored (swapped in and the
+    current ones restored exactly; the value goes into epoch a's record of ``history``) and so is
+    epoch b (``stats.extra``), both as ``convergence/<test_set>/mAP`` — except epoch b = the last
+    one, which the final evaluation scores. A run resumed between a and b has lost a's weights: its
+    mAP half stays unknown. ``evaluation``: an ``EvaluationHook`` for the test set (its
+    ``evaluate`` scores; its own schedule is not used); ``history``: ``HistoryHook.history``.
+    """
+
+    def __init__(self, evaluation: EvaluationHook, window: Sequence[int], history: list[dict[str, Any]]) -> None:
+        self.evaluation, self.history = evaluation, history
+        self.first, self.last = (int(e) for e in window)
+        self._weights: dict[str, Any] | None = None
+
+    def _record(self, epoch: int) -> dict[str, Any] | None:
+        return next((h for h in self.history if h.get("epoch") == epoch), None)
 
     def on_epoch_end(self, c: Any, stats: Any) -> None:
-        from reidbench.harness.train.convergence import KEY_PREFIX
+        from reidbench.harness.train.convergence import KEY_PREFIX, LOSS_REL_TOL, loss_check
 
         test = self.evaluation.test_set
-        if stats.epoch in self.epochs and f"{test}/mAP" not in stats.extra:
-            stats.extra[f"{KEY_PREFIX}{test}/mAP"] = self.evaluation.evaluate(c.model)["mAP"]
+        periodic, key = f"{test}/mAP", f"{KEY_PREFIX}{test}/mAP"
+        if stats.epoch == self.first:
+            if periodic not in stats.extra:
+                self._weights = _copy_state(c.model)
+            return
+        if stats.epoch != self.last:
+            return
+        weights, self._weights = self._weights, None
+        before = self._record(self.first)
+        if before is None:
+            return
+        _, change, _ = loss_check(before.get("losses") or {}, stats.losses, (self.first, self.last))
+        if change is not None and not abs(change) < LOSS_REL_TOL:
+            return  # the loss criterion fails: "not converged" whatever the mAP says
+        extra = before.setdefault("extra", {})
+        if periodic not in extra and key not in extra and weights is not None:
+            current = _copy_state(c.model)
+            c.model.load_state_dict(weights)
+            try:
+                extra[key] = self.evaluation.evaluate(c.model)["mAP"]
+            finally:
+                c.model.load_state_dict(current)
+        if stats.epoch < self.evaluation.max_epochs and periodic not in stats.extra:
+            stats.extra[key] = self.evaluation.evaluate(c.model)["mAP"]
+
+
+def _copy_state(model: Any) -> dict[str, Any]:
+    """A detached copy of every parameter and buffer (``load_state_dict`` puts it back bit for bit)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def planned_lrs(scheduler: Any, max_epochs: int) -> list[float] | None:

@@ -292,7 +292,7 @@ def _train_and_evaluate(spec: RunSpec, rhash: str, fingerprint: str, out_dir: Pa
         planned = _planned_lrs(components.scheduler, max_epochs)
         if main:  # rank 0 alone evaluates periodically, keeps the history, writes TensorBoard, checkpoints
             hooks += _periodic_evaluation(spec, datasets, device, workers)
-            hooks += _convergence_evaluation(spec, datasets, device, workers, planned)
+            hooks += _convergence_evaluation(spec, datasets, device, workers, planned, history)
             hooks.append(HistoryHook(max_epochs, history, log))
             # TensorBoard before the checkpoint: an epoch logged but not checkpointed is purged on resume,
             # whereas one checkpointed but not logged would stay missing from the curves.
@@ -390,10 +390,11 @@ def _planned_lrs(scheduler: Any, max_epochs: int) -> list[float] | None:
 
 
 def _convergence_evaluation(spec: RunSpec, datasets: Mapping[str, Any], device: Any, workers: int,
-                            planned: Sequence[float] | None) -> list[Any]:
+                            planned: Sequence[float] | None, history: list[dict[str, Any]]) -> list[Any]:
     """Scores of the first test set at the convergence window's epochs (``train/convergence.py``): the
-    run's mAP change before its first LR decay. Two evaluations at most; none when the window's epochs
-    are the last one (the final evaluation) or already periodic ones."""
+    run's mAP change before its first LR decay. Two evaluations at most, and none when the loss has
+    already failed the check, when the window's epochs are periodic ones or the last one (the final
+    evaluation)."""
     from reidbench.harness.evaluation.settings import EvaluationSettings
     from reidbench.harness.train.convergence import convergence_window
     from reidbench.harness.train.hooks import ConvergenceHook, EvaluationHook
@@ -408,7 +409,7 @@ def _convergence_evaluation(spec: RunSpec, datasets: Mapping[str, Any], device: 
                             image_size=spec.data.image_size, batch_size=spec.eval.batch_size,
                             settings=EvaluationSettings.from_eval(spec.eval), workers=workers,
                             amp_dtype=amp_dtype_for(spec, device), masks=spec.data.masks)
-    return [ConvergenceHook(scorer, window.epochs)]
+    return [ConvergenceHook(scorer, window.epochs, history)]
 
 
 def _convergence(spec: RunSpec, history: Sequence[Mapping[str, Any]], metrics: Mapping[str, Mapping[str, float]],
