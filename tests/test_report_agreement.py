@@ -211,3 +211,34 @@ def test_rows_of_two_versions_of_a_profile_say_which(tmp_path):
                             "seed": 0}])
     one = CliRunner().invoke(main, ["report", "--db", url, "--ablation", "old", "--interval", "none"]).stdout
     assert "| profile |" not in one and "profile cpu; 6 epochs" in one  # one profile: said once, in the caption
+
+
+def test_a_table2_variant_row_is_compared_with_table2(tmp_path):
+    """An --eval variant row (the +BNNeck model ranked by f_t Euclidean) against the same models' default
+    evaluation: BoT Table 2's f_t Euclidean minus its default f_i cosine (= Table 1's +BNNeck row)."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    store = Store(url)
+    base = _base("market", ("market",))
+    steps = [s for s in expand(base, parse_trick_list("warmup,rea,ls,stride,bnneck"), "cumulative", [0, 1])
+             if s.step == "+BNNeck"]
+    for s in steps:
+        store.ensure_run(s.run_hash, s.spec.to_dict(), s.label)
+        default = {"mAP": 0.800 + 0.01 * s.seed, "R1": 0.9}
+        ft = {"mAP": default["mAP"] - 0.010 - 0.001 * s.seed, "R1": 0.9}  # −1.0, −1.1 points
+        store.record_result(s.run_hash, None, {
+            "run_hash": s.run_hash, "spec": s.spec.to_dict(),
+            "evaluations": [{"key": "d", "test_set": "market", "variant": "", "settings": {}, "metrics": default},
+                            {"key": "f", "test_set": "market", "variant": "fte", "metrics": ft,
+                             "settings": {"feature": "f_t", "normalize": False, "metric": "euclidean"}}],
+            "history": [], "provenance": {"market": {**SYNTH, "name": "market", "synthetic": False}},
+            "model_info": {}, "environment": {}, "seconds_train": 1.0, "seconds_eval": 1.0, "out_dir": "/x"})
+    store.record_ablation("t2", "bot", "cumulative", {"train": "market", "test": ["market"], "seeds": [0, 1],
+                                                      "variants": [{"name": "fte", "label": "f_t Euclidean"}]},
+                          [{"position": i, "run_hash": s.run_hash, "label": s.label, "step": s.step, "seed": s.seed}
+                           for i, s in enumerate(steps)])
+    frame, ctx = load_ablation(store, "t2")
+    agreement = agreement_frame(frame, ablation_intervals(store, frame, ctx.mode, ["mAP"], method="seeds"))
+    (row,) = agreement.itertuples()
+    assert (row.step, row.reference, row.source) == ("+BNNeck [f_t Euclidean]", "+BNNeck", "BoT Table 2")
+    assert row.per_dataset == pytest.approx({"Market": 85.5 - 85.7}) and row.delta == pytest.approx(-1.05)
+    assert row.verdict == AGREES
