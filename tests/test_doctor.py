@@ -276,7 +276,8 @@ def test_database_at_an_older_schema_would_be_upgraded_but_is_not(tmp_path):
     before = _digest(path), sorted(os.listdir(tmp_path))
     check = database.database_check(f"sqlite:///{path}", "default")
     assert check.status == WARN
-    assert check.text.startswith(f"{path} (default): schema 2, ") and f"upgrades it in place to {SCHEMA_VERSION}" in check.text
+    assert check.text.startswith(f"{path} (default): schema 2, ") and f"upgrades it in place to {SCHEMA_VERSION}" \
+        in check.text
     assert check.data["would_upgrade"] is True and check.data["schema_version"] == 2
     assert (_digest(path), sorted(os.listdir(tmp_path))) == before
     with sqlite3.connect(path) as con:  # still schema 2, still without the schema-3 table

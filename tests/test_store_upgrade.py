@@ -152,9 +152,11 @@ def test_upgrade_keeps_every_run_and_number(v1, v1_url, tmp_path, capfd):
     store = Store(v1_url)
     err = capfd.readouterr().err.strip().splitlines()
     (backup,) = _backups(v1, v1_url)
-    assert err == [f"reidbench: upgraded {describe(parse_url(v1_url))} from schema 1 to 4 (backup: {backup}); "
-                   "3 run(s) re-hashed; 1 ablation(s) renamed; 3 run folder(s) rewritten, 0 missing; 12 evaluation(s) "
-                   f"without per-query results (filled in from saved features on demand); {REKEY_NOTE}"]
+    assert err == [f"reidbench: upgraded {describe(parse_url(v1_url))} from schema 1 to {SCHEMA_VERSION} (backup: "
+                   f"{backup}); 3 run(s) re-hashed; 1 ablation(s) renamed; 3 run folder(s) rewritten, 0 missing; 12 "
+                   "evaluation(s) without per-query results (filled in from saved features on demand); "
+                   f"{REKEY_NOTE}; convergence of 3 finished run(s) read from their stored history (0 converged, "
+                   "0 not, 3 unknown)"]
     # The backup holds the original rows: a complete schema-1 database (SQLite) or a JSON dump of it.
     assert _jsonable(_backup_rows(backup, v1_url)) == _jsonable(before)
     assert _version(v1_url) == str(SCHEMA_VERSION)

@@ -286,11 +286,11 @@ def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "m
         bad = [statuses.get(s.run_hash) for s in members if statuses.get(s.run_hash) != "done"]
         note = f"  ({', '.join(sorted(set(b or 'missing' for b in bad)))})" if bad else ""
         out.append(f"{label:<{width}}" + "".join(cells) + note)
-    notes = []
-    if plan.base.profile == "cpu":
-        notes.append("cpu profile")
-    if any(s.spec.shortened for s in plan.steps):
-        notes.append(f"shortened to {plan.base.schedule.max_epochs} epochs")
+    from reidbench.harness.report.tables import profile_label
+    from reidbench.harness.train.convergence import Counts, footer
+
+    # the profile as its runs have it (a profile name can change its recipe: "cpu, 6 epochs" says which)
+    notes = [f"profile {p}" for p in dict.fromkeys(profile_label(s.spec.to_dict()) for s in plan.steps)]
     if not plan.base.model.pretrained:
         notes.append("no pretrained weights")
     masks = [s.spec.data.masks for s in plan.steps if s.spec.data.masks]
@@ -302,6 +302,9 @@ def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "m
     if any(r is not None and r.synthetic for r in runs):
         notes.append("synthetic data")
     out.append(f"R1/mAP in %, {len(plan.seeds)} seed(s)" + (f"; {', '.join(notes)}" if notes else ""))
+    done = [h for h in plan.unique_hashes() if statuses.get(h) == "done"]
+    found = store.convergence(done)
+    out.append(footer(Counts.of([found[h].status if h in found else "unknown" for h in done])))
     if intervals is not None and len(intervals):
         out.extend(_effect_lines(plan, intervals, train))
     return "\n".join(out)

@@ -96,7 +96,9 @@ class ReportOptions:
 @click.option("--metrics", default=None, metavar="LIST",
               help="Comma-separated: r1,r5,r10,map,minp, rerank_<name> [default: r1,map (+ re-ranked if recorded)].")
 @click.option("--paper", is_flag=True,
-              help="Add the paper's numbers (Luo et al. 2019, Tables 1 and 3) beside matching rows on Market/Duke.")
+              help="Add the paper's numbers (Luo et al. 2019, Tables 1 and 3) beside matching rows on Market/Duke, "
+                   "and, on any data, each published effect (paper Δ) beside the measured one with a verdict: "
+                   "agrees / opposite / within the noise (CSV: paper_delta, agreement columns).")
 @click.option("--speed", is_flag=True,
               help="Instead of accuracy: each step's training speed (img/s, mean±std over seeds) and its ratio to "
                    "the first row — what a component costs.")
@@ -168,7 +170,11 @@ def _report_study(opts: ReportOptions) -> None:
         tables.append(("", sweep_table(points, by, use_metrics)))
     runs = [store.get_run(h) for h in points["run_hash"].unique()]
     what = "batch size P×K" if by == "batch" else "input image size"
-    notes = "; ".join(attrs.get("notes", []) or [])
+    from reidbench.harness.train.convergence import Counts, footer
+
+    found = store.convergence([r.run_hash for r in runs])
+    converged = footer(Counts.of([found[r.run_hash].status if r.run_hash in found else "unknown" for r in runs]))
+    notes = "; ".join([*(attrs.get("notes", []) or []), converged])
     parts = []
     for suffix, table in tables:
         caption = (f"{'/'.join(use_metrics)} (%) against {what}{suffix}, study {study}: {describe_runs(runs)}"
@@ -221,9 +227,6 @@ def _report(opts: ReportOptions) -> None:
     use_metrics = chosen or default_metrics(frame)
     table = ablation_table(frame, use_metrics, paper=paper)
     with_paper = paper and has_paper_numbers(table)
-    if paper and not with_paper:
-        click.echo("note: --paper: no row matches the paper (it reports Market-1501/DukeMTMC-reID R1/mAP only, "
-                   "never synthetic data)", err=True)
     caption = ablation_caption(context, use_metrics, paper=with_paper)
     if interval != "none":
         from reidbench.harness.report.significance import ablation_intervals, interval_note
@@ -235,7 +238,44 @@ def _report(opts: ReportOptions) -> None:
         table = with_intervals(table, intervals)
         note = interval_note(intervals, context.mode, resamples=resamples, against=against)
         caption = f"{caption} {note}".strip()
-    emit(render(table, use_fmt, caption=caption, label=label, title=f"reidbench ablation {context.name}"), out)
+    from reidbench.harness.report.tables import ablation_row_info
+
+    agreement = None
+    if paper:  # the papers' effects beside the measured ones: directions and ranks (report/agreement.py)
+        if not with_paper:
+            click.echo("note: --paper: no row matches the paper (it reports Market-1501/DukeMTMC-reID only, never "
+                       "synthetic data): only effects are compared, in the agreement block", err=True)
+        agreement = _agreement(frame, intervals if interval != "none" else None, use_metrics)
+        if agreement is not None and use_fmt == "csv":
+            from reidbench.harness.report.agreement import with_agreement
+
+            table = with_agreement(table, agreement)
+    text = render(table, use_fmt, caption=caption, label=label, title=f"reidbench ablation {context.name}",
+                  row_info=ablation_row_info(store, frame))
+    if agreement is not None and use_fmt != "csv":
+        from reidbench.harness.report.agreement import render_agreement
+
+        block = render_agreement(agreement, use_fmt, label=label + "-agreement", data_kind=context.data_kind)
+        if use_fmt == "html":
+            text = text.replace("</body>", block + "\n</body>")
+        else:
+            text = text.rstrip("\n") + "\n\n" + block
+    emit(text, out)
+
+
+def _agreement(frame: Any, intervals: Any, metrics: Any) -> Any:
+    """The agreement of the table's effects with the papers' (None, with a note, when there is none)."""
+    from reidbench.harness.report.agreement import agreement_frame
+
+    if intervals is None:
+        click.echo("note: --paper with --interval none: no agreement with the papers' effects (it needs the "
+                   "intervals)", err=True)
+        return None
+    agreement = agreement_frame(frame, intervals, metrics)
+    if agreement.empty:
+        click.echo("note: --paper: no comparison in this table has a published effect to compare with", err=True)
+        return None
+    return agreement
 
 
 def _report_speed(opts: ReportOptions) -> None:

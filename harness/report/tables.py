@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from reidbench.harness.report.naming import RERANK_PREFIX, group_label, metric_label
 from reidbench.harness.report.paper import CITATIONS, paper_system, paper_value
+from reidbench.harness.train.convergence import Counts, footer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +34,8 @@ INTERVAL_STATS = ("delta", "ci_low", "ci_high", "significant")  # vs the row's r
 DAGGER = "†"  # a difference whose interval excludes 0
 DEFAULT_METRICS = ("R1", "mAP")
 TIDY_COLUMNS = ["row", "step", "position", "seed", "run_hash", "status", "train", "test_set", "group", "tricks",
-                "synthetic", "metric", "value", "variant", "ranking", "system"]
+                "synthetic", "metric", "value", "variant", "ranking", "system", "profile"]
+ROW_INFO_COLUMNS = ("profile", "runs", "converged", "not converged")  # per-row facts (``row_info``)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,20 @@ class AblationContext:
     # reference | standard | mixed | unknown: whether the done runs' ResNet stem is the BoT reference's
     # (model.stem_relu false: no ReLU after the stem BatchNorm) or timm's standard one
     stem: str = "unknown"
+    # how many of the distinct finished runs converged (train/convergence.py); None: not looked up
+    convergence: Any = None
+    profiles: tuple[str, ...] = ()  # profile_label of the runs, first seen first: more than one = rows differ
+
+
+def profile_label(spec: Mapping[str, Any]) -> str:
+    """Which profile a stored run used, told apart from another version of the same profile name:
+    ``cpu, 6 epochs`` (``cpu, 3 of 6 epochs`` when ``--epochs`` shortened it)."""
+    schedule = spec.get("schedule") or {}
+    epochs, full = schedule.get("max_epochs"), spec.get("full_epochs")
+    unit = "epoch" if epochs == 1 and not full else "epochs"
+    length = "" if epochs is None else (f", {epochs} of {full} epochs" if full and int(full) > int(epochs)
+                                        else f", {epochs} {unit}")
+    return f"{spec.get('profile') or 'paper'}{length}"
 
 
 def _same_domain_first(train: str, tests: Iterable[str]) -> tuple[str, ...]:
@@ -144,7 +160,15 @@ def _ablation_tests(record: Any, runs: dict[str, Any]) -> tuple[str, tuple[str, 
 def load_ablation(store: Any, ref: int | str = "latest") -> tuple["pd.DataFrame", AblationContext]:
     """Ablation ``ref`` (id, name or "latest") read once: its tidy frame and its caption facts."""
     record, runs, values, rankings = _load(store, ref)
-    return _frame(record, runs, values, rankings), _context(record, runs)
+    done = [h for h, r in runs.items() if r is not None and r.status == "done"]
+    statuses = _convergence_statuses(store, done)
+    return _frame(record, runs, values, rankings), _context(record, runs, statuses)
+
+
+def _convergence_statuses(store: Any, hashes: Sequence[str]) -> dict[str, str]:
+    """{run hash: yes/no/unknown} of finished runs (a run without a record reads unknown)."""
+    found = store.convergence(list(hashes))
+    return {h: (found[h].status if h in found else "unknown") for h in hashes}
 
 
 def ablation_context(store: Any, ref: int | str = "latest") -> AblationContext:
@@ -152,7 +176,7 @@ def ablation_context(store: Any, ref: int | str = "latest") -> AblationContext:
     return load_ablation(store, ref)[1]
 
 
-def _context(record: Any, runs: dict[str, Any]) -> AblationContext:
+def _context(record: Any, runs: dict[str, Any], convergence: Mapping[str, str] | None = None) -> AblationContext:
     train, tests = _ablation_tests(record, runs)
     meta = record.meta
     known = [r for r in runs.values() if r is not None]
@@ -182,6 +206,8 @@ def _context(record: Any, runs: dict[str, Any]) -> AblationContext:
         test_fingerprints={str(k): str(v) for k, v in (meta.get("test_fingerprints") or {}).items() if v},
         masks=_mask_labels(r.spec for r in known),
         stem=_kind([(r.spec.get("model") or {}).get("stem_relu") is False for r in done], "reference", "standard"),
+        convergence=None if convergence is None else Counts.of(list(convergence.values())),
+        profiles=tuple(dict.fromkeys(profile_label(r.spec) for r in known)),
     )
 
 
@@ -231,7 +257,8 @@ def _frame(record: Any, runs: dict[str, Any], values: dict[tuple[str, str, str, 
             tricks = ",".join(sorted(spec.get("tricks") or ()))
             common = (row_of[shown], shown, int(member["position"]), member.get("seed"), h,
                       run.status if run is not None else "missing", train)
-            tail = (variant, rankings.get((h, variant), ""), paper_system(spec) if run is not None else None)
+            tail = (variant, rankings.get((h, variant), ""), paper_system(spec) if run is not None else None,
+                    profile_label(spec) if run is not None else "")
             extra_tests = [t for (hh, vv, t) in by_run if hh == h and vv == variant and t not in tests]
             for test in (*tests, *extra_tests):
                 group = group_label(train, test)
@@ -426,7 +453,9 @@ def ablation_caption(context: AblationContext, metrics: Sequence[str], paper: bo
     data = {"synthetic": "synthetic data", "real": "real data", "mixed": "synthetic and real data"}.get(
         context.data_kind, "data kind unknown (no run finished)")
     parts.append(data)
-    if context.profile:
+    if len(context.profiles) > 1:
+        parts.append(f"profiles differ by row ({' / '.join(context.profiles)}; see the profile column)")
+    elif context.profile:
         parts.append(f"profile {context.profile}")
     if context.epochs is not None:
         shortened = (f" (shortened from {context.full_epochs})"
@@ -459,4 +488,30 @@ def ablation_caption(context: AblationContext, metrics: Sequence[str], paper: bo
     if paper and context.systems:
         text += (f" Paper: {'; '.join(CITATIONS[s] for s in context.systems)}; {OUTSIDE_MARK}: the measured value "
                  f"is more than {PAPER_SPREAD:.1f} point from the paper's (its author's stated run-to-run spread).")
+    if context.convergence is not None:
+        note = footer(context.convergence)
+        text += f" {note[0].upper()}{note[1:]}."
     return text
+
+
+def ablation_row_info(store: Any, frame: "pd.DataFrame") -> "pd.DataFrame":
+    """``row_info`` of an ablation frame, with its runs' convergence read from ``store``."""
+    done = list(dict.fromkeys(frame.loc[frame["status"] == "done", "run_hash"]))
+    return row_info(frame, _convergence_statuses(store, done))
+
+
+def row_info(frame: "pd.DataFrame", convergence: Mapping[str, str]) -> "pd.DataFrame":
+    """Per table row (default rows and variant rows alike): its runs' profile (``profile_label``, joined
+    with " / " when they differ), how many distinct finished runs it has and how many of those
+    converged or did not (``convergence``: {run hash: yes/no/unknown}, ``Store.convergence``)."""
+    import pandas as pd
+
+    rows = {}
+    for step, part in frame.groupby("step", sort=False):
+        done = list(dict.fromkeys(part.loc[part["status"] == "done", "run_hash"]))
+        statuses = [convergence.get(h, "unknown") for h in done]
+        profiles = [p for p in dict.fromkeys(part["profile"]) if p]
+        rows[step] = {"profile": " / ".join(profiles), "runs": len(done),
+                      "converged": sum(s == "yes" for s in statuses), "not converged": sum(s == "no" for s in statuses)}
+    order = list(dict.fromkeys(frame.sort_values("row")["step"]))
+    return pd.DataFrame.from_dict(rows, orient="index", columns=list(ROW_INFO_COLUMNS)).reindex(order)

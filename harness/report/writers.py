@@ -24,7 +24,7 @@ _LATEX_SPECIALS = [
 ]
 _LATEX_UNICODE = {"→": r"$\rightarrow$", "−": "$-$", "±": r"$\pm$", "×": r"$\times$", "–": "--", "—": "---",
                   "λ": r"$\lambda$", "…": r"\dots{}", "†": r"$^\dagger$",
-                  "Δ": r"$\Delta$"}
+                  "Δ": r"$\Delta$", "ρ": r"$\rho$"}
 
 
 def latex_escape(text: str) -> str:
@@ -40,9 +40,25 @@ def _markdown_escape(text: str) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
 
 
-def to_latex(table: "pd.DataFrame", caption: str = "", label: str = "tab:reidbench", bold: bool = True) -> str:
-    """A booktabs ``table`` float: a multicolumn header per group, best per column in \\textbf."""
+PROFILE_GROUP = ""  # column group of the profile column (a row label, not a test set)
+
+
+def _cells(table: "pd.DataFrame", bold: bool, row_info: "pd.DataFrame | None") -> tuple["pd.DataFrame", "pd.DataFrame"]:
+    """``display_cells``, with a first "profile" column when ``row_info`` says the rows' profiles differ."""
     text, best = display_cells(table, bold=bold)
+    if row_info is None or "profile" not in row_info or row_info["profile"].nunique() < 2:
+        return text, best
+    profiles = row_info["profile"].reindex(text.index).fillna("")
+    text.insert(0, (PROFILE_GROUP, "profile"), list(profiles))
+    best.insert(0, (PROFILE_GROUP, "profile"), [False] * len(best))
+    return text, best
+
+
+def to_latex(table: "pd.DataFrame", caption: str = "", label: str = "tab:reidbench", bold: bool = True,
+             row_info: "pd.DataFrame | None" = None) -> str:
+    """A booktabs ``table`` float: a multicolumn header per group, best per column in \\textbf; a
+    profile column first when the rows' profiles differ (``row_info``)."""
+    text, best = _cells(table, bold, row_info)
     return cells_to_latex(text, best, caption=caption, label=label)
 
 
@@ -92,9 +108,11 @@ def latex_document(table_latex: str) -> str:
             "\\begin{document}\n" + table_latex + "\n\\end{document}\n")
 
 
-def to_markdown(table: "pd.DataFrame", caption: str = "", bold: bool = True) -> str:
-    """A GitHub-flavoured Markdown table (headers "group metric"), best per column in **bold**."""
-    text, best = display_cells(table, bold=bold)
+def to_markdown(table: "pd.DataFrame", caption: str = "", bold: bool = True,
+                row_info: "pd.DataFrame | None" = None) -> str:
+    """A GitHub-flavoured Markdown table (headers "group metric"), best per column in **bold**; a
+    profile column first when the rows' profiles differ (``row_info``)."""
+    text, best = _cells(table, bold, row_info)
     return cells_to_markdown(text, best, caption=caption, index_name=str(table.index.name or ""))
 
 
@@ -103,7 +121,7 @@ def cells_to_markdown(text: "pd.DataFrame", best: "pd.DataFrame | None" = None, 
     """Text cells with (group, column) headers → a Markdown table (``best`` cells in **bold**)."""
     best = _no_best(text) if best is None else best
     name = str(text.index.name or "") if index_name is None else index_name
-    header = [name] + [f"{g} {c}" for g, c in text.columns]
+    header = [name] + [f"{g} {c}".strip() for g, c in text.columns]
     lines = ["| " + " | ".join(_markdown_escape(h) for h in header) + " |",
              "|" + "---|" + "---:|" * text.shape[1]]
     for (idx, row), (_, marks) in zip(text.iterrows(), best.iterrows()):
@@ -115,15 +133,23 @@ def cells_to_markdown(text: "pd.DataFrame", best: "pd.DataFrame | None" = None, 
     return out
 
 
-def to_csv(table: "pd.DataFrame") -> str:
-    """Numbers, not text: one column per (group, metric, stat), e.g. ``Market-1501 R1 mean``."""
+def to_csv(table: "pd.DataFrame", row_info: "pd.DataFrame | None" = None) -> str:
+    """Numbers, not text: one column per (group, metric, stat), e.g. ``Market-1501 R1 mean``; then the
+    per-row facts of ``row_info`` (``tables.row_info``: profile, runs, converged, not converged)."""
+    import pandas as pd
+
     flat = table.copy()
     for col in flat.columns:
         if col[-1] == "n":
             flat[col] = flat[col].fillna(0).astype(int)
-        if col[-1] == "significant":  # 1/0, empty where the row has no reference or no interval
+        if col[-1] in ("significant", "agreement"):  # 1/0(/-1), empty where there is nothing to say
             flat[col] = flat[col].astype("Int64")
     flat.columns = [" ".join(str(x) for x in c) for c in table.columns]
+    if row_info is not None:
+        info = row_info.reindex(flat.index)
+        for name in info.columns:
+            numeric = pd.api.types.is_numeric_dtype(info[name])
+            flat[name] = info[name].astype("Int64") if numeric else info[name]
     return flat.to_csv(float_format="%.4f")
 
 
@@ -148,9 +174,11 @@ tbody th {{ text-align: left; }}
 """
 
 
-def to_html(table: "pd.DataFrame", caption: str = "", title: str = "reidbench report", bold: bool = True) -> str:
-    """A standalone HTML page with the table (best per column bold) and its caption."""
-    text, best = display_cells(table, bold=bold)
+def to_html(table: "pd.DataFrame", caption: str = "", title: str = "reidbench report", bold: bool = True,
+            row_info: "pd.DataFrame | None" = None) -> str:
+    """A standalone HTML page with the table (best per column bold; a profile column first when the
+    rows' profiles differ) and its caption."""
+    text, best = _cells(table, bold, row_info)
     return cells_to_html(text, best, caption=caption, title=title)
 
 
@@ -169,16 +197,17 @@ def cells_to_html(text: "pd.DataFrame", best: "pd.DataFrame | None" = None, capt
 
 
 def render(table: "pd.DataFrame", fmt: str, caption: str = "", label: str = "tab:reidbench",
-           title: str = "reidbench report") -> str:
-    """The numeric table in ``fmt`` (latex, markdown, csv, html). CSV carries no caption."""
+           title: str = "reidbench report", row_info: "pd.DataFrame | None" = None) -> str:
+    """The numeric table in ``fmt`` (latex, markdown, csv, html). CSV carries no caption: its rows
+    carry ``row_info`` (profile, runs, converged, not converged) instead."""
     if fmt == "latex":
-        return to_latex(table, caption=caption, label=label)
+        return to_latex(table, caption=caption, label=label, row_info=row_info)
     if fmt == "markdown":
-        return to_markdown(table, caption=caption)
+        return to_markdown(table, caption=caption, row_info=row_info)
     if fmt == "csv":
-        return to_csv(table)
+        return to_csv(table, row_info=row_info)
     if fmt == "html":
-        return to_html(table, caption=caption, title=title)
+        return to_html(table, caption=caption, title=title, row_info=row_info)
     raise ValueError(f"--format {fmt!r} is not valid: {', '.join(FORMATS)}")
 
 

@@ -794,10 +794,56 @@ def _merge_run(conn: Connection, keeper_id: int, other: _Rekey, counts: _MergeCo
     counts.runs += 1
 
 
+# ---------------------------------------------------------------------- step → 5 (convergence)
+
+_EPOCH_VALUES = Table("rb_epochs", MetaData(), Column("id", Integer, primary_key=True),
+                      Column("run_id", Integer, nullable=False), Column("epoch", Integer, nullable=False),
+                      Column("values", JSONText))
+
+
+def _to_v5(ctx: StepContext) -> None:
+    """A convergence record per finished run (``harness/train/convergence.py``), computed from what the
+    database already holds: the run's per-epoch history (losses, LR, periodic mAP) and its default
+    evaluation's final mAP on its first test set. Runs whose history cannot tell get ``unknown``
+    with the reason; unfinished runs get no row (a later result writes one). Nothing else changes."""
+    from reidbench.harness.train.convergence import assess_run  # lazy: only when an old database is opened
+
+    conn = ctx.conn
+    conn.execute(text(
+        "CREATE TABLE rb_convergence (run_id INTEGER NOT NULL PRIMARY KEY "
+        "REFERENCES rb_runs (id) ON DELETE CASCADE, status VARCHAR(16) NOT NULL, first_epoch INTEGER, "
+        "last_epoch INTEGER, loss_change FLOAT, map_change FLOAT, detail TEXT NOT NULL)"))
+    done = conn.execute(select(_RUNS.c.id, _RUNS.c.spec).where(_RUNS.c.status == "done").order_by(_RUNS.c.id)).all()
+    history: dict[int, list[dict[str, Any]]] = {}
+    for run_id, epoch, values in conn.execute(
+            select(_EPOCH_VALUES.c.run_id, _EPOCH_VALUES.c.epoch, _EPOCH_VALUES.c["values"])
+            .order_by(_EPOCH_VALUES.c.run_id, _EPOCH_VALUES.c.epoch)):
+        history.setdefault(run_id, []).append({"epoch": int(epoch), **dict(values or {})})
+    finals: dict[int, dict[str, dict[str, float]]] = {}
+    stmt = (select(_METRICS.c.run_id, _METRICS.c.test_set, _METRICS.c.metric, _METRICS.c.value)
+            .join(_EVALUATIONS, _METRICS.c.evaluation_id == _EVALUATIONS.c.id)
+            .where(_METRICS.c.step.is_(None), _EVALUATIONS.c.variant == "").order_by(_METRICS.c.id))
+    for run_id, test_set, metric, value in conn.execute(stmt):
+        finals.setdefault(run_id, {}).setdefault(test_set, {})[metric] = float(value)
+    counts: Counter[str] = Counter()
+    for run_id, spec in done:
+        record = assess_run(dict(spec or {}), history.get(run_id, []), finals.get(run_id, {}))
+        counts[record.status] += 1
+        conn.execute(text("INSERT INTO rb_convergence (run_id, status, first_epoch, last_epoch, loss_change, "
+                          "map_change, detail) VALUES (:run_id, :status, :a, :b, :loss, :map, :detail)"),
+                     {"run_id": run_id, "status": record.status,
+                      "a": record.epochs[0] if record.epochs else None,
+                      "b": record.epochs[1] if record.epochs else None,
+                      "loss": record.loss_change, "map": record.map_change, "detail": dumps(record.to_dict())})
+    ctx.notes.append(f"convergence of {len(done)} finished run(s) read from their stored history "
+                     f"({counts['yes']} converged, {counts['no']} not, {counts['unknown']} unknown)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "evaluations own the final metrics; run hashes identify the training only (old ones kept as "
                  "aliases)", _to_v2),
     Migration(3, "per-query results of evaluations (rb_query_scores)", _to_v3),
     Migration(4, "every run re-keyed with today's identity: the digest of its pretrained weights enters (old "
                  "hashes kept as aliases; runs with one identity merged)", _to_v4),
+    Migration(5, "a convergence record per finished run (rb_convergence), from its stored history", _to_v5),
 )

@@ -38,6 +38,7 @@ from reidbench.harness.store.tables import (
     Ablation,
     AblationMember,
     Base,
+    ConvergenceRow,
     Epoch,
     Evaluation,
     Meta,
@@ -462,6 +463,7 @@ class Store:
                 # rows reach the database as they go: a later failure must roll them back
                 self._write_evaluation(s, row, evaluation, now, existing=None)
             self._write_epochs(s, row, parsed)
+            self._write_convergence(s, row, parsed, result.get("convergence"))
             return _run_record(s, row)
 
     def _write_evaluation(self, s: Session, row: Run, parsed: ParsedEvaluation, now: datetime,
@@ -500,6 +502,53 @@ class Store:
     def _write_epochs(self, s: Session, row: Run, parsed: ParsedResult) -> None:
         s.add_all(Epoch(run_id=row.id, epoch=epoch, values=values) for epoch, values in parsed.epochs)
         s.flush()
+
+    def _write_convergence(self, s: Session, row: Run, parsed: ParsedResult, given: Any) -> None:
+        """The run's convergence record: the result's own (the runner measured it), else computed from
+        the result's history and default evaluation (a result.json written before convergence existed)."""
+        from reidbench.harness.train.convergence import Convergence, assess_run
+
+        if given is not None:
+            try:
+                record = Convergence.from_dict(given)
+            except (TypeError, ValueError) as err:
+                raise StoreError(f"run {row.run_hash[:12]}: result field 'convergence' is not valid ({err})") from None
+        else:
+            finals: dict[str, dict[str, float]] = {}
+            for evaluation in parsed.evaluations:
+                if not evaluation.variant:
+                    finals.setdefault(evaluation.test_set, {}).update(
+                        {k: v for k, v in evaluation.metrics if isinstance(v, (int, float))})
+            history = [{"epoch": epoch, **values} for epoch, values in parsed.epochs]
+            record = assess_run(dict(row.spec or {}), history, finals)
+        s.execute(delete(ConvergenceRow).where(ConvergenceRow.run_id == row.id)
+                  .execution_options(synchronize_session=False))
+        s.add(ConvergenceRow(run_id=row.id, status=record.status,
+                             first_epoch=record.epochs[0] if record.epochs else None,
+                             last_epoch=record.epochs[1] if record.epochs else None,
+                             loss_change=record.loss_change, map_change=record.map_change, detail=record.to_dict()))
+        s.flush()
+
+    def convergence(self, run_hashes: Sequence[str]) -> dict[str, Any]:
+        """{run hash: its ``train.convergence.Convergence``} for the runs that have a record (finished
+        runs); ``run_hashes`` are current hashes or aliases, answered under the hash asked for."""
+        from reidbench.harness.train.convergence import Convergence
+
+        out: dict[str, Any] = {}
+        with self._session() as s:
+            for chunk in _chunks(list(run_hashes)):
+                stmt = (select(Run.run_hash, ConvergenceRow.detail)
+                        .join(ConvergenceRow, ConvergenceRow.run_id == Run.id).where(Run.run_hash.in_(chunk)))
+                for run_hash, detail in s.execute(stmt):
+                    out[run_hash] = Convergence.from_dict(detail)
+                missing = [h for h in chunk if h not in out]
+                if missing:
+                    stmt = (select(RunAlias.alias_hash, ConvergenceRow.detail)
+                            .join(ConvergenceRow, ConvergenceRow.run_id == RunAlias.run_id)
+                            .where(RunAlias.alias_hash.in_(missing)))
+                    for alias, detail in s.execute(stmt):
+                        out[alias] = Convergence.from_dict(detail)
+        return out
 
     def list_runs(self, status: str | None = None, limit: int | None = None) -> list[RunRecord]:
         """Runs, newest first, optionally only those with ``status``."""
@@ -553,7 +602,7 @@ class Store:
             owned = select(Evaluation.id).where(Evaluation.run_id == row.id).scalar_subquery()
             s.execute(delete(QueryScores).where(QueryScores.evaluation_id.in_(owned))
                       .execution_options(synchronize_session=False))
-            for table in (Metric, Evaluation, Epoch, AblationMember, RunAlias):
+            for table in (Metric, Evaluation, Epoch, AblationMember, RunAlias, ConvergenceRow):
                 s.execute(delete(table).where(table.run_id == row.id).execution_options(synchronize_session=False))
             s.delete(row)
 

@@ -28,8 +28,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # 2: evaluations, run aliases, training fingerprint; 3: per-query results; 4: run hashes hold the pretrained
-# weights' digest (migrations.py upgrades older ones)
-SCHEMA_VERSION = 4
+# weights' digest and no field that nothing reads; 5: convergence records (migrations.py upgrades older ones)
+SCHEMA_VERSION = 5
 RUN_STATUSES = ("pending", "running", "done", "failed")
 EVALUATION_STATUSES = ("done", "failed")
 NAME_CHARS = 200  # test set, metric, label and owner names
@@ -197,6 +197,22 @@ class Epoch(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("rb_runs.id", ondelete="CASCADE"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
     values: Mapped[Any] = mapped_column(JSONText)
+
+
+class ConvergenceRow(Base):
+    """A finished run's convergence record (``harness/train/convergence.py``): the verdict and the two
+    measured changes as columns, the whole record (window, values, reason, thresholds) as JSON.
+    No row = unknown (a run not finished yet)."""
+
+    __tablename__ = "rb_convergence"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("rb_runs.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # yes | no | unknown
+    first_epoch: Mapped[int | None] = mapped_column(Integer)  # the window (a, b)
+    last_epoch: Mapped[int | None] = mapped_column(Integer)
+    loss_change: Mapped[float | None] = mapped_column(Float)  # relative
+    map_change: Mapped[float | None] = mapped_column(Float)  # points
+    detail: Mapped[Any] = mapped_column(JSONText)
 
 
 class Ablation(Base):

@@ -8,9 +8,10 @@ loss tensors, ``stats`` the epoch's ``loop.EpochStats``.
 
 Each hook takes plain arguments, so the same hooks serve reidbench's runner and a loop of your own
 (``docs/design.md``, "Reusing the training loop"). The runner's order, which the output depends
-on: ``EvaluationHook`` (adds its metrics to ``stats.extra``) → ``HistoryHook`` (records and logs
-the epoch, with those metrics) → TensorBoard (``harness/tracking/tensorboard.py``) →
-``CheckpointHook`` (saves the history so far) → ``CallbackHook``.
+on: ``EvaluationHook`` (adds its metrics to ``stats.extra``) → ``ConvergenceHook`` (the convergence
+window's mAP, when it can decide) → ``HistoryHook`` (records and logs the epoch, with those metrics)
+→ TensorBoard (``harness/tracking/tensorboard.py``) → ``CheckpointHook`` (saves the history so far)
+→ ``CallbackHook``.
 """
 
 from __future__ import annotations
@@ -91,6 +92,74 @@ class EvaluationHook:
         values = self.evaluate(c.model)
         for name in self.metrics:
             stats.extra[f"{self.test_set}/{name}"] = values[name]
+
+
+class ConvergenceHook:
+    """Measures the mAP half of the convergence check (``train/convergence.py``) on the first test set
+    over the window's epochs (a, b), only when it can change the verdict.
+
+    At epoch a it keeps a copy of the model's weights in memory (unless the periodic evaluation
+    already scored a: ``<test_set>/mAP`` in ``stats.extra``; put this hook after ``EvaluationHook``
+    and before ``HistoryHook``). At epoch b it reads both epochs' losses: when the loss criterion
+    already fails, nothing is scored; otherwise epoch a's weights are scored (swapped in and the
+    current ones restored exactly; the value goes into epoch a's record of ``history``) and so is
+    epoch b (``stats.extra``), both as ``convergence/<test_set>/mAP`` — except epoch b = the last
+    one, which the final evaluation scores. A run resumed between a and b has lost a's weights: its
+    mAP half stays unknown. ``evaluation``: an ``EvaluationHook`` for the test set (its
+    ``evaluate`` scores; its own schedule is not used); ``history``: ``HistoryHook.history``.
+    """
+
+    def __init__(self, evaluation: EvaluationHook, window: Sequence[int], history: list[dict[str, Any]]) -> None:
+        self.evaluation, self.history = evaluation, history
+        self.first, self.last = (int(e) for e in window)
+        self._weights: dict[str, Any] | None = None
+
+    def _record(self, epoch: int) -> dict[str, Any] | None:
+        return next((h for h in self.history if h.get("epoch") == epoch), None)
+
+    def on_epoch_end(self, c: Any, stats: Any) -> None:
+        from reidbench.harness.train.convergence import KEY_PREFIX, LOSS_REL_TOL, loss_check
+
+        test = self.evaluation.test_set
+        periodic, key = f"{test}/mAP", f"{KEY_PREFIX}{test}/mAP"
+        if stats.epoch == self.first:
+            if periodic not in stats.extra:
+                self._weights = _copy_state(c.model)
+            return
+        if stats.epoch != self.last:
+            return
+        weights, self._weights = self._weights, None
+        before = self._record(self.first)
+        if before is None:
+            return
+        _, change, _ = loss_check(before.get("losses") or {}, stats.losses, (self.first, self.last))
+        if change is not None and not abs(change) < LOSS_REL_TOL:
+            return  # the loss criterion fails: "not converged" whatever the mAP says
+        extra = before.setdefault("extra", {})
+        if periodic not in extra and key not in extra and weights is not None:
+            current = _copy_state(c.model)
+            c.model.load_state_dict(weights)
+            try:
+                extra[key] = self.evaluation.evaluate(c.model)["mAP"]
+            finally:
+                c.model.load_state_dict(current)
+        if stats.epoch < self.evaluation.max_epochs and periodic not in stats.extra:
+            stats.extra[key] = self.evaluation.evaluate(c.model)["mAP"]
+
+
+def _copy_state(model: Any) -> dict[str, Any]:
+    """A detached copy of every parameter and buffer (``load_state_dict`` puts it back bit for bit)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def planned_lrs(scheduler: Any, max_epochs: int) -> list[float] | None:
+    """The LR multiplier each epoch 1..``max_epochs`` will train at, read from a per-epoch
+    ``LambdaLR`` (counter 0 = epoch 1, as ``train/build.build_lr_scheduler`` makes it) without
+    stepping it; None for any other scheduler (the convergence window then comes from the recorded LRs)."""
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if not lambdas:
+        return None
+    return [float(lambdas[0](epoch - 1)) for epoch in range(1, max_epochs + 1)]
 
 
 class CheckpointHook:

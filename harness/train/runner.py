@@ -68,14 +68,18 @@ class RunResult:
     out_dir: str
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # every evaluation, variants included
     train_fingerprint: str | None = None
+    convergence: dict[str, Any] | None = None  # train/convergence.Convergence.to_dict(); None: not measured
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "run_hash": self.run_hash, "spec": self.spec.to_dict(), "metrics": self.metrics, "history": self.history,
             "provenance": self.provenance, "model_info": self.model_info, "environment": self.environment,
             "seconds_train": self.seconds_train, "seconds_eval": self.seconds_eval, "out_dir": self.out_dir,
             "evaluations": self.evaluations, "train_fingerprint": self.train_fingerprint,
         }
+        if self.convergence is not None:
+            out["convergence"] = self.convergence
+        return out
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "RunResult":
@@ -86,6 +90,7 @@ class RunResult:
             environment=dict(raw["environment"]), seconds_train=float(raw["seconds_train"]),
             seconds_eval=float(raw["seconds_eval"]), out_dir=str(raw["out_dir"]),
             evaluations=list(raw.get("evaluations") or []), train_fingerprint=raw.get("train_fingerprint"),
+            convergence=raw.get("convergence"),
         )
 
     def summary_table(self) -> str:
@@ -291,8 +296,10 @@ def _train_and_evaluate(spec: RunSpec, rhash: str, fingerprint: str, out_dir: Pa
     board = _tensorboard(runtime, out_dir, start_epoch + 1, rhash, spec, provenance, model_info, log) if main else None
     try:
         hooks: list[Any] = []
+        planned = _planned_lrs(components.scheduler, max_epochs)
         if main:  # rank 0 alone evaluates periodically, keeps the history, writes TensorBoard, checkpoints
             hooks += _periodic_evaluation(spec, datasets, device, workers)
+            hooks += _convergence_evaluation(spec, datasets, device, workers, planned, history)
             hooks.append(HistoryHook(max_epochs, history, log))
             # TensorBoard before the checkpoint: an epoch logged but not checkpointed is purged on resume,
             # whereas one checkpointed but not logged would stay missing from the curves.
@@ -318,11 +325,13 @@ def _train_and_evaluate(spec: RunSpec, rhash: str, fingerprint: str, out_dir: Pa
             board.close()
 
     env = _environment(device, spec, dist, model_info, synced_bn_layers)  # a distributed run: into model_info too
+    metrics = metrics_by_test(evaluations)
+    convergence = _convergence(spec, history, metrics, planned, log, rhash)
     result = RunResult(
-        run_hash=rhash, spec=spec, metrics=metrics_by_test(evaluations), history=history,
+        run_hash=rhash, spec=spec, metrics=metrics, history=history,
         provenance=provenance, model_info=model_info, environment=env,
         seconds_train=seconds_train, seconds_eval=seconds_eval, out_dir=str(out_dir),
-        evaluations=evaluations, train_fingerprint=fingerprint,
+        evaluations=evaluations, train_fingerprint=fingerprint, convergence=convergence,
     )
     tmp = out_dir / (RESULT_NAME + ".tmp")
     tmp.write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
@@ -379,6 +388,46 @@ def _periodic_evaluation(spec: RunSpec, datasets: Mapping[str, Any], device: Any
                            image_size=spec.data.image_size, batch_size=spec.eval.batch_size,
                            settings=EvaluationSettings.from_eval(spec.eval), workers=workers,
                            amp_dtype=amp_dtype_for(spec, device), masks=spec.data.masks)]
+
+
+def _planned_lrs(scheduler: Any, max_epochs: int) -> list[float] | None:
+    from reidbench.harness.train.hooks import planned_lrs
+
+    return planned_lrs(scheduler, max_epochs)
+
+
+def _convergence_evaluation(spec: RunSpec, datasets: Mapping[str, Any], device: Any, workers: int,
+                            planned: Sequence[float] | None, history: list[dict[str, Any]]) -> list[Any]:
+    """Scores of the first test set at the convergence window's epochs (``train/convergence.py``): the
+    run's mAP change before its first LR decay. Two evaluations at most, and none when the loss has
+    already failed the check, when the window's epochs are periodic ones or the last one (the final
+    evaluation)."""
+    from reidbench.harness.evaluation.settings import EvaluationSettings
+    from reidbench.harness.train.convergence import convergence_window
+    from reidbench.harness.train.hooks import ConvergenceHook, EvaluationHook
+
+    if planned is None or not spec.data.test:
+        return []
+    window = convergence_window(planned, spec.schedule.kind)
+    if window.epochs is None:
+        return []
+    first = spec.data.test[0]
+    scorer = EvaluationHook(first, datasets[first], 0, spec.schedule.max_epochs, device=device,
+                            image_size=spec.data.image_size, batch_size=spec.eval.batch_size,
+                            settings=EvaluationSettings.from_eval(spec.eval), workers=workers,
+                            amp_dtype=amp_dtype_for(spec, device), masks=spec.data.masks)
+    return [ConvergenceHook(scorer, window.epochs, history)]
+
+
+def _convergence(spec: RunSpec, history: Sequence[Mapping[str, Any]], metrics: Mapping[str, Mapping[str, float]],
+                 planned: Sequence[float] | None, log: Callable[[str], None], rhash: str) -> dict[str, Any]:
+    """The run's convergence record (stored with it) and one log line saying it."""
+    from reidbench.harness.train.convergence import assess_run
+
+    record = assess_run(spec.to_dict(), history, metrics, lrs=planned)
+    window = f"epochs {record.epochs[0]}→{record.epochs[1]}: " if record.epochs else ""
+    log(f"run {rhash[:12]}: converged {record.status} ({window}{record.reason})")
+    return record.to_dict()
 
 
 def _final_scorer(spec: RunSpec, rhash: str, fingerprint: str, model: Any, out_dir: Path, device: Any, workers: int,
