@@ -493,7 +493,8 @@ def load_base_file(path: str | Path, profile: str | None = None) -> tuple[RunSpe
     try:
         return spec_from_dict(raw, where=str(path)), extras
     except SpecError as exc:
-        raise SpecError(f"{path}: {exc}") from None
+        message = str(exc)
+        raise SpecError(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
 
 
 def load_spec_file(path: str | Path, profile: str | None = None) -> RunSpec:
