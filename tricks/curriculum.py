@@ -6,10 +6,9 @@ margin; Mancs' own 0.5 is set by experiments/mancs.yaml): a random positive per 
 negative drawn by a Gaussian over its hardness rank, easy to hard, with t0=30, t1=60 of 160
 epochs rescaled to the run's length.
 
-In step granularity (``schedule.granularity: step``: the cpu profile, ``--epochs``) the term also
-gets ``time: continuous``: the curriculum's t is the fractional epochs elapsed at each step, as
-every other phase of the run, so μ reaches 0 after exactly t0/160 of the optimizer steps (only
-step-granular outputs changed: the version stays 1).
+In step granularity (``schedule.granularity: step``: the cpu profile, ``--epochs``) the curriculum's
+t is the fractional epochs elapsed at each step, as every other phase of the run, so μ reaches 0
+after exactly t0/160 of the optimizer steps; the patch itself is the same in both granularities.
 """
 
 import dataclasses
@@ -21,11 +20,9 @@ TRIPLET_MARGIN = 0.3  # the triplet term's default margin (models/terms/triplet.
 CURRICULUM_MARGIN = 0.5  # the curriculum_triplet term's default (Mancs)
 
 
-def _converted(term, granularity: str = "epoch"):
+def _converted(term):
     margin = dict(term.options).get("margin", TRIPLET_MARGIN)  # None: the soft margin, kept as such
     options = () if margin == CURRICULUM_MARGIN else (("margin", margin),)
-    if granularity == "step":
-        options = tuple(sorted((*options, ("time", "continuous"))))
     return dataclasses.replace(term, kind="curriculum_triplet", options=options)
 
 
@@ -35,8 +32,7 @@ def _patch(spec: RunSpec) -> RunSpec:
             return spec  # "changes nothing": Trick.apply says so
         raise ValueError("trick 'curriculum' samples the triplet term's negatives, and the base has no triplet term "
                          f"(its terms: {', '.join(t.kind for t in spec.loss.terms)})")
-    granularity = spec.schedule.granularity
-    terms = tuple(_converted(t, granularity) if t.kind == "triplet" else t for t in spec.loss.terms)
+    terms = tuple(_converted(t) if t.kind == "triplet" else t for t in spec.loss.terms)
     return dataclasses.replace(spec, loss=dataclasses.replace(spec.loss, terms=terms))
 
 

@@ -420,8 +420,8 @@ def with_epochs(spec: RunSpec, epochs: int) -> RunSpec:
     optimizer steps: the warmup, the cosine delay and the freeze warm-up by the factor, a
     multistep milestone m (the first epoch at the decayed rate) to 1 + (m - 1) × factor (the share
     before its decay is (m - 1) / T), each stage's length by the factor (the last takes the rest).
-    Fraction-stated phases need nothing. A curriculum term (``curriculum_triplet``) reads the
-    same progress (``time: continuous``). No rounding to whole epochs, no minimum length.
+    Fraction-stated phases need nothing; a curriculum (its t0/t1 scale with the run already)
+    follows the same fractional progress. No rounding to whole epochs, no minimum length.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise SpecError(f"--epochs={epochs} is not valid: an integer >= 1")
@@ -451,15 +451,7 @@ def with_epochs(spec: RunSpec, epochs: int) -> RunSpec:
             raise SpecError(f"--epochs={epochs} is not valid: the last stage ({stages[-1].name or 'stage'}) "
                             "would have no epochs left")
         stages = tuple(dataclasses.replace(s, epochs=n) for s, n in zip(stages, lengths))
-    loss = spec.loss
-    if any(t.kind == "curriculum_triplet" and dict(t.options).get("time", "epoch") != "continuous"
-           for t in loss.terms):
-        from reidbench.harness.spec.sections import with_options
-
-        loss = dataclasses.replace(loss, terms=tuple(
-            dataclasses.replace(t, options=with_options(t.options, time="continuous"))
-            if t.kind == "curriculum_triplet" else t for t in loss.terms))
-    new = dataclasses.replace(spec, schedule=dataclasses.replace(sched, **changes), stages=stages, loss=loss,
+    new = dataclasses.replace(spec, schedule=dataclasses.replace(sched, **changes), stages=stages,
                               full_epochs=full if epochs != full else None)
     return new.validate()
 

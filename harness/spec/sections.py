@@ -38,6 +38,10 @@ SCHEDULE_UNITS = ("epochs", "fraction")
 # step: they are functions of the epochs elapsed at each optimizer step, x = (epoch - 1) + step / steps_per_epoch
 # (harness/train/schedules.py), so phase lengths may be fractional.
 GRANULARITIES = ("epoch", "step")
+# Loss-term options that step granularity makes redundant: there every phase already follows the
+# optimizer step, so the option at this value trains the same run (the curriculum's
+# ``time: continuous``); a step-granular RunSpec drops it, so both writings share one identity.
+STEP_REDUNDANT_TERM_OPTIONS: dict[tuple[str, str], Any] = {("curriculum_triplet", "time"): "continuous"}
 SYNC_BN = ("head", "all", "off")
 
 Options = tuple[tuple[str, Any], ...]  # a component's non-default parameters, sorted by key
@@ -183,6 +187,13 @@ class LossTermSpec:
     @property
     def read_names(self) -> tuple[str, ...]:
         return (self.reads,) if isinstance(self.reads, str) else tuple(self.reads)
+
+
+def _without_step_redundant(term: LossTermSpec) -> LossTermSpec:
+    """``term`` without the options ``STEP_REDUNDANT_TERM_OPTIONS`` names (step granularity only)."""
+    options = tuple((k, v) for k, v in term.options
+                    if STEP_REDUNDANT_TERM_OPTIONS.get((term.kind, k), object()) != v)
+    return term if options == term.options else dataclasses.replace(term, options=options)
 
 
 def _bot_terms() -> tuple[LossTermSpec, ...]:
@@ -415,6 +426,13 @@ class RunSpec:
     tricks: tuple[str, ...] = ()
     # The base's full schedule length, kept when --epochs shortens a run so reports can say so.
     full_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if getattr(self.schedule, "granularity", "epoch") != "step" or not isinstance(self.loss, LossSpec):
+            return
+        terms = tuple(_without_step_redundant(t) for t in self.loss.terms)
+        if terms != self.loss.terms:
+            object.__setattr__(self, "loss", dataclasses.replace(self.loss, terms=terms))
 
     def validate(self) -> "RunSpec":
         if not isinstance(self.profile, str) or not PROFILE_NAME.fullmatch(self.profile):

@@ -242,7 +242,7 @@ def build_parts(spec: RunSpec, num_classes: int, device: torch.device | str = "c
     device = torch.device(device)
     torch.manual_seed(spec.train.seed)  # weight init (classifier, BNNeck, centres) depends only on the seed
     model = build_architecture(spec.model, num_classes)
-    progress = TrainProgress(max_epochs=spec.schedule.max_epochs)
+    progress = TrainProgress(max_epochs=spec.schedule.max_epochs, granularity=spec.schedule.granularity)
     objective = build_objective(spec.loss.terms, num_classes, model.feature_dims, progress)
     synced: list[str] = []
     if dist is not None:

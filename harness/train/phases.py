@@ -102,9 +102,9 @@ def stage_phases(spec: RunSpec) -> list[Phase]:
 
 def curriculum_phases(spec: RunSpec) -> list[Phase]:
     """Each curriculum term: the hardness ramp (μ from the easiest negative to the hardest, reached at
-    t0) and σ shrinking to a·b (at t1). ``time: epoch`` counts completed epochs: it reaches t at
-    the start of epoch ceil(t) + 1."""
-    from reidbench.models.terms.curriculum import CurriculumTripletParams, effective_bounds
+    t0) and σ shrinking to a·b (at t1). ``time: epoch`` (in epoch granularity) counts completed
+    epochs: it reaches t at the start of epoch ceil(t) + 1."""
+    from reidbench.models.terms.curriculum import CurriculumTripletParams, effective_bounds, effective_time
 
     out: list[Phase] = []
     for term in spec.loss.terms:
@@ -112,7 +112,7 @@ def curriculum_phases(spec: RunSpec) -> list[Phase]:
             continue
         params = CurriculumTripletParams(**dict(term.options))
         t0, t1 = effective_bounds(params, spec.schedule.max_epochs)
-        if params.time == "epoch":
+        if effective_time(params.time, spec.schedule.granularity) == "epoch":
             t0, t1 = float(math.ceil(t0)), float(math.ceil(t1))
         label = term.name or "curriculum"
         out.append(Phase(f"{label}: negatives easiest→hardest", 0.0, t0))

@@ -69,7 +69,8 @@ def resolve_epochs(value: float, max_epochs: int, unit: str, *, where: str = "ep
     """
     if unit == "epochs":
         if isinstance(value, bool) or not float(value).is_integer() or value < 0:
-            raise ValueError(f"{where}={value!r} is not valid: a whole number >= 0 (unit 'epochs')")
+            raise ValueError(f"{where}={value!r} is not valid: a whole number >= 0 (unit 'epochs'; a fractional one "
+                             "needs granularity step)")
         return int(value)
     if unit == "fraction":
         if isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
