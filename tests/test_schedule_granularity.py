@@ -303,17 +303,20 @@ train: {seed: 0, checkpoint_every_epochs: 1}
 
 
 class Recorder:
-    """A hook recording, per optimizer step, (epoch, step, LR, whether the backbone trained, its weights changed)."""
+    """A hook recording, per optimizer step: x (from the loop's epoch, step and that epoch's length), the
+    LR it trained with, whether it moved the backbone's weights, and the run's optimizer step count."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[int, int, float, bool]] = []
+        self.rows: list[tuple[float, float, bool, int]] = []
         self.before: dict[str, torch.Tensor] = {}
 
     def after_step(self, c, step, losses) -> None:
         backbone = {n: p.detach().clone() for n, p in c.model.named_parameters() if n.startswith("backbone.")}
-        moved = any(not torch.equal(backbone[n], self.before[n]) for n in backbone) if self.before else None
+        moved = any(not torch.equal(backbone[n], self.before[n]) for n in backbone)
         self.before = backbone
-        self.rows.append((c.train_progress.epoch, step, c.optimizer.param_groups[0]["lr"], moved))
+        progress = c.train_progress
+        x = (progress.epoch - 1) + (step - 1) / progress.steps_per_epoch
+        self.rows.append((x, c.optimizer.param_groups[0]["lr"], moved, progress.optimizer_steps))
 
 
 def _expected_lr(x: float) -> float:
@@ -329,18 +332,17 @@ def test_a_step_granular_run_trains_each_step_at_its_lr_and_in_its_stage(tiny_ma
     spec = spec_from_dict(yaml.safe_load(STEP_SPEC))
     train_set, _ = load_named_dataset("tiny", {"tiny": str(tiny_market)}, progress=False)
     c = build_training(spec, train_set, torch.device("cpu"), 0, False).components
-    n = len(c.loader)
-    assert n == 5 and c.granularity == "step"
+    assert c.granularity == "step" and c.train_progress.granularity == "step"
     recorder = Recorder()
     recorder.before = {k: p.detach().clone() for k, p in c.model.named_parameters() if k.startswith("backbone.")}
     history = run_training(c, 0, 3, spec.train.seed, [recorder])
-    xs = [(e - 1) + (s - 1) / n for e, s, _, _ in recorder.rows]
-    assert len(xs) == 3 * n
-    assert [lr for _, _, lr, _ in recorder.rows] == pytest.approx([_expected_lr(x) for x in xs], rel=1e-12)
+    xs = [x for x, *_ in recorder.rows]
+    assert xs[:6] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # 5 steps in epoch 1 (P×K draws of tiny)
+    assert [lr for _, lr, _, _ in recorder.rows] == pytest.approx([_expected_lr(x) for x in xs], rel=1e-12)
+    assert [k for *_, k in recorder.rows] == list(range(1, len(xs) + 1))
     # stage "head" (train only the new head) for x < 0.7: the first 4 steps leave the backbone as it was
-    assert [moved for *_, moved in recorder.rows[:5]] == [False, False, False, False, True]
+    assert [moved for _, _, moved, _ in recorder.rows[:5]] == [False, False, False, False, True]
     assert [h.stage for h in history] == ["head→all", "all", "all"]
-    assert c.scheduler.last_epoch == 3 * n
 
 
 def test_a_step_granular_run_resumes_to_the_uninterrupted_weights(tiny_market, tmp_path, monkeypatch):
@@ -367,7 +369,7 @@ def test_a_step_granular_run_resumes_to_the_uninterrupted_weights(tiny_market, t
     with pytest.raises(RuntimeError, match="simulated crash"):
         execute(spec, options("run"))
     state = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
-    assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 2 * 5  # the run's optimizer steps
+    assert state["epoch"] == 2 and state["optimizer_steps"] == state["scheduler"]["last_epoch"] == 10  # 2 × 5 steps
     monkeypatch.setattr(loop, "train_one_epoch", real)
     resumed = execute(spec, options("run"))
     a, b = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME), load_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)

@@ -11,13 +11,14 @@ event files (a run trained without TensorBoard gets none afterwards).
 
 The learning rate of every optimizer step (the schedule that really ran: a warmup ramp inside
 the first epoch, a milestone between two steps in step granularity) is the scalar ``lr_step`` at
-global step = the optimizer step of the run, 1-based: ``(epoch - 1) * steps_per_epoch + step``.
+global step = the optimizer step of the run, 1-based (``train_progress.optimizer_steps``; a P×K
+epoch's length may vary, so it is the count, not ``(epoch - 1) * steps_per_epoch + step``).
 It lives in the subfolder ``steps/`` of the run folder (TensorBoard shows it as the run
 ``<folder>/steps``), because TensorBoard purges a resumed run by step number across all the tags
 of one folder, and epochs and optimizer steps are different numbers.
 
 A resumed run opens its writers with ``purge_step`` = the first epoch it trains again (``steps/``:
-that epoch's first optimizer step): TensorBoard then drops what an interrupted attempt had logged
+its first optimizer step, counted on from the checkpoint): TensorBoard then drops what an interrupted attempt had logged
 from there on, so no epoch or step appears twice (the killed attempt may have trained past its
 last checkpoint). Each epoch is flushed at once, so a live run and a killed one both show what
 they trained.
@@ -60,13 +61,12 @@ class TensorBoardHook:
 
     def after_step(self, c: Any, step: int, losses: Any) -> None:
         """``lr_step``: the LR this optimizer step trained with (the first parameter group's, as ``lr``)."""
-        per_epoch = c.train_progress.steps_per_epoch
+        global_step = c.train_progress.optimizer_steps  # this step's number in the run, 1-based
         if self.step_writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.step_writer = SummaryWriter(log_dir=str(self.log_dir / STEPS_FOLDER),
-                                             purge_step=(self.first_epoch - 1) * per_epoch + 1)
-        global_step = (c.train_progress.epoch - 1) * per_epoch + step
+            # purge_step: on resume, the steps an interrupted attempt logged from here on are discarded.
+            self.step_writer = SummaryWriter(log_dir=str(self.log_dir / STEPS_FOLDER), purge_step=global_step)
         self.step_writer.add_scalar("lr_step", c.optimizer.param_groups[0]["lr"], global_step=global_step)
 
     def on_epoch_end(self, c: Any, stats: Any) -> None:

@@ -128,10 +128,12 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, spec: RunSpec, stages: 
     """The schedule's multiplier times the stage's LR scale.
 
     Epoch granularity: stepped once per epoch, counter 0 = training epoch 1 (the reference).
-    Step granularity (``schedule.granularity: step``): stepped after every optimizer step, counter
-    k = the optimizer steps taken so far, so the next step trains at x = k / steps_per_epoch
-    epochs elapsed (harness/train/schedules.py); ``steps_per_epoch`` is read from ``progress``
-    (the loop sets it at every epoch start; ``build_training`` as soon as the loader exists).
+    Step granularity (``schedule.granularity: step``): stepped after every optimizer step; each
+    step sets the LR of the next one from ``progress.elapsed``, x = (epoch - 1) + step /
+    steps_per_epoch (harness/train/schedules.py), which the loop keeps current (epoch, step and
+    this epoch's length: a P×K epoch's length may vary). Built and not yet stepped, it is at x = 0.
+    The LR depends only on where training is, so a resumed run (optimizer state restored) goes on
+    with the same LRs.
     """
     from reidbench.harness.train.schedules import get_schedule
 
@@ -148,8 +150,7 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, spec: RunSpec, stages: 
                              "granularity): use schedule.granularity: epoch")
 
         def per_step(index: int) -> float:
-            n = progress.steps_per_epoch
-            x = index / n if n else 0.0  # counter 0 (built, nothing trained) is x = 0 whatever n is
+            x = progress.elapsed  # the counter only counts; where training is comes from the loop
             return entry.factor(1.0 + x, max_epochs, params) * stages.lr_scale_x(x)
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=per_step)

@@ -34,6 +34,9 @@ class TrainProgress:
     # schedule.granularity: "step" = every phase, curricula included, follows the fractional epochs
     # elapsed at each step (``elapsed``); "epoch" = a phase may change once per epoch.
     granularity: str = "epoch"
+    # Optimizer steps of the whole run so far (a resumed run continues the count from its checkpoint):
+    # the global step of per-step logs. Epochs may differ in length, so it is not (epoch - 1) * steps_per_epoch + step.
+    optimizer_steps: int = 0
 
     @property
     def elapsed(self) -> float:
