@@ -376,3 +376,56 @@ def test_a_step_granular_run_resumes_to_the_uninterrupted_weights(tiny_market, t
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
     assert resumed.metrics == full.metrics
+
+
+# ---------------------------------------------------------------------------------------------- curricula
+
+
+def test_the_curriculum_clock_follows_the_granularity():
+    from reidbench.models.terms import TrainProgress
+    from reidbench.models.terms.curriculum import curriculum_time
+
+    mid = dict(epoch=3, step=3, steps_per_epoch=4, max_epochs=6)  # x = 2.75
+    assert curriculum_time(TrainProgress(**mid), "epoch") == 2.0  # completed epochs
+    assert curriculum_time(TrainProgress(**mid), "continuous") == 2.75
+    assert curriculum_time(TrainProgress(**mid, granularity="step"), "epoch") == 2.75  # every phase follows x
+
+
+def test_time_continuous_is_the_same_run_in_step_granularity():
+    terms = [{"kind": "curriculum_triplet", "reads": "f_t", "time": "continuous"}, {"kind": "ce", "reads": "logits"}]
+    step = spec_from_dict({"schedule": {"granularity": "step"}, "loss": {"terms": terms}})
+    assert step.loss.terms[0].options == ()  # dropped: step granularity reads t continuously anyway
+    plain = spec_from_dict({"schedule": {"granularity": "step"}, "loss": {"terms": [dict(terms[0], time="epoch"),
+                                                                                  terms[1]]}})
+    assert run_hash(step) == run_hash(plain)
+    epoch = spec_from_dict({"loss": {"terms": terms}})  # epoch granularity: the reading is a choice, kept
+    assert dict(epoch.loss.terms[0].options) == {"time": "continuous"}
+    assert run_hash(epoch) != run_hash(spec_from_dict({"loss": {"terms": [dict(terms[0], time="epoch"), terms[1]]}}))
+
+
+# ---------------------------------------------------------------------------------------------- the dry run
+
+
+def _dry_run(base: str, tricks: str, mode: str = "single", steps: str | None = None) -> list[str]:
+    from reidbench.harness.ablation.plan import dry_run_lines, plan_ablation
+    from reidbench.harness.spec.patches import parse_step_lists
+    from reidbench.tricks import parse_trick_list
+
+    spec, extras = load_base_file(EXPERIMENTS / f"{base}.yaml", "cpu")
+    step_list = parse_step_lists(extras.get("ablations"), base)[steps] if steps else None
+    plan = plan_ablation(spec, base, parse_trick_list(tricks), "steps" if steps else mode, [0], step_list=step_list)
+    return dry_run_lines(plan, {})
+
+
+def test_the_dry_run_prints_each_steps_phases_with_their_share_of_the_run():
+    lines = _dry_run("bot", "warmup")
+    assert lines[0].endswith("6 epochs, granularity step")
+    assert lines.count("      phases: LR ×0.1 from 32.5 %; LR ×0.01 from 57.5 %") == 1  # (40-1)/120, (70-1)/120
+    assert "      phases: warmup (×0.01→1) 0–8.33 %; LR ×0.1 from 32.5 %; LR ×0.01 from 57.5 %" in lines
+    geng = _dry_run("geng", "", steps="fine-tuning")
+    assert any(line.endswith("step1 (train new only; losses ce) 0–11.76 %; step2 11.76–100 %") for line in geng)
+    agw = _dry_run("agw", "freeze,cosine")
+    assert any(line.endswith("backbone frozen 0–8.25 %") for line in agw)
+    assert "      phases: warmup (×0.01→1) 0–6.25 %; cosine decay to ×0.002 from 50 %" in agw
+    mancs = _dry_run("mancs", "", steps="components")
+    assert "      phases: rank: negatives easiest→hardest 0–18.75 %; rank: σ 15→0.015 18.75–37.5 %" in mancs
