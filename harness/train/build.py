@@ -204,9 +204,9 @@ class TrainingParts:
     ``model`` and ``objective`` (the named, weighted loss terms) on ``device``, the main
     ``optimizer`` over both (loss terms with a private optimiser, the centres, keep theirs:
     ``objective.own_optimizers()``), the LR ``scheduler`` (``granularity`` epoch: stepped once per
-    epoch, its counter 0 is epoch 1; step: stepped after every optimizer step, with
-    ``progress.steps_per_epoch`` set to the loader's length first), the ``stages`` (what each
-    epoch, or step, freezes and computes), the ``progress`` that curricula read, and the AMP
+    epoch, its counter 0 is epoch 1; step: stepped after every optimizer step, reading where
+    training is from ``progress`` — keep its ``epoch``, ``step`` and ``steps_per_epoch`` current as
+    ``loop.train_one_epoch`` does), the ``stages`` (what each epoch, or step, freezes and computes), the ``progress`` that curricula read, and the AMP
     settings — exactly what ``reidbench train`` builds for the same spec and number of training
     identities.
     """

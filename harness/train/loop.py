@@ -3,7 +3,10 @@
 Reproducibility contract: every epoch starts from ``seed_epoch(seed, epoch)`` (torch, numpy and
 Python RNGs) and ``set_epoch(epoch)`` on the batch sampler, so an epoch's batches and
 augmentations depend only on (seed, epoch) and on the weights it starts from; which parameters
-an epoch trains, and with which loss terms, depends only on its stage. A run resumed from an
+a step trains, with which loss terms and at which LR, depends only on (epoch, step): its stage and
+schedule, changing once per epoch or, with ``schedule.granularity: step`` (``c.granularity``), at
+the step (``StagePlan``, ``build.build_lr_scheduler``; the scheduler then steps after every
+optimizer step). A run resumed from an
 epoch-boundary checkpoint therefore ends with the same weights as an uninterrupted one (CPU),
 mid-stage included.
 
