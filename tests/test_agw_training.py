@@ -70,7 +70,9 @@ def test_freeze_trick_keeps_fastreids_proportion_and_rescales():
     assert spec.schedule.freeze_epochs == pytest.approx(120 * 1000 / (60 * 202), abs=1e-3)  # 9.901
     assert spec.schedule.freeze_modules == ("backbone",)
     assert with_epochs(spec, 6).schedule.freeze_epochs == pytest.approx(0.495, abs=1e-3)
-    assert get_trick("freeze").apply(load_spec_file(BOT, "cpu")).schedule.freeze_epochs == 0.495
+    assert get_trick("freeze").apply(load_spec_file(BOT, "cpu-v1")).schedule.freeze_epochs == 0.495
+    # step granularity (the cpu profile): to a millionth of an epoch, 6 × 1000 / 12,120
+    assert get_trick("freeze").apply(load_spec_file(BOT, "cpu")).schedule.freeze_epochs == round(6000 / 12120, 6)
 
 
 def test_frozen_at_counts_steps_not_epochs():
@@ -276,14 +278,18 @@ def test_model_tricks_refuse_an_architecture_without_the_options():
 # --------------------------------------------------------------------------- the agw base and its paper numbers
 
 
-@pytest.mark.parametrize("profile", ["paper", "cpu"])
+@pytest.mark.parametrize("profile", ["paper", "cpu", "cpu-v1"])
 def test_agw_base_is_bot_with_its_nine_tricks(profile):
-    from reidbench.harness.spec import replace_section
+    from reidbench.harness.spec import replace_section, with_epochs
 
     agw = load_spec_file(AGW, profile)
     spec = load_spec_file(BOT, profile)
     for trick in parse_trick_list(AGW_TRICKS):
         spec = trick.apply(spec)
+    if profile == "cpu":  # step-granular: its phases are AGW's paper phases (160 epochs) scaled, not BoT's (120)
+        assert agw.schedule == with_epochs(load_spec_file(AGW, "paper"), 6).schedule
+        spec = replace_section(spec, "schedule", milestones=agw.schedule.milestones,
+                               warmup_epochs=agw.schedule.warmup_epochs)
     if profile == "paper":  # AGW trains 160 epochs (ReID-Survey configs/AGW_baseline.yml), steps still 40/70
         assert agw.schedule.max_epochs == 160 and spec.schedule.max_epochs == 120
         spec = replace_section(spec, "schedule", max_epochs=160)

@@ -71,8 +71,13 @@ with torch.no_grad():
     bn.weight.copy_(torch.tensor([0.5, 1.5, 2.0]))
 y = bn(local)
 (y * torch.arange(y.numel()).reshape(y.shape).float().add(y.numel() * ctx.rank)).sum().backward()
-run_training(c, 0, 1, spec.train.seed)
+class LRs:  # the LR every optimizer step trained with (step granularity: it changes within the epoch)
+    seen = []
+    def after_step(self, c, step, losses):
+        self.seen.append(c.optimizer.param_groups[0]["lr"])
+run_training(c, 0, 1, spec.train.seed, [LRs()])
 torch.save({"first_idx": idx, "first_imgs": imgs, "first_pids": pids, "model": c.model.state_dict(),
+            "lrs": LRs.seen, "scheduler": c.scheduler.state_dict()["last_epoch"],
             "objective": c.objective.state_dict(), "synced": built.model_info["sync_bn_layers"],
             "bn_out": y.detach(), "bn_grad": local.grad, "bn_running": (bn.running_mean, bn.running_var),
             "bn_weight_grad": bn.weight.grad}, out / f"rank{ctx.rank}.pt")
@@ -195,7 +200,10 @@ def load_spec_file_text(text: str):
 def two_rank_epoch(tiny_market, tmp_path_factory):
     """One epoch trained by 2 gloo ranks (SGD, center loss, every BatchNorm synchronised) and by one process."""
     root = tmp_path_factory.mktemp("ddp-epoch")
-    text = DDP_SPEC.replace("checkpoint_every_epochs: 1}", "checkpoint_every_epochs: 1, sync_bn: all}") + """
+    # step granularity with a warmup over the first half of the epoch: every rank must step the schedule alike
+    text = DDP_SPEC.replace("checkpoint_every_epochs: 1}", "checkpoint_every_epochs: 1, sync_bn: all}").replace(
+        "schedule: {max_epochs: 3, milestones: [2], warmup_epochs: 0}",
+        "schedule: {granularity: step, max_epochs: 3, milestones: [2], warmup_epochs: 0.5}") + """
 optim: {name: sgd, base_lr: 0.01}
 loss:
   terms:
@@ -223,7 +231,15 @@ loss:
     single = build_training(spec, train_set, torch.device("cpu"), 0, False).components
     single.loader.batch_sampler.set_epoch(1)
     first = next(iter(single.loader))
-    run_training(single, 0, 1, spec.train.seed)
+
+    class LRs:
+        seen: list[float] = []
+
+        def after_step(self, c, step, losses):
+            self.seen.append(c.optimizer.param_groups[0]["lr"])
+
+    run_training(single, 0, 1, spec.train.seed, [LRs()])
+    single.lrs = LRs.seen
     return ranks, single, first, seconds
 
 
@@ -238,6 +254,17 @@ def test_ranks_share_one_global_batch_and_end_with_equal_weights_and_centres(two
     assert _same(r0["model"], r1["model"]) or _close(r0["model"], r1["model"], 0.0) == 0.0
     assert _same(r0["objective"], r1["objective"])
     assert any("center" in k for k in r0["objective"])
+
+
+def test_every_rank_steps_the_schedule_at_every_step_as_one_process_does(two_rank_epoch):
+    ranks, single, _, _ = two_rank_epoch
+    r0, r1 = ranks
+    n = len(single.lrs)
+    assert n >= 2 and r0["lrs"] == r1["lrs"] == single.lrs  # the same LR at every step, bit for bit
+    assert r0["scheduler"] == r1["scheduler"] == n  # stepped once per optimizer step
+    # warmup over half an epoch: 0.01 × base at the first step, the full base LR from x = 0.5 on
+    assert single.lrs[0] == pytest.approx(0.01 * 0.01) and single.lrs[-1] == pytest.approx(0.01)
+    assert single.lrs == pytest.approx([0.01 * (0.01 + 0.99 * (s / n) / 0.5 if s / n < 0.5 else 1.0) for s in range(n)])
 
 
 def test_two_ranks_train_the_single_process_weights(two_rank_epoch, ddp_spec_file):

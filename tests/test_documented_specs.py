@@ -31,7 +31,8 @@ import yaml
 from reidbench.api import EXPERIMENTS, base_path
 from reidbench.harness.ablation.defaults import applicable_tricks, choose_rows, parse_default_ablation
 from reidbench.harness.ablation.expand import DESIGN_MODES, expand, expand_steps, make_design
-from reidbench.harness.spec import FILE_ONLY_KEYS, RunSpec, load_base_file, spec_from_dict, to_jsonable, with_epochs
+from reidbench.harness.spec import (FILE_ONLY_KEYS, RunSpec, load_base_file, load_yaml, spec_from_dict, to_jsonable,
+                                     with_epochs)
 from reidbench.harness.spec.patches import apply_patch, parse_presets, parse_step_lists
 from reidbench.models.architectures import build_architecture
 from reidbench.tricks import parse_trick_list
@@ -103,7 +104,7 @@ def specs_of(plan: Plan) -> list[RunSpec]:
 def file_plans() -> Iterator[Plan]:
     """Every base × profile × preset × step list (and the default rows) of experiments/."""
     for path in YAMLS:
-        for profile in PROFILES:
+        for profile in load_yaml(path).get("profiles") or PROFILES:  # each profile the file defines (cpu-v1 too)
             _, extras = load_base_file(path, profile)
             presets = [None, *parse_presets(extras.get("presets"), path.name)]
             lists = parse_step_lists(extras.get("ablations"), path.name)

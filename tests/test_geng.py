@@ -234,15 +234,19 @@ def test_two_step_stages_follow_the_seed_proportion_and_rescale():
     # --epochs before the trick (ablate's order) and after it (a spec with stages) keep the 20/170 proportion.
     assert [s.epochs for s in get_trick("two-step").apply(with_epochs(paper, 34)).stages] == [4, 30]
     assert [s.epochs for s in with_epochs(two, 34).stages] == [4, 30]
-    assert [s.epochs for s in get_trick("two-step").apply(load_spec_file(GENG, "cpu")).stages] == [1, 5]
+    assert [s.epochs for s in get_trick("two-step").apply(load_spec_file(GENG, "cpu-v1")).stages] == [1, 5]
+    # step granularity (the cpu profile, --epochs): exactly 20/170 of the run, fractional
+    assert [s.epochs for s in get_trick("two-step").apply(load_spec_file(GENG, "cpu")).stages] == [0.705882, 5.294118]
+    assert [s.epochs for s in get_trick("two-step").apply(with_epochs(paper, 1)).stages] == [0.117647, 0.882353]
     # No ID term (the "ver" row): step 1 trains the new heads on every term.
     ver = get_trick("two-step").apply(spec_from_dict({**paper.to_dict(), "loss": {"terms": [
         {"kind": "verif", "reads": "f_t", "weight": 3.0}]}}))
     assert ver.stages[0].losses == ()
     with pytest.raises(ValueError, match="already has 2"):
         get_trick("two-step").apply(dataclasses.replace(two, tricks=()))
-    with pytest.raises(ValueError, match="needs schedule.max_epochs >= 2"):
-        get_trick("two-step").apply(with_epochs(paper, 1))
+    with pytest.raises(ValueError, match="needs schedule.max_epochs >= 2"):  # epoch granularity: whole epochs
+        get_trick("two-step").apply(dataclasses.replace(paper, schedule=dataclasses.replace(
+            paper.schedule, max_epochs=1, milestones=(1,))))
 
 
 def test_stage_losses_are_hashed_only_when_set_and_name_real_terms():
@@ -265,7 +269,7 @@ def test_stage_losses_are_hashed_only_when_set_and_name_real_terms():
 
 
 def _tiny_geng(**schedule) -> dict:
-    raw = load_spec_file(GENG, "cpu").to_dict()
+    raw = load_spec_file(GENG, "cpu-v1").to_dict()  # whole-epoch stages: step 1 = epoch 1
     raw["model"].update(backbone=TINY, pretrained=False)
     raw["data"].update(train="tiny", test=["tiny"], image_size=[32, 16], ids_per_batch=3, imgs_per_id=2, pad_px=2)
     raw["schedule"].update(max_epochs=3, milestones=[3], **schedule)

@@ -137,7 +137,7 @@ def test_hash_changes_with_any_hashed_field():
         ({"optim": {"name": "lamb"}}, "optim.name='lamb'"),
         ({"stages": [{"epochs": 120, "frozen": ["backbone"], "train_only": ["new"]}]}, "stages[0].train_only"),
         ({"stages": [{"epochs": 5}]}, "add up to schedule.max_epochs=120"),
-        ({"profile": "gpu"}, "profile='gpu'"),
+        ({"profile": "cpu v2"}, "profile='cpu v2'"),
         ({"schedule": {"milestones": [70, 40]}}, "schedule.milestones"),
         ({"bogus": 1}, "unknown field 'bogus'"),
     ],
@@ -168,15 +168,20 @@ def test_soft_margin_null_is_accepted():
 def test_with_epochs_scales_milestones_and_records_the_full_length():
     spec = load_spec_file(BOT, "paper")
     short = with_epochs(spec, 12)
-    assert short.schedule.max_epochs == 12 and short.schedule.milestones == (4, 7)
+    # step granularity, every phase exact: milestone m of 120 -> 1 + (m - 1) * 12/120 (its decay at x = m - 1)
+    assert short.schedule.granularity == "step" and spec.schedule.granularity == "epoch"
+    assert short.schedule.max_epochs == 12 and short.schedule.milestones == (4.9, 7.9)
     assert short.full_epochs == 120 and short.shortened
     warm = with_epochs(replace_section(spec, "schedule", warmup_epochs=10), 12)
-    assert warm.schedule.warmup_epochs == 2  # one epoch of warmup would be none
+    assert warm.schedule.warmup_epochs == 1  # 10/120 of the run, no "at least 2"
+    assert with_epochs(replace_section(spec, "schedule", warmup_epochs=10), 6).schedule.warmup_epochs == 0.5
     assert run_hash(short) != run_hash(spec)
-    assert not with_epochs(spec, 120).shortened
+    assert not with_epochs(spec, 120).shortened and with_epochs(spec, 120) == spec  # nothing to scale: as it is
 
 
-def test_with_epochs_never_decays_before_the_first_epoch():
-    spec = load_spec_file(BOT, "cpu")  # milestones (4, 7) of 12
-    assert with_epochs(spec, 2).schedule.milestones == (2,)
-    assert with_epochs(spec, 1).schedule.milestones == (2,)  # past the end: never fires
+def test_with_epochs_keeps_every_milestones_share_of_the_run():
+    spec = load_spec_file(BOT, "cpu")  # milestones (2.95, 4.45) of 6: decays after 1.95/6 and 3.45/6 of the run
+    for epochs in (1, 2, 5, 17):
+        short = with_epochs(spec, epochs).schedule
+        assert [(m - 1) / epochs for m in short.milestones] == pytest.approx([1.95 / 6, 3.45 / 6], abs=1e-6)
+        assert all(m >= 1 for m in short.milestones)  # never a decay before the first step

@@ -151,3 +151,82 @@ def test_switched_off_or_missing_package_writes_no_event_file(tiny_market, tmp_p
     notes = [line for line in lines if "TensorBoard" in line]
     assert notes == ["TensorBoard logs off: the tensorboard package is not installed "
                      "(pip install 'reidbench[tensorboard]')"]
+
+
+# ---------------------------------------------------------------------------------------------- lr_step
+
+# SPEC with a step-granular schedule: a warmup over half an epoch, the LR ×0.1 from x = 2.5 (milestone 3.5).
+STEP_SPEC = SPEC.replace("schedule: {max_epochs: 4, milestones: [3], warmup_epochs: 0}",
+                         "schedule: {granularity: step, max_epochs: 4, milestones: [3.5], warmup_epochs: 0.5}")
+
+
+def _lr_at(x: float) -> float:
+    """The LR of the step starting at x epochs elapsed, from the schedule's formulas by hand."""
+    warm = 0.01 + 0.99 * x / 0.5 if x < 0.5 else 1.0
+    return 3.5e-4 * warm * (0.1 if x >= 2.5 else 1.0)
+
+
+def _epoch_lengths(tiny_market: Path, epochs: int = 4) -> list[int]:
+    """Optimizer steps of each epoch (a P×K epoch's length depends on its draw), from the sampler itself."""
+    from reidbench.harness.data.named import load_named_dataset
+    from reidbench.harness.data.samplers import build_sampler
+
+    train_set, _ = load_named_dataset("tiny", {"tiny": str(tiny_market)}, progress=False)
+    sampler = build_sampler("pk", (), [r.pid for r in train_set.train], 3, 2, 0)
+    lengths = []
+    for epoch in range(1, epochs + 1):
+        sampler.set_epoch(epoch)
+        lengths.append(len(sampler))
+    return lengths
+
+
+def _step_xs(lengths: list[int]) -> list[float]:
+    """x = (epoch - 1) + step / steps_per_epoch of every optimizer step of the run, in order."""
+    return [(e - 1) + s / n for e, n in enumerate(lengths, start=1) for s in range(n)]
+
+
+def test_every_optimizer_steps_lr_is_logged_at_its_global_step(tiny_market, tmp_path):
+    result = execute(spec_from_dict(yaml.safe_load(STEP_SPEC)), _options(tmp_path, tiny_market, variants=()))
+    xs = _step_xs(_epoch_lengths(tiny_market))
+    steps = _events(tmp_path / "run" / "steps")
+    assert set(steps) == {"lr_step"}
+    assert [s for s, _ in steps["lr_step"]] == list(range(1, len(xs) + 1))  # global step = optimizer step, 1-based
+    assert [v for _, v in steps["lr_step"]] == pytest.approx([_lr_at(x) for x in xs], rel=1e-6)
+    # the per-epoch lr beside it is the LR of each epoch's first step
+    epochs = _events(tmp_path / "run")["lr"]
+    assert epochs == [(e, pytest.approx(_lr_at(e - 1), rel=1e-6)) for e in (1, 2, 3, 4)]
+    assert [h["lr"] for h in result.history] == pytest.approx([_lr_at(e - 1) for e in (1, 2, 3, 4)])
+
+
+def test_an_epoch_granular_run_logs_one_lr_per_epoch_at_every_step(tiny_market, tmp_path):
+    execute(spec_from_dict(yaml.safe_load(SPEC)), _options(tmp_path, tiny_market, variants=()))
+    lengths = _epoch_lengths(tiny_market)
+    lrs = [v for _, v in _events(tmp_path / "run" / "steps")["lr_step"]]
+    # milestone 3: epochs 3 and 4 at a tenth
+    assert lrs == pytest.approx([3.5e-4] * sum(lengths[:2]) + [3.5e-5] * sum(lengths[2:]), rel=1e-6)
+
+
+def test_a_resumed_step_granular_run_logs_each_step_once_with_the_uninterrupted_lrs(tiny_market, tmp_path,
+                                                                                     monkeypatch):
+    import reidbench.harness.train.loop as loop
+
+    real = loop.train_one_epoch
+
+    def crash_on_epoch_4(c, epoch, max_epochs, hooks=()):
+        if epoch == 4:
+            raise RuntimeError("simulated crash")
+        return real(c, epoch, max_epochs, hooks)
+
+    spec = spec_from_dict(yaml.safe_load(STEP_SPEC))
+    lengths = _epoch_lengths(tiny_market)
+    monkeypatch.setattr(loop, "train_one_epoch", crash_on_epoch_4)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        execute(spec, _options(tmp_path, tiny_market, variants=()))
+    # epoch 3's steps were logged but not checkpointed (checkpoint every 2): the resume trains them again
+    assert [s for s, _ in _events(tmp_path / "run" / "steps")["lr_step"]] == list(range(1, sum(lengths[:3]) + 1))
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    execute(spec, _options(tmp_path, tiny_market, variants=()))
+    points = _events(tmp_path / "run" / "steps")["lr_step"]
+    xs = _step_xs(lengths)
+    assert [s for s, _ in points] == list(range(1, len(xs) + 1))
+    assert [v for _, v in points] == pytest.approx([_lr_at(x) for x in xs], rel=1e-6)

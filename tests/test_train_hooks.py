@@ -141,8 +141,9 @@ def test_checkpoint_hook_saves_every_n_epochs_and_the_last_with_the_documented_k
     assert seen == [None, 2, 2, 4, 5]
     state = load_checkpoint(path)
     assert set(state) == {"run_hash", "spec_json", "epoch", "stage", "num_classes", "model", "objective", "optimizer",
-                          "scheduler", "rng", "history_json", "own_optimizer_0"}
+                          "scheduler", "rng", "history_json", "optimizer_steps", "own_optimizer_0"}
     assert (state["run_hash"], state["spec_json"], state["num_classes"]) == ("abc", "{}", NUM_CLASSES)
+    assert state["optimizer_steps"] == 5 * len(_components(0).loader)  # the run's optimizer steps so far
 
 
 def test_resume_refuses_a_checkpoint_of_another_run_and_returns_none_without_one(tmp_path):

@@ -68,8 +68,13 @@ def test_names_aliases_and_unknown_names():
 
 
 def test_warmup_scales_with_a_short_schedule(base):
+    # --epochs makes the run step-granular: the warmup is exactly 10/120 of it, fractional
     short = get_trick("warmup").apply(with_epochs(base, 12))
-    assert short.schedule.warmup_epochs == 2 and short.schedule.max_epochs == 12
+    assert short.schedule.warmup_epochs == 1 and short.schedule.max_epochs == 12
+    assert get_trick("warmup").apply(with_epochs(base, 6)).schedule.warmup_epochs == 0.5
+    # epoch granularity keeps today's whole epochs, at least 2 (stored runs keep matching)
+    epoch12 = replace_section(base, "schedule", max_epochs=12, milestones=(4, 7))
+    assert get_trick("warmup").apply(epoch12).schedule.warmup_epochs == 2
 
 
 def test_cumulative_single_and_leave_one_out_rows(base):

@@ -5,6 +5,10 @@ same weight and *the same margin* (the trick changes how the triplets are chosen
 margin; Mancs' own 0.5 is set by experiments/mancs.yaml): a random positive per anchor and a
 negative drawn by a Gaussian over its hardness rank, easy to hard, with t0=30, t1=60 of 160
 epochs rescaled to the run's length.
+
+In step granularity (``schedule.granularity: step``: the cpu profile, ``--epochs``) the curriculum's
+t is the fractional epochs elapsed at each step, as every other phase of the run, so μ reaches 0
+after exactly t0/160 of the optimizer steps; the patch itself is the same in both granularities.
 """
 
 import dataclasses

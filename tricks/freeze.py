@@ -6,7 +6,8 @@ and BatchNorm in eval mode, so only the new head trains while it is random. Its 
 run. An iteration count means nothing without the dataset and batch size, which a trick (a pure
 patch of the spec) does not know; so the trick keeps the proportion: ``schedule.freeze_epochs`` =
 1000 / (60 × 202) of the base's run (9.901 of 120 epochs, 0.495 of the cpu profile's 6; ``--epochs``
-rescales it), and the training loop honours the fraction to the iteration (the first
+rescales it; rounded to 0.001 epoch in epoch granularity, to 1e-6 in step granularity), and the
+training loop honours the fraction to the iteration (the first
 ceil(freeze_epochs × iterations per epoch) steps are frozen). ``schedule.freeze_modules``: the
 ``backbone`` module group — on bot the whole backbone, non-local blocks included (fast-reid's
 ``backbone`` holds them too); on mgn the trunk and the branches.
@@ -23,7 +24,10 @@ FREEZE_FRACTION = FASTREID_FREEZE_ITERS / (FASTREID_ITERS_PER_EPOCH * FASTREID_M
 
 def _patch(spec: RunSpec) -> RunSpec:
     sched = spec.schedule
-    value = round(FREEZE_FRACTION * sched.max_epochs, 3) if sched.unit == "epochs" else round(FREEZE_FRACTION, 4)
+    if sched.unit != "epochs":
+        value = round(FREEZE_FRACTION, 4)
+    else:  # step granularity: to 1e-6 (only step-granular outputs changed, so the version stays 1)
+        value = round(FREEZE_FRACTION * sched.max_epochs, 6 if sched.granularity == "step" else 3)
     return replace_section(spec, "schedule", freeze_epochs=value, freeze_modules=("backbone",))
 
 

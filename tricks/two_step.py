@@ -11,8 +11,11 @@ trains step 1 on all its terms (still with only the new heads unfrozen; a loss t
 parameters, e.g. the verification FC, are never frozen).
 
 Step 1 takes ``STEP1_ITERS / TOTAL_ITERS`` = 20K / 170K of the epochs (the seed's schedule for the
-large datasets: 20K + 150K iterations), rounded, at least 1 and leaving at least 1 for step 2;
-with ``--epochs`` the base is shortened first, so the proportion is kept. The result is plain
+large datasets: 20K + 150K iterations): in epoch granularity rounded, at least 1 and leaving at
+least 1 for step 2; in step granularity (``schedule.granularity: step``: the cpu profile,
+``--epochs``) exactly, a fractional stage length, so step 1 takes 20/170 of the optimizer steps
+(only step-granular outputs changed: the version stays 1). With ``--epochs`` the base is
+shortened first, so the proportion is kept. The result is plain
 ``stages`` in the spec (``step1`` / ``step2``), recorded and hashed; write ``stages`` by hand for
 another split (the seed's small-dataset schedule is 20K + 20K) or another step-1 loss set
 (``losses: []`` trains the verification head in step 1 too).
@@ -29,8 +32,12 @@ STEP1_ITERS = 20_000
 TOTAL_ITERS = 170_000
 
 
-def step1_epochs(max_epochs: int) -> int:
-    """Epochs of step 1 in a run of ``max_epochs`` (>= 2): the seed's 20/170, at least 1, at most max − 1."""
+def step1_epochs(max_epochs: int, granularity: str = "epoch") -> float:
+    """Epochs of step 1 in a run of ``max_epochs``: the seed's 20/170 — in epoch granularity
+    rounded, at least 1, at most max − 1 (max_epochs >= 2); in step granularity exact."""
+    if granularity == "step":
+        value = round(max_epochs * STEP1_ITERS / TOTAL_ITERS, 6)
+        return int(value) if value.is_integer() else value
     return min(max_epochs - 1, max(1, round(max_epochs * STEP1_ITERS / TOTAL_ITERS)))
 
 
@@ -45,11 +52,13 @@ def _patch(spec: RunSpec) -> RunSpec:
         raise ValueError(f"trick 'two-step' sets the run's stages, and the base already has "
                          f"{len(spec.stages)}; remove them from the base or drop the trick")
     total = spec.schedule.max_epochs
-    if total < 2:
+    granularity = spec.schedule.granularity
+    if total < 2 and granularity == "epoch":
         raise ValueError(f"trick 'two-step' needs schedule.max_epochs >= 2 (one epoch per step), not {total}")
-    first = step1_epochs(total)
+    first = step1_epochs(total, granularity)
+    second = round(total - first, 6)
     stages = (StageSpec(epochs=first, name="step1", train_only=("new",), losses=classification_kinds(spec)),
-              StageSpec(epochs=total - first, name="step2"))
+              StageSpec(epochs=int(second) if float(second).is_integer() else second, name="step2"))
     return dataclasses.replace(spec, stages=stages)
 
 

@@ -105,10 +105,16 @@ def plan_ablation(base: RunSpec, base_name: str, tricks: Sequence[Trick], mode: 
 
 
 def dry_run_lines(plan: AblationPlan, statuses: Mapping[str, str]) -> list[str]:
+    """Per step: label, hash, cached or not, what differs from the base, and its phases with their
+    share of the run (``harness/train/phases.py``; the granularity in brackets when it is not the base's)."""
+    from reidbench.harness.train.phases import phases_text
+
+    granularity = plan.base.schedule.granularity
     name = f"{plan.base_name}-{plan.mode}-(pending)" if plan.pending_weights else plan.name  # a hash of the run hashes
     lines = [f"ablation {name}: {len(plan.steps)} run(s), {len(plan.unique_hashes())} distinct, "
              f"profile {plan.base.profile}, mode {plan.mode}, train {plan.base.data.train}, "
-             f"test {', '.join(plan.base.data.test)}"]
+             f"test {', '.join(plan.base.data.test)}, {plan.base.schedule.max_epochs} epochs, "
+             f"granularity {granularity}"]
     for s in plan.steps:
         if plan.weights_pending(s):  # its hash holds the weights' digest, not known before the download
             lines.append(f"  {s.label:<28} {'pending':<12}  [weights not downloaded yet]")
@@ -118,6 +124,9 @@ def dry_run_lines(plan: AblationPlan, statuses: Mapping[str, str]) -> list[str]:
             lines.append(f"  {s.label:<28} {s.run_hash[:12]}  [{cached}]")
         for d in spec_diff(plan.base, s.spec):
             lines.append(f"      {d}")
+        phases = phases_text(s.spec)
+        other = s.spec.schedule.granularity
+        lines.append(f"      phases{f' [{other}]' if other != granularity else ''}: {phases or 'none (one LR throughout)'}")
     for message in plan.pending_weights.values():
         lines.append(f"  note: {message}; the runs marked pending get their hashes once it is there")
     return lines

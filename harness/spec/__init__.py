@@ -18,6 +18,7 @@ from reidbench.harness.spec.loading import (
 )
 from reidbench.harness.spec.sections import (
     AMP_MODES,
+    GRANULARITIES,
     METRICS,
     NECKS,
     PROFILES,
@@ -40,7 +41,7 @@ from reidbench.harness.spec.sections import (
 )
 
 __all__ = [
-    "AMP_MODES", "FILE_ONLY_KEYS", "METRICS", "NECKS", "PROFILES", "DataSpec", "EvalSpec", "GroupSpec", "LossSpec",
+    "AMP_MODES", "FILE_ONLY_KEYS", "GRANULARITIES", "METRICS", "NECKS", "PROFILES", "DataSpec", "EvalSpec", "GroupSpec", "LossSpec",
     "LossTermSpec", "ModelSpec", "OptimSpec", "RunSpec", "ScheduleSpec", "SpecError", "StageSpec", "TrainSpec",
     "canonical_json", "legacy_loss_terms", "load_base_file", "load_spec_file", "load_yaml", "merge_dicts",
     "replace_section", "spec_from_dict", "spec_from_json", "spec_from_stored", "to_jsonable", "with_epochs",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from reidbench.harness.spec.sections import (
+    PROFILE_NAME,
     PROFILES,
     SECTIONS,
     DataSpec,
@@ -405,48 +406,50 @@ def drop_switched(base: Mapping[str, Any], changes: Mapping[str, Mapping[str, An
     return out
 
 
-def _scale_epochs(value: float, scale: float) -> int:
-    # A milestone or warmup scaled down to epoch 1 would be no step at all: keep >= 2.
-    return max(2, round(value * scale)) if value >= 2 else int(value)
+def _exact(value: float) -> float:
+    """A scaled phase length: 6 decimals (a millionth of an epoch, far below one step), an int when whole."""
+    value = round(float(value), 6)
+    return int(value) if value.is_integer() else value
 
 
 def with_epochs(spec: RunSpec, epochs: int) -> RunSpec:
     """Shorten (or lengthen) the run to ``epochs``; the original length is kept in ``full_epochs``.
 
-    Epoch-stated schedules scale milestones and warmup proportionally (never to epoch 1, which
-    would be no warmup or a decay before any training at the base rate), the cosine delay and the
-    freeze warm-up likewise; fraction-stated ones need nothing. Stages keep their proportions (each at least one epoch; the last absorbs
-    rounding).
+    The schedule becomes step-granular (``schedule.granularity: step``; harness/train/schedules.py)
+    and every phase is scaled exactly by epochs / max_epochs, so each keeps its share of the
+    optimizer steps: the warmup, the cosine delay and the freeze warm-up by the factor, a
+    multistep milestone m (the first epoch at the decayed rate) to 1 + (m - 1) × factor (the share
+    before its decay is (m - 1) / T), each stage's length by the factor (the last takes the rest).
+    Fraction-stated phases need nothing; a curriculum (its t0/t1 scale with the run already)
+    follows the same fractional progress. No rounding to whole epochs, no minimum length.
     """
-    if epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise SpecError(f"--epochs={epochs} is not valid: an integer >= 1")
     sched = spec.schedule
     if epochs == sched.max_epochs:
         return spec
     full = spec.full_epochs or sched.max_epochs
     scale = epochs / sched.max_epochs
-    changes: dict[str, Any] = {"max_epochs": epochs}
+    changes: dict[str, Any] = {"max_epochs": epochs, "granularity": "step"}
     if sched.unit == "epochs":
         from reidbench.harness.spec.reads import kind_reads
 
         if "milestones" in kind_reads("schedule").get(sched.kind, ()):  # others leave them unread, at their default
-            changes["milestones"] = tuple(sorted({_scale_epochs(m, scale) for m in sched.milestones}))
-        changes["warmup_epochs"] = _scale_epochs(sched.warmup_epochs, scale)
+            changes["milestones"] = tuple(_exact(1 + (m - 1) * scale) for m in sched.milestones)
+        changes["warmup_epochs"] = _exact(sched.warmup_epochs * scale)
         options = dict(sched.options)
         if "delay_epochs" in options:
-            options["delay_epochs"] = int(round(options["delay_epochs"] * scale))
+            options["delay_epochs"] = _exact(options["delay_epochs"] * scale)
             changes["options"] = tuple(sorted(options.items()))
-        if sched.freeze_epochs:  # fractional epochs, honoured to the iteration: scaled, not rounded to whole epochs
-            changes["freeze_epochs"] = round(sched.freeze_epochs * scale, 4)
+        if sched.freeze_epochs:
+            changes["freeze_epochs"] = _exact(sched.freeze_epochs * scale)
     stages = spec.stages
     if stages:
-        if epochs < len(stages):
-            raise SpecError(f"--epochs={epochs} is not valid: this run has {len(stages)} stages, so at least "
-                            f"{len(stages)} epochs")
-        lengths = [max(1, round(s.epochs * scale)) for s in stages[:-1]]
-        while sum(lengths) > epochs - 1:
-            lengths[lengths.index(max(lengths))] -= 1
-        lengths.append(epochs - sum(lengths))
+        lengths = [_exact(s.epochs * scale) for s in stages[:-1]]
+        lengths.append(_exact(epochs - sum(lengths)))
+        if lengths[-1] <= 0:
+            raise SpecError(f"--epochs={epochs} is not valid: the last stage ({stages[-1].name or 'stage'}) "
+                            "would have no epochs left")
         stages = tuple(dataclasses.replace(s, epochs=n) for s, n in zip(stages, lengths))
     new = dataclasses.replace(spec, schedule=dataclasses.replace(sched, **changes), stages=stages,
                               full_epochs=full if epochs != full else None)
@@ -479,16 +482,20 @@ def load_base_file(path: str | Path, profile: str | None = None) -> tuple[RunSpe
     raw = dict(raw)
     extras = {k: raw.pop(k) for k in FILE_ONLY_KEYS if k in raw}
     profiles = extras.get("profiles") or {}
+    if not isinstance(profiles, Mapping):
+        raise SpecError(f"{path}: profiles must be a mapping of profile names to overlays, e.g. {{cpu: {{...}}}}")
     chosen = profile or raw.get("profile", "paper")
-    if chosen not in PROFILES:
-        fail("profile", chosen, " or ".join(PROFILES))
+    if not isinstance(chosen, str) or not PROFILE_NAME.fullmatch(chosen):
+        fail(f"{path}: profile", chosen, f"a profile of the file: {', '.join(profiles) or ', '.join(PROFILES)}")
     if chosen in profiles:
         overlay = dict(profiles[chosen] or {})
         if "evaluations" in overlay:
             extras["evaluations"] = overlay.pop("evaluations")
         raw = merge_dicts(drop_switched(raw, overlay), overlay)
-    elif profiles and profile is not None:
-        raise SpecError(f"{path}: profile {chosen!r} not defined; defined: {', '.join(profiles)}")
+    elif profile is not None and (profiles or profile not in PROFILES):
+        # A file without profiles takes the standard names as labels only (paper, cpu); a typo is never silent.
+        raise SpecError(f"{path}: profile {chosen!r} not defined; defined: {', '.join(profiles) or 'none'}"
+                        + ("" if profiles else f" (a file without profiles: takes {' or '.join(PROFILES)} as a label)"))
     raw["profile"] = chosen
     try:
         return spec_from_dict(raw, where=str(path)), extras

@@ -20,15 +20,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Mapping
 
+# The profiles every shipped base file defines (``profiles:`` keys). A base file may define more
+# (``cpu-v1``: the cpu profile before its phases became step-granular); a profile is a label of the
+# overlay a run was loaded with, never part of its identity (what the overlay sets is).
 PROFILES = ("paper", "cpu")
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NECKS = ("plain", "bnneck")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 AMP_MODES = ("off", "bf16", "fp16")
 COMBINES = ("mean", "sum", "concat")
 SCHEDULE_UNITS = ("epochs", "fraction")
+# epoch: the LR, stages and freeze change once per epoch, at its start (the BoT reference);
+# step: they are functions of the epochs elapsed at each optimizer step, x = (epoch - 1) + step / steps_per_epoch
+# (harness/train/schedules.py), so phase lengths may be fractional.
+GRANULARITIES = ("epoch", "step")
+# Loss-term options that step granularity makes redundant: there every phase already follows the
+# optimizer step, so the option at this value trains the same run (the curriculum's
+# ``time: continuous``); a step-granular RunSpec drops it, so both writings share one identity.
+STEP_REDUNDANT_TERM_OPTIONS: dict[tuple[str, str], Any] = {("curriculum_triplet", "time"): "continuous"}
 SYNC_BN = ("head", "all", "off")
 
 Options = tuple[tuple[str, Any], ...]  # a component's non-default parameters, sorted by key
@@ -176,6 +189,13 @@ class LossTermSpec:
         return (self.reads,) if isinstance(self.reads, str) else tuple(self.reads)
 
 
+def _without_step_redundant(term: LossTermSpec) -> LossTermSpec:
+    """``term`` without the options ``STEP_REDUNDANT_TERM_OPTIONS`` names (step granularity only)."""
+    options = tuple((k, v) for k, v in term.options
+                    if STEP_REDUNDANT_TERM_OPTIONS.get((term.kind, k), object()) != v)
+    return term if options == term.options else dataclasses.replace(term, options=options)
+
+
 def _bot_terms() -> tuple[LossTermSpec, ...]:
     # Baseline-S: cross-entropy on the logits + batch-hard triplet (margin 0.3) on f_t.
     return (LossTermSpec(kind="ce", reads="logits"), LossTermSpec(kind="triplet", reads="f_t"))
@@ -258,20 +278,36 @@ class ScheduleSpec:
     # ``freeze_epochs`` of the run (in ``unit``; fractional, honoured to the iteration).
     freeze_epochs: float = 0
     freeze_modules: tuple[str, ...] = ("backbone",)
+    # --- phases ---
+    # epoch (the reference): the LR and the stages change once per epoch, phase lengths are whole
+    # epochs; step: every phase (warmup, milestones, cosine delay, stages) is a function of the
+    # fractional epochs elapsed at each optimizer step, so its share of the run is exact.
+    granularity: str = "epoch"
 
     def validate(self, where: str = "schedule") -> None:
         if self.max_epochs < 1:
             fail(f"{where}.max_epochs", self.max_epochs, "an integer >= 1")
         if self.unit not in SCHEDULE_UNITS:
             fail(f"{where}.unit", self.unit, " or ".join(SCHEDULE_UNITS))
+        if self.granularity not in GRANULARITIES:
+            fail(f"{where}.granularity", self.granularity, " or ".join(GRANULARITIES))
         if list(self.milestones) != sorted(self.milestones):
             fail(f"{where}.milestones", list(self.milestones), "increasing values")
         milestones = self.milestones if self.kind == "multistep" else ()  # only multistep reads them
-        if self.unit == "epochs":
+        step = self.granularity == "step"
+        if self.unit == "epochs" and step:
+            if any(isinstance(m, bool) or not m >= 1 for m in milestones):
+                fail(f"{where}.milestones", list(self.milestones),
+                     "increasing epochs >= 1 (m: the first epoch at the decayed rate; fractional with granularity step)")
+            if isinstance(self.warmup_epochs, bool) or not self.warmup_epochs >= 0:
+                fail(f"{where}.warmup_epochs", self.warmup_epochs, "a number of epochs >= 0")
+        elif self.unit == "epochs":
             if any(not float(m).is_integer() or m < 1 for m in milestones):
-                fail(f"{where}.milestones", list(self.milestones), "increasing integer epochs >= 1")
+                fail(f"{where}.milestones", list(self.milestones),
+                     "increasing integer epochs >= 1 (fractional ones need schedule.granularity: step)")
             if not float(self.warmup_epochs).is_integer() or self.warmup_epochs < 0:
-                fail(f"{where}.warmup_epochs", self.warmup_epochs, "an integer >= 0")
+                fail(f"{where}.warmup_epochs", self.warmup_epochs,
+                     "an integer >= 0 (a fractional one needs schedule.granularity: step)")
         else:
             if any(not 0 < m <= 1 for m in milestones):
                 fail(f"{where}.milestones", list(self.milestones), "fractions of the run in (0, 1]")
@@ -300,16 +336,23 @@ class StageSpec:
     with; the others are not computed in it (no value, no gradient). Empty: every term.
     """
 
-    epochs: int
+    # Whole epochs; with schedule.granularity step any length > 0 (the stage boundaries are then
+    # honoured to the optimizer step).
+    epochs: float
     name: str = ""
     frozen: tuple[str, ...] = ()
     train_only: tuple[str, ...] = ()
     lr_scale: float = 1.0
     losses: tuple[str, ...] = ()
 
-    def validate(self, where: str) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            fail(f"{where}.epochs", self.epochs, "an integer >= 1")
+    def validate(self, where: str, granularity: str = "epoch") -> None:
+        if granularity == "step":
+            if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not self.epochs > 0 \
+                    or not math.isfinite(self.epochs):
+                fail(f"{where}.epochs", self.epochs, "a number of epochs > 0")
+        elif isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            fail(f"{where}.epochs", self.epochs,
+                 "an integer >= 1 (a fractional stage length needs schedule.granularity: step)")
         if self.frozen and self.train_only:
             fail(f"{where}.train_only", list(self.train_only), "either frozen or train_only, not both")
         if not self.lr_scale >= 0:
@@ -367,7 +410,9 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    profile: str = "paper"
+    # The base file's profile overlay the spec was loaded with: a label (reports, captions), not part
+    # of the identity — the overlay's fields are.
+    profile: str = field(default="paper", metadata=UNHASHED)
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     loss: LossSpec = field(default_factory=LossSpec)
@@ -382,14 +427,23 @@ class RunSpec:
     # The base's full schedule length, kept when --epochs shortens a run so reports can say so.
     full_epochs: int | None = None
 
+    def __post_init__(self) -> None:
+        if getattr(self.schedule, "granularity", "epoch") != "step" or not isinstance(self.loss, LossSpec):
+            return
+        terms = tuple(_without_step_redundant(t) for t in self.loss.terms)
+        if terms != self.loss.terms:
+            object.__setattr__(self, "loss", dataclasses.replace(self.loss, terms=terms))
+
     def validate(self) -> "RunSpec":
-        if self.profile not in PROFILES:
-            fail("profile", self.profile, " or ".join(PROFILES))
+        if not isinstance(self.profile, str) or not PROFILE_NAME.fullmatch(self.profile):
+            fail("profile", self.profile, "a profile name of letters, digits, '.', '_' or '-' such as "
+                 + " or ".join(PROFILES))
         for name in ("model", "data", "loss", "optim", "schedule", "eval", "train"):
             getattr(self, name).validate(name)
         for i, stage in enumerate(self.stages):
-            stage.validate(f"stages[{i}]")
-        if self.stages and sum(s.epochs for s in self.stages) != self.schedule.max_epochs:
+            stage.validate(f"stages[{i}]", self.schedule.granularity)
+        if self.stages and not math.isclose(sum(s.epochs for s in self.stages), self.schedule.max_epochs,
+                                            rel_tol=0.0, abs_tol=1e-6):
             fail("stages", [s.epochs for s in self.stages],
                  f"epochs that add up to schedule.max_epochs={self.schedule.max_epochs}")
         from reidbench.harness.spec.reads import unread_fields  # lazy: it consults the registries

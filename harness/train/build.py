@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -44,16 +45,22 @@ def _matches(name: str, globs: Sequence[str]) -> bool:
 
 
 def stage_plan(spec: RunSpec, model: nn.Module, objective: Any = None) -> StagePlan:
-    """Which parameters each epoch freezes, the LR scale and the loss terms of each epoch, from ``spec.stages``.
+    """Which parameters each epoch (step granularity: each step) freezes, the LR scale and the loss
+    terms, from ``spec.stages``.
 
     Freezing covers the model's parameters; a loss term's own (the verification head's FC) is
     not frozen by a stage, but a stage whose ``losses`` leave the term out does not compute it,
     so it gets no gradient there. ``objective`` is needed only when a stage names ``losses``.
+    With ``schedule.granularity: step`` the stages begin at fractional epochs elapsed
+    (``StagePlan.starts``): a stage of 0.7 epochs trains the first 70 % of the first epoch's steps.
     """
     names = [n for n, _ in model.named_parameters()]
     stages = []
     losses: list[frozenset[str] | None] = []
+    starts: list[float] = []
     first = 1
+    elapsed = 0.0
+    per_step = spec.schedule.granularity == "step"
     groups = dict(getattr(model, "module_groups", {}))
     for i, stage in enumerate(spec.stages):
         where = f"stages[{i}]"
@@ -68,16 +75,25 @@ def stage_plan(spec: RunSpec, model: nn.Module, objective: Any = None) -> StageP
         if (stage.frozen or stage.train_only) and not (frozen if stage.frozen else set(names) - frozen):
             raise ValueError(f"{where}: {list(stage.frozen or stage.train_only)} matches no parameter of "
                              f"model.arch={spec.model.arch!r}; module groups: {', '.join(sorted(groups))}")
-        stages.append((stage.name or f"stage{i + 1}", first, first + stage.epochs - 1, frozen, stage.lr_scale))
+        if per_step:  # the epochs it touches, informational; the boundaries are ``starts``
+            starts.append(elapsed)
+            end = elapsed + stage.epochs
+            stages.append((stage.name or f"stage{i + 1}", int(math.floor(elapsed)) + 1, max(1, int(math.ceil(end))),
+                           frozen, stage.lr_scale))
+            elapsed = end
+        else:
+            stages.append((stage.name or f"stage{i + 1}", first, first + stage.epochs - 1, frozen, stage.lr_scale))
+            first += stage.epochs
         if stage.losses and objective is None:
             raise ValueError(f"{where}.losses: the stage plan needs the objective to resolve loss term names")
         losses.append(objective.labels_for(stage.losses, f"{where}.losses") if stage.losses else None)
-        first += stage.epochs
     if not stages:
         stages.append(("all", 1, spec.schedule.max_epochs, frozenset(), 1.0))
+        starts = [0.0] if per_step else []
     warm_epochs, warm_frozen = _freeze_warmup(spec, names, groups)
     losses_per_stage = () if all(x is None for x in losses) else tuple(losses)
-    return StagePlan(tuple(stages), losses_per_stage, warm_frozen=warm_frozen, warm_epochs=warm_epochs)
+    return StagePlan(tuple(stages), losses_per_stage, warm_frozen=warm_frozen, warm_epochs=warm_epochs,
+                     starts=tuple(starts))
 
 
 def _freeze_warmup(spec: RunSpec, names: Sequence[str], groups: dict[str, Sequence[str]]
@@ -92,7 +108,7 @@ def _freeze_warmup(spec: RunSpec, names: Sequence[str], groups: dict[str, Sequen
         raise ValueError(f"schedule.freeze_modules={list(sched.freeze_modules)} matches no parameter of "
                          f"model.arch={spec.model.arch!r}; module groups: {', '.join(sorted(groups))}")
     epochs = sched.freeze_epochs * (sched.max_epochs if sched.unit == "fraction" else 1)
-    return float(epochs), frozen
+    return float(epochs), frozen  # compared step by step in either granularity (StagePlan.frozen_at)
 
 
 def _schedule_kwargs(spec: RunSpec) -> dict[str, Any]:
@@ -101,20 +117,43 @@ def _schedule_kwargs(spec: RunSpec) -> dict[str, Any]:
     sched = spec.schedule
     fields = {f.name for f in dataclasses.fields(get_schedule(sched.kind).params)}
     common = {"milestones": tuple(sched.milestones), "gamma": sched.gamma, "warmup_epochs": sched.warmup_epochs,
-              "warmup_factor": sched.warmup_factor, "unit": sched.unit}
+              "warmup_factor": sched.warmup_factor, "unit": sched.unit, "granularity": sched.granularity}
     kwargs = {k: v for k, v in common.items() if k in fields}
     kwargs.update(dict(sched.options))
     return kwargs
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, spec: RunSpec, stages: StagePlan
-                       ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The schedule's per-epoch multiplier times the stage's LR scale; counter 0 = training epoch 1."""
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, spec: RunSpec, stages: StagePlan,
+                       progress: TrainProgress | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule's multiplier times the stage's LR scale.
+
+    Epoch granularity: stepped once per epoch, counter 0 = training epoch 1 (the reference).
+    Step granularity (``schedule.granularity: step``): stepped after every optimizer step; each
+    step sets the LR of the next one from ``progress.elapsed``, x = (epoch - 1) + step /
+    steps_per_epoch (harness/train/schedules.py), which the loop keeps current (epoch, step and
+    this epoch's length: a P×K epoch's length may vary). Built and not yet stepped, it is at x = 0.
+    The LR depends only on where training is, so a resumed run (optimizer state restored) goes on
+    with the same LRs.
+    """
     from reidbench.harness.train.schedules import get_schedule
 
     entry = get_schedule(spec.schedule.kind)
     params = entry.make_params(**_schedule_kwargs(spec))
     max_epochs = spec.schedule.max_epochs
+
+    if spec.schedule.granularity == "step":
+        if progress is None:
+            raise ValueError("schedule.granularity=step: build_lr_scheduler needs the TrainProgress that holds "
+                             "steps_per_epoch")
+        if not entry.step_granular:
+            raise ValueError(f"schedule.kind={spec.schedule.kind!r} has no step granularity (its params declare no "
+                             "granularity): use schedule.granularity: epoch")
+
+        def per_step(index: int) -> float:
+            x = progress.elapsed  # the counter only counts; where training is comes from the loop
+            return entry.factor(1.0 + x, max_epochs, params) * stages.lr_scale_x(x)
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=per_step)
 
     def factor(index0: int) -> float:
         # After the last epoch the scheduler steps once more (epoch max_epochs + 1): it keeps the last stage.
@@ -164,10 +203,12 @@ class TrainingParts:
 
     ``model`` and ``objective`` (the named, weighted loss terms) on ``device``, the main
     ``optimizer`` over both (loss terms with a private optimiser, the centres, keep theirs:
-    ``objective.own_optimizers()``), the per-epoch LR ``scheduler`` (stepped once per epoch; its
-    counter 0 is epoch 1), the ``stages`` (what each epoch freezes and computes), the
-    ``progress`` that curricula read, and the AMP settings — exactly what ``reidbench train``
-    builds for the same spec and number of training identities.
+    ``objective.own_optimizers()``), the LR ``scheduler`` (``granularity`` epoch: stepped once per
+    epoch, its counter 0 is epoch 1; step: stepped after every optimizer step, reading where
+    training is from ``progress`` — keep its ``epoch``, ``step`` and ``steps_per_epoch`` current as
+    ``loop.train_one_epoch`` does), the ``stages`` (what each epoch, or step, freezes and computes), the ``progress`` that curricula read, and the AMP
+    settings — exactly what ``reidbench train`` builds for the same spec and number of training
+    identities.
     """
 
     spec: RunSpec
@@ -180,6 +221,11 @@ class TrainingParts:
     amp_dtype: torch.dtype | None = None
     scaler: Any = None
     synced_bn_layers: tuple[str, ...] = ()
+
+    @property
+    def granularity(self) -> str:
+        """``schedule.granularity``: ``epoch`` (step the scheduler once per epoch) or ``step`` (once per optimizer step)."""
+        return self.spec.schedule.granularity
 
 
 def build_parts(spec: RunSpec, num_classes: int, device: torch.device | str = "cpu", dist: Any = None
@@ -197,7 +243,7 @@ def build_parts(spec: RunSpec, num_classes: int, device: torch.device | str = "c
     device = torch.device(device)
     torch.manual_seed(spec.train.seed)  # weight init (classifier, BNNeck, centres) depends only on the seed
     model = build_architecture(spec.model, num_classes)
-    progress = TrainProgress(max_epochs=spec.schedule.max_epochs)
+    progress = TrainProgress(max_epochs=spec.schedule.max_epochs, granularity=spec.schedule.granularity)
     objective = build_objective(spec.loss.terms, num_classes, model.feature_dims, progress)
     synced: list[str] = []
     if dist is not None:
@@ -211,7 +257,7 @@ def build_parts(spec: RunSpec, num_classes: int, device: torch.device | str = "c
     objective.to(device)
     stages = stage_plan(spec, model, objective)
     optimizer = build_optimizer_for(spec, model, objective)
-    scheduler = build_lr_scheduler(optimizer, spec, stages)
+    scheduler = build_lr_scheduler(optimizer, spec, stages, progress)
     amp_dtype, scaler = None, None
     if device.type == "cuda" and spec.train.amp != "off":
         amp_dtype = torch.bfloat16 if spec.train.amp == "bf16" else torch.float16
@@ -250,11 +296,12 @@ def build_training(spec: RunSpec, train_set: Any, device: torch.device, workers:
         crop_aspect=data.crop_aspect, autoaug_prob=data.autoaug_prob, masks=masks,
         rank=dist.rank if dist is not None else 0, world_size=dist.world_size if dist is not None else 1,
     )
+    progress.steps_per_epoch = len(loader)  # every rank's loader has as many steps: they schedule alike
     components = TrainComponents(
         model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, loader=loader, device=device,
         own_optimizers=objective.own_optimizers(), amp_dtype=amp_dtype, scaler=scaler,
         channels_last=spec.train.channels_last, progress=show_progress, grad_clip_norm=spec.optim.grad_clip_norm,
-        stages=stages, train_progress=progress,
+        stages=stages, train_progress=progress, granularity=spec.schedule.granularity,
     )
     if dist is not None:
         from reidbench.harness.train.distributed import gather_outputs, wrap_ddp

@@ -7,7 +7,9 @@ The layout of a training checkpoint (``training_state``) and its counterpart (``
 ``resume``) live side by side here; ``hooks.CheckpointHook`` writes it from the training loop.
 Keys: ``run_hash``, ``spec_json``, ``epoch`` (the last finished epoch), ``stage`` (its stage name,
 "" without stages), ``num_classes``, ``model``, ``objective``, ``optimizer``, ``scheduler``,
-``rng``, ``history_json`` (the per-epoch records so far), ``own_optimizer_<i>`` for each loss
+``rng``, ``history_json`` (the per-epoch records so far), ``optimizer_steps`` (the run's optimizer
+steps so far: per-step logs continue their count; absent from checkpoints written before it,
+then estimated), ``own_optimizer_<i>`` for each loss
 term's private optimiser (checkpoints written before loss terms existed call the one centre
 optimiser ``center_optimizer``) and ``scaler`` under fp16.
 """
@@ -78,6 +80,7 @@ def training_state(c: Any, epoch: int, history: Sequence[dict[str, Any]] = (), *
         "scheduler": c.scheduler.state_dict(),
         "rng": rng_state(),
         "history_json": json.dumps(list(history)),
+        "optimizer_steps": int(getattr(getattr(c, "train_progress", None), "optimizer_steps", 0)),
     }
     for i, own in enumerate(c.own_optimizers):
         state[f"own_optimizer_{i}"] = own.optimizer.state_dict()
@@ -97,6 +100,10 @@ def restore_training(c: Any, state: dict[str, Any]) -> None:
         own.optimizer.load_state_dict(state[key])
     if c.scaler is not None and "scaler" in state:
         c.scaler.load_state_dict(state["scaler"])
+    progress = getattr(c, "train_progress", None)
+    if progress is not None:  # older checkpoints: whole epochs of the loader's current length
+        steps = state.get("optimizer_steps")
+        progress.optimizer_steps = int(steps) if steps is not None else int(state["epoch"]) * len(c.loader)
     restore_rng_state(state.get("rng", {}))
 
 

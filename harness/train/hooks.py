@@ -3,7 +3,8 @@
 A hook is any object with some of ``before_epoch(components, epoch)``, ``after_step(components,
 step, losses)`` and ``on_epoch_end(components, stats)`` (``loop.run_training`` calls the methods a
 hook has, in list order). ``step`` counts from 1 within the epoch; ``components.train_progress``
-has the epoch and ``steps_per_epoch`` for a global step. ``losses`` are the step's named weighted
+has the epoch, ``steps_per_epoch`` and ``optimizer_steps`` (the run's optimizer steps so far, this
+one included: a global step that a resumed run continues; epochs may differ in length). ``losses`` are the step's named weighted
 loss tensors, ``stats`` the epoch's ``loop.EpochStats``.
 
 Each hook takes plain arguments, so the same hooks serve reidbench's runner and a loop of your own

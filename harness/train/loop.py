@@ -3,7 +3,10 @@
 Reproducibility contract: every epoch starts from ``seed_epoch(seed, epoch)`` (torch, numpy and
 Python RNGs) and ``set_epoch(epoch)`` on the batch sampler, so an epoch's batches and
 augmentations depend only on (seed, epoch) and on the weights it starts from; which parameters
-an epoch trains, and with which loss terms, depends only on its stage. A run resumed from an
+a step trains, with which loss terms and at which LR, depends only on (epoch, step): its stage and
+schedule, changing once per epoch or, with ``schedule.granularity: step`` (``c.granularity``), at
+the step (``StagePlan``, ``build.build_lr_scheduler``; the scheduler then steps after every
+optimizer step). A run resumed from an
 epoch-boundary checkpoint therefore ends with the same weights as an uninterrupted one (CPU),
 mid-stage included.
 
@@ -43,21 +46,56 @@ class StagePlan:
     ``warm_frozen`` are also frozen while training is less than ``warm_epochs`` epochs in (a
     fractional count, compared step by step: fast-reid's freeze-backbone warm-up; see
     ``frozen_at``).
+
+    ``starts`` (step granularity, ``schedule.granularity: step``): the epochs elapsed, fractional,
+    at which each stage begins; stage i then trains the steps with ``starts[i] <= x <
+    starts[i + 1]``, x = (epoch - 1) + step / steps_per_epoch (harness/train/schedules.py), and
+    (first, last) are only the epochs it touches. Empty: epoch granularity, whole-epoch stages.
     """
 
     stages: tuple[tuple[str, int, int, frozenset[str], float], ...]
     losses: tuple[frozenset[str] | None, ...] = ()
     warm_frozen: frozenset[str] = frozenset()
     warm_epochs: float = 0.0
+    starts: tuple[float, ...] = ()
+
+    @property
+    def per_step(self) -> bool:
+        """Whether stage boundaries fall between optimizer steps (step granularity)."""
+        return bool(self.starts)
 
     def index(self, epoch: int) -> int:
+        """The stage of ``epoch`` (step granularity: the one its first step trains in)."""
+        if self.starts:
+            return self.index_x(epoch - 1)
         for i, (_, first, last, _, _) in enumerate(self.stages):
             if first <= epoch <= last:
                 return i
         return len(self.stages) - 1
 
+    def index_x(self, x: float) -> int:
+        """The stage training at ``x`` epochs elapsed (step granularity; the last one past the run)."""
+        i = 0
+        while i + 1 < len(self.starts) and self.starts[i + 1] <= x:
+            i += 1
+        return i
+
+    def index_at(self, epoch: int, step: int = 0, steps_in_epoch: int = 0) -> int:
+        """The stage of the step with 0-based index ``step`` of 1-based ``epoch``."""
+        if not self.starts:
+            return self.index(epoch)
+        return self.index_x((epoch - 1) + (step / steps_in_epoch if steps_in_epoch else 0.0))
+
     def name(self, epoch: int) -> str:
         return self.stages[self.index(epoch)][0]
+
+    def epoch_label(self, epoch: int, steps_in_epoch: int = 0) -> str:
+        """The stage name of ``epoch``; in step granularity ``a→b`` when a boundary falls inside it."""
+        first = self.stages[self.index_at(epoch, 0, steps_in_epoch)][0]
+        if not self.starts or steps_in_epoch < 2:
+            return first
+        last = self.stages[self.index_at(epoch, steps_in_epoch - 1, steps_in_epoch)][0]
+        return first if last == first else f"{first}→{last}"
 
     def frozen(self, epoch: int) -> frozenset[str]:
         return self.stages[self.index(epoch)][3]
@@ -67,10 +105,10 @@ class StagePlan:
 
         The warm-up freeze holds while ``(epoch - 1) + step / steps_in_epoch < warm_epochs``: with
         n steps per epoch, exactly the first ceil(warm_epochs * n) steps of the run (a loader of
-        unknown length counts whole epochs). It depends only on (epoch, step), so a resumed run
-        freezes the same steps.
+        unknown length counts whole epochs). Stages follow the step in step granularity. It
+        depends only on (epoch, step), so a resumed run freezes the same steps.
         """
-        stage = self.frozen(epoch)
+        stage = self.stages[self.index_at(epoch, step, steps_in_epoch)][3]
         if self.warm_epochs <= 0 or not self.warm_frozen:
             return stage
         done = (epoch - 1) + (step / steps_in_epoch if steps_in_epoch else 0.0)
@@ -79,9 +117,13 @@ class StagePlan:
     def lr_scale(self, epoch: int) -> float:
         return self.stages[self.index(epoch)][4]
 
-    def active_losses(self, epoch: int) -> frozenset[str] | None:
-        """Labels of the loss terms this epoch computes; None = all of them."""
-        return self.losses[self.index(epoch)] if self.losses else None
+    def lr_scale_x(self, x: float) -> float:
+        """The LR scale at ``x`` epochs elapsed (step granularity)."""
+        return self.stages[self.index_x(x)][4]
+
+    def active_losses(self, epoch: int, step: int = 0, steps_in_epoch: int = 0) -> frozenset[str] | None:
+        """Labels of the loss terms this epoch (step granularity: this step) computes; None = all of them."""
+        return self.losses[self.index_at(epoch, step, steps_in_epoch)] if self.losses else None
 
 
 @dataclass
@@ -102,6 +144,9 @@ class TrainComponents:
     grad_clip_norm: float | None = None
     stages: StagePlan | None = None
     train_progress: TrainProgress = field(default_factory=TrainProgress)
+    # "epoch": the scheduler steps once per epoch, at its end; "step" (schedule.granularity: step):
+    # after every optimizer step, its counter = the optimizer steps of the run so far.
+    granularity: str = "epoch"
     # Distributed runs: the DDP-wrapped TrainForward and this rank's DistContext (None: one process).
     step_forward: nn.Module | None = None
     dist: Any = None
@@ -244,8 +289,13 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
     c.model.train()
     c.objective.train()
     total = len(c.loader) if hasattr(c.loader, "__len__") else None
+    per_step = c.granularity == "step"
+    if per_step and not total:
+        raise ValueError("schedule.granularity=step needs a training loader with a length (steps per epoch)")
+    # The step-granular LR of the next step is set from train_progress (schedule x), kept current here.
     apply_stage(c, epoch, 0, total or 0)
-    warm = c.stages is not None and c.stages.warm_epochs > 0
+    # Freezing can change inside an epoch: the freeze warm-up ends, or (step granularity) a stage does.
+    changing = c.stages is not None and (c.stages.warm_epochs > 0 or c.stages.per_step)
     sums: dict[str, float] = {}
     steps = images = 0
     wait = 0.0
@@ -260,8 +310,8 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
         imgs, pids = batch[0], batch[1]
         masks = batch[4] if len(batch) > 4 else None
         wait += waited
-        if warm and c.stages.frozen_at(epoch, steps, total or 0) != c._frozen_now:
-            c.model.train()  # the warm-up freeze ends mid-epoch: its BatchNorm layers train again
+        if changing and c.stages.frozen_at(epoch, steps, total or 0) != c._frozen_now:
+            c.model.train()  # a freeze ends mid-epoch: its BatchNorm layers train again
             apply_stage(c, epoch, steps, total or 0)
         imgs = imgs.to(c.device, non_blocking=True)
         if c.channels_last:
@@ -269,7 +319,7 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
         pids = pids.to(c.device, non_blocking=True)
         if masks is not None:
             masks = masks.to(c.device, non_blocking=True)
-        active = c.stages.active_losses(epoch) if c.stages is not None else None
+        active = c.stages.active_losses(epoch, steps, total or 0) if c.stages is not None else None
         terms = forward(imgs, pids, active=active, masks=masks)
         _step(c, torch.stack(list(terms.values())).sum())
         for name, value in terms.items():
@@ -277,9 +327,12 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
         steps += 1
         images += imgs.shape[0] * ranks
         c.train_progress.step = steps
-        for hook in hooks:
+        c.train_progress.optimizer_steps += 1
+        for hook in hooks:  # they see the LR this step trained with
             if hasattr(hook, "after_step"):
                 hook.after_step(c, steps, terms)
+        if per_step:
+            c.scheduler.step()
         bar.update(1)
         if c.progress:
             bar.set_postfix(loss=f"{sum(sums.values()) / steps:.3f}")
@@ -287,14 +340,15 @@ def train_one_epoch(c: TrainComponents, epoch: int, max_epochs: int, hooks: Sequ
     seconds = time.perf_counter() - start
     if steps == 0:
         raise ValueError("the training loader produced no batch: fewer identities than ids_per_batch?")
-    stage = c.stages.name(epoch) if c.stages is not None and len(c.stages.stages) > 1 else None
+    stage = c.stages.epoch_label(epoch, steps) if c.stages is not None and len(c.stages.stages) > 1 else None
     return EpochStats(epoch, {k: v / steps for k, v in sums.items()}, lr, images, seconds, wait, stage=stage)
 
 
 def run_training(
     c: TrainComponents, start_epoch: int, max_epochs: int, seed: int, hooks: Sequence[Any] = ()
 ) -> list[EpochStats]:
-    """Train epochs ``start_epoch+1 .. max_epochs``; the scheduler steps once per epoch, at its end."""
+    """Train epochs ``start_epoch+1 .. max_epochs``; the scheduler steps once per epoch, at its end
+    (``c.granularity == "step"``: after every optimizer step, inside ``train_one_epoch``)."""
     history: list[EpochStats] = []
     for epoch in range(start_epoch + 1, max_epochs + 1):
         seed_epoch(seed, epoch)
@@ -305,10 +359,10 @@ def run_training(
             if hasattr(hook, "before_epoch"):
                 hook.before_epoch(c, epoch)
         stats = train_one_epoch(c, epoch, max_epochs, hooks)
-        c.scheduler.step()
+        if c.granularity != "step":
+            c.scheduler.step()
         history.append(stats)
         for hook in hooks:
             if hasattr(hook, "on_epoch_end"):
                 hook.on_epoch_end(c, stats)
     return history
-

@@ -31,12 +31,22 @@ class TrainProgress:
     max_epochs: int = 1
     step: int = 0  # optimiser steps taken in this epoch
     steps_per_epoch: int = 0
+    # schedule.granularity: "step" = every phase, curricula included, follows the fractional epochs
+    # elapsed at each step (``elapsed``); "epoch" = a phase may change once per epoch.
+    granularity: str = "epoch"
+    # Optimizer steps of the whole run so far (a resumed run continues the count from its checkpoint):
+    # the global step of per-step logs. Epochs may differ in length, so it is not (epoch - 1) * steps_per_epoch + step.
+    optimizer_steps: int = 0
+
+    @property
+    def elapsed(self) -> float:
+        """Epochs elapsed at the start of the current step, fractional: (epoch - 1) + step / steps_per_epoch."""
+        return max(0, self.epoch - 1) + (self.step / self.steps_per_epoch if self.steps_per_epoch else 0.0)
 
     @property
     def fraction(self) -> float:
         """Fraction of the run completed, in [0, 1]."""
-        done = max(0, self.epoch - 1) + (self.step / self.steps_per_epoch if self.steps_per_epoch else 0.0)
-        return min(1.0, done / max(1, self.max_epochs))
+        return min(1.0, self.elapsed / max(1, self.max_epochs))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,10 @@ at t0 to a·b at t1 (0.015: hard mining) and further after.
 Readings (named options; defaults = the seed as written — docs/mancs.md):
 
 - ``time``: ``epoch`` — t = the number of completed epochs (0 in the first epoch), constant within
-  an epoch; ``continuous`` adds the fraction of the current epoch done.
+  an epoch; ``continuous`` adds the fraction of the current epoch done. With
+  ``schedule.granularity: step`` (the cpu profile, ``--epochs``) every phase of the run follows the
+  optimizer step, the curriculum included: t is always continuous there, so ``time`` has nothing
+  to choose and a spec holds it at its default (``RunSpec`` drops ``time: continuous``, the same run).
 - ``schedule_epochs`` (160): t0 and t1 are stated for a run of that length and scale with the
   run's ``schedule.max_epochs`` (t0·E/160, t1·E/160), so a shortened run (``--epochs``, the cpu
   profile) keeps the curriculum's shape; the effective values are recorded (``describe``).
@@ -85,12 +88,17 @@ def effective_bounds(params: CurriculumTripletParams, max_epochs: int) -> tuple[
     return params.t0_epochs * scale, params.t1_epochs * scale
 
 
+def effective_time(time: str, granularity: str = "epoch") -> str:
+    """The reading of t a run uses: ``continuous`` in step granularity, else ``time``."""
+    return "continuous" if granularity == "step" else time
+
+
 def curriculum_time(progress: TrainProgress, time: str = "epoch") -> float:
-    """t in epochs: completed epochs (``epoch``), plus the fraction of the current one (``continuous``)."""
-    t = float(max(0, progress.epoch - 1))
-    if time == "continuous" and progress.steps_per_epoch:
-        t += progress.step / progress.steps_per_epoch
-    return t
+    """t in epochs: completed epochs (``epoch``), plus the fraction of the current one (``continuous``,
+    and always in step granularity: ``progress.granularity``)."""
+    if effective_time(time, progress.granularity) == "continuous":
+        return progress.elapsed
+    return float(max(0, progress.epoch - 1))
 
 
 def mu_fraction_sigma(t: float, t0: float, t1: float, a: float, b: float, early_sigma: str = "formula"
@@ -139,7 +147,8 @@ class CurriculumTripletLoss(nn.Module):
         t0, t1 = effective_bounds(p, epochs)
         rows = [mu_fraction_sigma(float(e - 1), t0, t1, p.a, p.b, p.early_sigma) for e in range(1, epochs + 1)]
         return {"t0_epochs": t0, "t1_epochs": t1, "stated": [p.t0_epochs, p.t1_epochs, p.schedule_epochs],
-                "max_epochs": epochs, "time": p.time, "early_sigma": p.early_sigma, "positive": p.positive,
+                "max_epochs": epochs, "time": effective_time(p.time, self.progress.granularity),
+                "early_sigma": p.early_sigma, "positive": p.positive,
                 "mu_fraction_by_epoch": [round(m, 6) for m, _ in rows],
                 "sigma_by_epoch": [float(f"{s:.6g}") for _, s in rows]}
 
