@@ -25,7 +25,7 @@ from reidbench.harness.train.convergence import (
     convergence_window,
     footer,
 )
-from reidbench.harness.train.hooks import ConvergenceHook, planned_lrs
+from reidbench.harness.train.hooks import ConvergenceHook
 from reidbench.harness.train.schedules import build_scheduler
 
 # ---------------------------------------------------------------------- the window
@@ -51,14 +51,26 @@ def test_window_from_the_lr_of_each_epoch(lrs, kind, epochs, where, decay):
 
 
 def test_planned_lrs_of_the_schedules_reidbench_builds():
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
-    cpu = build_scheduler(optimizer, "multistep", 6, milestones=(4, 6))
-    assert planned_lrs(cpu, 6) == pytest.approx([1, 1, 1, .1, .1, .01])
-    assert cpu.last_epoch == 0 and optimizer.param_groups[0]["lr"] == 2.0  # read, not stepped
-    warm = build_scheduler(optimizer, "multistep", 6, milestones=(4, 6), warmup_epochs=2, warmup_factor=0.01)
-    assert planned_lrs(warm, 6) == pytest.approx([0.505, 1, 1, .1, .1, .01])
-    assert convergence_window(planned_lrs(warm, 6)).epochs == (2, 3)
-    assert planned_lrs(torch.optim.lr_scheduler.StepLR(optimizer, 1), 6) is None  # not a LambdaLR
+    from reidbench.harness.spec import spec_from_dict
+    from reidbench.harness.train.build import planned_epoch_lrs, stage_plan
+
+    def planned(schedule: dict) -> list[float]:
+        spec = spec_from_dict({"model": {"backbone": "timm:test_resnet", "pretrained": False}, "schedule": schedule})
+        model = torch.nn.Linear(2, 2)
+        model.module_groups = {"backbone": (), "new": ()}
+        return planned_epoch_lrs(spec, stage_plan(spec, model))
+
+    assert planned({"max_epochs": 6, "milestones": [4, 6]}) == pytest.approx([1, 1, 1, .1, .1, .01])
+    warm = planned({"max_epochs": 6, "milestones": [4, 6], "warmup_epochs": 2})
+    assert warm == pytest.approx([0.505, 1, 1, .1, .1, .01])
+    assert convergence_window(warm).epochs == (2, 3)
+    # step granularity: the LR each epoch ends at. Milestone 2.95 decays at x = 1.95 (inside epoch 2,
+    # which ends decayed); 4.45 at x = 3.45 (inside epoch 4); the warmup (0.5 epochs) is over by epoch 1's end.
+    step = planned({"max_epochs": 6, "milestones": [2.95, 4.45], "warmup_epochs": 0.5, "granularity": "step"})
+    assert step == pytest.approx([1, .1, .1, .01, .01, .01])
+    assert convergence_window(step).epochs is None  # no two whole epochs at the peak before the decay
+    longer = planned({"max_epochs": 16, "milestones": [6.2, 10.2], "granularity": "step"})
+    assert convergence_window(longer).epochs == (4, 5)  # decay at x = 5.2, inside epoch 6
 
 
 # ---------------------------------------------------------------------- the verdict

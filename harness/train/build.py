@@ -163,6 +163,28 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, spec: RunSpec, stages: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
 
 
+# An epoch "ends" this many epochs before its boundary: its last step's LR, in step granularity.
+EPOCH_END_EPS = 1e-6
+
+
+def planned_epoch_lrs(spec: RunSpec, stages: StagePlan) -> list[float]:
+    """The LR multiplier (schedule × stage scale) each epoch 1..max_epochs ends at, read from the spec.
+
+    Epoch granularity: the one LR of the epoch. Step granularity: the LR of its last step, so an
+    epoch in which a decay falls counts as decayed (the convergence window, train/convergence.py,
+    is then the last whole epochs before it). Nothing is built or stepped.
+    """
+    from reidbench.harness.train.schedules import get_schedule
+
+    entry = get_schedule(spec.schedule.kind)
+    params = entry.make_params(**_schedule_kwargs(spec))
+    max_epochs = spec.schedule.max_epochs
+    if spec.schedule.granularity == "step":
+        return [entry.factor(1.0 + e - EPOCH_END_EPS, max_epochs, params) * stages.lr_scale_x(e - EPOCH_END_EPS)
+                for e in range(1, max_epochs + 1)]
+    return [entry.factor(e, max_epochs, params) * stages.lr_scale(e) for e in range(1, max_epochs + 1)]
+
+
 def build_optimizer_for(spec: RunSpec, model: nn.Module, objective: nn.Module) -> torch.optim.Optimizer:
     """The main optimiser over the model and the loss terms' shared parameters (not their own-optimised ones)."""
     from reidbench.harness.train.optim import GroupRule, build_optimizer, param_groups

@@ -153,16 +153,6 @@ def _copy_state(model: Any) -> dict[str, Any]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def planned_lrs(scheduler: Any, max_epochs: int) -> list[float] | None:
-    """The LR multiplier each epoch 1..``max_epochs`` will train at, read from a per-epoch
-    ``LambdaLR`` (counter 0 = epoch 1, as ``train/build.build_lr_scheduler`` makes it) without
-    stepping it; None for any other scheduler (the convergence window then comes from the recorded LRs)."""
-    lambdas = getattr(scheduler, "lr_lambdas", None)
-    if not lambdas:
-        return None
-    return [float(lambdas[0](epoch - 1)) for epoch in range(1, max_epochs + 1)]
-
-
 class CheckpointHook:
     """Saves a resumable checkpoint (``checkpoint.training_state``) to ``path`` every ``every_epochs``
     epochs and after the last one; ``resume`` is the other half.

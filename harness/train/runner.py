@@ -263,7 +263,7 @@ class _RunLog:
 def _train_and_evaluate(spec: RunSpec, rhash: str, fingerprint: str, out_dir: Path, runtime: RuntimeOptions,
                         sink: Callable[[str], None], progress: bool) -> RunResult | None:
     """Load data → build → resume → train with hooks → evaluate → write result (rank 0 alone writes)."""
-    from reidbench.harness.train.build import build_training
+    from reidbench.harness.train.build import build_training, planned_epoch_lrs
     from reidbench.harness.train.checkpoint import CHECKPOINT_NAME, resume
     from reidbench.harness.train.hooks import CallbackHook, CheckpointHook, HistoryHook
     from reidbench.harness.train.loop import run_training
@@ -296,7 +296,7 @@ def _train_and_evaluate(spec: RunSpec, rhash: str, fingerprint: str, out_dir: Pa
     board = _tensorboard(runtime, out_dir, start_epoch + 1, rhash, spec, provenance, model_info, log) if main else None
     try:
         hooks: list[Any] = []
-        planned = _planned_lrs(components.scheduler, max_epochs)
+        planned = planned_epoch_lrs(spec, components.stages)
         if main:  # rank 0 alone evaluates periodically, keeps the history, writes TensorBoard, checkpoints
             hooks += _periodic_evaluation(spec, datasets, device, workers)
             hooks += _convergence_evaluation(spec, datasets, device, workers, planned, history)
@@ -388,12 +388,6 @@ def _periodic_evaluation(spec: RunSpec, datasets: Mapping[str, Any], device: Any
                            image_size=spec.data.image_size, batch_size=spec.eval.batch_size,
                            settings=EvaluationSettings.from_eval(spec.eval), workers=workers,
                            amp_dtype=amp_dtype_for(spec, device), masks=spec.data.masks)]
-
-
-def _planned_lrs(scheduler: Any, max_epochs: int) -> list[float] | None:
-    from reidbench.harness.train.hooks import planned_lrs
-
-    return planned_lrs(scheduler, max_epochs)
 
 
 def _convergence_evaluation(spec: RunSpec, datasets: Mapping[str, Any], device: Any, workers: int,
