@@ -129,7 +129,7 @@ def test_an_old_run_with_a_periodic_map_gets_both_values(tmp_path):
     the loss and the periodic mAP over epochs 2→3, the last two before the milestone at 4."""
     db = tmp_path / "results.db"
     db.write_bytes((FIXTURE / "results.db").read_bytes())
-    losses = {1: 2.2, 2: 1.50, 3: 1.494, 4: 1.40, 5: 1.38, 6: 1.37}  # 1.50 → 1.494: -0.4 %
+    losses = {1: 2.2, 2: 1.50, 3: 1.494, 4: 1.40, 5: 1.38, 6: 1.37}  # 1.50 → 1.494: -0.006 of the first 2.2
     maps = {2: 0.8125, 3: 0.8150}  # +0.25 points
     with sqlite3.connect(db) as conn:
         run_id, spec = conn.execute("SELECT id, spec FROM rb_runs WHERE run_hash LIKE 'bbfe704ce7d4%'").fetchone()
@@ -147,5 +147,5 @@ def test_an_old_run_with_a_periodic_map_gets_both_values(tmp_path):
     store = Store(f"sqlite:///{db}")
     record = store.convergence([RUN_HASHES[3]])[RUN_HASHES[3]]
     assert (record.status, record.epochs, record.decay_epoch) == (YES, (2, 3), 4)
-    assert record.loss == (1.50, 1.494) and record.loss_change == pytest.approx(-0.004)
+    assert record.loss == (1.50, 1.494) and record.loss_change == pytest.approx(-0.006 / 2.2)
     assert record.map == (0.8125, 0.8150) and record.map_change == pytest.approx(0.25)

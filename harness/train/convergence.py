@@ -30,7 +30,11 @@ Definition (``DEFINITION_VERSION`` 1):
 2. **The two criteria**, over the window (a → b):
 
    - the training loss — the sum of the epoch-mean weighted loss terms, as the loop logs them —
-     changes by less than ``LOSS_REL_TOL`` (1 %) of its value at epoch a;
+     changes by less than ``LOSS_REL_TOL`` (1 %) of its value in the run's first epoch (what
+     training started from; epoch a's own value when the first epoch is not in the history). Not
+     of its value at epoch a: a loss that has fallen close to 0 (cross-entropy without label
+     smoothing) changes by tens of percent of itself from one epoch to the next through sampling
+     noise alone, long after it stopped falling;
    - the mAP on the run's first test set (the training domain in reidbench's ablations) changes by
      less than ``MAP_TOL_POINTS`` (0.5 points). The runner scores it at epochs a and b only when it
      can change the verdict — when the loss criterion has not already failed (``hooks.ConvergenceHook``
@@ -43,8 +47,8 @@ Definition (``DEFINITION_VERSION`` 1):
    and trained without a periodic evaluation, or a run resumed between a and b —, loss terms that
    differ between a and b because a stage boundary lies between them).
 
-Why these thresholds: 1 % per epoch is a loss that would need ~70 more epochs to halve at that
-rate — flat at the time scale of a schedule; 0.5 points of mAP is half the run-to-run spread the
+Why these thresholds: 1 % of the starting loss per epoch is a loss that has done at least ~99 % of
+its falling if it had fallen steadily for a run of 100 epochs — flat at the time scale of a schedule; 0.5 points of mAP is half the run-to-run spread the
 BoT author states for one setting (1.0 point, ``report/tables.PAPER_SPREAD``), so a change below
 it cannot be told from seed noise. The epoch-mean loss of a short epoch has sampling noise of its
 own (a few hundred batches: well under 1 %; a few dozen: about 1 %), so on tiny training sets a
@@ -164,10 +168,11 @@ def convergence_window(lrs: Sequence[float], kind: str = DEFAULT_KIND) -> Window
                   f"the LR anneals from its peak (schedule {kind}): the run's last two epochs")
 
 
-def loss_check(losses_a: Mapping[str, Any], losses_b: Mapping[str, Any], epochs: tuple[int, int]
-               ) -> tuple[tuple[float, float] | None, float | None, str]:
-    """((L_a, L_b), relative change, note) of two epochs' named loss terms; the change is None (the
-    note says why) when the terms differ (a stage boundary), are not finite, or L_a <= 0. The loss
+def loss_check(losses_a: Mapping[str, Any], losses_b: Mapping[str, Any], epochs: tuple[int, int],
+               first: Mapping[str, Any] | None = None) -> tuple[tuple[float, float] | None, float | None, str]:
+    """((L_a, L_b), change, note) of two epochs' named loss terms: (L_b − L_a) relative to the total of
+    ``first`` (the run's first epoch's terms; L_a without it). The change is None (the note says why)
+    when the terms differ (a stage boundary), are not finite, or the scale is <= 0. The loss
     criterion fails when ``abs(change) >= LOSS_REL_TOL``."""
     a, b = epochs
     if set(losses_a) != set(losses_b):
@@ -175,9 +180,12 @@ def loss_check(losses_a: Mapping[str, Any], losses_b: Mapping[str, Any], epochs:
     if not losses_a or not all(_finite(v) for v in (*losses_a.values(), *losses_b.values())):
         return None, None, "loss: not recorded as finite numbers"
     loss = (float(sum(losses_a.values())), float(sum(losses_b.values())))
-    if loss[0] <= 0:
-        return None, None, f"loss: {loss[0]:g} at epoch {a}, no relative change"
-    return loss, (loss[1] - loss[0]) / loss[0], ""
+    scale = loss[0]
+    if first and all(_finite(v) for v in first.values()):
+        scale = float(sum(first.values()))
+    if scale <= 0:
+        return None, None, f"loss: {scale:g} to compare with, no relative change"
+    return loss, (loss[1] - loss[0]) / scale, ""
 
 
 def _epoch_view(entry: Mapping[str, Any]) -> tuple[dict[str, float], float | None, dict[str, Any]]:
@@ -233,7 +241,8 @@ def assess(history: Sequence[Mapping[str, Any]], *, max_epochs: int, kind: str =
     (loss_a, _, extra_a), (loss_b, _, extra_b) = _epoch_view(by_epoch[a]), _epoch_view(by_epoch[b])
 
     notes: list[str] = []
-    loss, loss_change, loss_note = loss_check(loss_a, loss_b, (a, b))
+    first = _epoch_view(by_epoch[1])[0] if 1 in by_epoch else None
+    loss, loss_change, loss_note = loss_check(loss_a, loss_b, (a, b), first)
     if loss_note:
         notes.append(loss_note)
 

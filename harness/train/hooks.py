@@ -133,7 +133,9 @@ class ConvergenceHook:
         before = self._record(self.first)
         if before is None:
             return
-        _, change, _ = loss_check(before.get("losses") or {}, stats.losses, (self.first, self.last))
+        first = self._record(1)
+        _, change, _ = loss_check(before.get("losses") or {}, stats.losses, (self.first, self.last),
+                                  (first or {}).get("losses"))
         if change is not None and not abs(change) < LOSS_REL_TOL:
             return  # the loss criterion fails: "not converged" whatever the mAP says
         extra = before.setdefault("extra", {})
