@@ -156,10 +156,10 @@ def test_record_round_trip_and_malformed_records():
 
 def test_footer_text():
     assert footer(Counts(5, 1, 1)) == (
-        "converged: 5 of 7 runs (training loss Δ < 1 % and same-domain mAP Δ < 0.5 points over the last epoch "
+        "converged: 5 of 7 runs (training loss Δ < 1 % of its first epoch's and same-domain mAP Δ < 0.5 points over the last epoch "
         "before the first LR decay (the run's last epoch if the LR never steps down); 1 not, 1 unknown)")
     assert footer(Counts(2, 0, 0)) == (
-        "converged: 2 of 2 runs (training loss Δ < 1 % and same-domain mAP Δ < 0.5 points over the last epoch "
+        "converged: 2 of 2 runs (training loss Δ < 1 % of its first epoch's and same-domain mAP Δ < 0.5 points over the last epoch "
         "before the first LR decay (the run's last epoch if the LR never steps down))")
     assert footer(Counts()) == "converged: no finished run yet"
     assert Counts.of(["yes", "no", "unknown", "yes", "other"]) == Counts(2, 1, 2)

@@ -169,9 +169,9 @@ def test_agw_against_bot_uses_the_survey_rows():
 
 def test_every_table_footer_counts_converged_runs(synthetic_db):
     # seed 0: Baseline yes, +warmup no, +REA unknown, +LS yes; seeds 1, 2: yes → 10 of 12 (1 not, 1 unknown)
-    expected = {"markdown": "Converged: 10 of 12 runs (training loss Δ < 1 % and same-domain mAP Δ < 0.5 points",
-                "html": "Converged: 10 of 12 runs (training loss Δ &lt; 1 % and same-domain mAP Δ &lt; 0.5 points",
-                "latex": r"Converged: 10 of 12 runs (training loss $\Delta$ < 1 \% and same-domain mAP $\Delta$ < 0.5"}
+    expected = {"markdown": "Converged: 10 of 12 runs (training loss Δ < 1 % of its first epoch's and same-domain mAP Δ < 0.5 points",
+                "html": "Converged: 10 of 12 runs (training loss Δ &lt; 1 % of its first epoch&#x27;s and same-domain mAP Δ &lt; 0.5 points",
+                "latex": r"Converged: 10 of 12 runs (training loss $\Delta$ < 1 \% of its first epoch's and same-domain mAP $\Delta$ < 0.5"}
     for fmt, text in expected.items():
         out = CliRunner().invoke(main, ["report", "--format", fmt, "--db", synthetic_db])
         assert out.exit_code == 0 and text in out.stdout and "1 not, 1 unknown" in out.stdout, fmt

@@ -167,9 +167,27 @@ def spec_diff(base: RunSpec, other: RunSpec) -> list[str]:
         term_lines = [f"loss.terms: {_terms_text(base)} → {_terms_text(other)}"]
     else:
         term_lines = []
-    default = "(default)"  # a component option left at its default is not stored
-    return term_lines + [f"{k}: {a.get(k, default)} → {b.get(k, default)}" for k in sorted(set(a) | set(b))
-                          if k not in skip and a.get(k) != b.get(k)]
+    # A field missing on one side is either not read by that spec's components (a cosine schedule's
+    # milestones) or a component option left at its default (not stored).
+    from reidbench.harness.spec import to_jsonable
+
+    def shown(spec: RunSpec, shown_fields: dict[str, Any], key: str) -> Any:
+        if key in shown_fields:
+            return shown_fields[key]
+        return "(not read)" if key in _flatten(to_jsonable(spec)) else "(default)"
+
+    return term_lines + [f"{k}: {shown(base, a, k)} → {shown(other, b, k)}" for k in sorted(set(a) | set(b))
+                         if k not in skip and shown(base, a, k) != shown(other, b, k)
+                         and not _same_when_read(base, other, a, b, k)]
+
+
+def _same_when_read(base: RunSpec, other: RunSpec, a: dict[str, Any], b: dict[str, Any], key: str) -> bool:
+    """A field read on one side only, at the same value both sides hold (a warmup factor that a
+    warmup starts to read, at its default): no change worth a line."""
+    from reidbench.harness.spec import to_jsonable
+
+    full_a, full_b = _flatten(to_jsonable(base)), _flatten(to_jsonable(other))
+    return key in full_a and key in full_b and full_a[key] == full_b[key] and (key in a) != (key in b)
 
 
 def _terms_text(spec: RunSpec) -> str:

@@ -74,8 +74,8 @@ class Point:
 
 
 def profile_image_sizes(profile: str) -> tuple[tuple[int, int], ...]:
-    """The paper's Table 6 sizes for the paper profile, halved for the cpu profile."""
-    if profile == "cpu":
+    """The paper's Table 6 sizes for the paper profile, halved for the cpu profiles (cpu, cpu-v1, ...)."""
+    if profile.startswith("cpu"):  # cpu, cpu-v1, cpu-converged: the laptop-sized profiles
         return tuple((h // CPU_SIZE_DIVISOR, w // CPU_SIZE_DIVISOR) for h, w in PAPER_IMAGE_SIZES)
     return PAPER_IMAGE_SIZES
 
@@ -252,14 +252,14 @@ def build_space(space: str, sampler: str, profile: str, base_batch: tuple[int, i
             chosen_batches, note = scale_batches(PAPER_BATCHES, num_train_ids)
             if note:
                 notes.append(note)
-            elif profile == "cpu":
+            elif profile.startswith("cpu"):
                 notes.append("cpu profile: P×K grid kept as in the paper")
     if image_sizes is not None:
         chosen_sizes = tuple(image_sizes)
         notes.append(f"image sizes from --image-sizes: {', '.join(format_pair(*s) for s in chosen_sizes)}")
     else:
         chosen_sizes = profile_image_sizes(profile)
-        if profile == "cpu" and space != "batch-size":
+        if profile.startswith("cpu") and space != "batch-size":
             notes.append("cpu profile: image sizes halved ("
                          + ", ".join(format_pair(*s) for s in chosen_sizes) + ")")
     if space == "image-size" and num_train_ids is not None and base_batch[0] > num_train_ids:

@@ -313,7 +313,8 @@ class Counts:
                    sum(s not in (YES, NO) for s in statuses))
 
 
-CRITERIA_TEXT = (f"training loss Δ < {100 * LOSS_REL_TOL:g} % and same-domain mAP Δ < {MAP_TOL_POINTS:g} points "
+CRITERIA_TEXT = (f"training loss Δ < {100 * LOSS_REL_TOL:g} % of its first epoch's and same-domain mAP Δ < "
+                 f"{MAP_TOL_POINTS:g} points "
                  "over the last epoch before the first LR decay (the run's last epoch if the LR never steps down)")
 
 
