@@ -58,7 +58,7 @@ def test_cosine_trick_writes_fastreids_half_run_delay_and_rescales_with_epochs()
     b = get_trick("warmup").apply(get_trick("cosine").apply(base))
     assert a == b
     cpu = get_trick("cosine").apply(load_spec_file(BOT, "cpu"))
-    assert dict(cpu.schedule.options)["delay_epochs"] == 3
+    assert dict(cpu.schedule.options)["delay_epochs"] == 4  # half of the cpu profile's 8 epochs
 
 
 # --------------------------------------------------------------------------- freeze warm-up
@@ -71,8 +71,8 @@ def test_freeze_trick_keeps_fastreids_proportion_and_rescales():
     assert spec.schedule.freeze_modules == ("backbone",)
     assert with_epochs(spec, 6).schedule.freeze_epochs == pytest.approx(0.495, abs=1e-3)
     assert get_trick("freeze").apply(load_spec_file(BOT, "cpu-v1")).schedule.freeze_epochs == 0.495
-    # step granularity (the cpu profile): to a millionth of an epoch, 6 × 1000 / 12,120
-    assert get_trick("freeze").apply(load_spec_file(BOT, "cpu")).schedule.freeze_epochs == round(6000 / 12120, 6)
+    # step granularity (the cpu profile): to a millionth of an epoch, 8 × 1000 / 12,120
+    assert get_trick("freeze").apply(load_spec_file(BOT, "cpu")).schedule.freeze_epochs == round(8000 / 12120, 6)
 
 
 def test_frozen_at_counts_steps_not_epochs():
@@ -287,7 +287,7 @@ def test_agw_base_is_bot_with_its_nine_tricks(profile):
     for trick in parse_trick_list(AGW_TRICKS):
         spec = trick.apply(spec)
     if profile == "cpu":  # step-granular: its phases are AGW's paper phases (160 epochs) scaled, not BoT's (120)
-        assert agw.schedule == with_epochs(load_spec_file(AGW, "paper"), 6).schedule
+        assert agw.schedule == with_epochs(load_spec_file(AGW, "paper"), 8).schedule
         spec = replace_section(spec, "schedule", milestones=agw.schedule.milestones,
                                warmup_epochs=agw.schedule.warmup_epochs)
     if profile == "paper":  # AGW trains 160 epochs (ReID-Survey configs/AGW_baseline.yml), steps still 40/70

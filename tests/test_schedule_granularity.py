@@ -239,7 +239,7 @@ def test_every_base_defines_paper_cpu_and_cpu_v1_and_an_undefined_profile_lists_
         assert {"paper", "cpu", "cpu-v1"} <= set(raw["profiles"]), base
     with pytest.raises(SpecError) as info:
         load_base_file(EXPERIMENTS / "bot.yaml", "gpu")
-    assert str(info.value).endswith("profile 'gpu' not defined; defined: paper, cpu, cpu-v1")
+    assert str(info.value).endswith("profile 'gpu' not defined; defined: paper, cpu, cpu-converged, cpu-v1")
     plain = tmp_path / "plain.yaml"
     plain.write_text("schedule: {max_epochs: 2, milestones: [2]}\n")
     assert load_base_file(plain, "cpu")[0].profile == "cpu"  # a file without profiles: the standard names as labels
@@ -419,7 +419,7 @@ def _dry_run(base: str, tricks: str, mode: str = "single", steps: str | None = N
 
 def test_the_dry_run_prints_each_steps_phases_with_their_share_of_the_run():
     lines = _dry_run("bot", "warmup")
-    assert lines[0].endswith("6 epochs, granularity step")
+    assert lines[0].endswith("8 epochs, granularity step")
     assert lines.count("      phases: LR ×0.1 from 32.5 %; LR ×0.01 from 57.5 %") == 1  # (40-1)/120, (70-1)/120
     assert "      phases: warmup (×0.01→1) 0–8.33 %; LR ×0.1 from 32.5 %; LR ×0.01 from 57.5 %" in lines
     geng = _dry_run("geng", "", steps="fine-tuning")
