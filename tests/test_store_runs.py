@@ -219,3 +219,14 @@ def test_default_url_reads_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("REIDBENCH_DB", str(tmp_path / "x.db"))
     assert Store.default_url() == f"sqlite:///{tmp_path / 'x.db'}"
     assert Store(Store.default_url()).url == f"sqlite:///{tmp_path / 'x.db'}"
+
+
+def test_summary_table_columns_line_up_with_cross_domain_tags():
+    """`reidbench train`'s closing table: every row's numbers end in the header's columns, also
+    when a cross-domain tag ("synth-a→synth-b", 15 characters) is wider than the default column."""
+    _, raw = _result()
+    lines = RunResult.from_dict(raw).summary_table().splitlines()[1:]
+    header, rows = lines[0], lines[1:]
+    assert [r.split()[0] for r in rows] == ["synth-a", "synth-a→synth-b"]
+    assert {len(r) for r in rows} == {len(header)}
+    assert rows[1].split()[1:] == ["25.0", "37.5", "50.0", "18.8", "6.2"]

@@ -105,14 +105,17 @@ class RunResult:
             notes.append(f"shortened to {self.spec.schedule.max_epochs}/{self.spec.full_epochs} epochs")
         lines = [f"run {self.run_hash[:12]}  profile={self.spec.profile}  train={self.spec.data.train}"
                  + (f"  ({', '.join(notes)})" if notes else "")]
-        lines.append(f"{'test set':<14}" + "".join(f"{k:>8}" for k in METRIC_KEYS))
+        tags = {test: test if test == self.spec.data.train else f"{self.spec.data.train}→{test}"
+                for test in self.metrics}
+        # The first column is as wide as its longest tag (a cross-domain tag is "train→test").
+        width = max([14, *(len(t) + 1 for t in tags.values())])
+        lines.append(f"{'test set':<{width}}" + "".join(f"{k:>8}" for k in METRIC_KEYS))
         for test, values in self.metrics.items():
-            tag = test if test == self.spec.data.train else f"{self.spec.data.train}→{test}"
-            lines.append(f"{tag:<14}" + "".join(f"{100 * values[k]:8.1f}" for k in METRIC_KEYS))
+            lines.append(f"{tags[test]:<{width}}" + "".join(f"{100 * values[k]:8.1f}" for k in METRIC_KEYS))
             for e in self.evaluations:
                 if e["variant"] and e["test_set"] == test:
                     tag = f"  +{e.get('label') or e['variant']}"
-                    lines.append(f"{tag[:14]:<14}" + "".join(f"{100 * e['metrics'][k]:8.1f}" for k in METRIC_KEYS))
+                    lines.append(f"{tag[:width]:<{width}}" + "".join(f"{100 * e['metrics'][k]:8.1f}" for k in METRIC_KEYS))
         return "\n".join(lines)
 
 
