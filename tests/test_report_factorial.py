@@ -153,6 +153,8 @@ def test_markdown_shows_both_tables_with_design_seeds_and_interval_in_the_captio
     assert "full factorial 2^3 (8 points)" in text and "3 seeds (0, 1, 2)" in text
     assert "t over seed replicates (OLS, seeds as blocks, pure error), 14 df" in text
     assert "= 2 × the OLS coefficient" in text and "sum to the total gain" in text
+    # both captions say how many of the design's runs converged (these records have no convergence record)
+    assert text.count("converged: 0 of 24 runs (") == 2 and "; 24 unknown)" in text
     lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert "†" in lines["stride"] and "†" not in lines["center"]
     latex = CliRunner().invoke(main, ["report", "--db", db, "--format", "latex"]).stdout

@@ -30,6 +30,7 @@ import numpy as np
 
 from reidbench.harness.report.naming import group_label, metric_label
 from reidbench.harness.report.tables import MISSING, AblationContext, describe_weights_source, load_ablation
+from reidbench.harness.train.convergence import footer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -342,6 +343,8 @@ def runs_sentence(ctx: AblationContext) -> str:
     not_done = sum(v for k, v in ctx.statuses.items() if k != "done")
     if not_done:
         parts.append(f"{not_done} of {sum(ctx.statuses.values())} runs not done")
+    if ctx.convergence is not None:  # every table's footer says how many of its runs converged
+        parts.append(footer(ctx.convergence))
     return "; ".join(parts)
 
 
