@@ -24,12 +24,13 @@ The module is the ``pool`` of a bot head (``models/heads.py``) or SPReID's descr
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "BILINEAR_DEFAULTS", "BILINEAR_FIELDS", "INITS", "MASK_REGIONS", "PART_ACTIVATIONS",
+__all__ = ["ACTIVATIONS", "BILINEAR_DEFAULTS", "BilinearOptions", "BILINEAR_FIELDS", "INITS", "MASK_REGIONS", "PART_ACTIVATIONS",
            "PART_SOURCES", "BilinearPool", "bilinear_pool", "build_bilinear", "changed_bilinear_options",
            "check_bilinear_options", "signed_sqrt"]
 
@@ -39,21 +40,25 @@ PART_ACTIVATIONS = ("none", "relu", "softmax", "sigmoid")  # learned part maps; 
 INITS = ("xavier", "kaiming")
 MASK_REGIONS = ("foreground", "head", "upper", "lower", "shoes")  # channel order of data.masks (harness/data/masks.py)
 
-# The options (flat in the model section of every architecture that offers pool: bilinear) and their
-# defaults. Each architecture's params dataclass repeats these fields with these defaults.
-BILINEAR_DEFAULTS: dict[str, Any] = {
-    "bilinear_parts": "learned",
-    "appearance_dim": 512,  # the authors' code: Inception-V1 4e (832) -> 1x1 conv -> 512
-    "part_dim": 128,  # the authors' code: the pose stream's last conv -> 128
-    "part_kernel": 1,  # 1x1 conv head on the backbone (the authors' code: 3x3 on OpenPose features)
-    "bilinear_regions": ("head", "upper", "lower", "shoes"),  # foreground = their sum, left out
-    "bilinear_bn": True,  # BatchNorm2d(affine=False) after each stream's conv (the authors' code)
-    "appearance_activation": "none",
-    "part_activation": "none",
-    "bilinear_sqrt": True,
-    "bilinear_init": "xavier",
-    "bilinear_eps": 1e-8,
-}
+@dataclass(frozen=True)
+class BilinearOptions:
+    """The bilinear options, flat in the model section of every architecture that offers
+    ``pool: bilinear``: their params dataclasses inherit these fields and defaults."""
+
+    bilinear_parts: str = "learned"
+    appearance_dim: int = 512  # the authors' code: Inception-V1 4e (832) -> 1x1 conv -> 512
+    part_dim: int = 128  # the authors' code: the pose stream's last conv -> 128
+    part_kernel: int = 1  # 1x1 conv head on the backbone (the authors' code: 3x3 on OpenPose features)
+    bilinear_regions: tuple[str, ...] = ("head", "upper", "lower", "shoes")  # foreground = their sum, left out
+    bilinear_bn: bool = True  # BatchNorm2d(affine=False) after each stream's conv (the authors' code)
+    appearance_activation: str = "none"
+    part_activation: str = "none"
+    bilinear_sqrt: bool = True
+    bilinear_init: str = "xavier"
+    bilinear_eps: float = 1e-8
+
+
+BILINEAR_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(BilinearOptions)}
 BILINEAR_FIELDS = tuple(BILINEAR_DEFAULTS)
 _LEARNED_ONLY = ("part_dim", "part_kernel", "part_activation")
 _MASKS_ONLY = ("bilinear_regions",)

@@ -58,6 +58,7 @@ from typing import Any
 import torch
 
 from reidbench.models.architectures import Architecture
+from reidbench.models.bilinear import BilinearOptions
 from reidbench.models.architectures.mancs import LAST_THREE, apply_backbone_options, check_fab_fields, exact_groups
 from reidbench.models.build import ReidModel
 
@@ -65,7 +66,7 @@ __all__ = ["ARCH", "BotParams", "build"]
 
 
 @dataclass(frozen=True)
-class BotParams:
+class BotParams(BilinearOptions):
     # --- Geng et al. ---
     dropout: float = 0.0  # rate of the standard dropout before the identity classifier (0 = none)
     # --- Mancs ---
@@ -85,19 +86,7 @@ class BotParams:
     stem_relu: bool = True  # false: no ReLU after the ResNet stem's BatchNorm, as the reference's resnet.py
     # --- end of the reference reading ---
 
-    # --- bilinear pooling (Suh et al.) --- read with pool: bilinear only (models/bilinear.py BILINEAR_DEFAULTS)
-    bilinear_parts: str = "learned"
-    appearance_dim: int = 512
-    part_dim: int = 128
-    part_kernel: int = 1
-    bilinear_regions: tuple[str, ...] = ("head", "upper", "lower", "shoes")
-    bilinear_bn: bool = True
-    appearance_activation: str = "none"
-    part_activation: str = "none"
-    bilinear_sqrt: bool = True
-    bilinear_init: str = "xavier"
-    bilinear_eps: float = 1e-8
-    # --- end bilinear pooling ---
+    # the bilinear options (pool: bilinear only) are inherited from models/bilinear.BilinearOptions
 
     def validate(self, where: str = "model") -> None:
         from reidbench.models.non_local import check_agw_options

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from reidbench.models.architectures import Architecture
+from reidbench.models.bilinear import BilinearOptions
 
 __all__ = ["ARCH", "FEATURES", "SPReID", "SPReIDParams", "build", "region_features"]
 
@@ -70,25 +71,12 @@ POOLS = ("region", "bilinear")  # region: SPReID's [f_fg, f_parts, f_global]; bi
 
 
 @dataclass(frozen=True)
-class SPReIDParams:
+class SPReIDParams(BilinearOptions):
     features: tuple[str, ...] = FEATURES
     mask_stride: int = 16
     eps: float = 1e-6
     align_corners: bool = True
-    # --- bilinear pooling (Suh et al.) --- the descriptor f; the bilinear options are read with pool: bilinear only
-    pool: str = "region"
-    bilinear_parts: str = "learned"
-    appearance_dim: int = 512
-    part_dim: int = 128
-    part_kernel: int = 1
-    bilinear_regions: tuple[str, ...] = ("head", "upper", "lower", "shoes")
-    bilinear_bn: bool = True
-    appearance_activation: str = "none"
-    part_activation: str = "none"
-    bilinear_sqrt: bool = True
-    bilinear_init: str = "xavier"
-    bilinear_eps: float = 1e-8
-    # --- end bilinear pooling ---
+    pool: str = "region"  # the descriptor f; the bilinear options (pool: bilinear only) are inherited
 
     def validate(self, where: str = "model") -> None:
         chosen = list(self.features)
