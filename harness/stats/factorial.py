@@ -404,7 +404,7 @@ def identity_bootstrap(per_query: Sequence[Mapping[str, Any]], query_pids: Any, 
     any linear combination of the runs' metrics (an effect, a Shapley value) gets its
     distribution. All runs must have scored the same queries (same length, same valid mask).
     """
-    from reidbench.harness.stats.paired import _DRAWS_PER_BLOCK, _check_metric, _metric_values, _per_query_arrays
+    from reidbench.harness.stats.paired import _check_metric, _metric_values, _per_query_arrays, resample_counts
 
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
@@ -425,15 +425,9 @@ def identity_bootstrap(per_query: Sequence[Mapping[str, Any]], query_pids: Any, 
     counts = np.bincount(cluster, minlength=n).astype(float)
     sums = np.stack([np.bincount(cluster, weights=_metric_values(run, key)[0][valid], minlength=n)
                      for run in runs], axis=1)  # identities × runs
-    rng = np.random.default_rng(seed)
     out = np.empty((resamples, len(runs)))
-    block = max(1, _DRAWS_PER_BLOCK // n)
-    for start in range(0, resamples, block):
-        rows = min(block, resamples - start)
-        draws = rng.integers(0, n, size=(rows, n))
-        offsets = (np.arange(rows) * n)[:, None]
-        weights = np.bincount((draws + offsets).ravel(), minlength=rows * n).reshape(rows, n).astype(float)
-        out[start:start + rows] = (weights @ sums) / (weights @ counts)[:, None]
+    for start, weights in resample_counts(n, resamples, seed):
+        out[start:start + len(weights)] = (weights @ sums) / (weights @ counts)[:, None]
     return out
 
 

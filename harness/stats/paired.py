@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ import numpy as np
 from scipy import stats as _scipy_stats
 
 __all__ = ["BOOTSTRAP_METHOD", "DEFAULT_RESAMPLES", "Interval", "T_METHOD", "metric_from_per_query",
-           "paired_bootstrap", "paired_t_interval"]
+           "paired_bootstrap", "paired_t_interval", "resample_counts"]
 
 T_METHOD = "paired t over seeds"
 BOOTSTRAP_METHOD = "paired bootstrap over query identities"
@@ -80,6 +80,22 @@ class Interval:
 
 
 # --------------------------------------------------------------------------- t over seeds
+
+def resample_counts(n: int, resamples: int, seed: int) -> Iterator[tuple[int, np.ndarray]]:
+    """The cluster bootstrap's draws as counts: (first resample, float64 array resamples-in-block × n)
+    where row r counts how often each of the ``n`` clusters was drawn (n draws with replacement).
+
+    Blocks of at most ``_DRAWS_PER_BLOCK`` draws keep memory flat; the generator is seeded once, so
+    the same (n, resamples, seed) gives the same resamples whatever consumes them.
+    """
+    rng = np.random.default_rng(seed)
+    block = max(1, _DRAWS_PER_BLOCK // n)
+    for start in range(0, resamples, block):
+        rows = min(block, resamples - start)
+        draws = rng.integers(0, n, size=(rows, n))
+        offsets = (np.arange(rows) * n)[:, None]
+        yield start, np.bincount((draws + offsets).ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
+
 
 
 def paired_t_interval(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
@@ -204,15 +220,9 @@ def paired_bootstrap(per_query_a: Mapping[str, Any], per_query_b: Mapping[str, A
     sums = np.stack(columns, axis=1)  # n x (1 + 2 * metrics)
 
     full = _differences(sums.sum(0)[None, :])[0]
-    rng = np.random.default_rng(seed)
     boot = np.empty((resamples, len(parsed)))
-    block = max(1, _DRAWS_PER_BLOCK // n)
-    for start in range(0, resamples, block):
-        rows = min(block, resamples - start)
-        draws = rng.integers(0, n, size=(rows, n))
-        offsets = (np.arange(rows) * n)[:, None]
-        weights = np.bincount((draws + offsets).ravel(), minlength=rows * n).reshape(rows, n)
-        boot[start:start + rows] = _differences(weights.astype(np.float64) @ sums)
+    for start, weights in resample_counts(n, resamples, seed):
+        boot[start:start + len(weights)] = _differences(weights @ sums)
 
     tail = (1.0 - confidence) / 2.0
     out = {}
