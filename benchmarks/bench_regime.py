@@ -1,7 +1,9 @@
-"""Candidate cpu profiles for the embedded benchmark: cost, convergence and accuracy (issue: the paper's regime).
+"""Candidate cpu profiles for a base: cost, convergence and accuracy (issue: the paper's regime).
 
-Each candidate is an overlay of experiments/bot.yaml (MobileNetV2 from ImageNet, step-granular
-phases in the paper's proportions: the LR drops after 39/120 and 69/120 of the optimizer steps).
+Each candidate is an overlay of the base file (``--base``, experiments/bot.yaml by default) with
+MobileNetV2 from ImageNet and step-granular phases in the paper's proportions: every LR milestone
+of the base's own paper schedule keeps its share of the optimizer steps (BoT: the LR drops after
+39/120 and 69/120 of them; Geng: after 39/170, 79/170, ...).
 For each, the Baseline and (``--tricks``) the base plus each trick alone are trained with
 ``reidbench ablate`` into one results database, so every run gets the runner's own convergence
 record (harness/train/convergence.py); the script then prints one row per run: wall time of the
@@ -12,7 +14,7 @@ before the first LR decay), and mAP on synth-a (same domain) and synth-b (cross 
 Re-running it trains nothing already in the database (``--db``), so the table can be printed
 again at no cost. Choose a profile by convergence and cost, never by agreement with a paper.
 
-    .venv/bin/python benchmarks/bench_regime.py [--db sqlite:///regime.db] [--only NAME,...] [--tricks rea]
+    .venv/bin/python benchmarks/bench_regime.py [--base bot|geng] [--db sqlite:///regime.db] [--only NAME,...] [--tricks rea]
 """
 
 from __future__ import annotations
@@ -26,46 +28,65 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PAPER_EPOCHS = 120
-PAPER_MILESTONES = (40, 70)
 
 
-def milestones(epochs: int) -> list[float]:
-    """The paper's milestones for a step-granular run of ``epochs``: the same share of the steps before each."""
-    return [round(1 + (m - 1) * epochs / PAPER_EPOCHS, 4) for m in PAPER_MILESTONES]
+def paper_schedule(base: str) -> tuple[int, list[float]]:
+    """The base's paper schedule: its epochs and LR milestones (1-based epochs, as the base file writes them)."""
+    schedule = yaml.safe_load((ROOT / "experiments" / f"{base}.yaml").read_text())["schedule"]
+    return int(schedule["max_epochs"]), list(schedule.get("milestones") or [])
 
 
-def candidate(size: tuple[int, int], pad_px: int, epochs: int, base_lr: float | None = None,
-              ids_per_batch: int | None = None) -> dict:
+def milestones(base: str, epochs: int) -> list[float]:
+    """The base's milestones for a step-granular run of ``epochs``: the same share of the steps before each."""
+    paper_epochs, paper_milestones = paper_schedule(base)
+    return [round(1 + (m - 1) * epochs / paper_epochs, 6 if base != "bot" else 4) for m in paper_milestones]
+
+
+def candidate(base: str, size: tuple[int, int], pad_px: int, epochs: int, base_lr: float | None = None,
+              ids_per_batch: int | None = None, optimizer: str | None = None) -> dict:
     overlay = {"model": {"backbone": "mobilenetv2"}, "data": {"image_size": list(size), "pad_px": pad_px},
-               "schedule": {"granularity": "step", "max_epochs": epochs, "milestones": milestones(epochs)},
+               "schedule": {"granularity": "step", "max_epochs": epochs, "milestones": milestones(base, epochs)},
                "eval": {"batch_size": 256}, "train": {"checkpoint_every_epochs": 1}}
-    if base_lr is not None:
-        overlay["optim"] = {"base_lr": base_lr}
+    optim = {key: value for key, value in (("name", optimizer), ("base_lr", base_lr)) if value is not None}
+    if optim:
+        overlay["optim"] = optim
     if ids_per_batch is not None:
         overlay["data"]["ids_per_batch"] = ids_per_batch
     return overlay
 
 
-# name → overlay. The first two are the shipped cpu profiles before and after phases were made
-# proportional; the others vary image size, epochs, base LR and P (fewer identities per batch).
-CANDIDATES: dict[str, dict] = {
-    "6ep-128x64": candidate((128, 64), 5, 6),
-    "8ep-96x48-lr1e-3": candidate((96, 48), 4, 8, base_lr=1e-3),
-    "12ep-64x32-lr1e-3": candidate((64, 32), 3, 12, base_lr=1e-3),
-    "18ep-128x64": candidate((128, 64), 5, 18),
-    "24ep-96x48-lr1e-3-P8": candidate((96, 48), 4, 24, base_lr=1e-3, ids_per_batch=8),
-    "30ep-96x48-lr1e-3": candidate((96, 48), 4, 30, base_lr=1e-3),
+# base → candidate name → overlay.
+# bot: the first two are the shipped cpu profiles before and after phases were made proportional;
+# the others vary image size, epochs, base LR and P (fewer identities per batch).
+# geng: its paper optimiser (SGD 1e-3) leaves the net at chance in minutes (docs/geng.md), so every
+# candidate uses Adam; the first is the cpu profile measured in the issue that made phases
+# proportional (its LR drops after 23 % of the steps), the others raise the LR to BoT's cpu
+# profile's and/or train longer so that the part before the first decay is long enough to learn.
+CANDIDATES: dict[str, dict[str, dict]] = {
+    "bot": {
+        "6ep-128x64": candidate("bot", (128, 64), 5, 6),
+        "8ep-96x48-lr1e-3": candidate("bot", (96, 48), 4, 8, base_lr=1e-3),
+        "12ep-64x32-lr1e-3": candidate("bot", (64, 32), 3, 12, base_lr=1e-3),
+        "18ep-128x64": candidate("bot", (128, 64), 5, 18),
+        "24ep-96x48-lr1e-3-P8": candidate("bot", (96, 48), 4, 24, base_lr=1e-3, ids_per_batch=8),
+        "30ep-96x48-lr1e-3": candidate("bot", (96, 48), 4, 30, base_lr=1e-3),
+    },
+    "geng": {
+        "6ep-128x64-adam3.5e-4": candidate("geng", (128, 64), 5, 6, base_lr=3.5e-4, optimizer="adam"),
+        "6ep-128x64-adam1e-3": candidate("geng", (128, 64), 5, 6, base_lr=1e-3, optimizer="adam"),
+        "8ep-96x48-adam1e-3": candidate("geng", (96, 48), 4, 8, base_lr=1e-3, optimizer="adam"),
+        "16ep-96x48-adam1e-3": candidate("geng", (96, 48), 4, 16, base_lr=1e-3, optimizer="adam"),
+    },
 }
 
 
-def write_base(folder: Path) -> Path:
-    base = yaml.safe_load((ROOT / "experiments" / "bot.yaml").read_text())
+def write_base(folder: Path, name: str) -> Path:
+    base = yaml.safe_load((ROOT / "experiments" / f"{name}.yaml").read_text())
     for key in ("profiles", "ablations", "evaluations", "default_ablation"):
         base.pop(key, None)
-    base["name"] = "bot-regime-candidates"
-    base["profiles"] = {"paper": {}, **CANDIDATES}
-    path = folder / "bot-regime.yaml"
+    base["name"] = f"{name}-regime-candidates"
+    base["profiles"] = {"paper": {}, **CANDIDATES[name]}
+    path = folder / f"{name}-regime.yaml"
     path.write_text(yaml.safe_dump(base, sort_keys=False))
     return path
 
@@ -78,7 +99,8 @@ def run_candidates(names: list[str], tricks: str, db: str, runs_dir: Path, base:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
-def table(names: list[str], db: str) -> list[str]:
+def table(names: list[str], db: str, base_name: str) -> list[str]:
+    """One row per run of the candidates ``names`` recorded in ``db`` by ablations of the base file ``base_name``."""
     from reidbench.harness.store import Store
 
     store = Store(db)
@@ -86,7 +108,7 @@ def table(names: list[str], db: str) -> list[str]:
              "|---|---|---:|---|---|---:|---:|"]
     for ablation in store.list_ablations():
         profile = (ablation.meta or {}).get("profile")
-        if profile not in names:
+        if profile not in names or not ablation.name.startswith(f"{base_name}-"):
             continue
         hashes = [m["run_hash"] for m in ablation.members]
         records = store.convergence(hashes)
@@ -108,20 +130,22 @@ def table(names: list[str], db: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="bot", choices=sorted(CANDIDATES), help="the base whose candidates run")
     parser.add_argument("--db", default="sqlite:///regime.db")
     parser.add_argument("--runs-dir", default="runs-regime")
-    parser.add_argument("--only", default=",".join(CANDIDATES), help="comma-separated candidate names")
+    parser.add_argument("--only", default="", help="comma-separated candidate names (default: all of the base's)")
     parser.add_argument("--tricks", default="", help="tricks trained alone on each candidate besides its Baseline")
     parser.add_argument("--table-only", action="store_true", help="print the table of what is in --db")
     args = parser.parse_args()
-    names = [n for n in args.only.split(",") if n]
-    unknown = [n for n in names if n not in CANDIDATES]
+    candidates = CANDIDATES[args.base]
+    names = [n for n in args.only.split(",") if n] or list(candidates)
+    unknown = [n for n in names if n not in candidates]
     if unknown:
-        parser.error(f"--only {unknown[0]!r} is not a candidate; valid: {', '.join(CANDIDATES)}")
+        parser.error(f"--only {unknown[0]!r} is not a {args.base} candidate; valid: {', '.join(candidates)}")
     if not args.table_only:
         with tempfile.TemporaryDirectory() as folder:
-            run_candidates(names, args.tricks, args.db, Path(args.runs_dir), write_base(Path(folder)))
-    print("\n".join(table(names, args.db)))
+            run_candidates(names, args.tricks, args.db, Path(args.runs_dir), write_base(Path(folder), args.base))
+    print("\n".join(table(names, args.db, f"{args.base}-regime-candidates")))
 
 
 if __name__ == "__main__":
