@@ -118,3 +118,19 @@ def test_models_json_lists_mgn_with_its_presets():
     rows = {r["name"]: r for r in json.loads(result.output)}
     assert rows["mgn"]["presets"] == ["mgn:fastreid"] and "neck" in rows["mgn"]["model_fields"]
     assert rows["mgn"]["feature_dim"] == 8 * 256
+
+
+def test_the_footer_names_which_rows_ran_on_which_profile_when_they_differ():
+    from types import SimpleNamespace
+
+    from reidbench.harness.ablation.plan import profile_notes
+    from reidbench.harness.spec.loading import load_spec_file
+
+    bot = Path(__file__).resolve().parent.parent / "experiments" / "bot.yaml"
+    new, old = load_spec_file(bot, "cpu"), load_spec_file(bot, "cpu-v1")
+    step = lambda label, spec: SimpleNamespace(step=label, spec=spec)  # noqa: E731
+    same = [step("Baseline", new), step("+warmup", new), step("Baseline", new)]
+    assert profile_notes(same) == [f"profile cpu, {new.schedule.max_epochs} epochs"]
+    mixed = [step("Baseline", new), step("Baseline", new), step("+warmup", new), step("old", old)]
+    assert profile_notes(mixed) == [f"profile cpu, {new.schedule.max_epochs} epochs (Baseline, +warmup)",
+                                    f"profile cpu-v1, {old.schedule.max_epochs} epochs (old)"]

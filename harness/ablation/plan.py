@@ -262,6 +262,21 @@ def plan_values(plan: AblationPlan, store) -> dict[tuple[str, str, str, str], fl
     return values
 
 
+def profile_notes(steps: Sequence[AblationStep]) -> list[str]:
+    """The profile as the steps' runs have it ("profile cpu, 6 epochs": a profile name can change its
+    recipe); when rows differ (a cross-base step runs on its own base's profile), which rows are which."""
+    from reidbench.harness.report.tables import profile_label
+
+    by_profile: dict[str, list[str]] = {}
+    for s in steps:
+        labels = by_profile.setdefault(profile_label(s.spec.to_dict()), [])
+        if s.step not in labels:
+            labels.append(s.step)
+    if len(by_profile) == 1:
+        return [f"profile {label}" for label in by_profile]
+    return [f"profile {label} ({', '.join(labels)})" for label, labels in by_profile.items()]
+
+
 def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "mAP"), intervals=None) -> str:
     """Rows = steps (mean±std over seeds), then each variant's steps; columns = test set × metric.
 
@@ -295,11 +310,9 @@ def ablation_table(plan: AblationPlan, store, metrics: Sequence[str] = ("R1", "m
         bad = [statuses.get(s.run_hash) for s in members if statuses.get(s.run_hash) != "done"]
         note = f"  ({', '.join(sorted(set(b or 'missing' for b in bad)))})" if bad else ""
         out.append(f"{label:<{width}}" + "".join(cells) + note)
-    from reidbench.harness.report.tables import profile_label
     from reidbench.harness.train.convergence import Counts, footer
 
-    # the profile as its runs have it (a profile name can change its recipe: "cpu, 6 epochs" says which)
-    notes = [f"profile {p}" for p in dict.fromkeys(profile_label(s.spec.to_dict()) for s in plan.steps)]
+    notes = profile_notes(plan.steps)
     if not plan.base.model.pretrained:
         notes.append("no pretrained weights")
     masks = [s.spec.data.masks for s in plan.steps if s.spec.data.masks]
