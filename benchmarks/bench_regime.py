@@ -100,7 +100,7 @@ def run_candidates(names: list[str], tricks: str, db: str, runs_dir: Path, base:
 
 
 def table(names: list[str], db: str, base_name: str) -> list[str]:
-    """One row per run of the candidates ``names`` recorded in ``db`` by ablations of the base file ``base_name``."""
+    """One row per run of the candidates ``names`` recorded in ``db`` by ablations named after the candidates file ``base_name`` (its stem)."""
     from reidbench.harness.store import Store
 
     store = Store(db)
@@ -118,9 +118,13 @@ def table(names: list[str], db: str, base_name: str) -> list[str]:
             last = epochs[-1].values if epochs else {}
             losses = " ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(last.items()) if k.startswith("loss/"))
             c = records.get(run.run_hash)
-            verdict = "—" if c is None else (
-                f"{c.status} ({'' if c.loss_change is None else f'{100 * c.loss_change:+.2f} %'}, "
-                f"{'' if c.map_change is None else f'{c.map_change:+.1f} pt'}, epochs {c.epochs})")
+            if c is None:
+                verdict = "—"
+            elif c.epochs is None:  # no window to judge: say why (e.g. the first decay falls inside epoch 2)
+                verdict = f"{c.status} ({c.reason})"
+            else:
+                verdict = (f"{c.status} ({'' if c.loss_change is None else f'{100 * c.loss_change:+.2f} %'}, "
+                           f"{'' if c.map_change is None else f'{c.map_change:+.1f} pt'}, epochs {c.epochs})")
             maps = {e.test_set: e.metrics.get("mAP") for e in store.evaluations([run.run_hash]) if not e.variant}
             seconds = (run.seconds_train or 0) + (run.seconds_eval or 0)
             lines.append(f"| {profile} | {member['label']} | {seconds:.0f} | {losses} | {verdict} | "
@@ -145,7 +149,7 @@ def main() -> None:
     if not args.table_only:
         with tempfile.TemporaryDirectory() as folder:
             run_candidates(names, args.tricks, args.db, Path(args.runs_dir), write_base(Path(folder), args.base))
-    print("\n".join(table(names, args.db, f"{args.base}-regime-candidates")))
+    print("\n".join(table(names, args.db, f"{args.base}-regime")))
 
 
 if __name__ == "__main__":
