@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from reidbench.harness.spec import load_spec_file, spec_from_dict
+from reidbench.harness.spec.hashing import run_hash
 from reidbench.harness.train.runner import RuntimeOptions, execute
 
 MGN = Path(__file__).resolve().parent.parent / "experiments" / "mgn.yaml"
@@ -37,3 +40,19 @@ def test_mgn_trains_one_epoch_and_scores_its_concatenated_feature(tiny_market, t
     (default,) = [e for e in result.evaluations if e["variant"] == ""]
     assert default["settings"]["flip"] is True and default["settings"]["feature"].count("+") == 7
     assert 0.0 <= default["metrics"]["mAP"] <= 1.0
+
+
+def test_vs_bot_compares_mgn_and_bot_at_one_budget_in_the_cpu_profile():
+    # vs-bot's BoT rows run bot's profile of the same name: MGN's cpu profile trains as long, with
+    # the same optimiser and LR, so the rows differ in architecture (and losses), not in budget.
+    bot = load_spec_file(Path(__file__).resolve().parent.parent / "experiments" / "bot.yaml", "cpu")
+    mgn = load_spec_file(MGN, "cpu")
+    assert (mgn.optim.name, mgn.optim.base_lr, mgn.schedule.max_epochs, mgn.schedule.granularity) == \
+        (bot.optim.name, bot.optim.base_lr, bot.schedule.max_epochs, bot.schedule.granularity)
+    # ... each with its own paper's LR milestones in proportion (MGN: 40 and 60 of 80 epochs)
+    shares = [(m - 1) / mgn.schedule.max_epochs for m in mgn.schedule.milestones]
+    assert shares == pytest.approx([39 / 80, 59 / 80])
+    # the cpu-v2 profile (the old budget) runs the same BoT rows as cpu
+    assert load_spec_file(MGN, "cpu-v2").schedule.max_epochs == 6
+    bot_v2 = load_spec_file(Path(__file__).resolve().parent.parent / "experiments" / "bot.yaml", "cpu-v2")
+    assert run_hash(bot_v2) == run_hash(bot)
