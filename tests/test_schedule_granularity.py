@@ -239,7 +239,7 @@ def test_every_base_defines_paper_cpu_and_cpu_v1_and_an_undefined_profile_lists_
         assert {"paper", "cpu", "cpu-v1"} <= set(raw["profiles"]), base
     with pytest.raises(SpecError) as info:
         load_base_file(EXPERIMENTS / "bot.yaml", "gpu")
-    assert str(info.value).endswith("profile 'gpu' not defined; defined: paper, cpu, cpu-converged, cpu-v1")
+    assert str(info.value).endswith("profile 'gpu' not defined; defined: paper, cpu, cpu-converged, cpu-v1, cpu-v2")
     plain = tmp_path / "plain.yaml"
     plain.write_text("schedule: {max_epochs: 2, milestones: [2]}\n")
     assert load_base_file(plain, "cpu")[0].profile == "cpu"  # a file without profiles: the standard names as labels
