@@ -39,6 +39,7 @@ def paper_schedule(base: str) -> tuple[int, list[float]]:
 def milestones(base: str, epochs: int) -> list[float]:
     """The base's milestones for a step-granular run of ``epochs``: the same share of the steps before each."""
     paper_epochs, paper_milestones = paper_schedule(base)
+    # bot's candidates were first recorded with 4 decimals (a milestone is part of a run's identity)
     return [round(1 + (m - 1) * epochs / paper_epochs, 6 if base != "bot" else 4) for m in paper_milestones]
 
 
